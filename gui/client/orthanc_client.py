@@ -1,0 +1,345 @@
+"""Async client for Orthanc's REST API and the transfers accelerator endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import httpx
+
+from gui.client.errors import OrthancError
+from gui.client.peer import Peer
+from gui.protocol import wire
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 60.0
+LEVEL_PATHS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
+CHILD_LEVEL = {"Patient": "Study", "Study": "Series", "Series": "Instance"}
+# Cap on JSON answers: a hostile peer must not make us buffer gigabytes of JSON.
+MAX_JSON_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class ServerInfo:
+    name: str
+    version: str
+    api_version: Optional[int]
+    raw: Dict[str, Any]
+
+
+@dataclass
+class AcceleratorInfo:
+    available: bool
+    plugins: List[str]
+    flavour: str  # "transfers" (C++ plugin), "python" (this project's), "" when absent
+
+
+class OrthancClient:
+    """One peer, one connection pool. Use ``async with`` or call ``aclose()``.
+
+    Every failure is an :class:`OrthancError` with method, URL, status and
+    Orthanc's error fields. Credentials never appear in errors or logs.
+    """
+
+    def __init__(self, peer: Peer, *, timeout: Optional[float] = None,
+                 max_connections: int = 16, transport: Optional[httpx.AsyncBaseTransport] = None,
+                 extra_headers: Optional[Mapping[str, str]] = None) -> None:
+        self.peer = peer
+        self.timeout = peer.timeout or timeout or DEFAULT_TIMEOUT
+        headers = dict(peer.http_headers)
+        headers.update(extra_headers or {})
+        auth = httpx.BasicAuth(peer.username, peer.password or "") if peer.username else None
+        self._http = httpx.AsyncClient(
+            base_url=peer.url,
+            auth=auth,
+            headers=headers,
+            verify=self._tls_context(peer),
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 15.0)),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            follow_redirects=False,  # a redirect to another host must not receive our credentials
+            transport=transport,
+        )
+
+    @staticmethod
+    def _tls_context(peer: Peer) -> Any:
+        if not peer.url.startswith("https"):
+            return True
+        if not peer.verify_tls:
+            return False
+        context = ssl.create_default_context(cafile=peer.ca_bundle) if peer.ca_bundle \
+            else ssl.create_default_context()
+        if peer.certificate_file:
+            context.load_cert_chain(peer.certificate_file, peer.certificate_key_file,
+                                    peer.certificate_key_password)
+        return context
+
+    async def __aenter__(self) -> "OrthancClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def base_url(self) -> str:
+        return self.peer.url
+
+    # --- low level -----------------------------------------------------------
+
+    def _error(self, reason: str, method: str, path: str, status: Optional[int] = None,
+               body: Any = None) -> OrthancError:
+        return OrthancError(reason, method=method, url=self.peer.url + path, status=status,
+                            body=body, peer=self.peer.name)
+
+    async def request(self, method: str, path: str, *, content: Any = None,
+                      json_body: Any = None, params: Optional[Mapping[str, Any]] = None,
+                      headers: Optional[Mapping[str, str]] = None,
+                      timeout: Optional[float] = None, expect: Iterable[int] = (200,)) -> httpx.Response:
+        """Send one request; non-2xx answers and transport failures raise OrthancError."""
+        if json_body is not None:
+            content = json.dumps(json_body).encode()
+        kwargs: Dict[str, Any] = {"content": content, "params": params, "headers": headers}
+        if timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 15.0))
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise self._error(f"no answer within {timeout or self.timeout:.0f} s (timeout)", method, path) from None
+        except httpx.ConnectError as exc:
+            raise self._error(_connect_reason(exc), method, path) from None
+        except httpx.RemoteProtocolError as exc:
+            raise self._error(f"connection broken: {exc}", method, path) from None
+        except httpx.HTTPError as exc:
+            raise self._error(f"{type(exc).__name__}: {exc}", method, path) from None
+        except ssl.SSLError as exc:
+            raise self._error(f"TLS error: {exc}", method, path) from None
+        if response.status_code not in expect:
+            raise self._status_error(method, path, response)
+        return response
+
+    def _status_error(self, method: str, path: str, response: httpx.Response) -> OrthancError:
+        status = response.status_code
+        body: Any = None
+        try:
+            body = response.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if 300 <= status < 400:
+            target = response.headers.get("location", "?")
+            reason = f"the server redirects to {target[:100]}; not followed (check the peer URL)"
+        elif status == 401:
+            reason = "wrong username or password"
+        elif status == 403:
+            reason = "access forbidden"
+        elif status == 404:
+            reason = "not found"
+        elif isinstance(body, dict) and body.get("Message"):
+            reason = str(body.get("Message"))
+        else:
+            reason = response.reason_phrase or "request failed"
+        return self._error(reason, method, path, status, body)
+
+    async def get_json(self, path: str, **kwargs: Any) -> Any:
+        return self._json(await self.request("GET", path, **kwargs), "GET", path)
+
+    async def post_json(self, path: str, body: Any, **kwargs: Any) -> Any:
+        return self._json(await self.request("POST", path, json_body=body, **kwargs), "POST", path)
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        if len(response.content) > MAX_JSON_BYTES:
+            raise self._error("answer too large", method, path, response.status_code)
+        try:
+            return json.loads(response.content)
+        except (ValueError, UnicodeDecodeError):
+            kind = "an HTML page" if response.content.lstrip()[:1] == b"<" else "invalid JSON"
+            raise self._error(f"expected JSON from Orthanc, got {kind}", method, path,
+                              response.status_code) from None
+
+    # --- server ----------------------------------------------------------------
+
+    async def system(self) -> ServerInfo:
+        data = await self.get_json("/system")
+        if not isinstance(data, dict) or "Version" not in data or "ApiVersion" not in data:
+            raise self._error("this HTTP server is not Orthanc (no Version in /system)", "GET", "/system")
+        return ServerInfo(str(data.get("Name", "")), str(data["Version"]), data.get("ApiVersion"), data)
+
+    async def plugins(self) -> List[str]:
+        data = await self.get_json("/plugins")
+        if not isinstance(data, list):
+            raise self._error("unexpected answer to /plugins", "GET", "/plugins")
+        return [str(p) for p in data]
+
+    async def accelerator(self) -> AcceleratorInfo:
+        """Detect the protocol itself: the Python plugin shows as ``python`` in /plugins."""
+        plugins = await self.plugins()
+        try:
+            answer = await self.post_json(wire.URI_LOOKUP, [])
+            available = isinstance(answer, dict) and isinstance(answer.get("Instances"), list)
+        except OrthancError as exc:
+            if exc.status is None or exc.status == 401:
+                raise
+            available = False
+        flavour = ""
+        if available:
+            flavour = "transfers" if "transfers" in plugins else "python"
+        return AcceleratorInfo(available, plugins, flavour)
+
+    async def speaks_accelerator(self) -> bool:
+        return (await self.accelerator()).available
+
+    # --- browsing ------------------------------------------------------------------
+
+    async def find(self, level: str, query: Mapping[str, str], *, limit: Optional[int] = None,
+                   since: Optional[int] = None, expand: bool = True) -> List[Dict[str, Any]]:
+        body: Dict[str, Any] = {"Level": level, "Query": dict(query), "Expand": expand}
+        if limit is not None:
+            body["Limit"] = limit
+        if since is not None:
+            body["Since"] = since
+        data = await self.post_json("/tools/find", body)
+        if not isinstance(data, list):
+            raise self._error("unexpected answer to /tools/find", "POST", "/tools/find")
+        return data
+
+    async def search_studies(self, *, patient_name: str = "", patient_id: str = "",
+                             accession: str = "", date_from: str = "", date_to: str = "",
+                             modality: str = "", limit: Optional[int] = None,
+                             since: Optional[int] = None) -> List[Dict[str, Any]]:
+        """Studies matching the filters (wildcards allowed); dates as YYYYMMDD."""
+        query: Dict[str, str] = {}
+        if patient_name:
+            query["PatientName"] = _wild(patient_name)
+        if patient_id:
+            query["PatientID"] = _wild(patient_id)
+        if accession:
+            query["AccessionNumber"] = _wild(accession)
+        if date_from or date_to:
+            query["StudyDate"] = f"{date_from}-{date_to}"
+        if modality:
+            query["ModalitiesInStudy"] = modality
+        return await self.find("Study", query, limit=limit, since=since)
+
+    async def search_patients(self, text: str = "", *, limit: Optional[int] = None,
+                              since: Optional[int] = None) -> List[Dict[str, Any]]:
+        """Patients whose name or ID matches ``text`` (both searched, merged)."""
+        if not text:
+            return await self.find("Patient", {}, limit=limit, since=since)
+        by_name = await self.find("Patient", {"PatientName": _wild(text)}, limit=limit, since=since)
+        by_id = await self.find("Patient", {"PatientID": _wild(text)}, limit=limit, since=since)
+        merged = {p["ID"]: p for p in by_name + by_id}
+        return list(merged.values())
+
+    async def children(self, level: str, resource_id: str) -> List[Dict[str, Any]]:
+        """Expanded children of a patient (studies), study (series) or series (instances)."""
+        child = CHILD_LEVEL[level]
+        path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}/{LEVEL_PATHS[child]}"
+        data = await self.get_json(path)
+        if not isinstance(data, list):
+            raise self._error("unexpected answer", "GET", path)
+        return data
+
+    async def resource(self, level: str, resource_id: str) -> Dict[str, Any]:
+        path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}"
+        return await self.get_json(path)
+
+    async def statistics(self, level: str, resource_id: str) -> Dict[str, Any]:
+        path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}/statistics"
+        return await self.get_json(path)
+
+    async def instances_of(self, level: str, resource_id: str) -> List[Dict[str, Any]]:
+        """Every instance below a resource, each with ``ID`` and ``FileSize``."""
+        if level == "Instance":
+            return [await self.resource("Instance", resource_id)]
+        path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}/instances"
+        data = await self.get_json(path)
+        if not isinstance(data, list) or not all(isinstance(i, dict) and "ID" in i for i in data):
+            raise self._error("unexpected answer", "GET", path)
+        return data
+
+    async def lookup_uid(self, uid: str, level: Optional[str] = None) -> List[Dict[str, str]]:
+        """Resolve a DICOM UID or PatientID to Orthanc resources (``/tools/lookup``)."""
+        data = await self.request("POST", "/tools/lookup", content=uid.encode())
+        found = self._json(data, "POST", "/tools/lookup")
+        if not isinstance(found, list):
+            raise self._error("unexpected answer", "POST", "/tools/lookup")
+        out = [{"Level": item["Type"], "ID": item["ID"]} for item in found
+               if isinstance(item, dict) and item.get("Type") in LEVEL_PATHS]
+        return [r for r in out if level is None or r["Level"] == level]
+
+    # --- instances -------------------------------------------------------------------
+
+    async def instance_md5(self, instance_id: str) -> str:
+        path = f"/instances/{wire.check_orthanc_id(instance_id)}/attachments/dicom/md5"
+        text = (await self.request("GET", path)).text.strip()
+        if len(text) != 32:
+            raise self._error("malformed MD5 answer", "GET", path)
+        return text
+
+    async def instance_md5_or_none(self, instance_id: str) -> Optional[str]:
+        """The stored MD5, or None when the instance is not on this server."""
+        try:
+            return await self.instance_md5(instance_id)
+        except OrthancError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def download_instance(self, instance_id: str) -> bytes:
+        path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
+        return (await self.request("GET", path, headers={"Accept-Encoding": "gzip"})).content
+
+    async def upload(self, data: bytes, *, content_encoding: Optional[str] = None,
+                     timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        """Store a DICOM file or a ZIP of DICOM files; one status object per file."""
+        headers = {"Content-Type": "application/dicom" if data[:2] != b"PK" else "application/zip"}
+        if content_encoding:
+            headers["Content-Encoding"] = content_encoding
+        answer = self._json(await self.request("POST", "/instances", content=data, headers=headers,
+                                               timeout=timeout), "POST", "/instances")
+        return answer if isinstance(answer, list) else [answer]
+
+    async def delete(self, level: str, resource_id: str) -> None:
+        await self.request("DELETE", f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}")
+
+    async def all_instance_ids(self) -> List[str]:
+        data = await self.get_json("/instances")
+        return [str(i) for i in data] if isinstance(data, list) else []
+
+    # --- accelerator protocol (client side) ---------------------------------------------
+
+    async def transfers_lookup(self, resources: Sequence[Dict[str, str]],
+                               headers: Optional[Mapping[str, str]] = None) -> List[wire.InstanceInfo]:
+        answer = await self.post_json(wire.URI_LOOKUP, list(resources), headers=headers)
+        try:
+            return wire.parse_lookup_answer(answer)
+        except wire.WireFormatError as exc:
+            raise self._error(f"malformed lookup answer: {exc}", "POST", wire.URI_LOOKUP) from None
+
+
+def _wild(text: str) -> str:
+    text = text.strip()
+    return text if ("*" in text or "?" in text) else f"*{text}*"
+
+
+def _connect_reason(exc: Exception) -> str:
+    text = str(exc)
+    lowered = text.lower()
+    if "certificate" in lowered:
+        if "expired" in lowered:
+            return "TLS certificate has expired"
+        if "self-signed" in lowered or "self signed" in lowered:
+            return "TLS certificate is self-signed and not trusted (add its CA bundle to the peer)"
+        return f"TLS certificate not trusted: {text}"
+    if "name or service not known" in lowered or "nodename" in lowered or "temporary failure in name" in lowered:
+        return "host name not found"
+    if "refused" in lowered:
+        return "connection refused: is the server running?"
+    return f"cannot connect: {text or type(exc).__name__}"

@@ -1,0 +1,172 @@
+"""What the engine tells its observers (UI, CLI, tests): states, progress, reports.
+
+Plain dataclasses, no Qt. An observer registers a callback with
+``TransferEngine.subscribe(callback)``; callbacks run on the asyncio loop
+and must return quickly (the Qt layer coalesces them into a few frames per
+second).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+
+class JobState(str, enum.Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    SUCCESS = "Success"
+    FAILURE = "Failure"
+    CANCELED = "Canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCESS, JobState.FAILURE, JobState.CANCELED)
+
+
+class BucketState(str, enum.Enum):
+    QUEUED = "queued"
+    READING = "reading"
+    COMPRESSING = "compressing"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class TransferMode(str, enum.Enum):
+    PUSH = "push"          # accelerated push to a target that speaks the protocol
+    PULL = "pull"          # accelerated pull from a source that speaks the protocol
+    PLAIN = "plain"        # stock Orthanc on both sides
+    DELEGATE = "delegate"  # the source's C++ plugin does the transfer (/transfers/send)
+    UPLOAD = "upload"      # local DICOM files dropped on a pane
+
+
+@dataclass
+class BucketProgress:
+    job_id: str
+    index: int
+    state: BucketState
+    chunks: int
+    instance_ids: List[str]
+    raw_total: int
+    raw_done: int = 0
+    wire_total: Optional[int] = None   # known once compressed
+    wire_done: int = 0
+    retries: int = 0
+    error: Optional[str] = None
+
+
+@dataclass
+class JobProgress:
+    job_id: str
+    state: JobState
+    mode: Optional[TransferMode]
+    compression: Optional[str]
+    instances_total: int
+    instances_done: int
+    raw_total: int
+    raw_done: int
+    wire_done: int
+    buckets_total: int
+    buckets_done: int
+    elapsed: float
+    # Live rates over the last seconds, bytes per second.
+    raw_rate: float = 0.0
+    wire_rate: float = 0.0
+    error: Optional[str] = None
+
+    @property
+    def fraction(self) -> float:
+        return self.raw_done / self.raw_total if self.raw_total else (1.0 if self.state.finished else 0.0)
+
+    @property
+    def compression_ratio(self) -> Optional[float]:
+        return self.raw_done / self.wire_done if self.wire_done else None
+
+    @property
+    def eta(self) -> Optional[float]:
+        if self.raw_rate <= 0 or not self.raw_total:
+            return None
+        return max(0.0, (self.raw_total - self.raw_done) / self.raw_rate)
+
+
+@dataclass
+class InstanceVerdict:
+    instance_id: str
+    size: int
+    source_md5: Optional[str]
+    target_md5: Optional[str]
+    verified: bool
+    status: str        # "transferred" | "skipped-present" | "failed" | "not-sent"
+    reason: str = ""
+
+
+@dataclass
+class CommitmentReport:
+    """Storage commitment: the end of every job, success or not."""
+
+    job_id: str
+    state: JobState
+    mode: Optional[TransferMode]
+    source: str
+    target: str
+    instances: List[InstanceVerdict] = field(default_factory=list)
+    bytes: int = 0          # raw DICOM bytes moved
+    wire_bytes: int = 0     # bytes that crossed the network for the data
+    seconds: float = 0.0
+    error: Optional[str] = None
+    compression: Optional[str] = None
+
+    @property
+    def planned(self) -> int:
+        return len(self.instances)
+
+    @property
+    def verified(self) -> int:
+        return sum(1 for v in self.instances if v.verified)
+
+    @property
+    def transferred(self) -> int:
+        return sum(1 for v in self.instances if v.status == "transferred")
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for v in self.instances if v.status == "skipped-present")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for v in self.instances if not v.verified)
+
+    def to_json(self) -> Dict[str, Any]:
+        """The CLI's ``--json`` contract (issue: transfer engine, section 7)."""
+        return {
+            "job": self.job_id,
+            "state": self.state.value,
+            "mode": self.mode.value if self.mode else None,
+            "source": self.source,
+            "target": self.target,
+            "compression": self.compression,
+            "instances": self.planned,
+            "transferred": self.transferred,
+            "skipped": self.skipped,
+            "verified": self.verified,
+            "bytes": self.bytes,
+            "wire_bytes": self.wire_bytes,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "failures": [{"instance": v.instance_id, "reason": v.reason}
+                         for v in self.instances if not v.verified],
+            "details": [asdict(v) for v in self.instances],
+        }
+
+
+@dataclass
+class JobFinished:
+    job_id: str
+    report: CommitmentReport
+
+
+EngineEvent = Union[JobProgress, BucketProgress, JobFinished]

@@ -1,0 +1,313 @@
+"""The transfers accelerator wire format: one module, shared by both ends.
+
+This file is imported by the desktop engine *and* loaded by the server-side
+plugin running inside Orthanc's embedded Python, so it must depend on the
+standard library only and must not use package-relative imports.
+
+Everything here follows ``PROTOCOL.md``: instance infos, chunks and buckets
+as JSON, the bucket planner (§2), chunk URLs, and the JSON bodies of the
+push/lookup endpoints.  Parsing is strict: a peer that sends a number where
+the protocol wants a decimal string, or an ID that is not an Orthanc ID, gets
+a :class:`WireFormatError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, List, Optional, Sequence
+
+__all__ = [
+    "WireFormatError", "InstanceInfo", "Chunk", "Bucket", "plan_buckets",
+    "is_orthanc_id", "check_orthanc_id", "parse_decimal", "parse_compression",
+    "parse_instance_info", "parse_bucket", "parse_resources",
+    "parse_lookup_answer", "parse_push_request", "build_lookup_answer",
+    "build_push_request", "chunks_uri", "parse_chunk_ids", "COMPRESSIONS",
+    "LEVELS", "MAX_PULL_URL_LENGTH", "URI_CHUNKS", "URI_LOOKUP", "URI_PUSH",
+    "URI_PEERS", "URI_SEND", "URI_PULL", "SENDER_TRANSFER_ID_HEADER",
+]
+
+# Orthanc IDs: SHA-1 as five dash-separated groups of 8 lowercase hex digits.
+ORTHANC_ID_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+DECIMAL_RE = re.compile(r"^[0-9]{1,20}$")
+
+COMPRESSIONS = ("none", "gzip")
+LEVELS = ("Patient", "Study", "Series", "Instance")
+
+URI_LOOKUP = "/transfers/lookup"
+URI_CHUNKS = "/transfers/chunks"
+URI_PUSH = "/transfers/push"
+URI_PEERS = "/transfers/peers"
+URI_SEND = "/transfers/send"
+URI_PULL = "/transfers/pull"
+SENDER_TRANSFER_ID_HEADER = "sender-transfer-id"
+
+# 2000 characters minus the length of one Orthanc ID, as the C++ plugin uses.
+MAX_PULL_URL_LENGTH = 2000 - 44
+
+# Upper bound for any size or offset on the wire: 1 TiB. Larger values are
+# refused before anything is allocated for them.
+MAX_WIRE_SIZE = 1 << 40
+
+
+class WireFormatError(ValueError):
+    """A JSON value or URL does not follow the protocol; the text names the field."""
+
+
+def is_orthanc_id(value: object) -> bool:
+    return isinstance(value, str) and ORTHANC_ID_RE.match(value) is not None
+
+
+def check_orthanc_id(value: object, where: str = "ID") -> str:
+    if not is_orthanc_id(value):
+        raise WireFormatError(f"{where}: not an Orthanc ID: {str(value)[:60]!r}")
+    return value  # type: ignore[return-value]
+
+
+def parse_decimal(value: object, where: str, maximum: int = MAX_WIRE_SIZE) -> int:
+    """Sizes and offsets travel as decimal *strings*; numbers are refused."""
+    if not isinstance(value, str) or DECIMAL_RE.match(value) is None:
+        raise WireFormatError(f"{where}: expected a decimal string, got {str(value)[:40]!r}")
+    number = int(value)
+    if number > maximum:
+        raise WireFormatError(f"{where}: {number} exceeds the limit of {maximum}")
+    return number
+
+
+def parse_compression(value: object, where: str = "Compression") -> str:
+    if value not in COMPRESSIONS:
+        raise WireFormatError(f"{where}: unknown compression {str(value)[:20]!r} (use 'gzip' or 'none')")
+    return value  # type: ignore[return-value]
+
+
+def _require(obj: object, key: str, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise WireFormatError(f"{where}: expected a JSON object")
+    if key not in obj:
+        raise WireFormatError(f"{where}: missing key {key!r}")
+    return obj[key]
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    id: str
+    size: int
+    md5: str
+
+    def to_json(self) -> dict:
+        return {"ID": self.id, "Size": str(self.size), "MD5": self.md5}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    instance_id: str
+    offset: int
+    size: int
+
+    def to_json(self) -> dict:
+        return {"ID": self.instance_id, "Offset": str(self.offset), "Size": str(self.size)}
+
+
+@dataclass
+class Bucket:
+    """A list of chunks whose bytes travel concatenated in one HTTP body."""
+
+    chunks: List[Chunk] = field(default_factory=list)
+    _extensible: bool = field(default=True, repr=False, compare=False)
+
+    @property
+    def total_size(self) -> int:
+        return sum(c.size for c in self.chunks)
+
+    def add_chunk(self, instance: InstanceInfo, offset: int, size: int) -> None:
+        if offset < 0 or size < 0 or offset + size > instance.size:
+            raise WireFormatError(f"chunk of {instance.id} outside the instance")
+        if not self._extensible:
+            raise WireFormatError("no chunk may follow a partial instance in a bucket")
+        if self.chunks and offset != 0:
+            raise WireFormatError("only the first chunk of a bucket may have an offset")
+        if size == 0:
+            return
+        if self.chunks and size != instance.size:
+            self._extensible = False
+        self.chunks.append(Chunk(instance.id, offset, size))
+
+    def to_json(self) -> list:
+        return [c.to_json() for c in self.chunks]
+
+    def instance_ids(self) -> List[str]:
+        return [c.instance_id for c in self.chunks]
+
+
+def chunks_uri(bucket: Bucket, compression: str) -> str:
+    """The GET path that fetches a bucket from a pull source."""
+    if not bucket.chunks:
+        raise WireFormatError("empty bucket has no chunks URI")
+    ids = ".".join(c.instance_id for c in bucket.chunks)
+    return (f"{URI_CHUNKS}/{ids}?offset={bucket.chunks[0].offset}"
+            f"&size={bucket.total_size}&compression={parse_compression(compression)}")
+
+
+def plan_buckets(instances: Iterable[InstanceInfo], bucket_size: int,
+                 pull_base_url: Optional[str] = None,
+                 compression: str = "none") -> List[Bucket]:
+    """Cut instances into buckets exactly as PROTOCOL.md §2 says.
+
+    ``bucket_size`` is B in bytes. ``pull_base_url`` is given only for buckets
+    fetched with GET, whose URL must stay short.
+    """
+    if bucket_size <= 0:
+        raise ValueError("bucket size must be positive")
+    group_threshold, separate_threshold = bucket_size, 2 * bucket_size
+    ordered = sorted({i.id: i for i in instances}.values(), key=lambda i: i.id)
+    alone: List[Bucket] = []
+    small: List[InstanceInfo] = []
+    for info in ordered:
+        if info.size < group_threshold:
+            small.append(info)
+        elif info.size < separate_threshold:
+            bucket = Bucket()
+            bucket.add_chunk(info, 0, info.size)
+            alone.append(bucket)
+        else:
+            count = -(-info.size // separate_threshold)
+            piece = info.size // count
+            for index in range(count):
+                offset = index * piece
+                size = info.size - offset if index == count - 1 else piece
+                bucket = Bucket()
+                bucket.add_chunk(info, offset, size)
+                alone.append(bucket)
+
+    grouped: List[Bucket] = []
+    bucket = Bucket()
+    for info in small:
+        bucket.add_chunk(info, 0, info.size)
+        full = bucket.total_size >= group_threshold
+        if not full and pull_base_url is not None and bucket.chunks:
+            full = len(pull_base_url + chunks_uri(bucket, compression)) >= MAX_PULL_URL_LENGTH
+        if full:
+            grouped.append(bucket)
+            bucket = Bucket()
+    if bucket.chunks:
+        grouped.append(bucket)
+    return alone + grouped
+
+
+# --- parsing what a peer sent -------------------------------------------------
+
+def parse_instance_info(obj: object, where: str = "instance") -> InstanceInfo:
+    iid = check_orthanc_id(_require(obj, "ID", where), f"{where}.ID")
+    size = parse_decimal(_require(obj, "Size", where), f"{where}.Size")
+    md5 = _require(obj, "MD5", where)
+    if not isinstance(md5, str) or MD5_RE.match(md5) is None:
+        raise WireFormatError(f"{where}.MD5: not 32 lowercase hex digits: {str(md5)[:40]!r}")
+    return InstanceInfo(iid, size, md5)
+
+
+def parse_bucket(obj: object, instances: Optional[dict] = None,
+                 where: str = "bucket") -> Bucket:
+    """Parse a bucket; with ``instances`` (id -> InstanceInfo) check every chunk
+    lies inside a known instance and that the chunk rules hold."""
+    if not isinstance(obj, list):
+        raise WireFormatError(f"{where}: expected a JSON array of chunks")
+    bucket = Bucket()
+    for n, item in enumerate(obj):
+        cwhere = f"{where}[{n}]"
+        cid = check_orthanc_id(_require(item, "ID", cwhere), f"{cwhere}.ID")
+        offset = parse_decimal(_require(item, "Offset", cwhere), f"{cwhere}.Offset")
+        size = parse_decimal(_require(item, "Size", cwhere), f"{cwhere}.Size")
+        if instances is not None:
+            info = instances.get(cid)
+            if info is None:
+                raise WireFormatError(f"{cwhere}: instance {cid} is not in the transaction")
+            bucket.add_chunk(info, offset, size)
+        else:
+            bucket.add_chunk(InstanceInfo(cid, offset + size, "0" * 32), offset, size)
+    return bucket
+
+
+def parse_resources(obj: object, where: str = "Resources") -> List[dict]:
+    """A lookup/send body: [{"Level": ..., "ID": ...}]; Level is case-insensitive."""
+    if not isinstance(obj, list):
+        raise WireFormatError(f"{where}: expected a JSON array")
+    canonical = {level.lower(): level for level in LEVELS}
+    out = []
+    for n, item in enumerate(obj):
+        level = _require(item, "Level", f"{where}[{n}]")
+        rid = _require(item, "ID", f"{where}[{n}]")
+        if not isinstance(level, str) or level.lower() not in canonical:
+            raise WireFormatError(f"{where}[{n}].Level: unknown level {str(level)[:20]!r}")
+        check_orthanc_id(rid, f"{where}[{n}].ID")
+        out.append({"Level": canonical[level.lower()], "ID": rid})
+    return out
+
+
+def build_lookup_answer(instances: Iterable[InstanceInfo], originator: str) -> dict:
+    ordered = sorted({i.id: i for i in instances}.values(), key=lambda i: i.id)
+    total = sum(i.size for i in ordered)
+    return {
+        "Instances": [i.to_json() for i in ordered],
+        "Originator": originator,
+        "CountInstances": len(ordered),
+        "TotalSize": str(total),
+        "TotalSizeMB": total // (1024 * 1024),
+    }
+
+
+def parse_lookup_answer(obj: object) -> List[InstanceInfo]:
+    items = _require(obj, "Instances", "lookup answer")
+    if not isinstance(items, list):
+        raise WireFormatError("lookup answer.Instances: expected a JSON array")
+    return [parse_instance_info(x, f"lookup answer.Instances[{n}]") for n, x in enumerate(items)]
+
+
+def build_push_request(instances: Sequence[InstanceInfo], buckets: Sequence[Bucket],
+                       compression: str, asynchronous_commit: bool = False) -> dict:
+    body = {
+        "Instances": [i.to_json() for i in instances],
+        "Buckets": [b.to_json() for b in buckets],
+        "Compression": parse_compression(compression),
+    }
+    if asynchronous_commit:
+        # Extension of this project; the C++ plugin ignores unknown keys.
+        body["AsynchronousCommit"] = True
+    return body
+
+
+@dataclass
+class PushRequest:
+    instances: List[InstanceInfo]
+    buckets: List[Bucket]
+    compression: str
+    asynchronous_commit: bool = False
+
+
+def parse_push_request(obj: object, max_instances: int = 1_000_000,
+                       max_buckets: int = 1_000_000) -> PushRequest:
+    raw_instances = _require(obj, "Instances", "push request")
+    raw_buckets = _require(obj, "Buckets", "push request")
+    compression = parse_compression(_require(obj, "Compression", "push request"),
+                                    "push request.Compression")
+    if not isinstance(raw_instances, list) or not isinstance(raw_buckets, list):
+        raise WireFormatError("push request: Instances and Buckets must be JSON arrays")
+    if len(raw_instances) > max_instances or len(raw_buckets) > max_buckets:
+        raise WireFormatError("push request: too many instances or buckets")
+    instances = [parse_instance_info(x, f"Instances[{n}]") for n, x in enumerate(raw_instances)]
+    by_id = {i.id: i for i in instances}
+    if len(by_id) != len(instances):
+        raise WireFormatError("push request: duplicate instance IDs")
+    buckets = [parse_bucket(b, by_id, f"Buckets[{n}]") for n, b in enumerate(raw_buckets)]
+    asynchronous = obj.get("AsynchronousCommit", False)  # type: ignore[union-attr]
+    if not isinstance(asynchronous, bool):
+        raise WireFormatError("push request.AsynchronousCommit: expected true or false")
+    return PushRequest(instances, buckets, compression, asynchronous)
+
+
+def parse_chunk_ids(path_part: str, max_ids: int = 1000) -> List[str]:
+    """The ``{id1}.{id2}...`` part of a chunks URL, each checked."""
+    ids = path_part.split(".")
+    if not path_part or len(ids) > max_ids:
+        raise WireFormatError("chunks URL: expected 1 to %d instance IDs" % max_ids)
+    return [check_orthanc_id(i, "chunks URL") for i in ids]
