@@ -1,0 +1,91 @@
+"""The contract between the job scheduler and the transports.
+
+The scheduler (``gui/engine/transfer_scheduler.py``) plans a job, picks a
+transport, and hands it a :class:`TransferContext`. A transport moves the
+instances listed there to the target and returns when the target *holds*
+them (imported); the scheduler then verifies MD5s on the target and writes
+the storage commitment report. A transport must leave the target exactly as
+before when it fails or is cancelled (``discard``).
+
+Transports:
+- ``plain_mode.PlainTransport``      stock Orthanc on both sides
+- ``push_mode.PushTransport``        target speaks the protocol
+- ``pull_mode.PullTransport``        source speaks the protocol
+- ``delegated_mode.DelegatedTransport`` the source's C++ plugin moves the data
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Dict, List, Optional, Set
+
+from gui.client.orthanc_client import OrthancClient
+from gui.config.settings import TransferOptions
+from gui.engine.events import BucketProgress, BucketState, TransferMode
+from gui.protocol.wire import Bucket, InstanceInfo
+
+
+class TransferFailed(Exception):
+    """A transport gave up; ``reason`` is shown to the user, ``instances``
+    names the instances concerned when known."""
+
+    def __init__(self, reason: str, instances: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.instances = instances or {}
+
+
+@dataclass
+class TransferContext:
+    job_id: str
+    transfer_id: str                      # sent as the sender-transfer-id header
+    source: OrthancClient
+    target: OrthancClient
+    instances: List[InstanceInfo]         # what must arrive (already-present ones removed)
+    options: TransferOptions
+    compression: str                      # "gzip" | "none" | "auto"
+    staging_dir: Path                     # private scratch space of this job
+    report_bucket: Callable[[BucketProgress], None]
+    # Buckets finished in an earlier run of this job (resume after a crash).
+    done_buckets: Set[int] = field(default_factory=set)
+    # Persist that a bucket is done (or other transport state) for resume.
+    checkpoint: Callable[[str, object], Awaitable[None]] = field(default=None)  # type: ignore[assignment]
+    # Saved transport state from an earlier run (e.g. a push transaction ID).
+    saved_state: Dict[str, object] = field(default_factory=dict)
+    # Set while the job may run; cleared to pause (transports wait at bucket boundaries).
+    running: asyncio.Event = field(default_factory=asyncio.Event)
+    # Instances this job created on the target (plain mode's rollback list).
+    created_on_target: Set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.running.set()
+
+    async def wait_running(self) -> None:
+        await self.running.wait()
+
+    def bucket_event(self, index: int, bucket: Bucket, state: BucketState, **extra: object) -> BucketProgress:
+        event = BucketProgress(job_id=self.job_id, index=index, state=state,
+                               chunks=len(bucket.chunks), instance_ids=bucket.instance_ids(),
+                               raw_total=bucket.total_size, **extra)  # type: ignore[arg-type]
+        self.report_bucket(event)
+        return event
+
+
+class Transport(abc.ABC):
+    mode: TransferMode
+
+    @abc.abstractmethod
+    def plan(self, ctx: TransferContext) -> List[Bucket]:
+        """The buckets this transport will move (for progress display)."""
+
+    @abc.abstractmethod
+    async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
+        """Move everything; return when the target has imported it all.
+        Raise TransferFailed on a definitive failure (after cleaning up)."""
+
+    @abc.abstractmethod
+    async def discard(self, ctx: TransferContext) -> None:
+        """Undo: leave the target exactly as before this job (cancel/failure)."""
