@@ -296,6 +296,28 @@ class OrthancClient:
         path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
         return (await self.request("GET", path, headers={"Accept-Encoding": "gzip"})).content
 
+    async def download_instance_to(self, instance_id: str, sink: Any,
+                                   piece_size: int = 256 * 1024) -> int:
+        """Stream an instance's file into ``sink`` (a binary file object opened
+        for writing) without holding it in memory; returns the bytes written."""
+        path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
+        written = 0
+        try:
+            async with self._http.stream("GET", path, headers={"Accept-Encoding": "gzip"}) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._status_error("GET", path, response)
+                async for piece in response.aiter_bytes(piece_size):
+                    sink.write(piece)
+                    written += len(piece)
+        except httpx.TimeoutException:
+            raise self._error(f"no answer within {self.timeout:.0f} s (timeout)", "GET", path) from None
+        except httpx.ConnectError as exc:
+            raise self._error(_connect_reason(exc), "GET", path) from None
+        except httpx.HTTPError as exc:
+            raise self._error(f"{type(exc).__name__}: {exc}", "GET", path) from None
+        return written
+
     async def upload(self, data: bytes, *, content_encoding: Optional[str] = None,
                      timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """Store a DICOM file or a ZIP of DICOM files; one status object per file."""
@@ -330,8 +352,14 @@ def _wild(text: str) -> str:
 
 
 def _connect_reason(exc: Exception) -> str:
+    # httpx wraps the OS error; the useful words are further down the chain.
+    texts, seen, cur = [], set(), exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        texts.append(f"{type(cur).__name__} {cur}")
+        cur = cur.__cause__ or cur.__context__
     text = str(exc)
-    lowered = text.lower()
+    lowered = " ".join(texts).lower()
     if "certificate" in lowered:
         if "expired" in lowered:
             return "TLS certificate has expired"
@@ -340,6 +368,6 @@ def _connect_reason(exc: Exception) -> str:
         return f"TLS certificate not trusted: {text}"
     if "name or service not known" in lowered or "nodename" in lowered or "temporary failure in name" in lowered:
         return "host name not found"
-    if "refused" in lowered:
+    if "refused" in lowered or "all connection attempts failed" in lowered:
         return "connection refused: is the server running?"
     return f"cannot connect: {text or type(exc).__name__}"

@@ -66,6 +66,34 @@ class TransferContext:
     async def wait_running(self) -> None:
         await self.running.wait()
 
+    # Whether each end answered /transfers/lookup (probed by the scheduler).
+    source_accelerated: bool = False
+    target_accelerated: bool = False
+
+    # --- helpers for transports (scheduler side; the checkpoint keys below are
+    # interpreted by transfer_scheduler: "bucket-done" and "created" are
+    # recorded in the job store, any other key is saved as transport state and
+    # comes back in ``saved_state`` on resume; a value of None forgets it).
+
+    async def mark_bucket_done(self, index: int) -> None:
+        self.done_buckets.add(index)
+        if self.checkpoint is not None:
+            await self.checkpoint("bucket-done", index)
+
+    async def mark_created(self, instance_id: str) -> None:
+        """Record, durably, that this job created ``instance_id`` on the target."""
+        self.created_on_target.add(instance_id)
+        if self.checkpoint is not None:
+            await self.checkpoint("created", instance_id)
+
+    async def save_state(self, key: str, value: object) -> None:
+        if value is None:
+            self.saved_state.pop(key, None)
+        else:
+            self.saved_state[key] = value
+        if self.checkpoint is not None:
+            await self.checkpoint(key, value)
+
     def bucket_event(self, index: int, bucket: Bucket, state: BucketState, **extra: object) -> BucketProgress:
         event = BucketProgress(job_id=self.job_id, index=index, state=state,
                                chunks=len(bucket.chunks), instance_ids=bucket.instance_ids(),

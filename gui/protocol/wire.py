@@ -129,7 +129,8 @@ class Bucket:
             raise WireFormatError("only the first chunk of a bucket may have an offset")
         if size == 0:
             return
-        if self.chunks and size != instance.size:
+        if offset != 0 or size != instance.size:
+            # PROTOCOL.md: nothing may follow a chunk that is not a whole instance.
             self._extensible = False
         self.chunks.append(Chunk(instance.id, offset, size))
 

@@ -1,0 +1,157 @@
+"""Run this project's ``send`` command as a subprocess and measure it.
+
+The engine is measured through its command-line contract (``python -m
+gui.cli send ... --json``), like any script would use it, so that its peak
+memory and CPU time are its own and not the benchmark's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import psutil
+
+CLI_MODULE = "gui.cli"
+
+
+@dataclass
+class EngineRun:
+    report: Optional[Dict[str, Any]]   # the --json answer, None when stdout was not JSON
+    returncode: int
+    seconds: float                     # wall clock, process start to exit
+    peak_rss_bytes: int
+    cpu_seconds: float
+    stderr_tail: str
+
+    @property
+    def problem(self) -> Optional[str]:
+        """What went wrong, in one line, or None."""
+        if self.report is None:
+            return f"the engine exited with status {self.returncode} without a JSON report: {self.stderr_tail}"
+        if self.report.get("state") != "Success":
+            failures = self.report.get("failures") or []
+            detail = self.report.get("error") or (failures[0].get("reason") if failures else "")
+            return f"engine state {self.report.get('state')}: {detail}".strip()
+        return None
+
+
+def _isolated_env(home: Path) -> Dict[str, str]:
+    """The engine keeps jobs in its data directory: give each run a fresh one."""
+    env = dict(os.environ)
+    env["ORTHANC_TRANSFERS_CONFIG"] = str(home / "config.json")
+    env["ORTHANC_TRANSFERS_DATA"] = str(home / "data")
+    env["ORTHANC_TRANSFERS_KEYRING"] = "0"
+    root = str(Path(__file__).resolve().parents[2])  # so "-m gui.cli" works from any directory
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def cli_command() -> List[str]:
+    return [sys.executable, "-m", CLI_MODULE]
+
+
+def availability() -> Optional[str]:
+    """None when ``send`` is usable, else why not (one line)."""
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as home:
+        try:
+            done = subprocess.run(cli_command() + ["send", "--help"], capture_output=True, text=True,
+                                  timeout=60, env=_isolated_env(Path(home)))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"cannot run {CLI_MODULE}: {exc}"
+    text = done.stdout + done.stderr
+    if done.returncode != 0 or "--mode" not in text:
+        last = text.strip().splitlines()[-1:] or ["no output"]
+        return f"'{CLI_MODULE} send' is not available yet ({last[0][:160]})"
+    return None
+
+
+def _rss_tree(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc] + proc.children(recursive=True):
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def run(args: List[str], timeout: float = 7200.0) -> EngineRun:
+    """Run ``send`` with ``args``; measure peak RSS and CPU seconds of the process tree."""
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as home_str:
+        home = Path(home_str)
+        out_path, err_path = home / "stdout", home / "stderr"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            t0 = time.monotonic()
+            proc = subprocess.Popen(cli_command() + ["send"] + args, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=_isolated_env(home))
+        peak = [0]
+        finished = threading.Event()
+
+        def sample() -> None:
+            # psutil sees children too; the kernel's ru_maxrss (below) is exact for the main process.
+            try:
+                ps = psutil.Process(proc.pid)
+                while not finished.wait(0.05):
+                    peak[0] = max(peak[0], _rss_tree(ps))
+            except psutil.NoSuchProcess:
+                pass
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        deadline = t0 + timeout
+        status = None
+        usage = None
+        while status is None:
+            pid, wait_status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                status, usage = wait_status, ru
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        seconds = time.monotonic() - t0
+        finished.set()
+        sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
+        stdout = out_path.read_text(errors="replace").strip()
+        stderr = err_path.read_text(errors="replace").strip()
+    report = None
+    for line in reversed(stdout.splitlines()):
+        try:
+            candidate = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(candidate, dict):
+            report = candidate
+            break
+    if report is None and stdout.startswith("{"):
+        try:
+            report = json.loads(stdout)
+        except ValueError:
+            report = None
+    assert usage is not None
+    return EngineRun(report=report, returncode=proc.returncode, seconds=seconds,
+                     peak_rss_bytes=max(peak[0], usage.ru_maxrss * 1024),
+                     cpu_seconds=usage.ru_utime + usage.ru_stime,
+                     stderr_tail=" | ".join(stderr.splitlines()[-3:])[:400])
+
+
+def baseline_rss_bytes() -> Optional[int]:
+    """Peak RSS of the interpreter with the CLI imported and doing nothing
+    (``send --help``): the part of the engine's RSS that is not buffers."""
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as home:
+        proc = subprocess.Popen(cli_command() + ["send", "--help"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=_isolated_env(Path(home)))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss * 1024 if proc.returncode == 0 else None

@@ -1,0 +1,217 @@
+"""Plain transport: stock Orthanc on both ends, only its REST API.
+
+Instances are downloaded whole (stock Orthanc ignores ``Range``) with
+``Accept-Encoding: gzip``; the small instances of one bucket are uploaded
+together as one stored ZIP archive (``POST /instances`` takes ZIPs), larger
+ones alone. At most ``Threads`` buckets are in flight, so memory stays
+within about ``Threads × 2 × BucketSize`` plus one large instance per worker.
+
+Rollback: before uploading, each instance is looked up on the target; only
+the ones absent then are recorded (durably) as created by this job, and only
+those are deleted on failure or cancel. An instance that was on the target
+before the job is never deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import zipfile
+from typing import Dict, List, Sequence, Tuple
+
+from gui.client.errors import OrthancError
+from gui.engine.events import BucketState, TransferMode
+from gui.engine.retry import with_retries
+from gui.engine.transport_base import TransferContext, TransferFailed, Transport
+from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
+
+ACCEPTED_STATUSES = ("Success", "AlreadyStored")
+
+
+class Unit:
+    """Buckets handled together: a group of small instances, or every piece of one
+    split instance (plain mode cannot fetch part of an instance)."""
+
+    def __init__(self, indexes: List[int], buckets: List[Bucket], instances: List[InstanceInfo]) -> None:
+        self.indexes = indexes
+        self.buckets = buckets
+        self.instances = instances
+
+    @property
+    def raw_total(self) -> int:
+        return sum(i.size for i in self.instances)
+
+
+def group_units(buckets: Sequence[Bucket], by_id: Dict[str, InstanceInfo]) -> List[Unit]:
+    units: List[Unit] = []
+    for index, bucket in enumerate(buckets):
+        ids = bucket.instance_ids()
+        split = len(ids) == 1 and bucket.total_size < by_id[ids[0]].size
+        if split and units and units[-1].instances[-1].id == ids[0] and len(units[-1].instances) == 1:
+            units[-1].indexes.append(index)
+            units[-1].buckets.append(bucket)
+            continue
+        units.append(Unit([index], [bucket], [by_id[i] for i in ids]))
+    return units
+
+
+def zip_stored(files: Sequence[Tuple[str, bytes]]) -> bytes:
+    """A ZIP archive without compression: DICOM pixel data rarely shrinks, and
+    the CPU is better spent elsewhere."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, data in files:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
+
+
+class PlainTransport(Transport):
+    mode = TransferMode.PLAIN
+
+    def __init__(self) -> None:
+        self._in_flight: "set[asyncio.Future]" = set()
+
+    def plan(self, ctx: TransferContext) -> List[Bucket]:
+        return plan_buckets(ctx.instances, ctx.options.bucket_size_bytes)
+
+    # --- reading (overridden by the local upload) ------------------------------
+
+    async def read_instance(self, ctx: TransferContext, info: InstanceInfo) -> Tuple[bytes, int]:
+        """The instance's bytes and how many bytes crossed the network for them."""
+        path = f"/instances/{info.id}/file"
+        response = await ctx.source.request("GET", path, headers={"Accept-Encoding": "gzip"})
+        return response.content, int(getattr(response, "num_bytes_downloaded", 0) or len(response.content))
+
+    def source_label(self, ctx: TransferContext) -> str:
+        return ctx.source.peer.name
+
+    # --- running ----------------------------------------------------------------
+
+    async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
+        by_id = {i.id: i for i in ctx.instances}
+        units = [u for u in group_units(buckets, by_id)
+                 if not all(i in ctx.done_buckets for i in u.indexes)]
+        gate = asyncio.Semaphore(max(1, ctx.options.Threads))
+
+        async def guarded(unit: Unit) -> None:
+            async with gate:
+                await self._unit(ctx, unit)
+
+        tasks = [asyncio.ensure_future(guarded(u)) for u in units]
+        if not tasks:
+            return
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _event(self, ctx: TransferContext, unit: Unit, state: BucketState, **extra: object) -> None:
+        for index, bucket in zip(unit.indexes, unit.buckets):
+            values = dict(extra)
+            # Spread byte counts over the pieces of a split instance.
+            share = bucket.total_size / unit.raw_total if unit.raw_total else 0
+            for key in ("raw_done", "wire_total", "wire_done"):
+                if key in values and values[key] is not None:
+                    values[key] = int(values[key] * share) if len(unit.buckets) > 1 else values[key]
+            ctx.bucket_event(index, bucket, state, **values)
+
+    async def _unit(self, ctx: TransferContext, unit: Unit) -> None:
+        await ctx.wait_running()
+        retries = ctx.options.MaxHttpRetries
+
+        def on_retry(attempt: int, exc: OrthancError) -> None:
+            self._event(ctx, unit, BucketState.RETRYING, retries=attempt, error=str(exc))
+
+        try:
+            files: List[Tuple[str, bytes]] = []
+            raw_done = 0
+            self._event(ctx, unit, BucketState.READING)
+            for info in unit.instances:
+                data, _wire = await with_retries(lambda info=info: self.read_instance(ctx, info),
+                                                 retries, on_retry=on_retry)
+                digest = await asyncio.to_thread(lambda d=data: hashlib.md5(d).hexdigest())
+                if len(data) != info.size or digest != info.md5:
+                    raise TransferFailed(
+                        f"instance {info.id} read from {self.source_label(ctx)} does not match the plan "
+                        f"(size {len(data)} vs {info.size}, MD5 {digest} vs {info.md5}); "
+                        "was it modified during the transfer?", {info.id: "changed on the source"})
+                files.append((f"{info.id}.dcm", data))
+                raw_done += len(data)
+                self._event(ctx, unit, BucketState.READING, raw_done=raw_done)
+
+            # Look before writing: only what is absent now is ours to delete later.
+            for info in unit.instances:
+                before = await with_retries(lambda info=info: ctx.target.instance_md5_or_none(info.id),
+                                            retries, on_retry=on_retry)
+                if before is None and info.id not in ctx.created_on_target:
+                    await ctx.mark_created(info.id)
+
+            if len(files) > 1:
+                self._event(ctx, unit, BucketState.COMPRESSING, raw_done=raw_done)
+                body = await asyncio.to_thread(zip_stored, files)
+            else:
+                body = files[0][1]
+            files.clear()
+            self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=len(body))
+            # Shielded: a cancel must not leave an upload half-way whose import
+            # lands after the rollback; discard() waits for these first.
+            upload = asyncio.ensure_future(
+                with_retries(lambda: ctx.target.upload(body), retries, on_retry=on_retry))
+            self._in_flight.add(upload)
+            upload.add_done_callback(self._in_flight.discard)
+            answers = await asyncio.shield(upload)
+            self._check_answers(ctx, unit, answers)
+            self._event(ctx, unit, BucketState.DONE, raw_done=raw_done, wire_total=len(body),
+                        wire_done=len(body))
+            for index in unit.indexes:
+                await ctx.mark_bucket_done(index)
+        except asyncio.CancelledError:
+            raise
+        except TransferFailed as exc:
+            self._event(ctx, unit, BucketState.FAILED, error=exc.reason)
+            raise
+        except OrthancError as exc:
+            self._event(ctx, unit, BucketState.FAILED, error=str(exc))
+            raise TransferFailed(str(exc), {i.id: str(exc) for i in unit.instances}) from None
+
+    def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[dict]) -> None:
+        expected = {i.id for i in unit.instances}
+        seen = set()
+        for answer in answers:
+            if not isinstance(answer, dict):
+                continue
+            status = answer.get("Status")
+            if status not in ACCEPTED_STATUSES:
+                where = answer.get("ID") or answer.get("Path") or "a file"
+                raise TransferFailed(f"{ctx.target.peer.name} refused {where}: {status or answer}")
+            seen.add(answer.get("ID"))
+        missing = expected - seen
+        if missing:
+            first = sorted(missing)[0]
+            raise TransferFailed(f"{ctx.target.peer.name} did not report storing {len(missing)} "
+                                 f"instance(s), e.g. {first}", {i: "not stored" for i in missing})
+
+    # --- rollback ------------------------------------------------------------------
+
+    async def discard(self, ctx: TransferContext) -> None:
+        """Delete every instance this job created; keep everything else."""
+        if self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+        failures = []
+        for instance_id in sorted(ctx.created_on_target):
+            try:
+                await with_retries(lambda i=instance_id: ctx.target.delete("Instance", i),
+                                   ctx.options.MaxHttpRetries)
+            except OrthancError as exc:
+                if exc.status != 404:
+                    failures.append(f"{instance_id}: {exc}")
+        if failures:
+            raise TransferFailed(f"rollback incomplete on {ctx.target.peer.name}: {len(failures)} "
+                                 f"instance(s) could not be deleted ({failures[0]})")
+        ctx.created_on_target.clear()

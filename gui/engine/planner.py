@@ -1,0 +1,151 @@
+"""Planning a job: what to send, what the target already has, which transport.
+
+Orthanc IDs are derived from the DICOM UIDs, so an instance has the same ID
+on every server: an instance the target already holds with the same MD5 need
+not travel again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from gui.client.errors import OrthancError
+from gui.client.orthanc_client import OrthancClient
+from gui.engine.events import TransferMode
+from gui.protocol import wire
+from gui.protocol.wire import InstanceInfo
+
+MODE_NAMES = ("auto", "push", "pull", "plain", "delegate")
+
+
+class PlanningError(Exception):
+    """The job cannot be planned; the text is shown to the user."""
+
+
+@dataclass
+class Plan:
+    instances: List[InstanceInfo]                 # everything the job covers, sorted by ID
+    to_send: List[InstanceInfo]                    # what must travel
+    present: List[InstanceInfo] = field(default_factory=list)  # already on the target, same MD5
+
+    @property
+    def bytes_to_send(self) -> int:
+        return sum(i.size for i in self.to_send)
+
+
+async def gather_bounded(items: Sequence, worker: Callable, concurrency: int) -> list:
+    """``worker(item)`` for every item, at most ``concurrency`` at a time, results in order."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(item):
+        async with gate:
+            return await worker(item)
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def check_resources(resources: Sequence[dict]) -> List[dict]:
+    try:
+        return wire.parse_resources(list(resources))
+    except wire.WireFormatError as exc:
+        raise PlanningError(f"invalid resource list: {exc}") from None
+
+
+async def resolve_instances(source: OrthancClient, resources: Sequence[dict], *,
+                            use_protocol: bool, concurrency: int,
+                            headers: Optional[Dict[str, str]] = None) -> List[InstanceInfo]:
+    """Instance infos (ID, size, MD5) of everything below ``resources`` on the source."""
+    resources = check_resources(resources)
+    if use_protocol:
+        return await source.transfers_lookup(resources, headers=headers)
+    listed: Dict[str, int] = {}
+    for group in await gather_bounded(
+            resources, lambda r: _instances_below(source, r), concurrency):
+        listed.update(group)
+    ids = sorted(listed)
+    md5s = await gather_bounded(ids, source.instance_md5, concurrency)
+    return [InstanceInfo(i, listed[i], m) for i, m in zip(ids, md5s)]
+
+
+async def _instances_below(source: OrthancClient, resource: dict) -> Dict[str, int]:
+    try:
+        items = await source.instances_of(resource["Level"], resource["ID"])
+    except OrthancError as exc:
+        if exc.status == 404:
+            raise PlanningError(f"{resource['Level'].lower()} {resource['ID']} is not on "
+                                f"{source.peer.name}") from None
+        raise
+    out: Dict[str, int] = {}
+    for item in items:
+        size = item.get("FileSize")
+        if not isinstance(size, int):
+            # Older servers do not list sizes; the attachment info has it.
+            info = await source.get_json(f"/instances/{item['ID']}/attachments/dicom/info")
+            size = int(info["UncompressedSize"])
+        out[str(item["ID"])] = size
+    return out
+
+
+async def present_on_target(target: OrthancClient, instances: Sequence[InstanceInfo],
+                            concurrency: int) -> Dict[str, Optional[str]]:
+    """The target's MD5 of each instance, None when absent."""
+    md5s = await gather_bounded([i.id for i in instances], target.instance_md5_or_none, concurrency)
+    return {i.id: m for i, m in zip(instances, md5s)}
+
+
+async def make_plan(source: OrthancClient, target: OrthancClient, resources: Sequence[dict], *,
+                    use_protocol: bool, concurrency: int, force: bool = False,
+                    keep: Optional[set] = None,
+                    headers: Optional[Dict[str, str]] = None) -> Plan:
+    """Resolve, then drop what the target already has with the same MD5.
+
+    With ``force`` everything is sent again, except the instances named in
+    ``keep`` (already sent by an earlier run of this very job).
+    """
+    instances = await resolve_instances(source, resources, use_protocol=use_protocol,
+                                        concurrency=concurrency, headers=headers)
+    return await split_present(target, instances, concurrency=concurrency, force=force, keep=keep)
+
+
+async def split_present(target: OrthancClient, instances: Sequence[InstanceInfo], *,
+                        concurrency: int, force: bool = False,
+                        keep: Optional[set] = None) -> Plan:
+    instances = sorted(instances, key=lambda i: i.id)
+    candidates = [i for i in instances if not force or (keep and i.id in keep)]
+    on_target = await present_on_target(target, candidates, concurrency) if candidates else {}
+    present = [i for i in candidates if on_target.get(i.id) == i.md5]
+    present_ids = {i.id for i in present}
+    to_send = [i for i in instances if i.id not in present_ids]
+    return Plan(list(instances), to_send, present)
+
+
+def choose_mode(requested: str, *, source_speaks: bool, target_speaks: bool,
+                available: Dict[TransferMode, bool]) -> Tuple[TransferMode, str]:
+    """The transport for a job and a one-line why.
+
+    auto: delegate only when explicitly asked; push if the target speaks the
+    protocol; pull if only the source does; else plain. A transport whose
+    module is not installed is skipped by auto and refused when asked for.
+    """
+    if requested not in MODE_NAMES:
+        raise PlanningError(f"unknown mode {requested!r} (use {', '.join(MODE_NAMES)})")
+    if requested == "auto":
+        if target_speaks and available.get(TransferMode.PUSH):
+            return TransferMode.PUSH, "the target speaks the transfers protocol"
+        if source_speaks and available.get(TransferMode.PULL):
+            return TransferMode.PULL, "the source speaks the transfers protocol"
+        return TransferMode.PLAIN, "stock Orthanc REST API"
+    mode = TransferMode(requested)
+    if mode is not TransferMode.PLAIN and not available.get(mode):
+        raise PlanningError(f"{mode.value} mode is not available in this installation")
+    if mode is TransferMode.PUSH and not target_speaks:
+        raise PlanningError("push mode needs the transfers accelerator on the target, "
+                            "which does not answer /transfers/lookup")
+    if mode is TransferMode.PULL and not source_speaks:
+        raise PlanningError("pull mode needs the transfers accelerator on the source, "
+                            "which does not answer /transfers/lookup")
+    if mode is TransferMode.DELEGATE and not source_speaks:
+        raise PlanningError("delegate mode needs the transfers plugin on the source")
+    return mode, f"{mode.value} mode requested"

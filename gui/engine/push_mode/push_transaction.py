@@ -1,0 +1,229 @@
+"""The client side of one push transaction (PROTOCOL.md §3).
+
+``POST /transfers/push`` creates it, ``PUT .../{index}`` sends each bucket,
+``POST .../commit`` imports everything, ``DELETE`` discards it. Every request
+carries ``sender-transfer-id``; a cookie set by the create answer is sent
+back on the transaction's later requests (sticky sessions behind a load
+balancer). Bodies are labelled ``application/x-www-form-urlencoded`` as the
+C++ plugin does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Dict, Optional, Sequence
+
+from gui.client.errors import OrthancError
+from gui.client.orthanc_client import OrthancClient
+from gui.engine.retry import backoff_delay, with_retries
+from gui.protocol import wire
+from gui.protocol.wire import Bucket, InstanceInfo
+
+log = logging.getLogger(__name__)
+
+BODY_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# Progress is reported at least this often while a body streams out.
+PIECE_SIZE = 256 * 1024
+# Polling interval bounds of an asynchronous commit.
+POLL_MIN, POLL_MAX = 0.2, 2.0
+
+RetryHook = Optional[Callable[[int, OrthancError], None]]
+
+
+class TransactionGone(Exception):
+    """The target no longer knows the transaction (restart, LRU eviction)."""
+
+
+class CommitFailed(Exception):
+    """The target refused the commit; ``reason`` says why (e.g. a bad MD5)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class TransactionState:
+    """What is needed to talk to the transaction again (saved for resume)."""
+
+    id: str
+    path: str
+    compression: str
+    cookie: str = ""
+    asynchronous: bool = False
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"ID": self.id, "Path": self.path, "Compression": self.compression,
+                "Cookie": self.cookie, "Asynchronous": self.asynchronous}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Optional["TransactionState"]:
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(str(data["ID"]), str(data["Path"]), wire.parse_compression(data["Compression"]),
+                       str(data.get("Cookie", "")), bool(data.get("Asynchronous", False)))
+        except (KeyError, wire.WireFormatError):
+            return None
+
+
+def cookie_from(response_headers: Any) -> str:
+    """The ``name=value`` pairs of every Set-Cookie, ready for a Cookie header."""
+    pairs = []
+    for header in response_headers.get_list("set-cookie"):
+        pair = header.split(";", 1)[0].strip()
+        if "=" in pair:
+            pairs.append(pair)
+    return "; ".join(pairs)
+
+
+class PushTransaction:
+    def __init__(self, target: OrthancClient, state: TransactionState, *, transfer_id: str,
+                 retries: int, commit_timeout: float) -> None:
+        self.target = target
+        self.state = state
+        self.transfer_id = transfer_id
+        self.retries = retries
+        self.commit_timeout = commit_timeout
+
+    @property
+    def id(self) -> str:
+        return self.state.id
+
+    def _headers(self, body: bool = False) -> Dict[str, str]:
+        headers = {wire.SENDER_TRANSFER_ID_HEADER: self.transfer_id}
+        if body:
+            headers["Content-Type"] = BODY_CONTENT_TYPE
+        if self.state.cookie:
+            headers["Cookie"] = self.state.cookie
+        return headers
+
+    @classmethod
+    async def create(cls, target: OrthancClient, instances: Sequence[InstanceInfo],
+                     buckets: Sequence[Bucket], compression: str, *, transfer_id: str,
+                     retries: int, commit_timeout: float, asynchronous_commit: bool = False,
+                     on_retry: RetryHook = None) -> "PushTransaction":
+        body = json.dumps(wire.build_push_request(instances, buckets, compression,
+                                                  asynchronous_commit)).encode()
+        headers = {wire.SENDER_TRANSFER_ID_HEADER: transfer_id, "Content-Type": BODY_CONTENT_TYPE}
+        response = await with_retries(
+            lambda: target.request("POST", wire.URI_PUSH, content=body, headers=headers),
+            retries, on_retry=on_retry)
+        try:
+            answer = json.loads(response.content)
+            tid, path = answer["ID"], answer["Path"]
+            if not isinstance(tid, str) or not isinstance(path, str) or not tid:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise OrthancError("malformed answer to the creation of a push transaction",
+                               method="POST", url=target.base_url + wire.URI_PUSH,
+                               peer=target.peer.name) from None
+        # Only our own plugin honours the extension; it says so in its answer.
+        asynchronous = asynchronous_commit and bool(answer.get("AsynchronousCommit", True))
+        state = TransactionState(tid, path, compression, cookie_from(response.headers), asynchronous)
+        log.info("push transaction %s created on %s (%d buckets, %s)", tid, target.peer.name,
+                 len(buckets), compression)
+        return cls(target, state, transfer_id=transfer_id, retries=retries,
+                   commit_timeout=commit_timeout)
+
+    async def put(self, index: int, body: bytes, on_progress: Callable[[int], None],
+                  on_retry: RetryHook = None) -> None:
+        """Send bucket ``index``; ``on_progress(bytes)`` follows the body on the wire."""
+        path = f"{self.state.path}/{index}"
+        headers = self._headers(body=True)
+        headers["Content-Length"] = str(len(body))
+
+        async def attempt() -> None:
+            on_progress(0)
+            await self.target.request("PUT", path, content=_pieces(body, on_progress),
+                                      headers=headers)
+
+        try:
+            await with_retries(attempt, self.retries, on_retry=on_retry)
+        except OrthancError as exc:
+            if exc.status == 404:
+                raise TransactionGone(f"the target dropped push transaction {self.id}") from None
+            raise
+
+    async def commit(self, on_retry: RetryHook = None) -> None:
+        """Ask the target to check and import everything; return once imported."""
+        path = f"{self.state.path}/commit"
+        attempt = 0
+        while True:
+            try:
+                response = await self.target.request("POST", path, content=b"",
+                                                     headers=self._headers(True),
+                                                     timeout=self.commit_timeout)
+                break
+            except OrthancError as exc:
+                if exc.status == 404:
+                    raise TransactionGone(f"the target dropped push transaction {self.id}") from None
+                # A refused commit (bad MD5: HTTP 500) or a timed-out one must
+                # not be repeated blindly: only "never reached the server" is.
+                unreachable = exc.status in (502, 503) or (
+                    exc.status is None and "timeout" not in exc.reason)
+                if not unreachable or attempt >= self.retries:
+                    if exc.status is not None:
+                        raise CommitFailed(exc.message or exc.reason) from exc
+                    raise
+                attempt += 1
+                if on_retry is not None:
+                    on_retry(attempt, exc)
+                await asyncio.sleep(backoff_delay(attempt))
+        if self.state.asynchronous:
+            await self._follow_commit(response)
+
+    async def _follow_commit(self, response: Any) -> None:
+        """Poll an asynchronous commit's status until it is over (our plugin's extension)."""
+        try:
+            answer = json.loads(response.content or b"{}")
+        except ValueError:
+            answer = {}
+        status_path = _status_path(answer, self.target.base_url) if isinstance(answer, dict) else None
+        if status_path is None:
+            return  # a synchronous answer ({}): the import is already done
+        deadline = time.monotonic() + self.commit_timeout
+        delay = POLL_MIN
+        while True:
+            status = await with_retries(
+                lambda: self.target.get_json(status_path, headers=self._headers()), self.retries)
+            state = str(status.get("State", "")).lower() if isinstance(status, dict) else ""
+            if state in ("success", "done", "committed"):
+                return
+            if state in ("failure", "failed", "error"):
+                raise CommitFailed(str(status.get("Error") or status.get("Message")
+                                       or "the target could not import the transaction"))
+            if time.monotonic() > deadline:
+                raise CommitFailed(f"the commit did not finish within {self.commit_timeout:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(POLL_MAX, delay * 1.5)
+
+    async def delete(self) -> None:
+        """Discard the transaction; best effort (it may be gone already)."""
+        try:
+            await self.target.request("DELETE", self.state.path, headers=self._headers(),
+                                      expect=(200, 404))
+        except OrthancError as exc:
+            log.warning("could not discard push transaction %s: %s", self.id, exc)
+
+
+def _status_path(answer: Dict[str, Any], base_url: str) -> Optional[str]:
+    for key in ("StatusPath", "Path", "URL", "Url"):
+        value = answer.get(key)
+        if isinstance(value, str) and value:
+            if value.startswith(base_url):
+                value = value[len(base_url):]
+            if value.startswith("/"):
+                return value
+    return None
+
+
+async def _pieces(body: bytes, on_progress: Callable[[int], None]) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(body), PIECE_SIZE):
+        yield bytes(view[start:start + PIECE_SIZE])
+        on_progress(min(len(body), start + PIECE_SIZE))

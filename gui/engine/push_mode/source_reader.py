@@ -1,0 +1,176 @@
+"""The bytes of a push bucket, read from the source server.
+
+- A source that speaks the protocol serves a bucket's exact bytes with one
+  ``GET /transfers/chunks`` request: nothing is cached here.
+- A stock source serves whole files only (``Range`` is ignored). A whole
+  instance that is one chunk is downloaded and used once. An instance split
+  over several buckets is downloaded once and kept for its other chunks: in
+  memory while the cache (``CacheSize``) has room, otherwise streamed to a
+  temporary file in the job's staging directory, from which ranges are read.
+  Concurrent requests for the same instance share one download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from gui.client.errors import OrthancError
+from gui.client.orthanc_client import OrthancClient
+from gui.engine.retry import with_retries
+from gui.protocol import wire
+from gui.protocol.wire import Bucket, Chunk, InstanceInfo
+
+log = logging.getLogger(__name__)
+
+RetryHook = Optional[Callable[[int, OrthancError], None]]
+
+
+class SourceReadError(Exception):
+    """The source did not deliver a bucket's bytes; the text says which and why."""
+
+
+class SourceReader:
+    def __init__(self, source: OrthancClient, instances: Sequence[InstanceInfo],
+                 buckets: Sequence[Bucket], *, use_chunks_endpoint: bool, cache_bytes: int, staging_dir: Path,
+                 retries: int) -> None:
+        self.source = source
+        self.use_chunks_endpoint = use_chunks_endpoint
+        self.cache_bytes = cache_bytes
+        self.staging_dir = Path(staging_dir)
+        self.retries = retries
+        # Chunks still to read per split instance: its temp file goes when 0.
+        self._remaining: Dict[str, int] = collections.Counter(
+            c.instance_id for b in buckets for c in b.chunks)
+        self._sizes: Dict[str, int] = {i.id: i.size for i in instances}
+        self._cache: "collections.OrderedDict[str, bytes]" = collections.OrderedDict()
+        self._cached_bytes = 0
+        self._reserved = 0
+        self._pending: Dict[str, "asyncio.Future[object]"] = {}
+        self._files: Dict[str, Path] = {}
+
+    async def read(self, bucket: Bucket, on_retry: RetryHook = None) -> bytes:
+        expected = bucket.total_size
+        if self.use_chunks_endpoint:
+            uri = wire.chunks_uri(bucket, "none")
+            response = await with_retries(lambda: self.source.request("GET", uri), self.retries,
+                                          on_retry=on_retry)
+            data = response.content
+        else:
+            parts = [await self._read_chunk(chunk, on_retry) for chunk in bucket.chunks]
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(data) != expected:
+            raise SourceReadError(f"the source sent {len(data)} bytes for a bucket of "
+                                  f"{expected} bytes ({bucket.instance_ids()[0]}...)")
+        return data
+
+    async def _read_chunk(self, chunk: Chunk, on_retry: RetryHook) -> bytes:
+        iid = chunk.instance_id
+        # The only chunk of this instance still to read, and nothing kept: no caching.
+        if self._remaining[iid] <= 1 and iid not in self._files and iid not in self._cache \
+                and iid not in self._pending:
+            self._remaining[iid] -= 1
+            data = await with_retries(lambda: self.source.download_instance(iid), self.retries,
+                                      on_retry=on_retry)
+            return data[chunk.offset:chunk.offset + chunk.size]
+        try:
+            where = await self._instance(iid, chunk.offset + chunk.size, on_retry)
+            if isinstance(where, bytes):
+                return where[chunk.offset:chunk.offset + chunk.size]
+            return await asyncio.to_thread(_read_range, where, chunk.offset, chunk.size)
+        finally:
+            # Counted down only once read, so a concurrent reader of another
+            # chunk never sees the file vanish under it.
+            self._remaining[iid] -= 1
+            if self._remaining[iid] <= 0:
+                self._forget(iid)
+
+    async def _instance(self, iid: str, at_least: int, on_retry: RetryHook) -> object:
+        """The instance's bytes (cached) or the path of its temporary file."""
+        if iid in self._cache:
+            self._cache.move_to_end(iid)
+            return self._cache[iid]
+        if iid in self._files and self._files[iid].exists():
+            return self._files[iid]
+        while iid in self._pending:
+            # Someone is downloading it: wait, then look again (their download
+            # may have failed or been cancelled, and then we try ourselves).
+            await asyncio.wait([self._pending[iid]])
+            if iid in self._cache or (iid in self._files and self._files[iid].exists()):
+                return await self._instance(iid, at_least, on_retry)
+        done = asyncio.get_running_loop().create_future()
+        self._pending[iid] = done
+        try:
+            return await self._fetch(iid, at_least, on_retry)
+        finally:
+            del self._pending[iid]
+            done.set_result(None)
+
+    async def _fetch(self, iid: str, at_least: int, on_retry: RetryHook) -> object:
+        size = max(at_least, self._sizes.get(iid, 0))
+        if self._make_room(size):
+            self._reserved += size
+            try:
+                data = await with_retries(lambda: self.source.download_instance(iid), self.retries,
+                                          on_retry=on_retry)
+            finally:
+                self._reserved -= size
+            self._cache[iid] = data
+            self._cached_bytes += len(data)
+            return data
+        # Too large for what the cache has left: stream it to disk instead.
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        path = self.staging_dir / f"source-{iid}.dcm"
+
+        async def download() -> int:
+            with open(path, "wb") as sink:
+                return await self.source.download_instance_to(iid, sink)
+
+        await with_retries(download, self.retries, on_retry=on_retry)
+        self._files[iid] = path
+        return path
+
+    def _make_room(self, size: int) -> bool:
+        """Evict least recently used files until ``size`` fits; False if it cannot."""
+        if size > self.cache_bytes:
+            return False
+        while self._cache and self._cached_bytes + self._reserved + size > self.cache_bytes:
+            _, data = self._cache.popitem(last=False)
+            self._cached_bytes -= len(data)
+        return self._cached_bytes + self._reserved + size <= self.cache_bytes
+
+    def _forget(self, iid: str) -> None:
+        data = self._cache.pop(iid, None)
+        if data is not None:
+            self._cached_bytes -= len(data)
+        path = self._files.pop(iid, None)
+        if path is not None:
+            _unlink(path)
+
+    def rewind(self, buckets: Sequence[Bucket]) -> None:
+        """Every bucket will be read again (a push transaction is re-sent)."""
+        self._remaining = collections.Counter(c.instance_id for b in buckets for c in b.chunks)
+
+    async def close(self) -> None:
+        self._cache.clear()
+        self._cached_bytes = 0
+        for path in self._files.values():
+            _unlink(path)
+        self._files.clear()
+
+
+def _read_range(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

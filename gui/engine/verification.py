@@ -1,0 +1,81 @@
+"""Storage commitment: after the transport, check every instance on the target.
+
+The target's stored MD5 (``/instances/{id}/attachments/dicom/md5``) must equal
+the source's MD5 for every planned instance; only then is a job a success.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from gui.client.errors import OrthancError
+from gui.client.orthanc_client import OrthancClient
+from gui.engine.events import CommitmentReport, InstanceVerdict, JobState, TransferMode
+from gui.engine.planner import gather_bounded
+from gui.protocol.wire import InstanceInfo
+
+
+async def target_md5s(target: OrthancClient, ids: Sequence[str], concurrency: int
+                      ) -> Dict[str, object]:
+    """MD5 per instance: a string, None when absent, or the OrthancError met."""
+    async def one(instance_id: str) -> object:
+        try:
+            return await target.instance_md5_or_none(instance_id)
+        except OrthancError as exc:
+            return exc
+    results = await gather_bounded(list(ids), one, concurrency)
+    return dict(zip(ids, results))
+
+
+def verdicts(instances: Sequence[InstanceInfo], found: Dict[str, object],
+             statuses: Dict[str, str]) -> List[InstanceVerdict]:
+    """One verdict per planned instance.
+
+    ``statuses`` says what the job did with each instance ("transferred",
+    "skipped-present", "not-sent"); it becomes "failed" when the check fails.
+    """
+    out = []
+    for info in instances:
+        status = statuses.get(info.id, "transferred")
+        value = found.get(info.id)
+        if isinstance(value, OrthancError):
+            out.append(InstanceVerdict(info.id, info.size, info.md5, None, False, "failed",
+                                       f"cannot read the MD5 on the target: {value}"))
+        elif value is None:
+            reason = "not on the target" + (" (never sent)" if status == "not-sent" else "")
+            out.append(InstanceVerdict(info.id, info.size, info.md5, None, False,
+                                       "not-sent" if status == "not-sent" else "failed", reason))
+        elif value != info.md5:
+            out.append(InstanceVerdict(info.id, info.size, info.md5, str(value), False, "failed",
+                                       f"MD5 mismatch: source {info.md5}, target {value}"))
+        else:
+            out.append(InstanceVerdict(info.id, info.size, info.md5, str(value), True,
+                                       "skipped-present" if status == "skipped-present" else "transferred"))
+    return out
+
+
+async def verify(target: OrthancClient, instances: Sequence[InstanceInfo],
+                 statuses: Dict[str, str], concurrency: int) -> List[InstanceVerdict]:
+    found = await target_md5s(target, [i.id for i in instances], concurrency)
+    return verdicts(instances, found, statuses)
+
+
+def unverified(instances: Sequence[InstanceInfo], statuses: Dict[str, str],
+               reason: str) -> List[InstanceVerdict]:
+    """Verdicts when the target could not be checked at all (e.g. unreachable)."""
+    return [InstanceVerdict(i.id, i.size, i.md5, None, False,
+                            "failed" if statuses.get(i.id) == "transferred" else "not-sent", reason)
+            for i in instances]
+
+
+def build_report(job_id: str, *, state: JobState, mode: Optional[TransferMode], source: str,
+                 target: str, verdicts_: List[InstanceVerdict], bytes_: int, wire_bytes: int,
+                 seconds: float, error: Optional[str], compression: Optional[str]) -> CommitmentReport:
+    """The final report; ``state`` is downgraded to Failure if anything is unverified."""
+    if state is JobState.SUCCESS and any(not v.verified for v in verdicts_):
+        state = JobState.FAILURE
+        bad = [v for v in verdicts_ if not v.verified]
+        error = error or f"{len(bad)} of {len(verdicts_)} instances not verified on the target: {bad[0].reason}"
+    return CommitmentReport(job_id=job_id, state=state, mode=mode, source=source, target=target,
+                            instances=list(verdicts_), bytes=bytes_, wire_bytes=wire_bytes,
+                            seconds=seconds, error=error, compression=compression)

@@ -1,0 +1,154 @@
+"""One row per bucket of the selected job: the data behind the bucket grid.
+
+A single flat list model; updates arrive in batches (see event_bridge) and
+are announced with one dataChanged per contiguous run of rows, so thousands
+of buckets cost a few repaints per second, not thousands.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, Iterable, List, Optional
+
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt
+
+from gui.engine.events import BucketProgress, BucketState
+from gui.ui.transfers.formatting import human_bytes
+
+BucketRole = Qt.ItemDataRole.UserRole + 1      # the BucketProgress itself
+FractionRole = Qt.ItemDataRole.UserRole + 2    # 0.0 .. 1.0
+StateRole = Qt.ItemDataRole.UserRole + 3       # BucketState
+
+
+class StateGroup:
+    """What the user sees: reading, compressing and sending are 'transferring'."""
+
+    QUEUED = "queued"
+    TRANSFERRING = "transferring"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+    ALL = (QUEUED, TRANSFERRING, RETRYING, DONE, FAILED)
+
+
+def state_group(state: BucketState) -> str:
+    if state in (BucketState.READING, BucketState.COMPRESSING, BucketState.SENDING):
+        return StateGroup.TRANSFERRING
+    return state.value  # queued, retrying, done, failed share their names
+
+
+def bucket_fraction(bucket: BucketProgress) -> float:
+    if bucket.state == BucketState.DONE:
+        return 1.0
+    if bucket.raw_total <= 0:
+        return 0.0
+    if bucket.wire_total:
+        # On the wire the bytes are compressed: wire progress is the honest one.
+        return min(1.0, bucket.wire_done / bucket.wire_total)
+    return min(1.0, bucket.raw_done / bucket.raw_total)
+
+
+_MAX_TOOLTIP_IDS = 8
+
+
+def bucket_tooltip(bucket: BucketProgress) -> str:
+    group = state_group(bucket.state)
+    detail = bucket.state.value if group == StateGroup.TRANSFERRING and bucket.state.value != group else ""
+    lines = [f"Bucket {bucket.index + 1}: {group}{f' ({detail})' if detail else ''}"]
+    count = len(bucket.instance_ids)
+    size = human_bytes(bucket.raw_total)
+    if bucket.wire_total:
+        size += f", {human_bytes(bucket.wire_total)} on the wire"
+    lines.append(f"{count} instance{'s' if count != 1 else ''} in {bucket.chunks} chunk"
+                 f"{'s' if bucket.chunks != 1 else ''}, {size}")
+    lines.append(f"{int(bucket_fraction(bucket) * 100)} % done")
+    lines.append(f"{bucket.retries} retr{'ies' if bucket.retries != 1 else 'y'}")
+    if bucket.error:
+        lines.append(f"Error: {bucket.error}")
+    lines.extend(bucket.instance_ids[:_MAX_TOOLTIP_IDS])
+    if count > _MAX_TOOLTIP_IDS:
+        lines.append(f"… and {count - _MAX_TOOLTIP_IDS} more")
+    return "\n".join(lines)
+
+
+class BucketModel(QAbstractListModel):
+    def __init__(self, parent: Optional[Any] = None) -> None:
+        super().__init__(parent)
+        self._job_id: Optional[str] = None
+        self._rows: List[Optional[BucketProgress]] = []
+
+    # --- feeding ------------------------------------------------------------
+
+    @property
+    def job_id(self) -> Optional[str]:
+        return self._job_id
+
+    def reset(self, job_id: Optional[str], buckets: Iterable[BucketProgress] = ()) -> None:
+        """Show another job (or none)."""
+        self.beginResetModel()
+        self._job_id = job_id
+        self._rows = []
+        for bucket in buckets:
+            self._put(bucket)
+        self.endResetModel()
+
+    def _put(self, bucket: BucketProgress) -> None:
+        if bucket.index >= len(self._rows):
+            self._rows.extend([None] * (bucket.index + 1 - len(self._rows)))
+        self._rows[bucket.index] = bucket
+
+    def apply(self, job_id: str, updates: List[BucketProgress]) -> None:
+        """A batch of the latest bucket events (any order) for ``job_id``."""
+        if job_id != self._job_id or not updates:
+            return
+        top = max(b.index for b in updates)
+        if top >= len(self._rows):
+            first = len(self._rows)
+            self.beginInsertRows(QModelIndex(), first, top)
+            self._rows.extend([None] * (top + 1 - first))
+            self.endInsertRows()
+        indices = sorted({b.index for b in updates})
+        for bucket in updates:
+            self._rows[bucket.index] = bucket
+        # One signal per contiguous run of changed rows.
+        start = prev = indices[0]
+        for i in indices[1:] + [None]:  # type: ignore[list-item]
+            if i is not None and i == prev + 1:
+                prev = i
+                continue
+            self.dataChanged.emit(self.index(start), self.index(prev),
+                                  [Qt.ItemDataRole.DisplayRole, BucketRole, FractionRole, StateRole])
+            if i is not None:
+                start = prev = i
+
+    # --- reading ------------------------------------------------------------
+
+    def bucket(self, row: int) -> Optional[BucketProgress]:
+        return self._rows[row] if 0 <= row < len(self._rows) else None
+
+    def counts(self) -> Dict[str, int]:
+        """How many buckets are in each visible state group."""
+        counter: Counter = Counter(state_group(b.state) if b else StateGroup.QUEUED for b in self._rows)
+        return {group: counter.get(group, 0) for group in StateGroup.ALL}
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        bucket = self._rows[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return str(index.row() + 1)
+        if role == BucketRole:
+            return bucket
+        if role == StateRole:
+            return bucket.state if bucket else BucketState.QUEUED
+        if role == FractionRole:
+            return bucket_fraction(bucket) if bucket else 0.0
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return bucket_tooltip(bucket) if bucket else f"Bucket {index.row() + 1}: queued"
+        return None
+
+    def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:
+        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable if index.isValid() else Qt.ItemFlag.NoItemFlags

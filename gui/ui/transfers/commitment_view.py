@@ -1,0 +1,177 @@
+"""Storage commitment of a finished job: a banner, the per-instance verdicts, exports."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
+                               QMessageBox, QPushButton, QTableView, QVBoxLayout, QWidget)
+
+from gui.engine.events import CommitmentReport, InstanceVerdict, JobState
+from gui.ui.transfers.formatting import human_bytes
+
+CSV_FIELDS = ("instance_id", "size", "source_md5", "target_md5", "verified", "status", "reason")
+
+BANNER_STYLES = {
+    "ok": "background:#e3f4e4; color:#1b5e20; border:1px solid #66bb6a;",
+    "bad": "background:#fde4e3; color:#b71c1c; border:1px solid #ef5350;",
+    "neutral": "background:#fff3e0; color:#6d4c41; border:1px solid #ffb74d;",
+}
+
+
+def banner_text(report: CommitmentReport) -> str:
+    """The one line a user reads: '312 of 312 instances verified on Remote demo — MD5'."""
+    counted = f"{report.verified} of {report.planned} instance{'s' if report.planned != 1 else ''} verified " \
+              f"on {report.target} — MD5"
+    if report.state == JobState.SUCCESS:
+        extra = f" ({report.skipped} already there)" if report.skipped else ""
+        return f"✔ {counted}{extra}"
+    if report.state == JobState.CANCELED:
+        return f"Canceled: nothing was kept on {report.target}" + (f" — {report.error}" if report.error else "")
+    return f"✖ Transfer failed: {counted}" + (f". Reason: {report.error}" if report.error else "")
+
+
+def banner_kind(report: CommitmentReport) -> str:
+    if report.state == JobState.SUCCESS and report.verified == report.planned:
+        return "ok"
+    if report.state == JobState.CANCELED:
+        return "neutral"
+    return "bad"
+
+
+def export_json(report: CommitmentReport, path: Path) -> None:
+    Path(path).write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+
+
+def export_csv(report: CommitmentReport, path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_FIELDS)
+        for v in report.instances:
+            writer.writerow([v.instance_id, v.size, v.source_md5 or "", v.target_md5 or "",
+                             "yes" if v.verified else "no", v.status, v.reason])
+
+
+class CommitmentModel(QAbstractTableModel):
+    HEADERS = ("Instance", "Size", "Source MD5", "Target MD5", "Verified", "Status", "Reason")
+
+    def __init__(self, parent: Optional[Any] = None) -> None:
+        super().__init__(parent)
+        self._rows: List[InstanceVerdict] = []
+
+    def set_report(self, report: Optional[CommitmentReport]) -> None:
+        self.beginResetModel()
+        # Problems first: they are what the user has to act on.
+        self._rows = sorted(report.instances, key=lambda v: (v.verified, v.instance_id)) if report else []
+        self.endResetModel()
+
+    def verdict(self, row: int) -> InstanceVerdict:
+        return self._rows[row]
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        v = self._rows[index.row()]
+        col = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return (v.instance_id, human_bytes(v.size), v.source_md5 or "–", v.target_md5 or "–",
+                    "yes" if v.verified else "no", v.status, v.reason)[col]
+        if role == Qt.ItemDataRole.ForegroundRole and col == 4:
+            return QBrush(QColor("#2e7d32" if v.verified else "#c62828"))
+        if role == Qt.ItemDataRole.ToolTipRole and col == 6 and v.reason:
+            return v.reason
+        return None
+
+
+class CommitmentView(QWidget):
+    """Banner + verdict table + export buttons; hidden until a report exists."""
+
+    exported = Signal(str)   # the path written
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.report: Optional[CommitmentReport] = None
+        self.banner = QLabel()
+        self.banner.setObjectName("commitmentBanner")
+        self.banner.setWordWrap(True)
+        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model = CommitmentModel(self)
+        self.table = QTableView()
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setAlternatingRowColors(True)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(20)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(True)
+        for col, width in enumerate((300, 70, 240, 240, 60, 110)):
+            self.table.setColumnWidth(col, width)
+        self.json_button = QPushButton("Export JSON…")
+        self.csv_button = QPushButton("Export CSV…")
+        self.json_button.clicked.connect(lambda: self._ask_export("json"))
+        self.csv_button.clicked.connect(lambda: self._ask_export("csv"))
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(QLabel("Storage commitment (MD5 of every instance, read back from the target)"))
+        buttons.addStretch(1)
+        buttons.addWidget(self.json_button)
+        buttons.addWidget(self.csv_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.banner)
+        layout.addLayout(buttons)
+        layout.addWidget(self.table, 1)
+        self.set_report(None)
+
+    def set_report(self, report: Optional[CommitmentReport]) -> None:
+        self.report = report
+        self.model.set_report(report)
+        if report is None:
+            self.banner.clear()
+            self.setVisible(False)
+            return
+        kind = banner_kind(report)
+        self.banner.setProperty("kind", kind)
+        self.banner.setStyleSheet(f"QLabel {{ {BANNER_STYLES[kind]} padding:8px; font-weight:bold;"
+                                  " font-size:14px; border-radius:4px; }")
+        self.banner.setText(banner_text(report))
+        self.setVisible(True)
+
+    @property
+    def banner_kind(self) -> Optional[str]:
+        return banner_kind(self.report) if self.report else None
+
+    def export(self, path: Path, fmt: str) -> None:
+        if self.report is None:
+            raise ValueError("no storage commitment to export yet")
+        (export_json if fmt == "json" else export_csv)(self.report, Path(path))
+        self.exported.emit(str(path))
+
+    def _ask_export(self, fmt: str) -> None:
+        if self.report is None:
+            return
+        suggested = f"commitment-{self.report.job_id}.{fmt}"
+        path, _ = QFileDialog.getSaveFileName(self, "Export storage commitment", suggested,
+                                              "JSON (*.json)" if fmt == "json" else "CSV (*.csv)")
+        if path:
+            try:
+                self.export(Path(path), fmt)
+            except OSError as exc:
+                QMessageBox.warning(self, "Export failed", f"Could not write {path}: {exc.strerror}")

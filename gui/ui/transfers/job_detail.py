@@ -1,0 +1,112 @@
+"""The selected job: its buckets as a live grid, and its storage commitment once finished."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QListView, QSplitter, QVBoxLayout, QWidget
+
+from gui.engine.events import BucketProgress, CommitmentReport
+from gui.ui.transfers.bucket_delegate import CELL_SIZE, STATE_COLOURS, BucketDelegate
+from gui.ui.transfers.bucket_model import BucketModel, StateGroup
+from gui.ui.transfers.commitment_view import CommitmentView
+from gui.ui.transfers.jobs_model import JobRow
+
+
+class BucketGrid(QListView):
+    """Cells flowing left to right and wrapping: thousands fit in a small dock."""
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setViewMode(QListView.ViewMode.ListMode)
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(True)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        # Uniform sizes and a fixed grid let the view lay out without asking every row.
+        self.setUniformItemSizes(True)
+        self.setGridSize(QSize(CELL_SIZE, CELL_SIZE))
+        self.setLayoutMode(QListView.LayoutMode.Batched)
+        self.setBatchSize(2000)
+        self.setSpacing(0)
+        self.setMovement(QListView.Movement.Static)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setMouseTracking(True)   # tooltips follow the pointer
+        self.setItemDelegate(BucketDelegate(self))
+
+
+def legend_html(counts: dict) -> str:
+    parts = []
+    for group in StateGroup.ALL:
+        colour = STATE_COLOURS[group][0]
+        parts.append(f"<span style='color:{colour}; font-size:14px'>■</span> {group} {counts.get(group, 0)}")
+    return "&nbsp;&nbsp;&nbsp;".join(parts)
+
+
+class JobDetail(QWidget):
+    def __init__(self, buckets_of: Callable[[str], List[BucketProgress]] = lambda _id: [],
+                 parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self._buckets_of = buckets_of
+        self.title = QLabel("Select a transfer to see its buckets.")
+        self.title.setObjectName("jobDetailTitle")
+        self.title.setStyleSheet("font-weight:bold;")
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.model = BucketModel(self)
+        self.grid = BucketGrid()
+        self.grid.setModel(self.model)
+        self.commitment = CommitmentView()
+
+        head = QHBoxLayout()
+        head.addWidget(self.title, 1)
+        head.addWidget(self.legend)
+        top = QWidget()
+        top_layout = QVBoxLayout(top)
+        top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.addLayout(head)
+        top_layout.addWidget(self.grid, 1)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(top)
+        self.splitter.addWidget(self.commitment)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 2)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.splitter)
+        self._update_legend()
+
+    @property
+    def job_id(self) -> Optional[str]:
+        return self.model.job_id
+
+    def show_job(self, row: Optional[JobRow]) -> None:
+        if row is None:
+            self.model.reset(None)
+            self.title.setText("Select a transfer to see its buckets.")
+            self.commitment.set_report(None)
+        else:
+            self.model.reset(row.job_id, self._buckets_of(row.job_id))
+            self.update_title(row)
+            self.commitment.set_report(row.report)
+        self._update_legend()
+
+    def update_title(self, row: JobRow) -> None:
+        mode = f" · {row.mode.value}" if row.mode else ""
+        compression = row.progress.compression if row.progress and row.progress.compression else None
+        self.title.setText(f"{row.source} → {row.target}: {row.description}{mode}"
+                           f"{f' · {compression}' if compression else ''} · {row.state.value}")
+
+    def apply_buckets(self, job_id: str, updates: List[BucketProgress]) -> None:
+        if job_id == self.model.job_id:
+            self.model.apply(job_id, updates)
+            self._update_legend()
+
+    def set_report(self, report: CommitmentReport) -> None:
+        if report.job_id == self.model.job_id:
+            self.commitment.set_report(report)
+
+    def _update_legend(self) -> None:
+        count = self.model.rowCount()
+        self.legend.setText(f"{count} bucket{'s' if count != 1 else ''}: " + legend_html(self.model.counts()))

@@ -1,0 +1,254 @@
+"""One row per transfer job for the Transfers dock."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor
+
+from gui.engine.events import CommitmentReport, JobProgress, JobState, TransferMode
+from gui.ui.transfers.formatting import human_bytes, human_duration, human_rate, human_ratio
+
+JobIdRole = Qt.ItemDataRole.UserRole + 11
+FractionRole = Qt.ItemDataRole.UserRole + 12
+JobStateRole = Qt.ItemDataRole.UserRole + 13
+
+COLUMNS = ("Transfer", "What", "State", "Progress", "Speed", "On the wire", "Ratio", "Elapsed", "ETA")
+COL_TRANSFER, COL_WHAT, COL_STATE, COL_PROGRESS, COL_SPEED, COL_WIRE, COL_RATIO, COL_ELAPSED, COL_ETA = range(9)
+
+STATE_TEXT_COLOURS = {
+    JobState.SUCCESS: "#2e7d32", JobState.FAILURE: "#c62828", JobState.CANCELED: "#8d6e63",
+    JobState.PAUSED: "#ef6c00", JobState.RUNNING: "#1565c0", JobState.PENDING: "#616161",
+}
+
+
+@dataclass
+class JobRow:
+    job_id: str
+    source: str
+    target: str
+    description: str
+    state: JobState
+    mode: Optional[TransferMode] = None
+    progress: Optional[JobProgress] = None
+    report: Optional[CommitmentReport] = None
+    # When the last progress arrived, to keep "elapsed" ticking between events.
+    progress_at: float = 0.0
+
+    @classmethod
+    def from_job(cls, job: Any) -> "JobRow":
+        progress = getattr(job, "progress", None)
+        return cls(job_id=job.id, source=job.source_name, target=job.target_name,
+                   description=job.description or describe_resources(job.resources),
+                   state=job.state, mode=job.mode, progress=progress,
+                   report=getattr(job, "report", None), progress_at=time.monotonic())
+
+    @property
+    def elapsed(self) -> Optional[float]:
+        if self.report is not None:
+            return self.report.seconds
+        if self.progress is None:
+            return None
+        if self.state == JobState.RUNNING:
+            return self.progress.elapsed + (time.monotonic() - self.progress_at)
+        return self.progress.elapsed
+
+
+_LEVEL_NAMES = {"Patient": ("patient", "patients"), "Study": ("study", "studies"),
+                "Series": ("series", "series"), "Instance": ("instance", "instances")}
+
+
+def describe_resources(resources: List[Dict[str, str]]) -> str:
+    """'2 studies, 1 series' from the engine's resource list."""
+    counts: Dict[str, int] = {}
+    for item in resources or []:
+        level = item.get("Level", "?")
+        counts[level] = counts.get(level, 0) + 1
+    parts = []
+    for level, n in counts.items():
+        one, many = _LEVEL_NAMES.get(level, (level.lower(), level.lower()))
+        parts.append(f"{n} {one if n == 1 else many}")
+    return ", ".join(parts) or "–"
+
+
+class JobsModel(QAbstractTableModel):
+    def __init__(self, parent: Optional[Any] = None) -> None:
+        super().__init__(parent)
+        self._rows: List[JobRow] = []
+
+    # --- feeding ------------------------------------------------------------
+
+    def row_of(self, job_id: str) -> int:
+        for n, row in enumerate(self._rows):
+            if row.job_id == job_id:
+                return n
+        return -1
+
+    def job_row(self, job_id: str) -> Optional[JobRow]:
+        n = self.row_of(job_id)
+        return self._rows[n] if n >= 0 else None
+
+    def job_ids(self) -> List[str]:
+        return [row.job_id for row in self._rows]
+
+    def upsert(self, row: JobRow) -> int:
+        """Add a job, or replace it (a resubmitted job keeps its id)."""
+        n = self.row_of(row.job_id)
+        if n >= 0:
+            self._rows[n] = row
+            self._changed(n)
+            return n
+        # Newest first: the job just started is where the eye is.
+        self.beginInsertRows(QModelIndex(), 0, 0)
+        self._rows.insert(0, row)
+        self.endInsertRows()
+        return 0
+
+    def apply_progress(self, events: List[JobProgress]) -> List[str]:
+        """Apply a batch; return the job ids that are not in the model."""
+        unknown = []
+        now = time.monotonic()
+        for event in events:
+            n = self.row_of(event.job_id)
+            if n < 0:
+                unknown.append(event.job_id)
+                continue
+            row = self._rows[n]
+            row.progress = event
+            row.progress_at = now
+            if row.report is None or event.state != JobState.RUNNING:
+                row.state = event.state
+            if event.mode is not None:
+                row.mode = event.mode
+            if event.state == JobState.RUNNING:
+                row.report = None   # resubmitted: the old verdict no longer holds
+            self._changed(n)
+        return unknown
+
+    def apply_report(self, report: CommitmentReport) -> None:
+        n = self.row_of(report.job_id)
+        if n < 0:
+            return
+        row = self._rows[n]
+        row.report = report
+        row.state = report.state
+        if report.mode is not None:
+            row.mode = report.mode
+        self._changed(n)
+
+    def set_state(self, job_id: str, state: JobState) -> None:
+        n = self.row_of(job_id)
+        if n >= 0:
+            self._rows[n].state = state
+            self._changed(n)
+
+    def remove(self, job_id: str) -> None:
+        n = self.row_of(job_id)
+        if n >= 0:
+            self.beginRemoveRows(QModelIndex(), n, n)
+            del self._rows[n]
+            self.endRemoveRows()
+
+    def tick(self) -> None:
+        """Repaint the time columns of running jobs (elapsed moves without events)."""
+        for n, row in enumerate(self._rows):
+            if row.state == JobState.RUNNING:
+                self.dataChanged.emit(self.index(n, COL_ELAPSED), self.index(n, COL_ETA))
+
+    def _changed(self, n: int) -> None:
+        self.dataChanged.emit(self.index(n, 0), self.index(n, len(COLUMNS) - 1))
+
+    # --- reading ------------------------------------------------------------
+
+    def row(self, n: int) -> JobRow:
+        return self._rows[n]
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        row = self._rows[index.row()]
+        col = index.column()
+        if role == JobIdRole:
+            return row.job_id
+        if role == JobStateRole:
+            return row.state
+        if role == FractionRole:
+            return self._fraction(row)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(row, col)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(row)
+        if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
+            return QBrush(QColor(STATE_TEXT_COLOURS.get(row.state, "#000000")))
+        if role == Qt.ItemDataRole.TextAlignmentRole and col >= COL_SPEED:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    @staticmethod
+    def _fraction(row: JobRow) -> float:
+        if row.state == JobState.SUCCESS:
+            return 1.0
+        return row.progress.fraction if row.progress else 0.0
+
+    @staticmethod
+    def _text(row: JobRow, col: int) -> str:
+        p = row.progress
+        running = row.state == JobState.RUNNING
+        if col == COL_TRANSFER:
+            return f"{row.source} → {row.target}"
+        if col == COL_WHAT:
+            return row.description
+        if col == COL_STATE:
+            text = row.state.value
+            if row.mode is not None:
+                text += f" ({row.mode.value})"
+            return text
+        if col == COL_PROGRESS:
+            if p is None:
+                return ""
+            return (f"{p.instances_done}/{p.instances_total} instances, "
+                    f"{human_bytes(p.raw_done)} of {human_bytes(p.raw_total)}")
+        if col == COL_SPEED:
+            if row.report is not None and row.report.seconds > 0:
+                return human_rate(row.report.bytes / row.report.seconds)
+            return human_rate(p.raw_rate) if p and running else "–"
+        if col == COL_WIRE:
+            if row.report is not None and row.report.seconds > 0:
+                return human_rate(row.report.wire_bytes / row.report.seconds)
+            return human_rate(p.wire_rate) if p and running else "–"
+        if col == COL_RATIO:
+            if row.report is not None and row.report.wire_bytes:
+                return human_ratio(row.report.bytes / row.report.wire_bytes)
+            return human_ratio(p.compression_ratio) if p else "–"
+        if col == COL_ELAPSED:
+            return human_duration(row.elapsed)
+        if col == COL_ETA:
+            return human_duration(p.eta) if p and running else "–"
+        return ""
+
+    @staticmethod
+    def _tooltip(row: JobRow) -> str:
+        lines = [f"Job {row.job_id}", f"{row.source} → {row.target}: {row.description}"]
+        p = row.progress
+        if p is not None:
+            lines.append(f"Mode: {p.mode.value if p.mode else 'not chosen yet'}, "
+                         f"compression: {p.compression or '–'}")
+            lines.append(f"Buckets: {p.buckets_done} of {p.buckets_total} done")
+        error = (row.report.error if row.report else None) or (p.error if p else None)
+        if error:
+            lines.append(f"Error: {error}")
+        return "\n".join(lines)

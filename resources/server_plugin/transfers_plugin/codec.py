@@ -1,0 +1,45 @@
+"""Bucket bodies: bounded gzip decoding and single-member gzip encoding."""
+
+from __future__ import annotations
+
+import zlib
+
+from .errors import BAD_FILE_FORMAT, NETWORK_PROTOCOL, PluginError
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+def decode_bucket(body: bytes, compression: str, expected: int, where: str) -> bytes:
+    """The uncompressed bytes of a bucket, which must be exactly ``expected`` long.
+
+    gzip is inflated with a bound of ``expected + 1`` bytes, so a small body
+    that would inflate to gigabytes ("zip bomb") costs at most one byte more
+    than the bucket legitimately holds.
+    """
+    if compression == "none":
+        data = body
+    else:
+        inflater = zlib.decompressobj(_GZIP_WBITS)
+        try:
+            # Below the bound, zlib consumed the whole body: a stream that
+            # has not reached its end by then is truncated.
+            data = inflater.decompress(body, expected + 1)
+        except zlib.error as exc:
+            raise PluginError(BAD_FILE_FORMAT, "%s: the body is not valid gzip (%s)" % (where, exc))
+        if len(data) <= expected:
+            if not inflater.eof:
+                raise PluginError(BAD_FILE_FORMAT, "%s: the gzip body is truncated" % where)
+            if inflater.unused_data:
+                raise PluginError(BAD_FILE_FORMAT,
+                                  "%s: data after the end of the gzip stream (one gzip member expected)" % where)
+    if len(data) != expected:
+        shown = "more than %d" % expected if len(data) > expected else str(len(data))
+        raise PluginError(NETWORK_PROTOCOL, "%s: the bucket holds %d bytes but %s were received"
+                          % (where, expected, shown))
+    return data
+
+
+def gzip_bytes(data: bytes, level: int) -> bytes:
+    """One gzip member holding ``data``."""
+    deflater = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+    return deflater.compress(data) + deflater.flush()
