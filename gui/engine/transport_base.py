@@ -69,6 +69,9 @@ class TransferContext:
     # Whether each end answered /transfers/lookup (probed by the scheduler).
     source_accelerated: bool = False
     target_accelerated: bool = False
+    # The compression the transport actually uses ("gzip"/"none"), set by it
+    # once decided (``compression`` may be "auto"); None until then.
+    compression_used: Optional[str] = None
 
     # --- helpers for transports (scheduler side; the checkpoint keys below are
     # interpreted by transfer_scheduler: "bucket-done" and "created" are

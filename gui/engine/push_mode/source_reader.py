@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.retry import with_retries
+from gui.engine.transport_base import TransferFailed
 from gui.protocol import wire
 from gui.protocol.wire import Bucket, Chunk, InstanceInfo
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 
 
-class SourceReadError(Exception):
+class SourceReadError(TransferFailed):
     """The source did not deliver a bucket's bytes; the text says which and why."""
 
 

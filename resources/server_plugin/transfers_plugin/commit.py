@@ -125,6 +125,11 @@ class Importer:
 def commit(store: Any, importer: Importer, txn: Any) -> None:
     """Verify then import; the transaction is gone after success, kept after failure."""
     store.begin_commit(txn)
+    finish_commit(store, importer, txn)
+
+
+def finish_commit(store: Any, importer: Importer, txn: Any) -> None:
+    """The work of a commit once :meth:`TransactionStore.begin_commit` was called."""
     success = False
     try:
         verify(txn)

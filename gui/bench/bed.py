@@ -1,0 +1,186 @@
+"""The benchmark's test bed: Orthanc servers and the proxies between them.
+
+Two pairs of servers:
+
+- stock source -> stock target, for Orthanc's own paths (peer store,
+  C-STORE), the naive copy and the engine's plain mode. The source knows the
+  target as peer ``bench`` and modality ``bench`` whose URL / DICOM port are
+  proxies in front of the target;
+- accelerated source -> accelerated target (this project's server plugin),
+  for the engine's push mode (target behind a proxy) and pull mode (source
+  behind a proxy).
+
+Every proxy gets the same link settings, so every path crosses the same
+emulated link.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from gui.bench.links import Link
+from gui.netem import ThreadedWanProxy
+from gui.sandbox.orthanc_process import OrthancProcess, OrthancStartError, accelerator_plugin_script
+
+log = logging.getLogger(__name__)
+
+PEER_NAME = "bench"
+TARGET_AET = "BENCH_TARGET"
+# Long operations through a 10 Mbit/s link: a 200 MB instance takes minutes.
+LONG_TIMEOUT_S = 7200
+
+
+class TestBed:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use ``with``)."""
+
+    def __init__(self, stock: bool = True, accelerated: bool = True) -> None:
+        self.want_stock = stock
+        self.want_accelerated = accelerated
+        self.stock_source: Optional[OrthancProcess] = None
+        self.stock_target: Optional[OrthancProcess] = None
+        self.accel_source: Optional[OrthancProcess] = None
+        self.accel_target: Optional[OrthancProcess] = None
+        self.proxies: Dict[str, ThreadedWanProxy] = {}
+        self.accelerated_problem: Optional[str] = None
+        self._servers: List[OrthancProcess] = []
+
+    # --- life cycle ------------------------------------------------------
+
+    def start(self) -> "TestBed":
+        try:
+            if self.want_stock:
+                self._start_stock()
+            if self.want_accelerated:
+                self._start_accelerated()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _server(self, name: str, **kwargs) -> OrthancProcess:  # type: ignore[no-untyped-def]
+        server = OrthancProcess(name=name, **kwargs)
+        self._servers.append(server)
+        return server.start()
+
+    def _proxy(self, key: str, port: int) -> ThreadedWanProxy:
+        proxy = ThreadedWanProxy("127.0.0.1", port).start()
+        self.proxies[key] = proxy
+        return proxy
+
+    def _start_stock(self) -> None:
+        self.stock_target = self._server("bench_target")
+        http = self._proxy("stock-http", self.stock_target.http_port)
+        dicom = self._proxy("stock-dicom", self.stock_target.dicom_port)
+        self.stock_source = self._server("bench_source", extra_config={
+            "OrthancPeers": {PEER_NAME: {"Url": http.url + "/"}},
+            "DicomModalities": {PEER_NAME: [TARGET_AET, "127.0.0.1", dicom.port]},
+            "HttpTimeout": LONG_TIMEOUT_S,
+            "DicomScuTimeout": LONG_TIMEOUT_S,
+        })
+
+    def _start_accelerated(self) -> None:
+        if not accelerator_plugin_script().exists():
+            self.accelerated_problem = f"the server plugin is missing ({accelerator_plugin_script()})"
+            return
+        try:
+            self.accel_target = self._server("bench_accel_target", with_accelerator=True)
+            self.accel_source = self._server("bench_accel_source", with_accelerator=True)
+        except OrthancStartError as exc:
+            first_line = str(exc).splitlines()[0]
+            self.accelerated_problem = f"Orthanc with the server plugin did not start: {first_line}"
+            return
+        self._proxy("accel-push", self.accel_target.http_port)   # engine -> proxy -> target
+        self._proxy("accel-pull", self.accel_source.http_port)   # engine -> proxy -> source
+
+    def stop(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.stop()
+        self.proxies.clear()
+        for server in self._servers:
+            server.stop()
+        self._servers.clear()
+
+    def __enter__(self) -> "TestBed":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- link and counters -----------------------------------------------
+
+    def set_link(self, link: Link) -> None:
+        for proxy in self.proxies.values():
+            proxy.set_link(link.one_way_ms, link.bandwidth_mbit)
+
+    def reset_counters(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.reset_stats()
+
+    def wire_bytes(self) -> Tuple[int, int]:
+        """(up, down) bytes forwarded by every proxy since the last reset."""
+        up = down = 0
+        for proxy in self.proxies.values():
+            stats = proxy.stats
+            up += stats.bytes_up
+            down += stats.bytes_down
+        return up, down
+
+    # --- data ------------------------------------------------------------
+
+    @property
+    def sources(self) -> List[OrthancProcess]:
+        return [s for s in (self.stock_source, self.accel_source) if s is not None]
+
+    @property
+    def targets(self) -> List[OrthancProcess]:
+        return [s for s in (self.stock_target, self.accel_target) if s is not None]
+
+    def upload(self, files: Iterable[bytes], progress: Callable[[int], None] = lambda n: None) -> Optional[str]:
+        """Upload to every source; return the study's Orthanc ID."""
+        study: Optional[str] = None
+        count = 0
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pending: List[concurrent.futures.Future] = []
+            for data in files:
+                pending += [pool.submit(src.request, "POST", "/instances", data, LONG_TIMEOUT_S)
+                            for src in self.sources]
+                # Bounded window: large instances must not pile up in memory.
+                if len(pending) >= 16:
+                    study = self._collect(pending[:8]) or study
+                    pending = pending[8:]
+                count += 1
+                progress(count)
+            study = self._collect(pending) or study
+        return study
+
+    @staticmethod
+    def _collect(futures: List[concurrent.futures.Future]) -> Optional[str]:
+        study = None
+        for future in futures:
+            answer = future.result()
+            study = answer.get("ParentStudy", study) if isinstance(answer, dict) else study
+        return study
+
+    @staticmethod
+    def clear(server: OrthancProcess) -> None:
+        """Delete everything on ``server`` (the target is reset between runs)."""
+        for patient in server.request("GET", "/patients") or []:
+            server.request("DELETE", f"/patients/{patient}", timeout=LONG_TIMEOUT_S)
+
+    def clear_sources(self) -> None:
+        for server in self.sources:
+            self.clear(server)
+
+    @staticmethod
+    def md5s(server: OrthancProcess, instance_ids: Iterable[str]) -> Dict[str, Optional[str]]:
+        """MD5 of each instance as stored on ``server``; None for a missing one."""
+        def one(instance: str) -> Tuple[str, Optional[str]]:
+            try:
+                raw = server.request("GET", f"/instances/{instance}/attachments/dicom/md5", raw=True)
+                return instance, raw.decode().strip()
+            except OSError:  # urllib's HTTPError (404) is an OSError
+                return instance, None
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            return dict(pool.map(one, list(instance_ids)))

@@ -1,0 +1,188 @@
+"""Runs the benchmark matrix: datasets x links x paths, one bed, one run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from gui.bench import engine_cli
+from gui.bench.bed import TestBed
+from gui.bench.datasets import Dataset, DatasetSize, dataset
+from gui.bench.links import Link, link
+from gui.bench.paths import ENGINE_PATHS, PathSpec, Unavailable, path
+from gui.sandbox.orthanc_process import ORTHANC_BINARY
+
+log = logging.getLogger(__name__)
+MB = 1_000_000  # rates in the table are decimal megabytes, like link speeds
+
+
+@dataclass
+class Measurement:
+    dataset: str
+    link: str
+    path: str
+    label: str
+    status: str                    # "ok" | "failed" | "unavailable"
+    instances: int
+    data_bytes: int                # DICOM bytes of the dataset
+    seconds: Optional[float] = None
+    mb_per_s: Optional[float] = None
+    wire_bytes: Optional[int] = None
+    wire_up: Optional[int] = None
+    wire_down: Optional[int] = None
+    utilization: Optional[float] = None   # None on the LAN (no bandwidth to divide by)
+    speedup: Optional[float] = None       # vs the built-in peer store, same link and dataset
+    peak_rss_mb: Optional[float] = None   # engine paths only
+    cpu_seconds: Optional[float] = None   # engine paths only
+    engine_seconds: Optional[float] = None  # what the engine itself reported
+    verified: Optional[bool] = None
+    verified_count: Optional[int] = None
+    note: str = ""
+
+
+@dataclass
+class BenchResult:
+    started: str
+    machine: Dict[str, Any]
+    sizes: Dict[str, Any]
+    measurements: List[Measurement] = field(default_factory=list)
+    stall: Optional[Dict[str, Any]] = None
+    memory_bound: Optional[Dict[str, Any]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        data = asdict(self)
+        return data
+
+
+def machine_info() -> Dict[str, Any]:
+    try:
+        version = subprocess.run([ORTHANC_BINARY, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.splitlines()[0].split()[-1]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        version = "unknown"
+    return {"nproc": os.cpu_count(), "arch": platform.machine(), "system": platform.system(),
+            "python": platform.python_version(), "orthanc": version,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+class Runner:
+    def __init__(self, datasets: Sequence[str], links: Sequence[str], paths: Sequence[str],
+                 size: DatasetSize, echo: Callable[[str], None] = print) -> None:
+        self.datasets = [dataset(n, size) for n in datasets]
+        self.links: List[Link] = [link(n) for n in links]
+        self.paths: List[PathSpec] = [path(n) for n in paths]
+        # The speed-up column needs the reference on every link and dataset.
+        if self.paths and self.paths[0].name != "builtin":
+            self.paths.sort(key=lambda p: p.name != "builtin")
+        self.size = size
+        self.echo = echo
+
+    def run(self) -> BenchResult:
+        result = BenchResult(started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                             machine=machine_info(), sizes=asdict(self.size))
+        engine_problem: Optional[str] = None
+        if any(p.name in ENGINE_PATHS for p in self.paths):
+            engine_problem = engine_cli.availability()
+            if engine_problem:
+                self.echo(f"engine paths unavailable: {engine_problem}")
+        accelerated = any(p.accelerated_servers for p in self.paths) and not engine_problem
+        self.echo("starting Orthanc servers and proxies ...")
+        with TestBed(stock=True, accelerated=accelerated) as bed:
+            if bed.accelerated_problem:
+                self.echo(f"accelerated paths unavailable: {bed.accelerated_problem}")
+            for ds in self.datasets:
+                result.measurements += self._dataset(bed, ds, engine_problem)
+            if engine_problem is None:
+                result.memory_bound = self._memory_bound(result.measurements)
+        return result
+
+    def _dataset(self, bed: TestBed, ds: Dataset, engine_problem: Optional[str]) -> List[Measurement]:
+        self.echo(f"[{ds.name}] generating and uploading {ds.description} ...")
+        bed.clear_sources()
+        study = bed.upload(ds.files())
+        assert bed.stock_source is not None
+        if study is None:
+            raise RuntimeError(f"dataset {ds.name}: the source did not report a study after the upload")
+        instances = [i["ID"] for i in bed.stock_source.request("GET", f"/studies/{study}/instances")]
+        data_bytes = sum(int(i["FileSize"]) for i in
+                         bed.stock_source.request("GET", f"/studies/{study}/instances"))
+        source_md5 = bed.md5s(bed.stock_source, instances)
+        rows: List[Measurement] = []
+        for ln in self.links:
+            bed.set_link(ln)
+            reference: Optional[float] = None
+            for spec in self.paths:
+                row = Measurement(ds.name, ln.name, spec.name, spec.label, "unavailable",
+                                  len(instances), data_bytes)
+                problem = engine_problem if spec.name in ENGINE_PATHS else None
+                if problem:
+                    row.note = problem
+                else:
+                    self._measure(bed, spec, study, instances, source_md5, ln, row)
+                if spec.name == "builtin" and row.status == "ok":
+                    reference = row.seconds
+                if reference and row.seconds and row.status == "ok":
+                    row.speedup = reference / row.seconds
+                self.echo(f"[{ds.name} / {ln.name}] {spec.label}: " + _one_line(row))
+                rows.append(row)
+        return rows
+
+    def _measure(self, bed: TestBed, spec: PathSpec, study: str, instances: List[str],
+                 source_md5: Dict[str, Optional[str]], ln: Link, row: Measurement) -> None:
+        try:
+            target = spec.target(bed)
+            spec.source(bed)
+        except Unavailable as exc:
+            row.note = str(exc)
+            return
+        bed.clear(target)
+        bed.reset_counters()
+        outcome = spec.run(bed, study, instances)
+        up, down = bed.wire_bytes()
+        row.seconds = outcome.seconds
+        row.wire_up, row.wire_down, row.wire_bytes = up, down, up + down
+        row.mb_per_s = row.data_bytes / outcome.seconds / MB if outcome.seconds > 0 else None
+        if ln.bandwidth_bytes_s and outcome.seconds > 0:
+            # Each direction has its own capacity: the busier one is the link's load.
+            row.utilization = max(up, down) / (ln.bandwidth_bytes_s * outcome.seconds)
+        if outcome.engine is not None:
+            row.peak_rss_mb = outcome.engine.peak_rss_bytes / 2**20
+            row.cpu_seconds = outcome.engine.cpu_seconds
+            if outcome.engine.report:
+                row.engine_seconds = outcome.engine.report.get("seconds")
+        target_md5 = bed.md5s(target, instances)
+        row.verified_count = sum(1 for i in instances if target_md5.get(i) and target_md5[i] == source_md5[i])
+        row.verified = row.verified_count == len(instances)
+        row.status = "ok" if outcome.problem is None and row.verified else "failed"
+        notes = [outcome.problem] if outcome.problem else []
+        if not row.verified:
+            notes.append(f"{row.verified_count}/{len(instances)} instances verified on the target")
+        row.note = "; ".join(notes)
+
+    def _memory_bound(self, rows: List[Measurement]) -> Dict[str, Any]:
+        """The issue's bound for the engine: CacheSize + Threads x 2 x BucketSize
+        (plugin defaults), on top of the interpreter's own footprint."""
+        cache_mb, threads, bucket_kb = 512, 4, 4096
+        buffers = cache_mb + threads * 2 * bucket_kb / 1024
+        baseline = engine_cli.baseline_rss_bytes()
+        baseline_mb = baseline / 2**20 if baseline else None
+        peak = max((r.peak_rss_mb for r in rows if r.peak_rss_mb is not None), default=None)
+        return {"cache_mb": cache_mb, "threads": threads, "bucket_kb": bucket_kb,
+                "buffers_mb": buffers, "interpreter_mb": baseline_mb,
+                "bound_mb": buffers + (baseline_mb or 0), "peak_rss_mb": peak}
+
+
+def _one_line(row: Measurement) -> str:
+    if row.status == "unavailable":
+        return f"unavailable ({row.note})"
+    parts = [f"{row.seconds:.2f} s", f"{row.mb_per_s:.1f} MB/s" if row.mb_per_s else "",
+             f"wire {row.wire_bytes / MB:.1f} MB" if row.wire_bytes is not None else "",
+             f"x{row.speedup:.2f}" if row.speedup else "",
+             f"verified {row.verified_count}/{row.instances}"]
+    text = ", ".join(p for p in parts if p)
+    return text + (f" -- {row.status}: {row.note}" if row.note else "")

@@ -1,0 +1,326 @@
+"""Move buckets into one push transaction and commit it: the engine of push
+mode, reused by pull mode to deliver staged data to an accelerated target.
+
+Where the bytes come from is the caller's business (a :class:`BucketReader`):
+the source server (push mode) or the staging area (pull mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Awaitable, Callable, Dict, List, Optional, Protocol, Sequence, Set
+
+from gui.client.errors import OrthancError
+from gui.engine import compression as gz
+from gui.engine.events import BucketState
+from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
+                                                   TransactionState)
+from gui.engine.transport_base import TransferContext, TransferFailed
+from gui.protocol.wire import Bucket, InstanceInfo
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "push-transaction"
+# A transaction the target keeps dropping is recreated at most this often.
+MAX_RECREATE = 3
+# The transaction state (with the done buckets) is saved at most this often.
+SAVE_INTERVAL = 1.0
+
+# Observed single-request throughput towards each target (raw bytes/s): the
+# next job to the same target decides its compression without a probe.
+_LINK_RATES: Dict[str, float] = {}
+
+
+class BucketReader(Protocol):
+    async def read(self, bucket: Bucket, on_retry: Optional[Callable[[int, OrthancError], None]]
+                   ) -> bytes: ...
+
+    def rewind(self, buckets: Sequence[Bucket]) -> None: ...
+
+
+def plan_fingerprint(instances: Sequence[InstanceInfo], buckets: Sequence[Bucket]) -> str:
+    """Identifies what a transaction was created for, so a resumed job only
+    reuses a transaction made for exactly the same plan."""
+    digest = hashlib.sha1()
+    for info in instances:
+        digest.update(f"{info.id}:{info.size}:{info.md5};".encode())
+    for bucket in buckets:
+        digest.update(repr(bucket.to_json()).encode())
+    return digest.hexdigest()
+
+
+async def run_workers(count: int, worker: Callable[[], Awaitable[None]]) -> None:
+    """Run ``count`` copies of ``worker``; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, count))]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+class BucketPusher:
+    def __init__(self, ctx: TransferContext, buckets: Sequence[Bucket], reader: BucketReader, *,
+                 link_rate: Optional[float] = None, asynchronous_commit: bool = False,
+                 max_recreate: int = MAX_RECREATE) -> None:
+        self.ctx = ctx
+        self.buckets = list(buckets)
+        self.reader = reader
+        self.link_rate = link_rate
+        self.asynchronous_commit = asynchronous_commit
+        self.max_recreate = max_recreate
+        self.tx: Optional[PushTransaction] = None
+        self.compression: Optional[str] = None
+        self.decision_reason = ""
+        self._done: Set[int] = set()
+        self._prefetched: Dict[int, bytes] = {}
+        self._fingerprint = plan_fingerprint(ctx.instances, self.buckets)
+        self._last_save = 0.0
+        self._put_rate: Optional[float] = None
+        self.wire_bytes = 0
+
+    # --- the whole run ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.discard())
+            raise
+        except TransferFailed:
+            await asyncio.shield(self.discard())
+            raise
+        except (OrthancError, OSError, ValueError) as exc:
+            await asyncio.shield(self.discard())
+            raise TransferFailed(str(exc)) from exc
+        finally:
+            if self._put_rate:
+                _LINK_RATES[self.ctx.target.base_url] = self._put_rate
+
+    async def _run(self) -> None:
+        ctx = self.ctx
+        if not self.buckets:
+            return
+        resumed = await self._resume()
+        if not resumed:
+            await self._open()
+        recreated = 0
+        while True:
+            try:
+                await self._send_all()
+                await ctx.wait_running()
+                assert self.tx is not None
+                await self.tx.commit()
+                await ctx.save_state(STATE_KEY, None)
+                self.tx = None
+                return
+            except TransactionGone as gone:
+                if await self._target_has_everything():
+                    # The commit went through but its answer was lost.
+                    await ctx.save_state(STATE_KEY, None)
+                    self.tx = None
+                    return
+                recreated += 1
+                if recreated > self.max_recreate:
+                    raise TransferFailed(f"{gone}; gave up after recreating it {self.max_recreate} times")
+                log.warning("%s: recreating it and sending all buckets again", gone)
+            except CommitFailed as failed:
+                if not resumed:
+                    raise TransferFailed(f"{ctx.target.peer.name} refused the commit: {failed.reason}")
+                # A transaction resumed from an earlier run may have lost buckets
+                # we believed sent: start over once before declaring failure.
+                log.warning("commit of resumed transaction failed (%s); sending everything again",
+                            failed.reason)
+                await self.tx.delete()  # type: ignore[union-attr]
+            resumed = False
+            self._done.clear()
+            ctx.done_buckets.clear()
+            self.reader.rewind(self.buckets)
+            await self._create(self.compression or "none")
+
+    # --- creating, resuming, discarding the transaction -------------------------------------
+
+    async def _resume(self) -> bool:
+        saved = self.ctx.saved_state.get(STATE_KEY)
+        state = TransactionState.from_json(saved.get("Transaction")) if isinstance(saved, dict) else None
+        if state is None or saved.get("Plan") != self._fingerprint:  # type: ignore[union-attr]
+            if state is not None:
+                await self._transaction(state).delete()
+            return False
+        # Whether it still exists shows on the first PUT or the commit (404):
+        # the protocol has no "GET transaction"; a dropped one is recreated.
+        self.tx = self._transaction(state)
+        self.compression = state.compression
+        self._done = {int(i) for i in saved.get("Done", []) if 0 <= int(i) < len(self.buckets)}  # type: ignore[union-attr]
+        self.ctx.compression_used = state.compression
+        log.info("resuming push transaction %s (%d of %d buckets already sent)", state.id,
+                 len(self._done), len(self.buckets))
+        return True
+
+    def _transaction(self, state: TransactionState) -> PushTransaction:
+        opts = self.ctx.options
+        return PushTransaction(self.ctx.target, state, transfer_id=self.ctx.transfer_id,
+                               retries=opts.MaxHttpRetries, commit_timeout=opts.PeerCommitTimeout)
+
+    async def _create(self, compression: str) -> None:
+        opts = self.ctx.options
+        self.tx = await PushTransaction.create(
+            self.ctx.target, self.ctx.instances, self.buckets, compression,
+            transfer_id=self.ctx.transfer_id, retries=opts.MaxHttpRetries,
+            commit_timeout=opts.PeerCommitTimeout, asynchronous_commit=self.asynchronous_commit)
+        self.compression = compression
+        self.ctx.compression_used = compression
+        await self._save(force=True)
+
+    async def _open(self) -> None:
+        """Create the transaction, choosing its compression first when ``auto``."""
+        mode = self.ctx.compression
+        if mode in ("gzip", "none"):
+            self.decision_reason = "chosen by the user"
+            await self._create(mode)
+            return
+        first = self.buckets[0]
+        self.ctx.bucket_event(0, first, BucketState.READING)
+        raw = await self.reader.read(first, None)
+        self._prefetched[0] = raw
+        sample = await gz.measure(raw)
+        threads = self.ctx.options.Threads
+        link = self.link_rate or _LINK_RATES.get(self.ctx.target.base_url)
+        if sample.ratio >= gz.MIN_USEFUL_RATIO and link is None and len(self.buckets) > 2:
+            # Probe: the transfer starts uncompressed and the first bucket's
+            # PUT measures the link. If gzip turns out to pay, only that one
+            # bucket was sent in vain.
+            await self._create("none")
+            start = time.perf_counter()
+            await self._send_one(0)
+            link = len(raw) / max(time.perf_counter() - start, 1e-6)
+            decision = gz.decide_push(sample, link, threads)
+            log.info("auto compression: %s (%s)", decision.compression, decision.reason)
+            self.decision_reason = decision.reason
+            if decision.compression == "none":
+                return
+            await self.tx.delete()  # type: ignore[union-attr]
+            self._done.clear()
+            self.ctx.done_buckets.discard(0)
+            self._prefetched[0] = raw
+            self.reader.rewind(self.buckets)
+            await self._create("gzip")
+            return
+        decision = gz.decide_push(sample, link, threads)
+        log.info("auto compression: %s (%s)", decision.compression, decision.reason)
+        self.decision_reason = decision.reason
+        await self._create(decision.compression)
+
+    async def discard(self) -> None:
+        """Delete the transaction (current or saved); the target keeps nothing."""
+        tx = self.tx
+        if tx is None:
+            saved = self.ctx.saved_state.get(STATE_KEY)
+            state = TransactionState.from_json(saved.get("Transaction")) if isinstance(saved, dict) else None
+            tx = self._transaction(state) if state is not None else None
+        if tx is not None:
+            await tx.delete()
+        self.tx = None
+        try:
+            await self.ctx.save_state(STATE_KEY, None)
+        except Exception as exc:  # noqa: BLE001 - cleanup must go on; the job store logs its own errors
+            log.warning("could not forget the push transaction state: %s", exc)
+
+    async def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tx is None or (not force and now - self._last_save < SAVE_INTERVAL):
+            return
+        self._last_save = now
+        await self.ctx.save_state(STATE_KEY, {"Transaction": self.tx.state.to_json(),
+                                              "Plan": self._fingerprint,
+                                              "Done": sorted(self._done)})
+
+    async def _target_has_everything(self) -> bool:
+        from gui.engine.planner import gather_bounded
+
+        async def same(info: InstanceInfo) -> bool:
+            try:
+                return await self.ctx.target.instance_md5_or_none(info.id) == info.md5
+            except OrthancError:
+                return False
+
+        results = await gather_bounded(self.ctx.instances, same, self.ctx.options.Threads)
+        return bool(results) and all(results)
+
+    # --- sending buckets ---------------------------------------------------------------------
+
+    async def _send_all(self) -> None:
+        todo = [i for i in range(len(self.buckets)) if i not in self._done]
+        for index in todo:
+            self.ctx.bucket_event(index, self.buckets[index], BucketState.QUEUED)
+        for index in self._done:
+            bucket = self.buckets[index]
+            self.ctx.bucket_event(index, bucket, BucketState.DONE, raw_done=bucket.total_size)
+        queue = iter(todo)
+
+        async def worker() -> None:
+            for index in queue:
+                await self.ctx.wait_running()
+                await self._send_one(index)
+
+        await run_workers(self.ctx.options.Threads, worker)
+        await self._save(force=True)
+
+    async def _send_one(self, index: int) -> None:
+        ctx, bucket = self.ctx, self.buckets[index]
+        assert self.tx is not None
+        raw_total = bucket.total_size
+        retries = 0
+
+        def on_retry(attempt: int, error: OrthancError) -> None:
+            nonlocal retries
+            retries += 1
+            ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=retries, error=str(error))
+
+        try:
+            body = self._prefetched.pop(index, None)
+            if body is None:
+                ctx.bucket_event(index, bucket, BucketState.READING, retries=retries)
+                body = await self.reader.read(bucket, on_retry)
+            if self.tx.state.compression == "gzip":
+                ctx.bucket_event(index, bucket, BucketState.COMPRESSING, retries=retries)
+                body = await gz.compress(body)
+            wire_total = len(body)
+            last = -1
+
+            def on_progress(sent: int) -> None:
+                nonlocal last
+                if sent == last:
+                    return
+                last = sent
+                raw_done = raw_total if sent >= wire_total else (sent * raw_total) // max(wire_total, 1)
+                ctx.bucket_event(index, bucket, BucketState.SENDING, raw_done=raw_done,
+                                 wire_done=sent, wire_total=wire_total, retries=retries)
+
+            start = time.perf_counter()
+            await self.tx.put(index, body, on_progress, on_retry)
+            self._observe_put(wire_total, time.perf_counter() - start)
+        except (TransactionGone, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            ctx.bucket_event(index, bucket, BucketState.FAILED, retries=retries, error=str(exc))
+            raise
+        self.wire_bytes += wire_total
+        ctx.bucket_event(index, bucket, BucketState.DONE, raw_done=raw_total, wire_done=wire_total,
+                         wire_total=wire_total, retries=retries)
+        self._done.add(index)
+        await ctx.mark_bucket_done(index)
+        await self._save()
+
+    def _observe_put(self, wire: int, seconds: float) -> None:
+        if wire < 64 * 1024 or seconds <= 0:
+            return  # tiny bodies measure latency, not throughput
+        rate = wire / seconds
+        self._put_rate = rate if self._put_rate is None else 0.7 * self._put_rate + 0.3 * rate

@@ -1,0 +1,82 @@
+"""Asks before a transfer starts: what will move, how, and how much."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QVBoxLayout,
+                               QWidget)
+
+from gui.ui.transfers.formatting import human_bytes
+
+MODE_TEXT = {
+    "push": "accelerated push (the target has the accelerator)",
+    "pull": "accelerated pull (the source has the accelerator)",
+    "plain": "plain REST (stock Orthanc on both sides)",
+    "delegate": "delegated to the source's transfers plugin",
+    "upload": "upload of local files",
+}
+
+_MAX_LISTED = 8
+
+
+class ConfirmDialog(QDialog):
+    """Shown at once with the items; counts, size and mode fill in when the plan is known."""
+
+    def __init__(self, source: str, target: str, labels: List[str], parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("confirmTransferDialog")
+        self.setWindowTitle("Start transfer")
+        self.setMinimumWidth(460)
+        self.plan = None
+        shown = labels[:_MAX_LISTED]
+        more = f"<br>… and {len(labels) - _MAX_LISTED} more" if len(labels) > _MAX_LISTED else ""
+        heading = QLabel(f"<b>Send {len(labels)} item{'s' if len(labels) != 1 else ''} "
+                         f"from {_esc(source)} to {_esc(target)}?</b>")
+        items = QLabel("<br>".join(_esc(x) for x in shown) + more)
+        items.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.instances = QLabel("counting…")
+        self.size = QLabel("counting…")
+        self.mode = QLabel("deciding…")
+        self.compression = QLabel("–")
+        self.present = QLabel("–")
+        form = QFormLayout()
+        form.addRow("Items:", items)
+        form.addRow("Instances:", self.instances)
+        form.addRow("Size:", self.size)
+        form.addRow("Already on the target:", self.present)
+        form.addRow("Mode:", self.mode)
+        form.addRow("Compression:", self.compression)
+        self.dont_ask = QCheckBox("Don't ask again (can be turned back on in Settings)")
+        self.buttons = QDialogButtonBox()
+        self.start_button = self.buttons.addButton("Start transfer", QDialogButtonBox.ButtonRole.AcceptRole)
+        self.buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(heading)
+        layout.addLayout(form)
+        layout.addWidget(self.dont_ask)
+        layout.addWidget(self.buttons)
+
+    def set_plan(self, plan: object) -> None:
+        """Fill in a ``PlanSummary`` from the engine."""
+        self.plan = plan
+        self.instances.setText(f"{plan.instances}")                          # type: ignore[attr-defined]
+        self.size.setText(f"{human_bytes(plan.bytes)} in {plan.buckets} bucket"  # type: ignore[attr-defined]
+                          f"{'s' if plan.buckets != 1 else ''}")              # type: ignore[attr-defined]
+        self.present.setText(f"{plan.already_present} instance"              # type: ignore[attr-defined]
+                             f"{'s' if plan.already_present != 1 else ''} (skipped)")  # type: ignore[attr-defined]
+        mode = getattr(plan.mode, "value", str(plan.mode))                    # type: ignore[attr-defined]
+        self.mode.setText(MODE_TEXT.get(mode, mode))
+        self.compression.setText(str(plan.compression))                      # type: ignore[attr-defined]
+
+    def set_plan_error(self, message: str) -> None:
+        for label in (self.instances, self.size, self.mode):
+            label.setText("unknown")
+        self.mode.setText(f"<span style='color:#c62828'>Could not plan: {_esc(message)}</span>")
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,131 @@
+"""Serving ``GET /transfers/chunks/{ids}``: byte ranges of concatenated instances.
+
+Instance files come from Orthanc's storage through an LRU cache bounded by
+``CacheSize``. When several requests want the same file at the same time,
+the first one reads it and the others wait for that read (one storage read
+per instance, however many workers pull it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .codec import gzip_bytes
+from .errors import PARAMETER_OUT_OF_RANGE, UNKNOWN_RESOURCE, PluginError
+
+
+class _Loading:
+    """A read in progress that other requests can wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data: Optional[bytes] = None
+        self.error: Optional[BaseException] = None
+
+
+class InstanceCache:
+    def __init__(self, capacity: int, read: Callable[[str], bytes]) -> None:
+        self.capacity = capacity
+        self.read = read
+        self.lock = threading.Lock()
+        self.files: "OrderedDict[str, bytes]" = OrderedDict()
+        self.used = 0
+        self.loading: Dict[str, _Loading] = {}
+        self.storage_reads = 0  # for tests and diagnostics
+
+    def get(self, instance_id: str) -> bytes:
+        with self.lock:
+            data = self.files.get(instance_id)
+            if data is not None:
+                self.files.move_to_end(instance_id)
+                return data
+            pending = self.loading.get(instance_id)
+            leader = pending is None
+            if leader:
+                pending = self.loading[instance_id] = _Loading()
+                self.storage_reads += 1
+        if not leader:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            return pending.data  # type: ignore[return-value]
+        try:
+            pending.data = self.read(instance_id)  # outside the lock: storage reads are slow
+        except BaseException as exc:
+            pending.error = exc
+        with self.lock:
+            del self.loading[instance_id]
+            if pending.data is not None:
+                self._store_locked(instance_id, pending.data)
+        pending.done.set()
+        if pending.error is not None:
+            raise pending.error
+        return pending.data  # type: ignore[return-value]
+
+    def cached_size(self, instance_id: str) -> Optional[int]:
+        with self.lock:
+            data = self.files.get(instance_id)
+            return None if data is None else len(data)
+
+    def _store_locked(self, instance_id: str, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return  # larger than the whole cache: serve it, do not keep it
+        self.files[instance_id] = data
+        self.used += len(data)
+        while self.used > self.capacity:
+            _, old = self.files.popitem(last=False)
+            self.used -= len(old)
+
+
+class ChunkServer:
+    def __init__(self, api: Any, wire: Any, options: Any) -> None:
+        self.api = api
+        self.wire = wire
+        self.options = options
+        self.cache = InstanceCache(options.cache_size, self._read_file)
+
+    def _read_file(self, instance_id: str) -> bytes:
+        try:
+            return self.api.RestApiGet("/instances/%s/file" % instance_id)
+        except self.api.OrthancException:
+            raise PluginError(UNKNOWN_RESOURCE, "chunks: unknown instance %s" % instance_id)
+
+    def _size(self, instance_id: str) -> int:
+        cached = self.cache.cached_size(instance_id)
+        if cached is not None:
+            return cached
+        try:
+            return int(self.api.RestApiGet("/instances/%s/attachments/dicom/size" % instance_id))
+        except self.api.OrthancException:
+            raise PluginError(UNKNOWN_RESOURCE, "chunks: unknown instance %s" % instance_id)
+
+    def serve(self, ids_part: str, query: Dict[str, str]) -> Tuple[bytes, str]:
+        """The answer body and its Content-Type."""
+        wire = self.wire
+        ids = wire.parse_chunk_ids(ids_part, self.options.max_chunk_ids)
+        offset = wire.parse_decimal(query.get("offset", "0"), "chunks: offset")
+        size = wire.parse_decimal(query.get("size", "0"), "chunks: size")
+        compression = wire.parse_compression(query.get("compression", "none"), "chunks: compression")
+        sizes = [self._size(i) for i in ids]
+        total = sum(sizes)
+        start = min(offset, total)
+        end = total if size == 0 else min(total, offset + size)
+        if end - start > self.options.max_answer_size:
+            raise PluginError(PARAMETER_OUT_OF_RANGE, "chunks: %d bytes asked, more than MaxChunksAnswerSize"
+                              " (%d bytes) in one answer" % (end - start, self.options.max_answer_size))
+        pieces: List[Any] = []
+        position = 0
+        for instance_id, length in zip(ids, sizes):
+            low, high = max(start, position), min(end, position + length)
+            if low < high:
+                data = self.cache.get(instance_id)
+                pieces.append(memoryview(data)[low - position:high - position])
+            position += length
+            if position >= end:
+                break
+        body = b"".join(pieces)
+        if compression == "gzip":
+            return gzip_bytes(body, self.options.gzip_level), "application/gzip"
+        return body, "application/octet-stream"
