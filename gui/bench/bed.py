@@ -17,7 +17,9 @@ emulated link.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
+import struct
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from gui.bench.links import Link
@@ -30,6 +32,21 @@ PEER_NAME = "bench"
 TARGET_AET = "BENCH_TARGET"
 # Long operations through a 10 Mbit/s link: a 200 MB instance takes minutes.
 LONG_TIMEOUT_S = 7200
+
+
+def dataset_md5(dicom_file: bytes) -> str:
+    """MD5 of a DICOM file without its preamble and file meta group.
+
+    C-STORE does not carry the file meta group: the receiver writes its own
+    (e.g. its implementation UID), so the file's MD5 changes while the
+    dataset is the same. This digest compares what C-STORE does carry.
+    """
+    start = 0
+    if dicom_file[128:132] == b"DICM" and dicom_file[132:136] == b"\x02\x00\x00\x00":
+        # (0002,0000) UL, explicit VR: tag 4 + VR 2 + length 2, then the group length.
+        group_length = struct.unpack("<I", dicom_file[140:144])[0]
+        start = 144 + group_length
+    return hashlib.md5(memoryview(dicom_file)[start:]).hexdigest()
 
 
 class TestBed:
@@ -137,30 +154,32 @@ class TestBed:
     def targets(self) -> List[OrthancProcess]:
         return [s for s in (self.stock_target, self.accel_target) if s is not None]
 
-    def upload(self, files: Iterable[bytes], progress: Callable[[int], None] = lambda n: None) -> Optional[str]:
-        """Upload to every source; return the study's Orthanc ID."""
+    def upload(self, files: Iterable[bytes]) -> Tuple[Optional[str], Dict[str, str]]:
+        """Upload to every source; return the study's Orthanc ID and the
+        :func:`dataset_md5` of each instance."""
         study: Optional[str] = None
-        count = 0
+        digests: Dict[str, str] = {}
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            pending: List[concurrent.futures.Future] = []
+            pending: List[Tuple[concurrent.futures.Future, str]] = []
             for data in files:
-                pending += [pool.submit(src.request, "POST", "/instances", data, LONG_TIMEOUT_S)
+                digest = dataset_md5(data)
+                pending += [(pool.submit(src.request, "POST", "/instances", data, LONG_TIMEOUT_S), digest)
                             for src in self.sources]
                 # Bounded window: large instances must not pile up in memory.
                 if len(pending) >= 16:
-                    study = self._collect(pending[:8]) or study
+                    study = self._collect(pending[:8], digests) or study
                     pending = pending[8:]
-                count += 1
-                progress(count)
-            study = self._collect(pending) or study
-        return study
+            study = self._collect(pending, digests) or study
+        return study, digests
 
     @staticmethod
-    def _collect(futures: List[concurrent.futures.Future]) -> Optional[str]:
+    def _collect(futures: List[Tuple[concurrent.futures.Future, str]], digests: Dict[str, str]) -> Optional[str]:
         study = None
-        for future in futures:
+        for future, digest in futures:
             answer = future.result()
-            study = answer.get("ParentStudy", study) if isinstance(answer, dict) else study
+            if isinstance(answer, dict):
+                study = answer.get("ParentStudy", study)
+                digests[answer["ID"]] = digest
         return study
 
     @staticmethod
@@ -183,4 +202,16 @@ class TestBed:
             except OSError:  # urllib's HTTPError (404) is an OSError
                 return instance, None
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            return dict(pool.map(one, list(instance_ids)))
+
+    @staticmethod
+    def dataset_md5s(server: OrthancProcess, instance_ids: Iterable[str]) -> Dict[str, Optional[str]]:
+        """:func:`dataset_md5` of each instance on ``server``; None for a missing one."""
+        def one(instance: str) -> Tuple[str, Optional[str]]:
+            try:
+                return instance, dataset_md5(server.request("GET", f"/instances/{instance}/file",
+                                                            timeout=LONG_TIMEOUT_S, raw=True))
+            except OSError:
+                return instance, None
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
             return dict(pool.map(one, list(instance_ids)))

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from gui.bench import engine_cli
+from gui.bench import engine_cli, inprocess
 from gui.bench.bed import TestBed
 from gui.bench.datasets import Dataset, DatasetSize, dataset
 from gui.bench.links import Link, link
@@ -50,6 +50,8 @@ class BenchResult:
     started: str
     machine: Dict[str, Any]
     sizes: Dict[str, Any]
+    datasets: Dict[str, str] = field(default_factory=dict)   # name -> description
+    links: Dict[str, str] = field(default_factory=dict)
     measurements: List[Measurement] = field(default_factory=list)
     stall: Optional[Dict[str, Any]] = None
     memory_bound: Optional[Dict[str, Any]] = None
@@ -72,7 +74,7 @@ def machine_info() -> Dict[str, Any]:
 
 class Runner:
     def __init__(self, datasets: Sequence[str], links: Sequence[str], paths: Sequence[str],
-                 size: DatasetSize, echo: Callable[[str], None] = print) -> None:
+                 size: DatasetSize, echo: Callable[[str], None] = print, stall_probe: bool = True) -> None:
         self.datasets = [dataset(n, size) for n in datasets]
         self.links: List[Link] = [link(n) for n in links]
         self.paths: List[PathSpec] = [path(n) for n in paths]
@@ -81,10 +83,16 @@ class Runner:
             self.paths.sort(key=lambda p: p.name != "builtin")
         self.size = size
         self.echo = echo
+        # The stall probe runs once, at full speed: on the LAN with the CT study when chosen.
+        self.stall_pair = ((("ct" if "ct" in datasets else datasets[0]) if datasets else None),
+                           (("lan" if "lan" in links else links[0]) if links else None)) if stall_probe else None
+        self.stall: Optional[Dict[str, Any]] = None
 
     def run(self) -> BenchResult:
         result = BenchResult(started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                             machine=machine_info(), sizes=asdict(self.size))
+                             machine=machine_info(), sizes=asdict(self.size),
+                             datasets={d.name: d.description for d in self.datasets},
+                             links={ln.name: ln.description for ln in self.links})
         engine_problem: Optional[str] = None
         if any(p.name in ENGINE_PATHS for p in self.paths):
             engine_problem = engine_cli.availability()
@@ -99,19 +107,23 @@ class Runner:
                 result.measurements += self._dataset(bed, ds, engine_problem)
             if engine_problem is None:
                 result.memory_bound = self._memory_bound(result.measurements)
+            if self.stall_pair is not None:
+                result.stall = self.stall or {"note": engine_problem or "not run"}
         return result
 
     def _dataset(self, bed: TestBed, ds: Dataset, engine_problem: Optional[str]) -> List[Measurement]:
         self.echo(f"[{ds.name}] generating and uploading {ds.description} ...")
         bed.clear_sources()
-        study = bed.upload(ds.files())
+        study, dataset_md5 = bed.upload(ds.files())
         assert bed.stock_source is not None
         if study is None:
             raise RuntimeError(f"dataset {ds.name}: the source did not report a study after the upload")
-        instances = [i["ID"] for i in bed.stock_source.request("GET", f"/studies/{study}/instances")]
-        data_bytes = sum(int(i["FileSize"]) for i in
-                         bed.stock_source.request("GET", f"/studies/{study}/instances"))
+        listing = bed.stock_source.request("GET", f"/studies/{study}/instances")
+        instances = [i["ID"] for i in listing]
+        data_bytes = sum(int(i["FileSize"]) for i in listing)
         source_md5 = bed.md5s(bed.stock_source, instances)
+        if set(dataset_md5) != set(instances):
+            raise RuntimeError(f"dataset {ds.name}: the source holds other instances than uploaded")
         rows: List[Measurement] = []
         for ln in self.links:
             bed.set_link(ln)
@@ -123,14 +135,34 @@ class Runner:
                 if problem:
                     row.note = problem
                 else:
-                    self._measure(bed, spec, study, instances, source_md5, ln, row)
+                    reference_md5 = dataset_md5 if spec.rewrites_file_meta else source_md5
+                    try:
+                        self._measure(bed, spec, study, instances, reference_md5, ln, row)
+                    except Exception as exc:  # one broken path must not lose the others' figures
+                        row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"
                 if spec.name == "builtin" and row.status == "ok":
                     reference = row.seconds
                 if reference and row.seconds and row.status == "ok":
                     row.speedup = reference / row.seconds
                 self.echo(f"[{ds.name} / {ln.name}] {spec.label}: " + _one_line(row))
                 rows.append(row)
+            if self.stall_pair == (ds.name, ln.name) and engine_problem is None:
+                self._stall_probe(bed, ds, ln, study)
         return rows
+
+    def _stall_probe(self, bed: TestBed, ds: Dataset, ln: Link, study: str) -> None:
+        """One more engine transfer, in this process, with the stall probe on its loop."""
+        if bed.accel_target is not None and bed.accel_source is not None:
+            mode, source, target = "push", bed.accel_source.url, bed.proxies["accel-push"].url
+            bed.clear(bed.accel_target)
+        else:
+            assert bed.stock_source is not None and bed.stock_target is not None
+            mode, source, target = "plain", bed.stock_source.url, bed.proxies["stock-http"].url
+            bed.clear(bed.stock_target)
+        where = f"engine {mode} in-process, {ds.name} over {ln.name}"
+        self.echo(f"[{ds.name} / {ln.name}] stall probe during {where} ...")
+        self.stall = inprocess.measure(source, target, study, mode, where)
+        self.echo(f"[{ds.name} / {ln.name}] stall probe: {self.stall}")
 
     def _measure(self, bed: TestBed, spec: PathSpec, study: str, instances: List[str],
                  source_md5: Dict[str, Optional[str]], ln: Link, row: Measurement) -> None:
@@ -155,11 +187,14 @@ class Runner:
             row.cpu_seconds = outcome.engine.cpu_seconds
             if outcome.engine.report:
                 row.engine_seconds = outcome.engine.report.get("seconds")
-        target_md5 = bed.md5s(target, instances)
+        target_md5 = bed.dataset_md5s(target, instances) if spec.rewrites_file_meta \
+            else bed.md5s(target, instances)
         row.verified_count = sum(1 for i in instances if target_md5.get(i) and target_md5[i] == source_md5[i])
         row.verified = row.verified_count == len(instances)
         row.status = "ok" if outcome.problem is None and row.verified else "failed"
         notes = [outcome.problem] if outcome.problem else []
+        if spec.rewrites_file_meta and row.verified:
+            notes.append("verified on the dataset: C-STORE rewrites the file meta group")
         if not row.verified:
             notes.append(f"{row.verified_count}/{len(instances)} instances verified on the target")
         row.note = "; ".join(notes)
@@ -180,9 +215,10 @@ class Runner:
 def _one_line(row: Measurement) -> str:
     if row.status == "unavailable":
         return f"unavailable ({row.note})"
-    parts = [f"{row.seconds:.2f} s", f"{row.mb_per_s:.1f} MB/s" if row.mb_per_s else "",
+    parts = [f"{row.seconds:.2f} s" if row.seconds is not None else "",
+             f"{row.mb_per_s:.1f} MB/s" if row.mb_per_s else "",
              f"wire {row.wire_bytes / MB:.1f} MB" if row.wire_bytes is not None else "",
              f"x{row.speedup:.2f}" if row.speedup else "",
-             f"verified {row.verified_count}/{row.instances}"]
+             f"verified {row.verified_count}/{row.instances}" if row.verified_count is not None else ""]
     text = ", ".join(p for p in parts if p)
     return text + (f" -- {row.status}: {row.note}" if row.note else "")

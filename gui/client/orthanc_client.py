@@ -296,6 +296,30 @@ class OrthancClient:
         path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
         return (await self.request("GET", path, headers={"Accept-Encoding": "gzip"})).content
 
+    async def get_bounded(self, path: str, limit: int, *,
+                          headers: Optional[Mapping[str, str]] = None) -> bytearray:
+        """GET a binary answer of at most ``limit`` bytes, streamed into one
+        buffer (no second copy; an answer longer than ``limit`` is cut at
+        ``limit + 1`` bytes so the caller sees it is too long)."""
+        buffer = bytearray()
+        try:
+            async with self._http.stream("GET", path, headers=headers) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._status_error("GET", path, response)
+                async for piece in response.aiter_bytes():
+                    buffer += piece
+                    if len(buffer) > limit:
+                        del buffer[limit + 1:]
+                        break
+        except httpx.TimeoutException:
+            raise self._error(f"no answer within {self.timeout:.0f} s (timeout)", "GET", path) from None
+        except httpx.ConnectError as exc:
+            raise self._error(_connect_reason(exc), "GET", path) from None
+        except httpx.HTTPError as exc:
+            raise self._error(f"{type(exc).__name__}: {exc}", "GET", path) from None
+        return buffer
+
     async def download_instance_to(self, instance_id: str, sink: Any,
                                    piece_size: int = 256 * 1024) -> int:
         """Stream an instance's file into ``sink`` (a binary file object opened

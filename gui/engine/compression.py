@@ -158,6 +158,7 @@ class PullCompressionPolicy:
         self._raw = 0
         self._wire = 0
         self._count = 0
+        self._tried = {"gzip": 0, "none": 0}
 
     @property
     def ratio(self) -> Optional[float]:
@@ -170,9 +171,12 @@ class PullCompressionPolicy:
         ratio = self.ratio
         if ratio is not None and ratio < MIN_USEFUL_RATIO:
             return "none"
-        for option in ("none", "gzip"):
-            if self._rate[option] is None:
-                return option
+        unmeasured = [o for o in ("none", "gzip") if self._rate[o] is None]
+        if unmeasured:
+            # Several GETs start before the first answer: share them out.
+            option = min(unmeasured, key=lambda o: self._tried[o])
+            self._tried[option] += 1
+            return option
         best = "gzip" if self._rate["gzip"] >= self._rate["none"] else "none"  # type: ignore[operator]
         if self._count % self.probe_every == 0:
             return "none" if best == "gzip" else "gzip"

@@ -86,6 +86,12 @@ class PlainTransport(Transport):
     def source_label(self, ctx: TransferContext) -> str:
         return ctx.source.peer.name
 
+    async def encode_body(self, files: List[Tuple[str, bytes]]) -> bytes:
+        """The upload body: the file itself, or a stored ZIP of several files."""
+        if len(files) == 1:
+            return files[0][1]
+        return await asyncio.to_thread(zip_stored, files)
+
     # --- running ----------------------------------------------------------------
 
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
@@ -154,9 +160,7 @@ class PlainTransport(Transport):
 
             if len(files) > 1:
                 self._event(ctx, unit, BucketState.COMPRESSING, raw_done=raw_done)
-                body = await asyncio.to_thread(zip_stored, files)
-            else:
-                body = files[0][1]
+            body = await self.encode_body(files)
             files.clear()
             self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=len(body))
             # Shielded: a cancel must not leave an upload half-way whose import

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.events import TransferMode
+from gui.engine.retry import with_retries
 from gui.protocol import wire
 from gui.protocol.wire import InstanceInfo
 
@@ -54,18 +55,21 @@ def check_resources(resources: Sequence[dict]) -> List[dict]:
 
 
 async def resolve_instances(source: OrthancClient, resources: Sequence[dict], *,
-                            use_protocol: bool, concurrency: int,
+                            use_protocol: bool, concurrency: int, retries: int = 0,
                             headers: Optional[Dict[str, str]] = None) -> List[InstanceInfo]:
-    """Instance infos (ID, size, MD5) of everything below ``resources`` on the source."""
+    """Instance infos (ID, size, MD5) of everything below ``resources`` on the source.
+    Each query is retried up to ``retries`` times on retryable errors."""
     resources = check_resources(resources)
     if use_protocol:
-        return await source.transfers_lookup(resources, headers=headers)
+        return await with_retries(lambda: source.transfers_lookup(resources, headers=headers), retries)
     listed: Dict[str, int] = {}
     for group in await gather_bounded(
-            resources, lambda r: _instances_below(source, r), concurrency):
+            resources, lambda r: with_retries(lambda: _instances_below(source, r), retries),
+            concurrency):
         listed.update(group)
     ids = sorted(listed)
-    md5s = await gather_bounded(ids, source.instance_md5, concurrency)
+    md5s = await gather_bounded(ids, lambda i: with_retries(lambda: source.instance_md5(i), retries),
+                                concurrency)
     return [InstanceInfo(i, listed[i], m) for i, m in zip(ids, md5s)]
 
 
@@ -89,15 +93,17 @@ async def _instances_below(source: OrthancClient, resource: dict) -> Dict[str, i
 
 
 async def present_on_target(target: OrthancClient, instances: Sequence[InstanceInfo],
-                            concurrency: int) -> Dict[str, Optional[str]]:
+                            concurrency: int, retries: int = 0) -> Dict[str, Optional[str]]:
     """The target's MD5 of each instance, None when absent."""
-    md5s = await gather_bounded([i.id for i in instances], target.instance_md5_or_none, concurrency)
+    md5s = await gather_bounded(
+        [i.id for i in instances],
+        lambda i: with_retries(lambda: target.instance_md5_or_none(i), retries), concurrency)
     return {i.id: m for i, m in zip(instances, md5s)}
 
 
 async def make_plan(source: OrthancClient, target: OrthancClient, resources: Sequence[dict], *,
                     use_protocol: bool, concurrency: int, force: bool = False,
-                    keep: Optional[set] = None,
+                    keep: Optional[set] = None, retries: int = 0,
                     headers: Optional[Dict[str, str]] = None) -> Plan:
     """Resolve, then drop what the target already has with the same MD5.
 
@@ -105,16 +111,17 @@ async def make_plan(source: OrthancClient, target: OrthancClient, resources: Seq
     ``keep`` (already sent by an earlier run of this very job).
     """
     instances = await resolve_instances(source, resources, use_protocol=use_protocol,
-                                        concurrency=concurrency, headers=headers)
-    return await split_present(target, instances, concurrency=concurrency, force=force, keep=keep)
+                                        concurrency=concurrency, retries=retries, headers=headers)
+    return await split_present(target, instances, concurrency=concurrency, force=force, keep=keep,
+                               retries=retries)
 
 
 async def split_present(target: OrthancClient, instances: Sequence[InstanceInfo], *,
                         concurrency: int, force: bool = False,
-                        keep: Optional[set] = None) -> Plan:
+                        keep: Optional[set] = None, retries: int = 0) -> Plan:
     instances = sorted(instances, key=lambda i: i.id)
     candidates = [i for i in instances if not force or (keep and i.id in keep)]
-    on_target = await present_on_target(target, candidates, concurrency) if candidates else {}
+    on_target = await present_on_target(target, candidates, concurrency, retries) if candidates else {}
     present = [i for i in candidates if on_target.get(i.id) == i.md5]
     present_ids = {i.id for i in present}
     to_send = [i for i in instances if i.id not in present_ids]

@@ -17,6 +17,7 @@ import collections
 import hashlib
 import importlib
 import logging
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -162,16 +163,20 @@ class JobRunner:
 
     async def _reacquire(self) -> None:
         await self.gate.acquire()
-        if self.paused or self.task is None or self.task.done():
+        if self.paused or self.has_slot or self.task is None or self.task.done():
+            # Paused again meanwhile, or the run already holds a place.
             self.gate.release()
-            return
-        self.has_slot = True
-        self._set_state(JobState.RUNNING)
-        self.running.set()
+        else:
+            self.has_slot = True
+        if self.has_slot and not self.paused and not self.running.is_set():
+            self._set_state(JobState.RUNNING)
+            self.running.set()
 
     async def stop(self, reason: str) -> None:
         """Cancel the run; ``cancel`` rolls back, ``shutdown`` keeps the job resumable."""
         self.stop_reason = reason
+        if self.ctx is not None:
+            self.ctx.shutting_down = reason == "shutdown"
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
@@ -246,35 +251,46 @@ class JobRunner:
     # --- the run ---------------------------------------------------------------------
 
     async def execute(self) -> Optional[CommitmentReport]:
-        job = self.job
         self._set_state(JobState.PAUSED if self.paused else JobState.PENDING)
         try:
-            if self.cancel_only:
-                raise asyncio.CancelledError()
-            if True:
-                await self.gate.acquire()
-                self.has_slot = True
-                if self.paused:
-                    self.has_slot = False
-                    self.gate.release()
-                await self.running.wait()
-                if not self.paused:
-                    self._set_state(JobState.RUNNING)
-            self.started = time.monotonic()
-            report = await self._run()
+            report = await self._execute()
         except asyncio.CancelledError:
             if self.stop_reason == "shutdown":
+                # Quitting: no rollback, the job stays resumable.
                 self._set_state(JobState.PAUSED)
                 await self._close_clients()
+                self._release_slot()
                 raise
             report = await self._rollback_and_report(JobState.CANCELED, "canceled by the user")
-        finally:
-            if self.has_slot:
-                self.has_slot = False
-                self.gate.release()
+        except Exception as exc:  # noqa: BLE001 - e.g. the job database failing: end the job anyway
+            log.exception("job %s: unexpected error", self.job.id)
+            report = self._report(JobState.FAILURE, [], f"internal error: {type(exc).__name__}: {exc}")
         await self._close_clients()
         self._finish(report)
+        # Released only once the job has reported its end, so that observers
+        # never see more jobs running than the limit.
+        self._release_slot()
         return report
+
+    async def _execute(self) -> CommitmentReport:
+        if self.cancel_only:
+            raise asyncio.CancelledError()
+        await self.gate.acquire()
+        if self.paused or self.has_slot:
+            self.gate.release()      # paused meanwhile, or a resume already got a place
+        else:
+            self.has_slot = True
+            self.running.set()       # a pause then resume while waiting cleared it
+        await self.running.wait()
+        if not self.paused:
+            self._set_state(JobState.RUNNING)
+        self.started = time.monotonic()
+        return await self._run()
+
+    def _release_slot(self) -> None:
+        if self.has_slot:
+            self.has_slot = False
+            self.gate.release()
 
     async def _run(self) -> CommitmentReport:
         job = self.job
@@ -323,7 +339,7 @@ class JobRunner:
             transport: Transport = LocalUploadTransport(self.upload_files)
             if plan_again:
                 plan = await planner.split_present(self.target, instances, concurrency=concurrency,
-                                                   force=job.force, keep=sent_before)
+                                                   force=job.force, keep=sent_before, retries=retries)
             else:
                 plan = planner.Plan(instances, instances, [])
         else:
@@ -335,9 +351,9 @@ class JobRunner:
                                                 target_speaks=target_speaks,
                                                 available=available_transports())
                 log.info("job %s: %s mode (%s)", job.id, mode.value, why)
-                plan = await with_retries(lambda: planner.make_plan(
+                plan = await planner.make_plan(
                     self.source, self.target, job.resources, use_protocol=source_speaks,
-                    concurrency=concurrency, force=job.force, keep=sent_before), retries)
+                    concurrency=concurrency, force=job.force, keep=sent_before, retries=retries)
             else:
                 mode = TransferMode(job.mode) if job.mode else TransferMode.PLAIN
                 instances = self.store.planned_instances(job.id)
@@ -400,7 +416,8 @@ class JobRunner:
         job = self.job
         assert self.target is not None
         concurrency = max(2, job.options.Threads * 2)
-        found = await verification.target_md5s(self.target, [i.id for i in self._planned], concurrency)
+        found = await verification.target_md5s(self.target, [i.id for i in self._planned], concurrency,
+                                               job.options.MaxHttpRetries)
         verdicts = verification.verdicts(self._planned, found, self._statuses)
         if all(v.verified for v in verdicts):
             return self._report(JobState.SUCCESS, verdicts, None)
@@ -451,6 +468,10 @@ class JobRunner:
 
     def _report(self, state: JobState, verdicts: list, error: Optional[str]) -> CommitmentReport:
         job = self.job
+        if self.ctx is not None and self.ctx.compression_used:
+            job.compression = self.ctx.compression_used
+        elif job.mode in (TransferMode.PLAIN, TransferMode.UPLOAD):
+            job.compression = "none"   # ZIP stored; downloads use HTTP gzip transparently
         raw = sum(b.raw_done for b in self._bucket_index.values() if b.state is BucketState.DONE)
         wire_bytes = sum(b.wire_done for b in self._bucket_index.values())
         return verification.build_report(
@@ -465,6 +486,8 @@ class JobRunner:
         self.store.update_job(job.id, state=report.state.value, error=report.error,
                               report=report.to_json())
         self._progress(force=True, error=report.error)
+        # The job's scratch space is only needed to resume; a finished job has none.
+        shutil.rmtree(self.staging_root / job.id, ignore_errors=True)
         self.emit(JobFinished(job.id, report))
         job._finished.set()
 

@@ -69,6 +69,11 @@ class TransferContext:
     # Whether each end answered /transfers/lookup (probed by the scheduler).
     source_accelerated: bool = False
     target_accelerated: bool = False
+    # Set by the scheduler before it cancels the run because the app quits (or
+    # the engine closes): the job will resume later, so a transport should keep
+    # its resumable state (e.g. its push transaction) instead of discarding it.
+    # Unset on a user's cancel, which must discard.
+    shutting_down: bool = False
     # The compression the transport actually uses ("gzip"/"none"), set by it
     # once decided (``compression`` may be "auto"); None until then.
     compression_used: Optional[str] = None

@@ -12,15 +12,17 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.events import CommitmentReport, InstanceVerdict, JobState, TransferMode
 from gui.engine.planner import gather_bounded
+from gui.engine.retry import with_retries
 from gui.protocol.wire import InstanceInfo
 
 
-async def target_md5s(target: OrthancClient, ids: Sequence[str], concurrency: int
-                      ) -> Dict[str, object]:
-    """MD5 per instance: a string, None when absent, or the OrthancError met."""
+async def target_md5s(target: OrthancClient, ids: Sequence[str], concurrency: int,
+                      retries: int = 0) -> Dict[str, object]:
+    """MD5 per instance: a string, None when absent, or the OrthancError met
+    (after ``retries`` retries of retryable errors)."""
     async def one(instance_id: str) -> object:
         try:
-            return await target.instance_md5_or_none(instance_id)
+            return await with_retries(lambda: target.instance_md5_or_none(instance_id), retries)
         except OrthancError as exc:
             return exc
     results = await gather_bounded(list(ids), one, concurrency)
@@ -55,8 +57,8 @@ def verdicts(instances: Sequence[InstanceInfo], found: Dict[str, object],
 
 
 async def verify(target: OrthancClient, instances: Sequence[InstanceInfo],
-                 statuses: Dict[str, str], concurrency: int) -> List[InstanceVerdict]:
-    found = await target_md5s(target, [i.id for i in instances], concurrency)
+                 statuses: Dict[str, str], concurrency: int, retries: int = 0) -> List[InstanceVerdict]:
+    found = await target_md5s(target, [i.id for i in instances], concurrency, retries)
     return verdicts(instances, found, statuses)
 
 

@@ -115,7 +115,8 @@ class TransferChecker:
     """
 
     def __init__(self, source: InstanceLister, target: InstanceLister,
-                 expected: Optional[Iterable[str]] = None) -> None:
+                 expected: Optional[Iterable[str]] = None, *, settle_interval: float = 0.25) -> None:
+        self.settle_interval = settle_interval
         self.source = source
         self.target = target
         self._expected = set(expected) if expected is not None else None
@@ -123,8 +124,8 @@ class TransferChecker:
         self.target_before: Dict[str, str] = {}
 
     def before(self) -> "TransferChecker":
-        self.source_before = snapshot(self.source)
-        self.target_before = snapshot(self.target)
+        self.source_before = snapshot(self.source, interval=self.settle_interval)
+        self.target_before = snapshot(self.target, interval=self.settle_interval)
         if self._expected is None:
             self._expected = set(self.source_before)
         absent = self._expected - set(self.source_before)
@@ -153,11 +154,11 @@ class TransferChecker:
         report (``CommitmentReport.to_json()`` / the CLI's ``--json``), checked
         for consistency when given.
         """
-        source_after = snapshot(self.source)
+        source_after = snapshot(self.source, interval=self.settle_interval)
         if source_after != self.source_before:
             return Verdict(Outcome.FAILED, "the source was modified: "
                            + _describe_diff(self.source_before, source_after))
-        target_after = snapshot(self.target)
+        target_after = snapshot(self.target, interval=self.settle_interval)
         whole = self.whole
         if succeeded:
             if target_after != whole:

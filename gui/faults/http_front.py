@@ -18,6 +18,7 @@ in a handler resets the client's connection.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import ssl
@@ -69,8 +70,22 @@ class FrontResponse:
     def of_json(cls, status: int, value: Any) -> "FrontResponse":
         return cls(status, [("Content-Type", "application/json")], json.dumps(value).encode())
 
+    def header(self, name: str) -> Optional[str]:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def decoded(self) -> "FrontResponse":
+        """The same answer without Content-Encoding (Orthanc gzips JSON for httpx)."""
+        if (self.header("content-encoding") or "").lower() != "gzip":
+            return self
+        headers = [(k, v) for k, v in self.headers if k.lower() != "content-encoding"]
+        return FrontResponse(self.status, headers, gzip.decompress(self.body))
+
     def json(self) -> Any:
-        return json.loads(self.body)
+        return json.loads(self.decoded().body)
 
 
 Forward = Callable[[FrontRequest], Awaitable[FrontResponse]]

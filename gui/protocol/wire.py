@@ -25,6 +25,8 @@ __all__ = [
     "build_push_request", "chunks_uri", "parse_chunk_ids", "COMPRESSIONS",
     "LEVELS", "MAX_PULL_URL_LENGTH", "URI_CHUNKS", "URI_LOOKUP", "URI_PUSH",
     "URI_PEERS", "URI_SEND", "URI_PULL", "SENDER_TRANSFER_ID_HEADER",
+    "COMMIT_STAGING", "COMMIT_PENDING", "COMMIT_SUCCESS", "COMMIT_FAILURE",
+    "CommitStatus", "commit_uri", "build_commit_status", "parse_commit_status",
 ]
 
 # Orthanc IDs: SHA-1 as five dash-separated groups of 8 lowercase hex digits.
@@ -312,3 +314,60 @@ def parse_chunk_ids(path_part: str, max_ids: int = 1000) -> List[str]:
     if not path_part or len(ids) > max_ids:
         raise WireFormatError("chunks URL: expected 1 to %d instance IDs" % max_ids)
     return [check_orthanc_id(i, "chunks URL") for i in ids]
+
+
+# --- asynchronous commit (extension of this project) ---------------------------
+#
+# A push request with "AsynchronousCommit": true gets a creation answer with
+# "AsynchronousCommit": true as well (a server that ignores the extension, like
+# the C++ plugin, answers without it), and makes
+#   POST /transfers/push/{tid}/commit  answer 202 {"Status": "Pending", "Path": <commit URI>}
+# at once, and
+#   GET  /transfers/push/{tid}/commit  answer 200 with the status:
+#     {"Status": "Staging"|"Pending"|"Success"|"Failure", "Path": <commit URI>}
+#     plus, for "Failure", "Error": an Orthanc-style error body (HttpStatus,
+#     OrthancStatus, Message, Details, and Instances naming the bad instances).
+# After a failure the transaction is kept (status "Failure" until committed
+# again); after success it is gone and only the status remains, for a while.
+# Without the flag the commit is synchronous and answers {} as in PROTOCOL.md.
+
+COMMIT_STAGING = "Staging"
+COMMIT_PENDING = "Pending"
+COMMIT_SUCCESS = "Success"
+COMMIT_FAILURE = "Failure"
+COMMIT_STATUSES = (COMMIT_STAGING, COMMIT_PENDING, COMMIT_SUCCESS, COMMIT_FAILURE)
+
+
+def commit_uri(transaction_id: str) -> str:
+    return f"{URI_PUSH}/{transaction_id}/commit"
+
+
+@dataclass(frozen=True)
+class CommitStatus:
+    status: str
+    path: str
+    error: Optional[dict] = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (COMMIT_SUCCESS, COMMIT_FAILURE)
+
+
+def build_commit_status(status: str, transaction_id: str, error: Optional[dict] = None) -> dict:
+    if status not in COMMIT_STATUSES:
+        raise ValueError(f"unknown commit status {status!r}")
+    body = {"Status": status, "Path": commit_uri(transaction_id)}
+    if error is not None:
+        body["Error"] = error
+    return body
+
+
+def parse_commit_status(obj: object) -> CommitStatus:
+    status = _require(obj, "Status", "commit status")
+    if status not in COMMIT_STATUSES:
+        raise WireFormatError(f"commit status.Status: unknown value {str(status)[:20]!r}")
+    path = obj.get("Path", "")  # type: ignore[union-attr]
+    error = obj.get("Error")  # type: ignore[union-attr]
+    if error is not None and not isinstance(error, dict):
+        raise WireFormatError("commit status.Error: expected a JSON object")
+    return CommitStatus(status, path if isinstance(path, str) else "", error)

@@ -11,11 +11,12 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Awaitable, Callable, Dict, List, Optional, Protocol, Sequence, Set
+from typing import Awaitable, Callable, Dict, Optional, Protocol, Sequence, Set
 
 from gui.client.errors import OrthancError
 from gui.engine import compression as gz
 from gui.engine.events import BucketState
+from gui.engine.retry import with_retries
 from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
                                                    TransactionState)
 from gui.engine.transport_base import TransferContext, TransferFailed
@@ -85,6 +86,7 @@ class BucketPusher:
         self._last_save = 0.0
         self._put_rate: Optional[float] = None
         self.wire_bytes = 0
+        self._commit_started = False
 
     # --- the whole run ---------------------------------------------------------------
 
@@ -117,12 +119,14 @@ class BucketPusher:
                 await self._send_all()
                 await ctx.wait_running()
                 assert self.tx is not None
+                await self._record_absent()
+                self._commit_started = True
                 await self.tx.commit()
                 await ctx.save_state(STATE_KEY, None)
                 self.tx = None
                 return
             except TransactionGone as gone:
-                if await self._target_has_everything():
+                if self._commit_started and await self._target_has_everything():
                     # The commit went through but its answer was lost.
                     await ctx.save_state(STATE_KEY, None)
                     self.tx = None
@@ -228,6 +232,10 @@ class BucketPusher:
         if tx is not None:
             await tx.delete()
         self.tx = None
+        if self._commit_started or self.ctx.created_on_target:
+            # A commit that was cut short (cancel, lost answer) may have
+            # imported some instances: remove those this job brought.
+            await self._rollback_created()
         try:
             await self.ctx.save_state(STATE_KEY, None)
         except Exception as exc:  # noqa: BLE001 - cleanup must go on; the job store logs its own errors
@@ -241,6 +249,35 @@ class BucketPusher:
         await self.ctx.save_state(STATE_KEY, {"Transaction": self.tx.state.to_json(),
                                               "Plan": self._fingerprint,
                                               "Done": sorted(self._done)})
+
+    async def _record_absent(self) -> None:
+        """Before committing, note (durably) which instances the target lacks:
+        only those may be deleted if the job is cancelled during the commit."""
+        from gui.engine.planner import gather_bounded
+        retries = self.ctx.options.MaxHttpRetries
+
+        async def check(info: InstanceInfo) -> None:
+            if info.id in self.ctx.created_on_target:
+                return
+            present = await with_retries(lambda: self.ctx.target.instance_md5_or_none(info.id), retries)
+            if present is None:
+                await self.ctx.mark_created(info.id)
+
+        await gather_bounded(self.ctx.instances, check, self.ctx.options.Threads * 2)
+
+    async def _rollback_created(self) -> None:
+        failures = []
+        for instance_id in sorted(self.ctx.created_on_target):
+            try:
+                await with_retries(lambda i=instance_id: self.ctx.target.delete("Instance", i),
+                                   self.ctx.options.MaxHttpRetries)
+            except OrthancError as exc:
+                if exc.status != 404:
+                    failures.append(f"{instance_id}: {exc}")
+        if failures:
+            raise TransferFailed(f"rollback incomplete on {self.ctx.target.peer.name}: {len(failures)} "
+                                 f"instance(s) could not be deleted ({failures[0]})")
+        self.ctx.created_on_target.clear()
 
     async def _target_has_everything(self) -> bool:
         from gui.engine.planner import gather_bounded

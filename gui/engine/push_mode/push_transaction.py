@@ -157,7 +157,8 @@ class PushTransaction:
             try:
                 response = await self.target.request("POST", path, content=b"",
                                                      headers=self._headers(True),
-                                                     timeout=self.commit_timeout)
+                                                     timeout=self.commit_timeout,
+                                                     expect=(200, 202))
                 break
             except OrthancError as exc:
                 if exc.status == 404:
@@ -178,29 +179,43 @@ class PushTransaction:
             await self._follow_commit(response)
 
     async def _follow_commit(self, response: Any) -> None:
-        """Poll an asynchronous commit's status until it is over (our plugin's extension)."""
+        """Poll an asynchronous commit (this project's extension, see wire.py)
+        until the target says Success or Failure."""
         try:
             answer = json.loads(response.content or b"{}")
         except ValueError:
             answer = {}
-        status_path = _status_path(answer, self.target.base_url) if isinstance(answer, dict) else None
-        if status_path is None:
+        if response.status_code != 202 or not isinstance(answer, dict) or "Status" not in answer:
             return  # a synchronous answer ({}): the import is already done
+        path = wire.commit_uri(self.id)
         deadline = time.monotonic() + self.commit_timeout
         delay = POLL_MIN
         while True:
-            status = await with_retries(
-                lambda: self.target.get_json(status_path, headers=self._headers()), self.retries)
-            state = str(status.get("State", "")).lower() if isinstance(status, dict) else ""
-            if state in ("success", "done", "committed"):
+            try:
+                status = wire.parse_commit_status(answer)
+            except wire.WireFormatError as exc:
+                raise CommitFailed(f"malformed commit status: {exc}") from None
+            if status.status == wire.COMMIT_SUCCESS:
                 return
-            if state in ("failure", "failed", "error"):
-                raise CommitFailed(str(status.get("Error") or status.get("Message")
-                                       or "the target could not import the transaction"))
+            if status.status == wire.COMMIT_FAILURE:
+                error = status.error or {}
+                message = error.get("Message") or "the target could not import the transaction"
+                bad = error.get("Instances")
+                if isinstance(bad, list) and bad:
+                    message += f" (instances: {', '.join(str(i) for i in bad[:5])})"
+                raise CommitFailed(str(message))
             if time.monotonic() > deadline:
                 raise CommitFailed(f"the commit did not finish within {self.commit_timeout:.0f} s")
             await asyncio.sleep(delay)
             delay = min(POLL_MAX, delay * 1.5)
+            try:
+                answer = await with_retries(
+                    lambda: self.target.get_json(path, headers=self._headers()), self.retries)
+            except OrthancError as exc:
+                if exc.status == 404:
+                    raise TransactionGone(f"the target forgot push transaction {self.id} "
+                                          "while committing it") from None
+                raise
 
     async def delete(self) -> None:
         """Discard the transaction; best effort (it may be gone already)."""
@@ -209,17 +224,6 @@ class PushTransaction:
                                       expect=(200, 404))
         except OrthancError as exc:
             log.warning("could not discard push transaction %s: %s", self.id, exc)
-
-
-def _status_path(answer: Dict[str, Any], base_url: str) -> Optional[str]:
-    for key in ("StatusPath", "Path", "URL", "Url"):
-        value = answer.get(key)
-        if isinstance(value, str) and value:
-            if value.startswith(base_url):
-                value = value[len(base_url):]
-            if value.startswith("/"):
-                return value
-    return None
 
 
 async def _pieces(body: bytes, on_progress: Callable[[int], None]) -> AsyncIterator[bytes]:

@@ -17,7 +17,7 @@ import collections
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -54,13 +54,12 @@ class SourceReader:
         self._pending: Dict[str, "asyncio.Future[object]"] = {}
         self._files: Dict[str, Path] = {}
 
-    async def read(self, bucket: Bucket, on_retry: RetryHook = None) -> bytes:
+    async def read(self, bucket: Bucket, on_retry: RetryHook = None) -> bytes:  # or bytearray
         expected = bucket.total_size
         if self.use_chunks_endpoint:
             uri = wire.chunks_uri(bucket, "none")
-            response = await with_retries(lambda: self.source.request("GET", uri), self.retries,
-                                          on_retry=on_retry)
-            data = response.content
+            data = await with_retries(lambda: self.source.get_bounded(uri, expected), self.retries,
+                                      on_retry=on_retry)
         else:
             parts = [await self._read_chunk(chunk, on_retry) for chunk in bucket.chunks]
             data = parts[0] if len(parts) == 1 else b"".join(parts)

@@ -12,10 +12,11 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from gui.engine.events import BucketState
-from gui.ui.transfers.bucket_model import FractionRole, StateGroup, StateRole, state_group
+from gui.ui.transfers.bucket_model import (BucketModel, FractionRole, GroupRole, StateGroup, bucket_fraction,
+                                          state_group)
 
 CELL_SIZE = 18
+_SELECTED = QStyle.StateFlag.State_Selected
 
 #: (fill, background) per visible state; also used by the legend.
 STATE_COLOURS: Dict[str, tuple] = {
@@ -44,9 +45,15 @@ class BucketDelegate(QStyledItemDelegate):
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem,
               index: QModelIndex | QPersistentModelIndex) -> None:
-        state = index.data(StateRole) or BucketState.QUEUED
-        group = state_group(state)
-        fraction = float(index.data(FractionRole) or 0.0)
+        model = index.model()
+        if isinstance(model, BucketModel):
+            # Straight from the model: no round trip through QVariant for every cell.
+            bucket = model.bucket(index.row())
+            group = state_group(bucket.state) if bucket else StateGroup.QUEUED
+            fraction = bucket_fraction(bucket) if bucket else 0.0
+        else:
+            group = index.data(GroupRole) or StateGroup.QUEUED
+            fraction = float(index.data(FractionRole) or 0.0)
         cell = QRect(option.rect).adjusted(1, 1, -2, -2)
         painter.save()
         painter.fillRect(cell, self._back[group])
@@ -57,7 +64,7 @@ class BucketDelegate(QStyledItemDelegate):
             height = max(1, round(cell.height() * fraction))
             painter.fillRect(QRect(cell.left(), cell.bottom() - height + 1, cell.width(), height), self._fill[group])
         pen = QPen(self._fill[group])
-        if option.state & QStyle.StateFlag.State_Selected:
+        if option.state & _SELECTED:
             pen = QPen(option.palette.highlight().color(), 2)
         painter.setPen(pen)
         painter.drawRect(cell)

@@ -17,7 +17,8 @@ from gui.ui.transfers.formatting import human_bytes
 
 BucketRole = Qt.ItemDataRole.UserRole + 1      # the BucketProgress itself
 FractionRole = Qt.ItemDataRole.UserRole + 2    # 0.0 .. 1.0
-StateRole = Qt.ItemDataRole.UserRole + 3       # BucketState
+StateRole = Qt.ItemDataRole.UserRole + 3       # BucketState value ("sending"...): Qt turns str enums into str
+GroupRole = Qt.ItemDataRole.UserRole + 4       # the visible state group (StateGroup)
 
 
 class StateGroup:
@@ -32,9 +33,7 @@ class StateGroup:
 
 
 def state_group(state: BucketState) -> str:
-    if state in (BucketState.READING, BucketState.COMPRESSING, BucketState.SENDING):
-        return StateGroup.TRANSFERRING
-    return state.value  # queued, retrying, done, failed share their names
+    return _GROUP_OF[state]
 
 
 def bucket_fraction(bucket: BucketProgress) -> float:
@@ -49,6 +48,11 @@ def bucket_fraction(bucket: BucketProgress) -> float:
 
 
 _MAX_TOOLTIP_IDS = 8
+# Looked up once: attribute access on Qt's enums is slow in a per-cell hot path.
+_DISPLAY = Qt.ItemDataRole.DisplayRole
+_TOOLTIP = Qt.ItemDataRole.ToolTipRole
+_ACTIVE = frozenset((BucketState.READING, BucketState.COMPRESSING, BucketState.SENDING))
+_GROUP_OF = {state: (StateGroup.TRANSFERRING if state in _ACTIVE else state.value) for state in BucketState}
 
 
 def bucket_tooltip(bucket: BucketProgress) -> str:
@@ -117,7 +121,7 @@ class BucketModel(QAbstractListModel):
                 prev = i
                 continue
             self.dataChanged.emit(self.index(start), self.index(prev),
-                                  [Qt.ItemDataRole.DisplayRole, BucketRole, FractionRole, StateRole])
+                                  [Qt.ItemDataRole.DisplayRole, BucketRole, FractionRole, StateRole, GroupRole])
             if i is not None:
                 start = prev = i
 
@@ -138,15 +142,17 @@ class BucketModel(QAbstractListModel):
         if not index.isValid():
             return None
         bucket = self._rows[index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
+        if role == _DISPLAY:
             return str(index.row() + 1)
         if role == BucketRole:
             return bucket
         if role == StateRole:
-            return bucket.state if bucket else BucketState.QUEUED
+            return bucket.state.value if bucket else BucketState.QUEUED.value
+        if role == GroupRole:
+            return state_group(bucket.state) if bucket else StateGroup.QUEUED
         if role == FractionRole:
             return bucket_fraction(bucket) if bucket else 0.0
-        if role == Qt.ItemDataRole.ToolTipRole:
+        if role == _TOOLTIP:
             return bucket_tooltip(bucket) if bucket else f"Bucket {index.row() + 1}: queued"
         return None
 

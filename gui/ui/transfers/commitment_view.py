@@ -21,6 +21,7 @@ BANNER_STYLES = {
     "ok": "background:#e3f4e4; color:#1b5e20; border:1px solid #66bb6a;",
     "bad": "background:#fde4e3; color:#b71c1c; border:1px solid #ef5350;",
     "neutral": "background:#fff3e0; color:#6d4c41; border:1px solid #ffb74d;",
+    "waiting": "background:palette(base); color:palette(mid); border:1px dashed palette(mid);",
 }
 
 
@@ -118,10 +119,11 @@ class CommitmentView(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(20)
+        self.table.setMinimumHeight(60)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        for col, width in enumerate((300, 70, 240, 240, 60, 110)):
+        for col, width in enumerate((330, 70, 262, 262, 60, 110)):
             self.table.setColumnWidth(col, width)
         self.json_button = QPushButton("Export JSON…")
         self.csv_button = QPushButton("Export CSV…")
@@ -129,7 +131,8 @@ class CommitmentView(QWidget):
         self.csv_button.clicked.connect(lambda: self._ask_export("csv"))
 
         buttons = QHBoxLayout()
-        buttons.addWidget(QLabel("Storage commitment (MD5 of every instance, read back from the target)"))
+        buttons.addWidget(QLabel("Storage commitment: every instance's MD5 on the source and as stored "
+                                 "on the target"))
         buttons.addStretch(1)
         buttons.addWidget(self.json_button)
         buttons.addWidget(self.csv_button)
@@ -144,15 +147,21 @@ class CommitmentView(QWidget):
         self.report = report
         self.model.set_report(report)
         if report is None:
-            self.banner.clear()
-            self.setVisible(False)
+            # Stays in place (empty) so the dock does not jump when a job ends.
+            self.banner.setProperty("kind", "none")
+            self.banner.setStyleSheet(f"QLabel {{ {BANNER_STYLES['waiting']} padding:8px; border-radius:4px; }}")
+            self.banner.setText("The storage commitment (MD5 of every instance, read back from the target) "
+                                "appears here when the selected transfer ends.")
+            self.json_button.setEnabled(False)
+            self.csv_button.setEnabled(False)
             return
+        self.json_button.setEnabled(True)
+        self.csv_button.setEnabled(True)
         kind = banner_kind(report)
         self.banner.setProperty("kind", kind)
         self.banner.setStyleSheet(f"QLabel {{ {BANNER_STYLES[kind]} padding:8px; font-weight:bold;"
                                   " font-size:14px; border-radius:4px; }")
         self.banner.setText(banner_text(report))
-        self.setVisible(True)
 
     @property
     def banner_kind(self) -> Optional[str]:

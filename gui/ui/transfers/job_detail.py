@@ -57,6 +57,7 @@ class JobDetail(QWidget):
         self.model = BucketModel(self)
         self.grid = BucketGrid()
         self.grid.setModel(self.model)
+        self.grid.setMinimumHeight(2 * CELL_SIZE + 6)
         self.commitment = CommitmentView()
 
         head = QHBoxLayout()
@@ -70,8 +71,10 @@ class JobDetail(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(top)
         self.splitter.addWidget(self.commitment)
+        self.splitter.setChildrenCollapsible(False)
         self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(1, 2)
+        self.splitter.setSizes([120, 240])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.splitter)

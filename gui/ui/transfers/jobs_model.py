@@ -58,14 +58,14 @@ class JobRow:
 
 
 _LEVEL_NAMES = {"Patient": ("patient", "patients"), "Study": ("study", "studies"),
-                "Series": ("series", "series"), "Instance": ("instance", "instances")}
+                "Series": ("series", "series"), "Instance": ("instance", "instances"), "file": ("file", "files")}
 
 
 def describe_resources(resources: List[Dict[str, str]]) -> str:
     """'2 studies, 1 series' from the engine's resource list."""
     counts: Dict[str, int] = {}
     for item in resources or []:
-        level = item.get("Level", "?")
+        level = item.get("Level", "?") if isinstance(item, dict) else "file"
         counts[level] = counts.get(level, 0) + 1
     parts = []
     for level, n in counts.items():
@@ -185,7 +185,7 @@ class JobsModel(QAbstractTableModel):
         if role == JobIdRole:
             return row.job_id
         if role == JobStateRole:
-            return row.state
+            return row.state.value
         if role == FractionRole:
             return self._fraction(row)
         if role == Qt.ItemDataRole.DisplayRole:

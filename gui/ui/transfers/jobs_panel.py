@@ -12,7 +12,7 @@ from PySide6.QtGui import QPainter
 
 from gui.engine.events import BucketProgress, CommitmentReport, JobProgress, JobState
 from gui.ui.transfers.job_detail import JobDetail
-from gui.ui.transfers.jobs_model import COL_PROGRESS, FractionRole, JobRow, JobsModel
+from gui.ui.transfers.jobs_model import COL_PROGRESS, COL_WHAT, FractionRole, JobRow, JobsModel
 
 
 class JobActions(Protocol):
@@ -76,9 +76,11 @@ class JobsPanel(QWidget):
         self.table.setItemDelegateForColumn(COL_PROGRESS, ProgressDelegate(self.table))
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for col, width in enumerate((230, 110, 130, 270, 90, 90, 60, 60, 60)):
+        for col, width in enumerate((210, 260, 120, 280, 90, 90, 60, 60, 60)):
             self.table.setColumnWidth(col, width)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(COL_WHAT, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(False)
+        self.table.setMinimumHeight(3 * 24 + 28)
         self.table.selectionModel().currentRowChanged.connect(self._on_current_changed)
         self.model.rowsInserted.connect(self._select_new_row)
 
@@ -109,8 +111,10 @@ class JobsPanel(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(top)
         self.splitter.addWidget(self.detail)
+        self.splitter.setChildrenCollapsible(False)
         self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setSizes([130, 360])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.splitter)

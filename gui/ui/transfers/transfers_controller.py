@@ -19,6 +19,7 @@ from PySide6.QtWidgets import QDialog, QMessageBox, QWidget
 
 from gui.client.peer import Peer
 from gui.engine.events import CommitmentReport, JobFinished, JobState
+from gui.ui.async_tasks import user_message
 from gui.ui.resource_mime import from_mime_data
 from gui.ui.transfers.confirm_dialog import ConfirmDialog
 from gui.ui.transfers.jobs_model import JobRow
@@ -74,14 +75,14 @@ class TransfersController(QObject):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def show_error(self, what: str, error: Any) -> None:
-        text = f"{what}: {error}"
+        text = user_message(error, what) if isinstance(error, BaseException) else f"{what}: {error}"
         self.errors.append(text)
         log.warning("%s", text)
         box = QMessageBox(QMessageBox.Icon.Warning, "Orthanc Transfers", text, QMessageBox.StandardButton.Ok,
                           self._dialog_parent())
         box.setObjectName("transferErrorBox")
         box.open()   # not exec(): a nested event loop would stall transfers
-        self.notifier.say(what, str(error), ok=False)
+        self.notifier.say("Problem", text, ok=False)
 
     def _dialog_parent(self) -> Optional[QWidget]:
         return self.window if isinstance(self.window, QWidget) else None
@@ -285,7 +286,7 @@ class TransfersController(QObject):
             # A job started elsewhere (the CLI in the same engine, a resubmit): show it.
             try:
                 job = self.engine.job(job_id) if self.engine is not None else None
-            except KeyError:
+            except Exception:  # noqa: BLE001 - removed meanwhile: nothing to show
                 job = None
             if job is not None:
                 self.panel.add_job(JobRow.from_job(job))

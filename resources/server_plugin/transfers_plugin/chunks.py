@@ -26,31 +26,43 @@ class _Loading:
 
 
 class InstanceCache:
-    def __init__(self, capacity: int, read: Callable[[str], bytes]) -> None:
+    def __init__(self, capacity: int, read: Callable[[str], bytes], metrics: Any = None) -> None:
         self.capacity = capacity
         self.read = read
+        self.metrics = metrics
         self.lock = threading.Lock()
         self.files: "OrderedDict[str, bytes]" = OrderedDict()
         self.used = 0
         self.loading: Dict[str, _Loading] = {}
-        self.storage_reads = 0  # for tests and diagnostics
+
+    def _count(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.add(name)
 
     def get(self, instance_id: str) -> bytes:
         with self.lock:
             data = self.files.get(instance_id)
             if data is not None:
                 self.files.move_to_end(instance_id)
-                return data
-            pending = self.loading.get(instance_id)
-            leader = pending is None
-            if leader:
-                pending = self.loading[instance_id] = _Loading()
-                self.storage_reads += 1
-        if not leader:
-            pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-            return pending.data  # type: ignore[return-value]
+                pending, leader = None, False
+            else:
+                pending = self.loading.get(instance_id)
+                leader = pending is None
+                if leader:
+                    pending = self.loading[instance_id] = _Loading()
+        if data is not None:
+            self._count("transfers_cache_hits")
+            return data
+        if leader:
+            self._load(instance_id, pending)
+        else:
+            pending.done.wait()  # another request is reading this file: share its result
+        if pending.error is not None:
+            raise pending.error
+        return pending.data  # type: ignore[return-value]
+
+    def _load(self, instance_id: str, pending: _Loading) -> None:
+        self._count("transfers_storage_reads")
         try:
             pending.data = self.read(instance_id)  # outside the lock: storage reads are slow
         except BaseException as exc:
@@ -59,10 +71,10 @@ class InstanceCache:
             del self.loading[instance_id]
             if pending.data is not None:
                 self._store_locked(instance_id, pending.data)
+            used = self.used
+        if self.metrics is not None:
+            self.metrics.set("transfers_cache_bytes", used)
         pending.done.set()
-        if pending.error is not None:
-            raise pending.error
-        return pending.data  # type: ignore[return-value]
 
     def cached_size(self, instance_id: str) -> Optional[int]:
         with self.lock:
@@ -80,11 +92,11 @@ class InstanceCache:
 
 
 class ChunkServer:
-    def __init__(self, api: Any, wire: Any, options: Any) -> None:
+    def __init__(self, api: Any, wire: Any, options: Any, metrics: Any = None) -> None:
         self.api = api
         self.wire = wire
         self.options = options
-        self.cache = InstanceCache(options.cache_size, self._read_file)
+        self.cache = InstanceCache(options.cache_size, self._read_file, metrics)
 
     def _read_file(self, instance_id: str) -> bytes:
         try:

@@ -132,8 +132,12 @@ def finish_commit(store: Any, importer: Importer, txn: Any) -> None:
     """The work of a commit once :meth:`TransactionStore.begin_commit` was called."""
     success = False
     try:
-        verify(txn)
-        importer.import_all(txn)
+        verify_and_import(importer, txn)
         success = True
     finally:
         store.end_commit(txn, success)
+
+
+def verify_and_import(importer: Importer, txn: Any) -> None:
+    verify(txn)
+    importer.import_all(txn)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from .errors import BAD_JSON, BAD_REQUEST, INTERNAL, PluginError, error_body
+from .safe_json import MAX_JSON_DEPTH, json_too_deep
 
 
 @dataclass
@@ -43,10 +44,15 @@ def parse_json_body(request: Dict[str, Any], limit: int, where: str) -> Any:
     if len(body) > limit:
         raise PluginError(BAD_REQUEST, "%s: body of %d bytes exceeds MaxRequestSize (%d bytes)"
                           % (where, len(body), limit), http_status=413)
+    if json_too_deep(body):
+        raise PluginError(BAD_JSON, "%s: the JSON body is nested more than %d levels deep or its brackets"
+                          " are unbalanced" % (where, MAX_JSON_DEPTH))
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PluginError(BAD_JSON, "%s: the body is not valid JSON (%s)" % (where, str(exc)[:120]))
+    except RecursionError:
+        raise PluginError(BAD_JSON, "%s: the JSON body is nested too deeply" % where)
 
 
 Handler = Callable[..., Answer]

@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any, Callable, Dict, List, Optional
 
 from .config import peer_credentials
+from .safe_json import json_too_deep
 
 
 def probe(url: str, credentials: Optional[tuple], timeout: float) -> bool:
@@ -26,7 +27,10 @@ def probe(url: str, credentials: Optional[tuple], timeout: float) -> bool:
         request.add_header("Authorization", "Basic " + token)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            body = json.loads(answer.read(1 << 20))
+            data = answer.read(1 << 20)
+        if json_too_deep(data):
+            return False
+        body = json.loads(data)
         return isinstance(body, dict) and isinstance(body.get("Instances"), list)
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict
 
 from .chunks import ChunkServer
-from .commit import Importer, commit, finish_commit
+from .commit import Importer, commit, verify_and_import
 from .config import Options, load_options
-from .errors import PluginError, error_body
+from .errors import BAD_REQUEST, BAD_SEQUENCE_OF_CALLS, INTERNAL, PluginError, error_body
 from .http import Answer, Router, parse_json_body
 from .lookup import Lookup
+from .metrics import Metrics
 from .peers import peers_status
 from .staging import COMMITTING, TransactionStore
-
-# Answer shapes of the asynchronous commit (mirrored in wire.py).
-PENDING, SUCCESS, FAILURE, STAGING_STATUS = "Pending", "Success", "Failure", "Staging"
 
 
 class TransfersPlugin:
@@ -27,9 +24,10 @@ class TransfersPlugin:
         self.wire = wire
         self.options = options
         self.originator = str(uuid.uuid4())
-        self.store = TransactionStore(options, api.LogWarning)
+        self.metrics = Metrics(api)
+        self.store = TransactionStore(options, api.LogWarning, self.metrics)
         self.importer = Importer(api, api.LogWarning)
-        self.chunks = ChunkServer(api, wire, options)
+        self.chunks = ChunkServer(api, wire, options, self.metrics)
         self.lookup = Lookup(api, wire, options, self.originator)
         self.commits = ThreadPoolExecutor(max_workers=options.commit_threads,
                                           thread_name_prefix="transfers-commit")
@@ -47,9 +45,24 @@ class TransfersPlugin:
 
     def post_push(self, request: Dict[str, Any]) -> Answer:
         body = parse_json_body(request, self.options.max_request_size, "push request")
+        self._check_counts(body)
         parsed = self.wire.parse_push_request(body, self.options.max_instances, self.options.max_buckets)
         txn = self.store.create(parsed)
-        return Answer({"ID": txn.id, "Path": "%s/%s" % (self.wire.URI_PUSH, txn.id)})
+        answer = {"ID": txn.id, "Path": "%s/%s" % (self.wire.URI_PUSH, txn.id)}
+        if txn.asynchronous:
+            answer["AsynchronousCommit"] = True  # tells the sender the extension is honoured
+        return Answer(answer)
+
+    def _check_counts(self, body: Any) -> None:
+        """Refuse oversized transactions before parsing them, naming the limit."""
+        if not isinstance(body, dict):
+            return  # the wire parser names that problem
+        for key, limit, option in (("Instances", self.options.max_instances, "MaxInstancesPerTransaction"),
+                                   ("Buckets", self.options.max_buckets, "MaxBucketsPerTransaction")):
+            items = body.get(key)
+            if isinstance(items, list) and len(items) > limit:
+                raise PluginError(BAD_REQUEST, "push request: %d %s, at most %d per transaction (%s)"
+                                  % (len(items), key.lower(), limit, option), http_status=413)
 
     def put_bucket(self, request: Dict[str, Any], tid: str, index: str) -> Answer:
         txn = self.store.acquire(tid)
@@ -62,57 +75,72 @@ class TransfersPlugin:
     def delete_transaction(self, request: Dict[str, Any], tid: str) -> Answer:
         txn = self.store.acquire(tid)
         try:
+            with txn.lock:
+                committing = txn.state == COMMITTING
+            if committing:
+                raise PluginError(BAD_SEQUENCE_OF_CALLS, "transaction %s is being committed and cannot be"
+                                  " deleted now" % tid, http_status=409)
             self.store.discard(txn.id)
         finally:
             self.store.release(txn)
         return Answer({})
 
-    def post_commit(self, request: Dict[str, Any], tid: str, _part: str = "commit") -> Answer:
+    def post_commit(self, request: Dict[str, Any], tid: str, _commit: str) -> Answer:
         txn = self.store.acquire(tid)
         try:
             if not txn.asynchronous:
                 commit(self.store, self.importer, txn)
                 return Answer({})
-            with txn.lock:
-                already = txn.state == COMMITTING
-            if not already:
+            try:
                 self.store.begin_commit(txn)  # from here on, PUTs are refused
-                txn.commit_result = None
+            except PluginError:
+                pass  # already being committed: answer the same "Pending"
+            else:
                 with txn.lock:
                     txn.users += 1  # held by the background commit, released there
                 self.commits.submit(self._commit_in_background, txn)
         finally:
             self.store.release(txn)
-        return Answer(self._status(PENDING, txn.id), status=202)
+        return Answer(self._status(self.wire.COMMIT_PENDING, txn.id), status=202)
 
     def _commit_in_background(self, txn: Any) -> None:
         path = self.wire.commit_uri(txn.id)
+        success = False
         try:
-            finish_commit(self.store, self.importer, txn)
-            result = self._status(SUCCESS, txn.id)
-        except PluginError as exc:
-            result = dict(self._status(FAILURE, txn.id), Error=error_body(exc, "POST", path, self.describe))
-        except Exception as exc:  # report, never lose the outcome
-            self.api.LogError("transfers: asynchronous commit of %s failed: %r" % (txn.id, exc))
-            failure = PluginError((-1, 500, "Internal error"), "unexpected error during the commit: %s" % exc)
-            result = dict(self._status(FAILURE, txn.id), Error=error_body(failure, "POST", path, self.describe))
-        txn.commit_result = result
-        self.store.remember_result(txn.id, result)
-        self.store.release(txn)
+            try:
+                verify_and_import(self.importer, txn)
+                success = True
+                result = self._status(self.wire.COMMIT_SUCCESS, txn.id)
+            except PluginError as exc:
+                result = self.wire.build_commit_status(self.wire.COMMIT_FAILURE, txn.id,
+                                                       error_body(exc, "POST", path, self.describe))
+            except Exception as exc:  # report it, never lose the outcome
+                self.api.LogError("transfers: asynchronous commit of %s failed: %r" % (txn.id, exc))
+                failure = PluginError(INTERNAL, "unexpected error during the commit: %s" % exc)
+                result = self.wire.build_commit_status(self.wire.COMMIT_FAILURE, txn.id,
+                                                       error_body(failure, "POST", path, self.describe))
+            # Publish the outcome before the transaction disappears, so that a
+            # client polling in between never sees a 404.
+            with txn.lock:
+                txn.commit_result = result
+            self.store.remember_result(txn.id, result)
+        finally:
+            self.store.end_commit(txn, success)
+            self.store.release(txn)
 
-    def get_commit(self, request: Dict[str, Any], tid: str, _part: str = "commit") -> Answer:
+    def get_commit(self, request: Dict[str, Any], tid: str, _commit: str) -> Answer:
         txn = self.store.lookup(tid)
         if txn is not None:
             with txn.lock:
                 state, result = txn.state, txn.commit_result
-            if state == COMMITTING:
-                return Answer(self._status(PENDING, tid))
             if result is not None:
                 return Answer(result)
-            return Answer(self._status(STAGING_STATUS, tid))
+            if state == COMMITTING:
+                return Answer(self._status(self.wire.COMMIT_PENDING, tid))
+            return Answer(self._status(self.wire.COMMIT_STAGING, tid))
         result = self.store.result_of(tid)
         if result is None:
-            self.store.acquire(tid)  # raises the 404 with the right wording
+            raise self.store.not_found(tid)
         return Answer(result)
 
     def _status(self, status: str, tid: str) -> Dict[str, Any]:
@@ -127,7 +155,7 @@ class TransfersPlugin:
         """``.../{tid}/commit`` commits (GET: asynchronous status); ``.../{tid}/{n}`` is a bucket."""
         if part == "commit":
             return {"POST": self.post_commit, "GET": self.get_commit}
-        return {"PUT": lambda request, tid, index: self.put_bucket(request, tid, index)}
+        return {"PUT": self.put_bucket}
 
     # --- registration ----------------------------------------------------------
 

@@ -14,6 +14,7 @@ release Python's GIL).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -54,6 +55,7 @@ class Transaction:
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
         self.received: set = set()
+        self.staged = 0           # bytes of the received buckets
         self.writers = 0          # bucket PUTs writing right now
         self.users = 0            # requests holding the directory open
         self.discarded = False
@@ -92,13 +94,14 @@ def check_coverage(request: Any) -> None:
 
 
 class TransactionStore:
-    def __init__(self, options: Any, log_warning=None) -> None:
+    def __init__(self, options: Any, log_warning=None, metrics: Any = None) -> None:
         self.options = options
         self.root = options.staging_directory
         self.lock = threading.Lock()
         self.transactions: "OrderedDict[str, Transaction]" = OrderedDict()  # LRU first
         self.reserved = 0
         self.log_warning = log_warning or (lambda text: None)
+        self.metrics = metrics
         # Results of asynchronous commits whose transaction is gone, bounded.
         self.results: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
 
@@ -115,9 +118,6 @@ class TransactionStore:
     def create(self, request: Any) -> Transaction:
         """Open a transaction; discard the least recently used ones beyond the limit."""
         opts = self.options
-        if len(request.instances) > opts.max_instances or len(request.buckets) > opts.max_buckets:
-            raise PluginError(BAD_REQUEST, "push request: at most %d instances and %d buckets per transaction"
-                              % (opts.max_instances, opts.max_buckets), http_status=413)
         largest = max((b.total_size for b in request.buckets), default=0)
         if largest > opts.max_bucket_size:
             raise PluginError(BAD_REQUEST, "push request: a bucket of %d bytes exceeds MaxBucketSize (%d bytes)"
@@ -125,17 +125,16 @@ class TransactionStore:
         check_coverage(request)
         tid = str(uuid.uuid4())
         txn = Transaction(tid, os.path.join(self.root, tid), request)
-        victims: List[Transaction] = []
         with self.lock:
-            victims += self._expire_locked()
-            while len(self.transactions) >= opts.max_push_transactions:
-                victim = self._least_recently_used_locked()
-                if victim is None:
-                    break  # all are committing: allow a brief overflow rather than kill a commit
-                victims.append(self._remove_locked(victim.id))
-            self._check_space_locked(txn.declared_size)
+            victims = self._victims_locked()
+            # Refusing the request must leave the other transactions alone, so
+            # the space check counts the victims as freed before removing them.
+            self._check_space_locked(txn.declared_size, victims)
+            for victim in victims:
+                self._remove_locked(victim.id)
             self.transactions[tid] = txn
             self.reserved += txn.declared_size
+        self._publish()
         for victim in victims:
             self._log_discard(victim)
             self._release_directory(victim)
@@ -147,31 +146,50 @@ class TransactionStore:
                               % (txn.directory, exc.strerror))
         return txn
 
-    def _check_space_locked(self, size: int) -> None:
+    def _victims_locked(self) -> List[Transaction]:
+        """Idle transactions, then the least recently used ones beyond MaxPushTransactions.
+
+        A transaction being committed is never chosen: with all of them
+        committing, the limit is briefly exceeded rather than a commit killed.
+        """
+        limit = time.monotonic() - self.options.transaction_timeout
+        victims = [t for t in self.transactions.values() if t.last_used < limit and t.state == STAGING]
+        excess = len(self.transactions) - len(victims) - (self.options.max_push_transactions - 1)
+        for txn in self.transactions.values():  # least recently used first
+            if excess <= 0:
+                break
+            if txn.state == STAGING and txn not in victims:
+                victims.append(txn)
+                excess -= 1
+        return victims
+
+    def _check_space_locked(self, size: int, victims: List[Transaction]) -> None:
         opts = self.options
-        if self.reserved + size > opts.max_staged_size:
+        reserved = self.reserved - sum(v.declared_size for v in victims)
+        if reserved + size > opts.max_staged_size:
             raise PluginError(FULL_STORAGE, "push request: %d bytes declared, but only %d of MaxStagedSize (%d bytes)"
-                              " are free in the staging area" % (size, max(0, opts.max_staged_size - self.reserved),
+                              " are free in the staging area" % (size, max(0, opts.max_staged_size - reserved),
                                                                    opts.max_staged_size))
         try:
             free = shutil.disk_usage(self.root).free
         except OSError:
             return
-        # Reserved bytes not yet written are still free on disk: count them.
-        if free - self.reserved - size < opts.min_free_disk:
+        # Bytes announced but not received yet will still be taken from the
+        # disk; the victims' staged bytes are about to be given back.
+        outstanding = sum(t.declared_size - t.staged for t in self.transactions.values() if t not in victims)
+        free += sum(v.staged for v in victims)
+        if free - outstanding - size < opts.min_free_disk:
             raise PluginError(FULL_STORAGE, "push request: %d bytes declared, but the staging disk has %d bytes free"
-                              " (MinFreeDiskSpace keeps %d bytes free)" % (size, free, opts.min_free_disk))
+                              " for it (MinFreeDiskSpace keeps %d bytes free)"
+                              % (size, max(0, free - outstanding), opts.min_free_disk))
 
-    def _expire_locked(self) -> List[Transaction]:
-        limit = time.monotonic() - self.options.transaction_timeout
-        stale = [t.id for t in self.transactions.values() if t.last_used < limit and t.state == STAGING]
-        return [self._remove_locked(tid) for tid in stale]
-
-    def _least_recently_used_locked(self) -> Optional[Transaction]:
-        for txn in self.transactions.values():
-            if txn.state == STAGING:
-                return txn
-        return None
+    def _publish(self) -> None:
+        if self.metrics is None:
+            return
+        with self.lock:
+            count, reserved = len(self.transactions), self.reserved
+        self.metrics.set("transfers_push_transactions", count)
+        self.metrics.set("transfers_staged_bytes_reserved", reserved)
 
     def _remove_locked(self, tid: str) -> Transaction:
         txn = self.transactions.pop(tid)
@@ -194,17 +212,23 @@ class TransactionStore:
     def acquire(self, tid: str) -> Transaction:
         """The transaction, marked as in use until :meth:`release`; 404 if unknown."""
         if not TRANSACTION_ID_RE.match(tid):
-            raise PluginError(UNKNOWN_RESOURCE, "unknown push transaction: %r is not a transaction ID" % tid[:60])
+            raise self.not_found(tid)
         with self.lock:
             txn = self.transactions.get(tid)
             if txn is None:
-                raise PluginError(UNKNOWN_RESOURCE, "unknown push transaction %s (finished, deleted or"
-                                  " discarded as least recently used)" % tid)
+                raise self.not_found(tid)
             self.transactions.move_to_end(tid)
             txn.last_used = time.monotonic()
             with txn.lock:
                 txn.users += 1
         return txn
+
+    @staticmethod
+    def not_found(tid: str) -> PluginError:
+        if not TRANSACTION_ID_RE.match(tid):
+            return PluginError(UNKNOWN_RESOURCE, "unknown push transaction: %r is not a transaction ID" % tid[:60])
+        return PluginError(UNKNOWN_RESOURCE, "unknown push transaction %s (finished, deleted or discarded as"
+                           " least recently used)" % tid)
 
     def release(self, txn: Transaction) -> None:
         with txn.lock:
@@ -221,8 +245,9 @@ class TransactionStore:
         with self.lock:
             txn = self.transactions.get(tid)
             if txn is None:
-                raise PluginError(UNKNOWN_RESOURCE, "unknown push transaction %s" % tid)
+                raise self.not_found(tid)
             self._remove_locked(tid)
+        self._publish()
         self._release_directory(txn)
         return txn
 
@@ -249,14 +274,18 @@ class TransactionStore:
         where = "bucket %d of transaction %s" % (index, txn.id)
         data = decode_bucket(body, txn.compression, bucket.total_size, where)
         with txn.lock:
-            if txn.state != STAGING or txn.discarded:
-                raise PluginError(BAD_SEQUENCE_OF_CALLS, "%s: the transaction is being committed or is finished"
-                                  % where, http_status=409)
+            if txn.discarded:
+                raise self.not_found(txn.id)
+            if txn.state != STAGING:
+                raise PluginError(BAD_SEQUENCE_OF_CALLS, "%s: the transaction is being committed" % where,
+                                  http_status=409)
             txn.writers += 1
         try:
             self._write_chunks(txn, bucket, data, where)
             with txn.lock:
-                txn.received.add(index)
+                if index not in txn.received:
+                    txn.received.add(index)
+                    txn.staged += bucket.total_size
         finally:
             with txn.lock:
                 txn.writers -= 1
@@ -278,7 +307,7 @@ class TransactionStore:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                kind = FULL_STORAGE if exc.errno == 28 else CANNOT_WRITE_FILE
+                kind = FULL_STORAGE if exc.errno == errno.ENOSPC else CANNOT_WRITE_FILE
                 raise PluginError(kind, "%s: cannot stage the bytes of instance %s: %s"
                                   % (where, chunk.instance_id, exc.strerror))
             position += chunk.size
@@ -290,11 +319,14 @@ class TransactionStore:
                 raise PluginError(BAD_SEQUENCE_OF_CALLS, "transaction %s is already being committed" % txn.id,
                                   http_status=409)
             txn.state = COMMITTING
+            txn.commit_result = None  # a new attempt: forget the previous failure
             while txn.writers:
                 txn.idle.wait(1.0)
 
     def end_commit(self, txn: Transaction, success: bool) -> None:
         """After success the transaction is gone; after a failure it can be completed and committed again."""
+        if self.metrics is not None:
+            self.metrics.add("transfers_commits_succeeded" if success else "transfers_commits_failed")
         if success:
             with txn.lock:
                 txn.state = DONE

@@ -1,0 +1,144 @@
+"""The benchmark's outputs: a markdown table, the targets, a JSON file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from gui.bench.paths import ENGINE_PATHS
+from gui.bench.runner import MB, BenchResult, Measurement
+
+ACCELERATED = ("push", "pull")
+
+
+def _f(value: Optional[float], fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def table(rows: List[Measurement]) -> str:
+    head = ("| dataset | link | path | seconds | MB/s | wire MB | link use | speed-up "
+            "| engine RSS MB | engine CPU s | verified |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        if r.status == "unavailable":
+            lines.append(f"| {r.dataset} | {r.link} | {r.label} | unavailable | | | | | | | {r.note} |")
+            continue
+        utilization = "n/a" if r.link == "lan" else _f(r.utilization, ".2f")
+        verified = ("—" if r.verified_count is None else f"{r.verified_count}/{r.instances}") + \
+            ("" if r.verified else " ✗")
+        if r.status == "failed" and r.note:
+            verified += f" ({r.note[:120]})"
+        lines.append(
+            f"| {r.dataset} | {r.link} | {r.label} | {_f(r.seconds, '.2f')} | {_f(r.mb_per_s, '.1f')} "
+            f"| {_f(r.wire_bytes / MB if r.wire_bytes is not None else None, '.1f')} | {utilization} "
+            f"| {_f(r.speedup, '.2f')} | {_f(r.peak_rss_mb, '.0f')} | {_f(r.cpu_seconds, '.1f')} "
+            f"| {verified} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    reference: str        # what the C++ plugin measured
+    measured: str
+    verdict: str          # "met" | "missed" | "not measured"
+
+    def to_json(self) -> Dict[str, str]:
+        return dict(self.__dict__)
+
+
+def _find(rows: List[Measurement], dataset: str, link: str, paths: Tuple[str, ...]) -> List[Measurement]:
+    return [r for r in rows if r.dataset == dataset and r.link == link and r.path in paths and r.status == "ok"]
+
+
+def _best_speedup(rows: List[Measurement], dataset: str, link: str, goal: float, name: str,
+                  reference: str, utilization_goal: Optional[float] = None) -> Target:
+    goal_text = f"≥ {goal:g}× the peer store" + (
+        f", link use ≥ {utilization_goal:g}" if utilization_goal else "")
+    candidates = [r for r in _find(rows, dataset, link, ACCELERATED) if r.speedup]
+    if not candidates:
+        return Target(name, goal_text, reference, "not measured (no accelerated run)", "not measured")
+    best = max(candidates, key=lambda r: r.speedup or 0)
+    measured = f"{best.label}: {best.speedup:.2f}×"
+    ok = (best.speedup or 0) >= goal
+    if utilization_goal is not None:
+        measured += f", link use {_f(best.utilization, '.2f')}"
+        ok = ok and (best.utilization or 0) >= utilization_goal
+    return Target(name, goal_text, reference, measured, "met" if ok else "missed")
+
+
+def targets(result: BenchResult) -> List[Target]:
+    rows = result.measurements
+    out = [
+        _best_speedup(rows, "ct", "wan", 3.3, "WAN, CT study", "2.85×, link use 0.81",
+                      utilization_goal=0.9),
+        _best_speedup(rows, "tiny", "wan", 40, "WAN, tiny instances", "38×"),
+    ]
+    lan = [r for r in rows if r.link == "lan" and r.path in ENGINE_PATHS and r.status == "ok" and r.speedup]
+    if lan:
+        worst = min(lan, key=lambda r: r.speedup or 0)
+        out.append(Target("LAN, every dataset and engine mode", "never slower than the peer store (≥ 1×)",
+                          "0.15×", f"slowest: {worst.label} on {worst.dataset}: {worst.speedup:.2f}×",
+                          "met" if (worst.speedup or 0) >= 1.0 else "missed"))
+    else:
+        out.append(Target("LAN, every dataset and engine mode", "never slower than the peer store (≥ 1×)",
+                          "0.15×", "not measured", "not measured"))
+    large = [r for r in rows if r.dataset == "large" and r.link == "poorwan" and r.path in ENGINE_PATHS
+             and r.status != "unavailable"]
+    bound = result.memory_bound or {}
+    if large and bound.get("bound_mb"):
+        peak = max(r.peak_rss_mb or 0 for r in large)
+        done = all(r.status == "ok" for r in large)
+        ok = done and peak <= bound["bound_mb"]
+        out.append(Target("Poor WAN, large instances", "completes; RSS ≤ CacheSize + Threads×2×BucketSize "
+                          f"+ interpreter ({bound['bound_mb']:.0f} MB)", "—",
+                          f"{'all verified' if done else 'did not complete'}, peak RSS {peak:.0f} MB",
+                          "met" if ok else "missed"))
+    else:
+        out.append(Target("Poor WAN, large instances", "completes; RSS ≤ CacheSize + Threads×2×BucketSize",
+                          "—", "not measured", "not measured"))
+    stall = result.stall or {}
+    if stall.get("max_ms") is not None:
+        out.append(Target("Event loop during a transfer", "no stall above 50 ms", "—",
+                          f"max {stall['max_ms']:.0f} ms, p99 {stall['p99_ms']:.0f} ms ({stall.get('where', '')})",
+                          "met" if stall["max_ms"] <= 50 else "missed"))
+    else:
+        out.append(Target("Event loop during a transfer", "no stall above 50 ms", "—",
+                          f"not measured ({stall.get('note', 'no in-process run')})", "not measured"))
+    return out
+
+
+def targets_table(items: List[Target]) -> str:
+    lines = ["| target | goal | C++ plugin | measured | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {t.name} | {t.goal} | {t.reference} | {t.measured} | {t.verdict} |" for t in items]
+    return "\n".join(lines)
+
+
+def markdown(result: BenchResult) -> str:
+    m = result.machine
+    header = (f"Benchmark of {result.started} on {m['nproc']} CPU(s) {m['arch']}, Orthanc {m['orthanc']}, "
+              f"Python {m['python']} (load average at start: {', '.join(map(str, m['load_average']))}).\n"
+              f"Datasets: {'; '.join(f'{k}: {v}' for k, v in result.datasets.items())}.\n"
+              f"Links: {'; '.join(f'{k}: {v}' for k, v in result.links.items())}. MB = 10^6 bytes.")
+    parts = [header, "", table(result.measurements), "", "Targets:", "", targets_table(targets(result))]
+    if result.stall:
+        parts += ["", "Event-loop stall probe: " + json.dumps(result.stall)]
+    return "\n".join(parts) + "\n"
+
+
+def write(result: BenchResult, out_dir: Path) -> Tuple[Path, Path]:
+    """Write ``bench-<time>.md`` and ``.json`` plus ``latest.md`` / ``latest.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = result.started.replace(":", "").replace("-", "").replace("+0000", "Z")
+    text = markdown(result)
+    data = result.to_json()
+    data["targets"] = [t.to_json() for t in targets(result)]
+    payload = json.dumps(data, indent=2)
+    md_path, json_path = out_dir / f"bench-{stamp}.md", out_dir / f"bench-{stamp}.json"
+    for path, content in ((md_path, text), (json_path, payload),
+                          (out_dir / "latest.md", text), (out_dir / "latest.json", payload)):
+        path.write_text(content, encoding="utf-8")
+    return md_path, json_path

@@ -1,0 +1,465 @@
+"""``orthanc-transfers``: the command line on the transfer engine.
+
+    orthanc-transfers peers
+    orthanc-transfers send --from PEER --to PEER --study ID [...] [--json]
+    orthanc-transfers jobs
+    orthanc-transfers resume JOB
+    orthanc-transfers cancel JOB
+
+``send --json`` prints only the final report on stdout (one JSON object);
+progress goes to stderr. Exit status: 0 only on Success, 1 on Failure,
+2 for bad arguments, peers or IDs, 130 when interrupted with Ctrl-C (the
+job is cancelled and rolled back first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, TextIO
+
+from gui import __version__
+from gui.client.errors import OrthancError, redact_url
+from gui.client.orthanc_client import OrthancClient
+from gui.client.peer import Peer, PeerConfigError
+from gui.config.settings import AppConfig, ConfigError, TransferOptions, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+LEVEL_FLAGS = (("patient", "Patient"), ("study", "Study"), ("series", "Series"),
+               ("instance", "Instance"))
+
+
+class CliError(Exception):
+    """A one-line error for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- arguments ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orthanc-transfers",
+        description="Fast, verified, all-or-nothing transfers of DICOM between Orthanc servers.")
+    parser.add_argument("--version", action="version", version=f"orthanc-transfers {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="configuration file (default: the user's)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    peers = commands.add_parser("peers", help="list the configured peers and their status")
+    peers.add_argument("--json", action="store_true", help="machine-readable output")
+
+    send = commands.add_parser("send", help="transfer patients/studies/series/instances")
+    send.add_argument("--from", dest="source", required=True, metavar="PEER",
+                      help="source: a configured peer name or http://user:password@host:port/")
+    send.add_argument("--to", dest="target", required=True, metavar="PEER", help="target peer")
+    for flag, level in LEVEL_FLAGS:
+        send.add_argument(f"--{flag}", action="append", default=[], metavar="ID",
+                          help=f"{level.lower()} to send: Orthanc ID or DICOM "
+                               f"{'PatientID' if level == 'Patient' else level + ' UID'} (repeatable)")
+    send.add_argument("--mode", default="auto", choices=["auto", "push", "pull", "plain", "delegate"])
+    send.add_argument("--compression", choices=["gzip", "none", "auto"])
+    send.add_argument("--threads", type=int, metavar="N")
+    send.add_argument("--bucket-size", type=int, metavar="KB")
+    send.add_argument("--retries", type=int, metavar="N", help="MaxHttpRetries")
+    send.add_argument("--timeout", type=int, metavar="S", help="HttpTimeout in seconds")
+    send.add_argument("--force", action="store_true",
+                      help="resend instances the target already has with the same MD5")
+    send.add_argument("--new", action="store_true",
+                      help="start a new job even if an unfinished identical one exists")
+    send.add_argument("--config", dest="sub_config", metavar="FILE", help=argparse.SUPPRESS)
+    send.add_argument("--json", action="store_true", help="print only the final report, as JSON")
+
+    jobs = commands.add_parser("jobs", help="list the jobs stored on this computer")
+    jobs.add_argument("--json", action="store_true")
+
+    for name, text in (("resume", "resume an unfinished (paused or interrupted) job"),
+                       ("cancel", "cancel an unfinished job and roll back what it did")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("job", metavar="JOB", help="job ID (or its first characters)")
+        sub.add_argument("--from", dest="source", metavar="PEER",
+                         help="source with credentials, if it is not a configured peer")
+        sub.add_argument("--to", dest="target", metavar="PEER", help="target likewise")
+        sub.add_argument("--json", action="store_true")
+    return parser
+
+
+# --- peers, options, IDs -----------------------------------------------------------------
+
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def resolve_peer(text: str, config: AppConfig) -> Peer:
+    if is_url(text):
+        try:
+            return Peer.from_url(redact_url(text).rstrip("/"), text)
+        except PeerConfigError as exc:
+            raise CliError(f"bad peer URL: {exc}") from None
+    try:
+        return config.peer(text)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def transfer_options(config: AppConfig, args: argparse.Namespace) -> TransferOptions:
+    values = config.transfers.to_json()
+    for attr, name in (("threads", "Threads"), ("bucket_size", "BucketSize"),
+                       ("retries", "MaxHttpRetries"), ("timeout", "HttpTimeout"),
+                       ("compression", "Compression")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            values[name] = value
+    try:
+        return TransferOptions.from_json(values)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def resolve_resources(client: OrthancClient, args: argparse.Namespace) -> List[dict]:
+    """Orthanc IDs are checked on the source; DICOM UIDs / PatientIDs are looked up."""
+    from gui.protocol.wire import is_orthanc_id
+    resources: List[dict] = []
+    for flag, level in LEVEL_FLAGS:
+        for value in getattr(args, flag):
+            value = value.strip()
+            if is_orthanc_id(value.lower()):
+                try:
+                    await client.resource(level, value.lower())
+                except OrthancError as exc:
+                    if exc.status == 404:
+                        raise CliError(f"no {level.lower()} {value} on {client.peer.name}") from None
+                    raise
+                resources.append({"Level": level, "ID": value.lower()})
+                continue
+            found = await client.lookup_uid(value, level)
+            if not found:
+                raise CliError(f"no {level.lower()} with {'PatientID' if level == 'Patient' else 'UID'} "
+                               f"{value!r} on {client.peer.name}")
+            resources.extend(found)
+    unique = {(r["Level"], r["ID"]): r for r in resources}
+    return list(unique.values())
+
+
+def load(args: argparse.Namespace) -> AppConfig:
+    path = getattr(args, "sub_config", None) or args.config
+    try:
+        config = load_config(Path(path) if path else None)
+    except ConfigError as exc:
+        raise CliError(f"configuration: {exc}") from None
+    if path and not Path(path).exists():
+        raise CliError(f"configuration file {path} does not exist")
+    if config.recovered_from:
+        print(f"warning: the configuration was unreadable and was moved to {config.recovered_from}",
+              file=sys.stderr)
+    return config
+
+
+# --- progress on stderr -------------------------------------------------------------------
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1024 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
+
+
+class ProgressPrinter:
+    """A live one-line bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, job_id: str) -> None:
+        self.stream = stream
+        self.job_id = job_id
+        self.tty = stream.isatty()
+        self.last = 0.0
+        self.last_state = None
+        self.drawn = False
+
+    def __call__(self, event: Any) -> None:
+        from gui.engine.events import JobProgress
+        if not isinstance(event, JobProgress) or event.job_id != self.job_id:
+            return
+        now = time.monotonic()
+        changed = event.state != self.last_state
+        interval = 0.2 if self.tty else 2.0
+        if not changed and now - self.last < interval:
+            return
+        self.last, self.last_state = now, event.state
+        line = self.format(event)
+        if self.tty:
+            self.stream.write("\r" + line[:150] + "\x1b[K")
+            self.drawn = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    @staticmethod
+    def format(event: Any) -> str:
+        width = 24
+        filled = int(width * min(1.0, event.fraction))
+        bar = "#" * filled + "-" * (width - filled)
+        mode = event.mode.value if event.mode else "?"
+        eta = f" ETA {event.eta:.0f}s" if event.eta is not None else ""
+        return (f"[{bar}] {event.fraction * 100:5.1f}% {event.state.value.lower()} {mode} "
+                f"{event.instances_done}/{event.instances_total} instances "
+                f"{human_bytes(event.raw_done)}/{human_bytes(event.raw_total)} "
+                f"{human_bytes(event.raw_rate)}/s{eta}")
+
+    def end(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def failure_report_json(source: str, target: str, error: str) -> Dict[str, Any]:
+    from gui.engine.events import CommitmentReport, JobState
+    return CommitmentReport(job_id="", state=JobState.FAILURE, mode=None, source=source,
+                            target=target, error=error).to_json()
+
+
+def print_summary(report: Any, out: TextIO) -> None:
+    data = report.to_json()
+    out.write(f"{data['state']}: {data['verified']}/{data['instances']} instances verified on "
+              f"{data['target']} ({data['transferred']} transferred, {data['skipped']} already "
+              f"present), {human_bytes(data['bytes'])} in {data['seconds']:.1f} s, mode "
+              f"{data['mode'] or '-'}, job {data['job']}\n")
+    if data["error"]:
+        out.write(f"error: {data['error']}\n")
+    for failure in data["failures"][:10]:
+        out.write(f"  {failure['instance']}: {failure['reason']}\n")
+    if len(data["failures"]) > 10:
+        out.write(f"  ... and {len(data['failures']) - 10} more\n")
+
+
+@dataclass
+class Cli:
+    args: argparse.Namespace
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    interrupted: bool = False
+
+    async def run(self) -> int:
+        command = self.args.command
+        if command == "peers":
+            return await self.peers()
+        if command == "send":
+            return await self.send()
+        if command == "jobs":
+            return await self.jobs()
+        if command in ("resume", "cancel"):
+            return await self.control(command)
+        raise CliError("missing command (peers, send, jobs, resume, cancel); see --help")
+
+    # peers ------------------------------------------------------------------------------
+
+    async def peers(self) -> int:
+        config = load(self.args)
+        rows = await asyncio.gather(*(self._peer_status(p) for p in config.peers))
+        if self.args.json:
+            self.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return EXIT_OK
+        if not rows:
+            self.stdout.write(f"no peers configured in {config.path}\n")
+        for row in rows:
+            if row["error"]:
+                status = f"error: {row['error']}"
+            else:
+                status = (f"Orthanc {row['version']}, accelerator "
+                          f"{'yes (' + row['accelerator'] + ')' if row['accelerator'] else 'no'}")
+            self.stdout.write(f"{row['name']:<20} {row['url']:<40} {status}\n")
+        return EXIT_OK
+
+    async def _peer_status(self, peer: Peer) -> Dict[str, Any]:
+        row: Dict[str, Any] = {"name": peer.name, "url": peer.url, "version": None,
+                               "accelerator": None, "error": None}
+        try:
+            async with OrthancClient(peer, timeout=10) as client:
+                row["version"] = (await client.system()).version
+                info = await client.accelerator()
+                row["accelerator"] = info.flavour if info.available else None
+        except OrthancError as exc:
+            row["error"] = exc.reason
+        return row
+
+    # send / resume -------------------------------------------------------------------------
+
+    def _engine(self, options: TransferOptions, extra_peers: Sequence[Peer] = ()):
+        from gui.engine import TransferEngine
+        from gui.engine.transfer_engine import default_peer_resolver
+        by_url = {p.url: p for p in extra_peers}
+
+        def resolver(name: str, url: str) -> Peer:
+            return by_url.get(url) or default_peer_resolver(name, url)
+        return TransferEngine(options, max_concurrent_jobs=1, peer_resolver=resolver)
+
+    async def send(self) -> int:
+        args = self.args
+        config = load(args)
+        if not any(getattr(args, flag) for flag, _ in LEVEL_FLAGS):
+            raise CliError("nothing to send: give at least one --patient, --study, --series or --instance")
+        source = resolve_peer(args.source, config)
+        target = resolve_peer(args.target, config)
+        options = transfer_options(config, args)
+        async with OrthancClient(source, timeout=float(options.HttpTimeout)) as client:
+            try:
+                resources = await resolve_resources(client, args)
+            except OrthancError as exc:
+                raise CliError(f"cannot reach the source: {exc}", EXIT_FAILURE) from None
+        engine = self._engine(options, (source, target))
+        await engine.start()
+        try:
+            job = None if args.new else engine.find_unfinished(source.url, target.url, resources,
+                                                                args.mode)
+            if job is not None:
+                self.stderr.write(f"resuming unfinished job {job.id}\n")
+                await engine.resume(job.id, source=source, target=target)
+            else:
+                job = await engine.submit(source, target, resources, options, mode=args.mode,
+                                          compression=args.compression, force=args.force)
+                self.stderr.write(f"job {job.id}\n")
+            return await self._follow(engine, job)
+        finally:
+            await engine.close()
+
+    async def control(self, command: str) -> int:
+        config = load(self.args)
+        extra = [resolve_peer(p, config) for p in (self.args.source, self.args.target) if p]
+        engine = self._engine(config.transfers, extra)
+        await engine.start()
+        try:
+            from gui.engine.transfer_engine import EngineError
+            try:
+                job = engine.job(self.args.job)
+            except EngineError as exc:
+                raise CliError(str(exc)) from None
+            if job.state.finished:
+                raise CliError(f"job {job.id} is already finished ({job.state.value})")
+            source = resolve_peer(self.args.source, config) if self.args.source else None
+            target = resolve_peer(self.args.target, config) if self.args.target else None
+            if command == "cancel":
+                await engine.cancel(job.id)
+                report = await job.wait()
+                self._print_report(report)
+                return EXIT_OK if report.state.value == "Canceled" else EXIT_FAILURE
+            self.stderr.write(f"resuming job {job.id}\n")
+            await engine.resume(job.id, source=source, target=target)
+            return await self._follow(engine, job)
+        finally:
+            await engine.close()
+
+    async def _follow(self, engine: Any, job: Any) -> int:
+        """Show progress until the job ends; Ctrl-C cancels (with rollback)."""
+        printer = ProgressPrinter(self.stderr, job.id)
+        unsubscribe = engine.subscribe(printer)
+        loop = asyncio.get_running_loop()
+
+        def interrupt(signame: str) -> None:
+            if self.interrupted:
+                return
+            self.interrupted = True
+            printer.end()
+            self.stderr.write(f"{signame}: cancelling job {job.id} and rolling back...\n")
+            asyncio.ensure_future(engine.cancel(job.id))
+
+        installed = []
+        for sig, name in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
+            try:
+                loop.add_signal_handler(sig, interrupt, name)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            report = await job.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            unsubscribe()
+            printer.end()
+        self._print_report(report)
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_OK if report.state.value == "Success" else EXIT_FAILURE
+
+    def _print_report(self, report: Any) -> None:
+        if self.args.json:
+            self.stdout.write(json.dumps(report.to_json()) + "\n")
+        else:
+            print_summary(report, self.stdout)
+        self.stdout.flush()
+
+    # jobs ------------------------------------------------------------------------------------
+
+    async def jobs(self) -> int:
+        from gui.engine import TransferEngine
+        engine = TransferEngine(load(self.args).transfers)
+        await engine.start()
+        try:
+            jobs = engine.jobs()
+        finally:
+            await engine.close()
+        if self.args.json:
+            rows = [{"job": j.id, "state": j.state.value, "mode": j.mode.value if j.mode else None,
+                     "source": j.source_name, "target": j.target_name, "description": j.description,
+                     "created": j.created, "report": j.report.to_json() if j.report else None}
+                    for j in jobs]
+            self.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return EXIT_OK
+        if not jobs:
+            self.stdout.write("no jobs\n")
+        for j in jobs:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created))
+            result = ""
+            if j.report is not None:
+                result = f" {j.report.verified}/{j.report.planned} verified"
+            self.stdout.write(f"{j.id}  {when}  {j.state.value:<8} {(j.mode.value if j.mode else '-'):<8} "
+                              f"{j.source_name} -> {j.target_name}  {j.description}{result}\n")
+        return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=os.environ.get("ORTHANC_TRANSFERS_LOG", "WARNING").upper(),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cli = Cli(args)
+    wants_json = getattr(args, "json", False) and args.command == "send"
+    try:
+        return asyncio.run(cli.run())
+    except CliError as exc:
+        message = str(exc)
+        code = exc.code
+    except OrthancError as exc:
+        message, code = str(exc), EXIT_FAILURE
+    except KeyboardInterrupt:
+        message, code = "interrupted", EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        message, code = f"internal error: {type(exc).__name__}: {exc}", EXIT_FAILURE
+    print(f"orthanc-transfers: error: {message}", file=sys.stderr)
+    if wants_json:
+        peers = [redact_url(p or "") for p in (getattr(args, "source", ""), getattr(args, "target", ""))]
+        print(json.dumps(failure_report_json(peers[0], peers[1], message)))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""GET one bucket from a source that speaks the protocol.
+
+``GET /transfers/chunks/{ids}?offset&size&compression`` answers exactly the
+bucket's bytes, gzip-compressed when asked. A gzip answer is inflated with a
+bound (never more than the bucket's size + 1 byte) and every answer's length
+is checked: a short, long or corrupt answer is an error naming the bucket.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from gui.client.errors import OrthancError
+from gui.client.orthanc_client import OrthancClient
+from gui.engine import compression as gz
+from gui.engine.compression import PullCompressionPolicy
+from gui.engine.retry import with_retries
+from gui.engine.transport_base import TransferFailed
+from gui.protocol import wire
+from gui.protocol.wire import Bucket
+
+RetryHook = Optional[Callable[[int, OrthancError], None]]
+
+
+class BadBucket(TransferFailed):
+    """The source's answer for a bucket has the wrong length or is corrupt."""
+
+
+@dataclass
+class Fetched:
+    data: bytes  # or bytearray
+    wire_bytes: int
+    compression: str
+
+
+class BucketFetcher:
+    def __init__(self, source: OrthancClient, policy: PullCompressionPolicy, retries: int) -> None:
+        self.source = source
+        self.policy = policy
+        self.retries = retries
+
+    async def fetch(self, index: int, bucket: Bucket, on_retry: RetryHook = None) -> Fetched:
+        expected = bucket.total_size
+        compression = self.policy.choose()
+        uri = wire.chunks_uri(bucket, compression)
+        start = time.perf_counter()
+        # gzip of incompressible data is slightly larger than the data.
+        limit = expected if compression == "none" else expected + expected // 64 + 1024
+        body = await with_retries(lambda: self.source.get_bounded(uri, limit), self.retries,
+                                  on_retry=on_retry)
+        wire_bytes = len(body)
+        if compression == "gzip":
+            try:
+                data = await gz.decompress(body, expected)
+            except gz.DecompressionError as exc:
+                raise BadBucket(f"bucket {index} from {self.source.peer.name}: {exc}",
+                                {i: str(exc) for i in bucket.instance_ids()}) from None
+        else:
+            data = body
+        if len(data) != expected:
+            reason = f"received {len(data)} bytes, expected {expected}"
+            raise BadBucket(f"bucket {index} from {self.source.peer.name}: {reason}",
+                            {i: reason for i in bucket.instance_ids()})
+        self.policy.observe(compression, expected, wire_bytes, time.perf_counter() - start)
+        return Fetched(data, wire_bytes, compression)

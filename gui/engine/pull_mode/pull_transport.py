@@ -1,0 +1,143 @@
+"""Accelerated pull: the source speaks the protocol.
+
+Fetch workers GET the buckets from the source (gzip chosen per bucket by
+the auto policy) into the staging area, which verifies each instance's size
+and MD5 as soon as it is whole. At the same time the delivery moves verified
+instances to the target: into one push transaction when the target speaks
+the protocol too (same bucket layout), otherwise through the plain mode's
+ZIP uploads with rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Dict, List, Optional, Set, Tuple
+
+from gui.client.errors import OrthancError
+from gui.engine.compression import PullCompressionPolicy
+from gui.engine.events import BucketState, TransferMode
+from gui.engine.plain_mode import PlainTransport, group_units
+from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
+from gui.engine.pull_mode.staging_area import StagingArea
+from gui.engine.push_mode.bucket_pusher import BucketPusher, run_workers
+from gui.engine.push_mode.push_transport import supports_asynchronous_commit
+from gui.engine.transport_base import TransferContext, TransferFailed, Transport
+from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
+
+log = logging.getLogger(__name__)
+
+
+class StagedPlainDelivery(PlainTransport):
+    """Plain mode whose instances come from the staging area, not a server."""
+
+    def __init__(self, staging: StagingArea) -> None:
+        super().__init__()
+        self.staging = staging
+
+    async def read_instance(self, ctx: TransferContext, info: InstanceInfo) -> Tuple[bytes, int]:
+        data = await self.staging.instance_bytes(info.id)
+        self.staging.release(info.id)  # plain mode holds the bytes from here on
+        return data, 0
+
+    def source_label(self, ctx: TransferContext) -> str:
+        return f"{ctx.source.peer.name} (pulled)"
+
+
+async def first_failure(*jobs: Awaitable[None]) -> None:
+    """Run jobs together; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
+    # A delivery cancelled because the fetch failed reports the fetch's reason.
+    if failures:
+        raise failures[0]  # type: ignore[misc]
+
+
+class PullTransport(Transport):
+    mode = TransferMode.PULL
+
+    def __init__(self, *, link_rate: Optional[float] = None) -> None:
+        self.link_rate = link_rate
+        self._deliveries: Dict[str, object] = {}
+        self.last_staging: Optional[StagingArea] = None
+        self.last_policy: Optional[PullCompressionPolicy] = None
+
+    def plan(self, ctx: TransferContext) -> List[Bucket]:
+        # GET URLs must stay short: the planner closes groups early (§2, rule 3).
+        return plan_buckets(ctx.instances, ctx.options.bucket_size_bytes,
+                            pull_base_url=ctx.source.base_url, compression="gzip")
+
+    async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
+        staging = StagingArea(ctx.instances, ctx.options.cache_size_bytes, ctx.staging_dir / "pulled")
+        policy = PullCompressionPolicy(ctx.compression)
+        fetcher = BucketFetcher(ctx.source, policy, ctx.options.MaxHttpRetries)
+        self.last_staging, self.last_policy = staging, policy
+        skip: Set[int] = set()
+        if ctx.target_accelerated:
+            pusher = BucketPusher(ctx, buckets, staging, link_rate=self.link_rate,
+                                  asynchronous_commit=await supports_asynchronous_commit(ctx))
+            self._deliveries[ctx.job_id] = pusher
+            delivery = pusher.run()
+        else:
+            plain = StagedPlainDelivery(staging)
+            self._deliveries[ctx.job_id] = plain
+            by_id = {i.id: i for i in ctx.instances}
+            for unit in group_units(buckets, by_id):
+                if all(i in ctx.done_buckets for i in unit.indexes):
+                    skip.update(unit.indexes)
+            delivery = plain.run(ctx, buckets)
+        try:
+            await first_failure(self._fetch_all(ctx, buckets, skip, fetcher, staging), delivery)
+        finally:
+            staging.close()
+            if not ctx.target_accelerated:
+                ctx.compression_used = "gzip" if policy.ratio is not None else "none"
+
+    async def _fetch_all(self, ctx: TransferContext, buckets: List[Bucket], skip: Set[int],
+                         fetcher: BucketFetcher, staging: StagingArea) -> None:
+        queue = iter([i for i in range(len(buckets)) if i not in skip])
+
+        async def worker() -> None:
+            for index in queue:
+                await ctx.wait_running()
+                bucket = buckets[index]
+                retries = 0
+
+                def on_retry(attempt: int, error: OrthancError) -> None:
+                    nonlocal retries
+                    retries = attempt
+                    ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=attempt,
+                                     error=str(error))
+
+                ctx.bucket_event(index, bucket, BucketState.READING)
+                try:
+                    fetched = await fetcher.fetch(index, bucket, on_retry)
+                except TransferFailed as exc:
+                    ctx.bucket_event(index, bucket, BucketState.FAILED, error=exc.reason)
+                    raise
+                except OrthancError as exc:
+                    ctx.bucket_event(index, bucket, BucketState.FAILED, error=str(exc))
+                    raise TransferFailed(f"cannot fetch bucket {index}: {exc}") from None
+                ctx.bucket_event(index, bucket, BucketState.READING, raw_done=bucket.total_size,
+                                 retries=retries)
+                await staging.put(bucket, fetched.data)
+
+        await run_workers(ctx.options.Threads, worker)
+
+    async def discard(self, ctx: TransferContext) -> None:
+        delivery = self._deliveries.pop(ctx.job_id, None)
+        if isinstance(delivery, BucketPusher):
+            await delivery.discard()
+        elif isinstance(delivery, PlainTransport):
+            await delivery.discard(ctx)
+        else:
+            # Nothing ran in this process (a job reloaded to be cancelled):
+            # undo both kinds of leftovers that an earlier run may have left.
+            await BucketPusher(ctx, [], StagingArea([], 0, ctx.staging_dir)).discard()
+            await PlainTransport().discard(ctx)

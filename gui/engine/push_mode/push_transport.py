@@ -1,0 +1,71 @@
+"""Accelerated push: the target speaks the protocol.
+
+Bucket bytes come from the source (``GET /transfers/chunks`` when it speaks
+the protocol too, else its files, see :mod:`source_reader`) and go into one
+push transaction on the target, committed at the end: the target imports
+all or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+from gui.client.errors import OrthancError
+from gui.engine.events import TransferMode
+from gui.engine.push_mode.bucket_pusher import BucketPusher
+from gui.engine.push_mode.source_reader import SourceReader
+from gui.engine.transport_base import TransferContext, Transport
+from gui.protocol.wire import Bucket, plan_buckets
+
+log = logging.getLogger(__name__)
+
+
+async def supports_asynchronous_commit(ctx: TransferContext) -> bool:
+    """Only this project's Python plugin knows the asynchronous commit; the
+    C++ plugin shows as ``transfers`` in /plugins, ours as ``python``."""
+    try:
+        return (await ctx.target.accelerator()).flavour == "python"
+    except OrthancError as exc:
+        log.info("cannot tell whether %s commits asynchronously (%s); using a synchronous commit",
+                 ctx.target.peer.name, exc)
+        return False
+
+
+class PushTransport(Transport):
+    mode = TransferMode.PUSH
+
+    def __init__(self, *, link_rate: Optional[float] = None) -> None:
+        # ``link_rate`` (raw bytes/s): skip measuring the link for the "auto"
+        # compression decision (tests, benchmarks).
+        self.link_rate = link_rate
+        self._pushers: Dict[str, BucketPusher] = {}
+        self.last_pusher: Optional[BucketPusher] = None
+
+    def plan(self, ctx: TransferContext) -> List[Bucket]:
+        return plan_buckets(ctx.instances, ctx.options.bucket_size_bytes)
+
+    async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
+        reader = SourceReader(ctx.source, ctx.instances, buckets,
+                              use_chunks_endpoint=ctx.source_accelerated,
+                              cache_bytes=ctx.options.cache_size_bytes,
+                              staging_dir=ctx.staging_dir, retries=ctx.options.MaxHttpRetries)
+        pusher = BucketPusher(ctx, buckets, reader, link_rate=self.link_rate,
+                              asynchronous_commit=await supports_asynchronous_commit(ctx))
+        self._pushers[ctx.job_id] = self.last_pusher = pusher
+        try:
+            await pusher.run()
+        finally:
+            await reader.close()
+
+    async def discard(self, ctx: TransferContext) -> None:
+        pusher = self._pushers.pop(ctx.job_id, None) or BucketPusher(ctx, [], _NoReader())
+        await pusher.discard()
+
+
+class _NoReader:
+    async def read(self, bucket: Bucket, on_retry: object) -> bytes:  # pragma: no cover
+        raise RuntimeError("nothing to read while discarding")
+
+    def rewind(self, buckets: object) -> None:
+        pass

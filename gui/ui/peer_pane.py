@@ -1,0 +1,460 @@
+"""One side of the main window: a peer selector, its status, a search box and its tree.
+
+Each pane has its own OrthancClient and its own tasks, so a slow or dead
+peer in one pane never holds up the other. Changing the peer cancels what
+the pane was still waiting for and closes the old client.
+
+Drops are not handled here: the transfers UI installs handlers with
+``set_drag_enter_handler`` and ``set_drop_handler``; both receive
+``(pane, QMimeData)`` and return True to accept.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from PySide6.QtCore import QMimeData, QPoint, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QIcon
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel,
+                               QLineEdit, QMenu, QSizePolicy, QStyle, QTreeView, QVBoxLayout,
+                               QWidget)
+
+from gui.client import AcceleratorInfo, OrthancClient, OrthancError, Peer, ServerInfo
+from gui.ui.async_tasks import TaskRunner, spawn_detached, user_message
+from gui.ui.resource_mime import MIME_TYPE
+from gui.ui.study_tree_model import COL_NAME, COLUMNS, DEFAULT_PAGE_SIZE, StudyTreeModel
+
+log = logging.getLogger(__name__)
+
+DropHandler = Callable[["PeerPane", QMimeData], bool]
+MenuProvider = Callable[["PeerPane", QMenu], None]
+
+SEARCH_DELAY_MS = 350
+PLAIN_HTTP_WARNING = ("Plain HTTP to a remote host: passwords and images travel unencrypted. "
+                      "Use https:// for peers outside this computer.")
+
+
+def plain_http_icon() -> QIcon:
+    from PySide6.QtWidgets import QApplication
+    return QApplication.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
+
+
+def describe_connection_error(peer: Peer, exc: BaseException) -> str:
+    """What went wrong reaching a peer, in words a user can act on."""
+    if isinstance(exc, OrthancError):
+        if exc.status is None:
+            return f"Cannot reach {peer.name} at {peer.url}: {exc.reason}"
+        if exc.status == 401:
+            return f"{peer.name}: wrong username or password (HTTP 401 from {peer.url})"
+        if exc.status == 403:
+            return f"{peer.name}: access forbidden (HTTP 403 from {peer.url})"
+        if exc.status in (200, 404) or "not Orthanc" in exc.reason:
+            return (f"{peer.url} answers HTTP but is not an Orthanc server, or the URL is wrong "
+                    f"({exc.reason})")
+        return str(exc)
+    return user_message(exc, f"Cannot connect to {peer.name}")
+
+
+class PeerTreeView(QTreeView):
+    """The tree; drag and drop events are routed to its pane's handlers."""
+
+    def __init__(self, pane: "PeerPane") -> None:
+        super().__init__(pane)
+        self._pane = pane
+        self._drag_accepted = False
+
+    def dragEnterEvent(self, event: Any) -> None:
+        self._drag_accepted = self._pane.accepts_drag(event.mimeData(), source=event.source())
+        if self._drag_accepted:
+            event.setDropAction(Qt.DropAction.CopyAction)
+            event.accept()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event: Any) -> None:
+        super().dragMoveEvent(event)  # auto-scroll while dragging
+        if self._drag_accepted:
+            event.setDropAction(Qt.DropAction.CopyAction)
+            event.accept()
+        else:
+            event.ignore()
+
+    def dragLeaveEvent(self, event: Any) -> None:
+        self._drag_accepted = False
+        super().dragLeaveEvent(event)
+
+    def dropEvent(self, event: Any) -> None:
+        self._drag_accepted = False
+        if self._pane.handle_drop(event.mimeData()):
+            event.setDropAction(Qt.DropAction.CopyAction)
+            event.accept()
+        else:
+            event.ignore()
+
+
+class PeerPane(QWidget):
+    """Browse one peer. Public API used by the main window and the transfers UI."""
+
+    #: The selected peer changed (a gui.client.Peer, or None).
+    peerChanged = Signal(object)
+    #: The selection in the tree changed.
+    selectionChanged = Signal()
+    #: The status line changed: (state, text); state is idle|connecting|ok|error.
+    statusChanged = Signal(str, str)
+
+    def __init__(self, peers: Sequence[Peer] = (), *, name: str = "", page_size: int = DEFAULT_PAGE_SIZE,
+                 http_timeout: float = 60.0, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(name or "peerPane")
+        self.http_timeout = http_timeout
+        self._peers: List[Peer] = list(peers)
+        self._peer: Optional[Peer] = None
+        self._client: Optional[OrthancClient] = None
+        self._server: Optional[ServerInfo] = None
+        self._accelerator: Optional[AcceleratorInfo] = None
+        self._state = "idle"
+        self._server_text = ""
+        self._drop_handler: Optional[DropHandler] = None
+        self._drag_enter_handler: Optional[DropHandler] = None
+        self._menu_providers: List[MenuProvider] = []
+        self._runner = TaskRunner(self)
+
+        self.selector = QComboBox(self)
+        self.selector.setObjectName("peerSelector")
+        self.selector.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.selector.setToolTip("The Orthanc server shown in this pane")
+        self.selector.setPlaceholderText("Choose a peer…")
+        self.status_label = QLabel(self)
+        self.status_label.setObjectName("peerStatus")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.search_box = QLineEdit(self)
+        self.search_box.setObjectName("searchBox")
+        self.search_box.setPlaceholderText("Search patient name, patient ID or accession number")
+        self.search_box.setClearButtonEnabled(True)
+
+        self.model = StudyTreeModel(self, page_size=page_size)
+        self.tree = PeerTreeView(self)
+        self.tree.setObjectName("studyTree")
+        self.tree.setModel(self.model)
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.tree.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.tree.setUniformRowHeights(True)  # cheap layout with thousands of rows
+        self.tree.setDragEnabled(True)
+        self.tree.setAcceptDrops(True)
+        self.tree.setDragDropMode(QAbstractItemView.DragDropMode.DragDrop)
+        self.tree.setDefaultDropAction(Qt.DropAction.CopyAction)
+        self.tree.setDropIndicatorShown(False)
+        self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tree.setAlternatingRowColors(True)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
+        for column, width in zip(range(1, len(COLUMNS)), (110, 90, 70, 70, 80)):
+            header.resizeSection(column, width)
+
+        self._header_row = QHBoxLayout()
+        self._header_row.setContentsMargins(0, 0, 0, 0)
+        self._header_row.addWidget(self.selector, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(self._header_row)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.search_box)
+        layout.addWidget(self.tree, 1)
+
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(SEARCH_DELAY_MS)
+        self._search_timer.timeout.connect(self._run_search)
+        self.search_box.textChanged.connect(lambda _text: self._search_timer.start())
+        self.search_box.returnPressed.connect(self._run_search)
+        self.selector.currentIndexChanged.connect(self._selector_changed)
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+        self.tree.selectionModel().selectionChanged.connect(lambda *_: self.selectionChanged.emit())
+        self.model.loadingChanged.connect(lambda _loading: self._render_status())
+        self.model.rowsLoaded.connect(lambda _count: self._render_status())
+        self.model.loadFailed.connect(self._model_failed)
+        self._runner.failed.connect(lambda message: self._set_status("error", message))
+
+        self._fill_selector(self._peers, None)
+        self._render_status()
+
+    # --- public API ------------------------------------------------------------
+
+    @property
+    def peer(self) -> Optional[Peer]:
+        return self._peer
+
+    @property
+    def client(self) -> Optional[OrthancClient]:
+        return self._client
+
+    @property
+    def server_info(self) -> Optional[ServerInfo]:
+        return self._server
+
+    @property
+    def accelerator_info(self) -> Optional[AcceleratorInfo]:
+        return self._accelerator
+
+    @property
+    def state(self) -> str:
+        """idle | connecting | ok | error"""
+        return self._state
+
+    @property
+    def status_text(self) -> str:
+        return self.status_label.text()
+
+    @property
+    def peers(self) -> List[Peer]:
+        return list(self._peers)
+
+    def set_peers(self, peers: Sequence[Peer], select: Optional[str] = None) -> None:
+        """Replace the peer list (after the settings changed), keeping the
+        current peer when it still exists; reconnects when its definition changed."""
+        current = select or (self._peer.name if self._peer else None)
+        self._peers = list(peers)
+        self._fill_selector(self._peers, current)
+
+    def select_peer(self, name: Optional[str]) -> None:
+        for row in range(self.selector.count()):
+            if self.selector.itemData(row) == name:
+                if self.selector.currentIndex() == row:
+                    self._selector_changed(row)
+                else:
+                    self.selector.setCurrentIndex(row)
+                return
+        self.set_peer(None)
+
+    def set_peer(self, peer: Optional[Peer]) -> None:
+        """Show another peer: cancel the old one's requests, connect, then load."""
+        self._runner.cancel_all()
+        self._close_client()
+        self._peer = peer
+        self._server = None
+        self._accelerator = None
+        self.model.set_source(None, peer.name if peer else "")
+        if peer is None:
+            self._set_status("idle", "No peer selected. Add one with File → Settings…"
+                             if not self._peers else "No peer selected.")
+        else:
+            try:
+                self._client = OrthancClient(peer, timeout=peer.timeout or self.http_timeout)
+            except Exception as exc:  # noqa: BLE001 - e.g. an unreadable certificate file
+                self._set_status("error", user_message(exc, f"Cannot use {peer.name}"))
+            else:
+                self._connect()
+        self.peerChanged.emit(peer)
+
+    def refresh(self) -> None:
+        """Reconnect if the peer was unreachable, else reload the tree (F5)."""
+        if self._peer is None:
+            return
+        if self._state == "error" or self._server is None or self._client is None:
+            self.set_peer(self._peer)
+        else:
+            self.model.reload()
+
+    def search(self, text: str) -> None:
+        """Search now (the search box waits for typing to pause)."""
+        if self.search_box.text() != text:
+            self.search_box.blockSignals(True)
+            self.search_box.setText(text)
+            self.search_box.blockSignals(False)
+        self._run_search()
+
+    def selected_resources(self) -> List[Dict[str, str]]:
+        """Selected rows as ``{"Level", "ID"}``, without rows covered by a selected parent."""
+        return self.model.resources_for(self.tree.selectionModel().selectedRows(0))[0]
+
+    def selected_labels(self) -> List[str]:
+        return self.model.resources_for(self.tree.selectionModel().selectedRows(0))[1]
+
+    def set_drop_handler(self, handler: Optional[DropHandler]) -> None:
+        self._drop_handler = handler
+
+    def set_drag_enter_handler(self, handler: Optional[DropHandler]) -> None:
+        self._drag_enter_handler = handler
+
+    def add_context_menu_provider(self, provider: MenuProvider) -> None:
+        """``provider(pane, menu)`` adds actions to the tree's context menu."""
+        self._menu_providers.append(provider)
+
+    def add_header_widget(self, widget: QWidget) -> None:
+        """Put a widget (a button) next to the peer selector."""
+        self._header_row.addWidget(widget)
+
+    def accepts_drag(self, mime: QMimeData, source: Any = None) -> bool:
+        if self._drag_enter_handler is not None:
+            return bool(self._call_handler(self._drag_enter_handler, mime))
+        if self._drop_handler is not None:
+            return mime.hasFormat(MIME_TYPE) or mime.hasUrls()
+        return False
+
+    def handle_drop(self, mime: QMimeData) -> bool:
+        """What a drop on this pane does: whatever the installed handler decides."""
+        if self._drop_handler is None:
+            return False
+        return bool(self._call_handler(self._drop_handler, mime))
+
+    async def aclose(self) -> None:
+        """Stop everything and close the client (on quit)."""
+        self._runner.cancel_all()
+        self.model.set_source(None, "")
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # --- internals ----------------------------------------------------------------
+
+    def _call_handler(self, handler: DropHandler, mime: QMimeData) -> bool:
+        try:
+            return handler(self, mime)
+        except Exception as exc:  # noqa: BLE001 - a failing handler must not crash the drag
+            log.warning("drop handler failed", exc_info=exc)
+            self._set_status("error", user_message(exc, "Drop failed"))
+            return False
+
+    def _fill_selector(self, peers: Sequence[Peer], current: Optional[str]) -> None:
+        old_peer = self._peer
+        self.selector.blockSignals(True)
+        self.selector.clear()
+        if not peers:
+            self.selector.addItem("(no peers configured)", None)
+            self.selector.setEnabled(False)
+        else:
+            self.selector.setEnabled(True)
+            for peer in peers:
+                label = peer.name + ("  (local)" if peer.local else "")
+                if peer.is_plain_http_to_remote:
+                    self.selector.addItem(plain_http_icon(), label, peer.name)
+                    self.selector.setItemData(self.selector.count() - 1,
+                                              f"{peer.url}\n{PLAIN_HTTP_WARNING}",
+                                              Qt.ItemDataRole.ToolTipRole)
+                else:
+                    self.selector.addItem(label, peer.name)
+                    self.selector.setItemData(self.selector.count() - 1, peer.url,
+                                              Qt.ItemDataRole.ToolTipRole)
+        new_peer = next((p for p in peers if p.name == current), None)
+        if new_peer is not None:
+            self.selector.setCurrentIndex(self.selector.findData(new_peer.name))
+        elif peers:
+            self.selector.setCurrentIndex(-1)  # shows the placeholder: nothing chosen yet
+        self.selector.blockSignals(False)
+        self._update_selector_badge()
+        if new_peer is None:
+            if old_peer is not None or self._state != "idle" or not peers:
+                self.set_peer(None)
+        elif old_peer is None or new_peer.to_orthanc() != old_peer.to_orthanc() \
+                or new_peer.name != old_peer.name:
+            self.set_peer(new_peer)
+        else:
+            self._peer = new_peer
+
+    def _update_selector_badge(self) -> None:
+        peer = next((p for p in self._peers if p.name == self.selector.currentData()), None)
+        self.selector.setToolTip(PLAIN_HTTP_WARNING if peer and peer.is_plain_http_to_remote
+                                 else "The Orthanc server shown in this pane")
+
+    def _selector_changed(self, row: int) -> None:
+        name = self.selector.itemData(row)
+        self._update_selector_badge()
+        self.set_peer(next((p for p in self._peers if p.name == name), None))
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            spawn_detached(client.aclose(), "closing a connection")
+
+    def _connect(self) -> None:
+        peer, client = self._peer, self._client
+        assert peer is not None and client is not None
+        self._set_status("connecting", f"Connecting to {peer.name} ({peer.url})…")
+
+        async def probe() -> tuple:
+            info = await client.system()
+            try:
+                accelerator: Optional[AcceleratorInfo] = await client.accelerator()
+            except OrthancError as exc:
+                if exc.status is None or exc.status == 401:
+                    raise
+                accelerator = None  # reachable Orthanc; the probe itself misbehaved
+            return info, accelerator
+
+        def connected(result: tuple) -> None:
+            if self._client is not client:
+                return  # the peer changed meanwhile
+            self._server, self._accelerator = result
+            self._state = "ok"
+            self.model.set_source(client, peer.name)
+            self.model.load(self.search_box.text())
+            self._render_status()
+
+        def failed(exc: BaseException, _message: str) -> None:
+            if self._client is client:
+                self._set_status("error", describe_connection_error(peer, exc))
+
+        self._runner.start(probe(), key="connect", what=f"Connecting to {peer.name}",
+                           on_result=connected, on_error=failed)
+
+    def _run_search(self) -> None:
+        self._search_timer.stop()
+        if self._client is not None and self._server is not None:
+            self.model.load(self.search_box.text())
+
+    def _model_failed(self, message: str) -> None:
+        if self.model.error:  # the list itself failed, not a single row
+            self._set_status("error", message)
+
+    def _render_status(self) -> None:
+        if self._state in ("connecting", "error") and self._server is None:
+            return
+        if self._peer is None:
+            return
+        if self._server is None:
+            return
+        parts = [f"Orthanc {self._server.version}"]
+        if self._accelerator is None:
+            parts.append("accelerator: unknown")
+        elif self._accelerator.available:
+            parts.append(f"accelerator: yes ({self._accelerator.flavour})")
+        else:
+            parts.append("accelerator: no (standard REST transfers)")
+        count = self.model.top_level_count
+        noun = "patient" if count == 1 else "patients"
+        if self.model.search_text:
+            noun += " matching"
+        if self.model.error:
+            self._set_status("error", self.model.error)
+            return
+        if self.model.is_loading:
+            parts.append(f"loading… {count} {noun}")
+        else:
+            parts.append(f"{count} {noun}")
+        self._set_status("ok", " · ".join(parts))
+
+    def _set_status(self, state: str, text: str) -> None:
+        self._state = state
+        self.status_label.setText(text)
+        self.status_label.setToolTip(text)
+        self.status_label.setProperty("state", state)
+        # Re-apply the style sheet so the colour follows the state property.
+        self.status_label.style().unpolish(self.status_label)
+        self.status_label.style().polish(self.status_label)
+        self.statusChanged.emit(state, text)
+
+    def _context_menu(self, position: QPoint) -> None:
+        menu = QMenu(self)
+        refresh = QAction("Refresh", menu)
+        refresh.setShortcut("F5")
+        refresh.triggered.connect(self.refresh)
+        menu.addAction(refresh)
+        for provider in self._menu_providers:
+            try:
+                provider(self, menu)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("context menu provider failed", exc_info=exc)
+        menu.popup(self.tree.viewport().mapToGlobal(position))

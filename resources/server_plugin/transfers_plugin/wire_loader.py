@@ -1,0 +1,45 @@
+"""Find the wire-format module shared with the desktop app.
+
+Two layouts are supported:
+
+- an admin copied this folder elsewhere together with ``transfers_wire.py``
+  (a copy of ``gui/protocol/wire.py``, see ``install_wire.py``): that copy,
+  next to the entry script, wins;
+- the plugin runs from a source checkout: ``../../gui/protocol/wire.py`` is
+  loaded by file path. The ``gui`` package itself is never imported: it would
+  pull in httpx and Qt, which Orthanc's embedded Python does not have.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from types import ModuleType
+from typing import List
+
+MODULE_NAME = "transfers_wire"
+
+
+def candidates(plugin_dir: str) -> List[str]:
+    return [
+        os.path.join(plugin_dir, MODULE_NAME + ".py"),
+        os.path.normpath(os.path.join(plugin_dir, "..", "..", "gui", "protocol", "wire.py")),
+    ]
+
+
+def load_wire(plugin_dir: str) -> ModuleType:
+    for path in candidates(plugin_dir):
+        if not os.path.isfile(path):
+            continue
+        spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        # dataclasses look the module up in sys.modules while the file runs.
+        sys.modules[MODULE_NAME] = module
+        spec.loader.exec_module(module)
+        return module
+    raise ImportError("transfers plugin: the wire-format module was not found; looked for %s. Copy"
+                      " gui/protocol/wire.py next to transfers_accelerator.py as transfers_wire.py"
+                      % " and ".join(candidates(plugin_dir)))

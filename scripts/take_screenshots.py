@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Render the main window offscreen during and after a real transfer; save PNGs.
+
+Starts the two demo Orthanc servers ("Local demo" with generated studies,
+"Remote demo"), puts an emulated 40 Mbit/s link in front of "Remote demo" so
+the transfer lasts long enough to be caught half-way, sends the largest
+study with the "Send →" button and grabs the window:
+
+    resources/screenshots/transfer-running.png   buckets filling up
+    resources/screenshots/transfer-finished.png  the green storage commitment
+
+Run:  QT_QPA_PLATFORM=offscreen python scripts/take_screenshots.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("ORTHANC_TRANSFERS_KEYRING", "0")
+
+WINDOW_SIZE = (1400, 850)
+LINK_MBIT = 40.0
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def settle(seconds: float = 0.4) -> None:
+    """Let pending repaints and the event bridge's next frame happen."""
+    await asyncio.sleep(seconds)
+
+
+async def capture(out: Path) -> None:
+    from PySide6.QtCore import QItemSelectionModel
+    from PySide6.QtWidgets import QApplication
+
+    from gui.client.peer import Peer
+    from gui.engine import TransferEngine
+    from gui.engine.events import JobState
+    from gui.netem.wan_proxy import ThreadedWanProxy
+    from gui.sandbox.demo import DemoServers, REMOTE_NAME
+    from gui.ui.main_window import MainWindow
+
+    demo = DemoServers(studies=3, ct_slices=40)
+    proxy = None
+    engine = None
+    window = None
+    try:
+        config = await asyncio.get_running_loop().run_in_executor(None, demo.start)
+        remote_server = demo.servers[1]
+        proxy = ThreadedWanProxy("127.0.0.1", remote_server.http_port, latency_ms=5,
+                                 bandwidth_mbit=LINK_MBIT).start()
+        config.peers = [p if p.name != REMOTE_NAME else Peer(REMOTE_NAME, proxy.url) for p in config.peers]
+        config.transfers.BucketSize = 512      # KB: more, smaller buckets to watch
+        config.ui["ConfirmTransfers"] = False
+        engine = TransferEngine(config.transfers, data_dir=Path(tempfile.mkdtemp(prefix="shots-engine-")))
+        await engine.start()
+
+        window = MainWindow(config, engine)
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        window.transfers._size_dock()   # again, now that the window has its final size
+        left, right = window.panes
+        await until(lambda: left.model.is_complete and right.model.is_complete, 30, "the study lists")
+
+        # Pick the largest study on the left, expand it, select it.
+        studies = [s for s in remote_studies(demo.servers[0])]
+        study_id, patient_id = max(studies, key=lambda s: s[2])[:2]
+        left.tree.expand(left.model.index_of("Patient", patient_id))
+        await until(lambda: left.model.index_of("Study", study_id).isValid(), 10, "the study row")
+        index = left.model.index_of("Study", study_id)
+        left.tree.expand(index)
+        left.tree.selectionModel().select(index, QItemSelectionModel.SelectionFlag.ClearAndSelect
+                                          | QItemSelectionModel.SelectionFlag.Rows)
+        first_patient = right.model.index(0, 0)
+        if first_patient.isValid():
+            right.tree.expand(first_patient)
+        await settle()
+
+        ui = window.transfers
+        ui.send_action.trigger()
+        await until(lambda: bool(engine.jobs()), 20, "the job")
+        job = engine.jobs()[-1]
+        await until(lambda: job.progress is not None and job.progress.fraction >= 0.45
+                    or job.state.finished, 120, "the transfer to get half-way")
+        await settle(0.3)
+        save(window, out / "transfer-running.png")
+
+        report = await asyncio.wait_for(job.wait(), 300)
+        if report.state != JobState.SUCCESS:
+            raise RuntimeError(f"the transfer did not succeed: {report.error}")
+        await until(lambda: ui.panel.detail.commitment.report is not None, 10, "the commitment")
+        await until(lambda: right.model.index_of("Study", study_id).isValid() or
+                    right.model.is_complete and right.model.top_level_count > 1, 20, "the target to refresh")
+        patient_index = right.model.index_of("Patient", patient_id)
+        if patient_index.isValid():
+            right.tree.expand(patient_index)
+            await until(lambda: right.model.index_of("Study", study_id).isValid(), 10, "the new study")
+            right.tree.selectionModel().select(right.model.index_of("Study", study_id),
+                                               QItemSelectionModel.SelectionFlag.ClearAndSelect
+                                               | QItemSelectionModel.SelectionFlag.Rows)
+        await settle(0.6)
+        save(window, out / "transfer-finished.png")
+        QApplication.processEvents()
+    finally:
+        if window is not None:
+            window.force_close()
+            await window.shutdown()
+        if engine is not None:
+            await engine.close()
+        if proxy is not None:
+            proxy.stop()
+        await asyncio.get_running_loop().run_in_executor(None, demo.stop)
+
+
+def remote_studies(server: Any) -> list:
+    """(study id, patient id, size) of every study on a server."""
+    out = []
+    for study_id in server.request("GET", "/studies"):
+        study = server.request("GET", f"/studies/{study_id}")
+        size = server.request("GET", f"/studies/{study_id}/statistics")["DiskSize"]
+        out.append((study_id, study["ParentPatient"], int(size)))
+    return out
+
+
+def save(window: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(path)):
+        raise RuntimeError(f"could not write {path}")
+    print(f"saved {path}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "resources" / "screenshots")
+    args = parser.parse_args()
+
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    from gui.app import _apply_look
+    app = QApplication.instance() or QApplication(["take_screenshots"])
+    app.setQuitOnLastWindowClosed(False)   # closing the window must not stop the loop mid-clean-up
+    _apply_look(app)
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(capture(args.out))
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        print(f"take_screenshots: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fault injection: the reliability matrix (issue 8), in the normal test run."""

@@ -1,0 +1,59 @@
+"""Installing the plugin outside the source tree, and restarting Orthanc."""
+
+from __future__ import annotations
+
+import runpy
+import shutil
+
+from gui.protocol import wire
+from gui.sandbox.orthanc_process import PYTHON_PLUGIN, OrthancProcess, resource_path
+from tests.server.conftest import study
+from tests.server.push_helpers import PluginHttp, assert_orthanc_error, plan_push
+
+WIRE_SOURCE = resource_path("server_plugin").parents[1] / "gui" / "protocol" / "wire.py"
+
+
+def test_copied_plugin_folder_with_installed_wire_module_works(orthanc_factory, tmp_path):
+    # An admin copies the folder alone: the wire module must come with it.
+    source = resource_path("server_plugin")
+    target = tmp_path / "opt" / "transfers"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "transfers_wire.py"))
+    install = runpy.run_path(str(target / "install_wire.py"))
+    written = install["install_wire"](str(WIRE_SOURCE), str(target / "transfers_wire.py"))
+    assert (target / "transfers_wire.py").read_bytes() == WIRE_SOURCE.read_bytes()
+    server = orthanc_factory("copied", extra_config={
+        "Plugins": [PYTHON_PLUGIN], "PythonScript": str(target / "transfers_accelerator.py")})
+    answer = server.request("POST", wire.URI_LOOKUP, b"[]")
+    assert answer["Instances"] == [] and written.endswith("transfers_wire.py")
+
+
+def test_copied_plugin_folder_without_wire_module_says_why_in_the_log(tmp_path):
+    target = tmp_path / "transfers"
+    shutil.copytree(resource_path("server_plugin"), target,
+                    ignore=shutil.ignore_patterns("__pycache__", "transfers_wire.py"))
+    server = OrthancProcess(name="nowire", extra_config={
+        "Plugins": [PYTHON_PLUGIN], "PythonScript": str(target / "transfers_accelerator.py")})
+    try:
+        try:
+            server.start(timeout=20)
+        except Exception:
+            pass  # Orthanc may refuse to start without its script: either way the log must say why
+        log = server.log_path.read_text(errors="replace")
+        assert "wire-format module was not found" in log and "transfers_wire.py" in log
+    finally:
+        server.stop()
+
+
+def test_restart_drops_staged_transactions(orthanc_factory):
+    server = orthanc_factory("restart", with_accelerator=True)
+    http = PluginHttp(server)
+    try:
+        plan = plan_push(study(500, tiny=2), 64 * 1024)
+        tid = http.send_all(plan)
+        assert (server.storage_dir / "transfers-staging" / tid).is_dir()
+        server.restart()
+        http.client.base_url = server.url
+        assert_orthanc_error(http.commit(tid), 404, 17)
+        assert list((server.storage_dir / "transfers-staging").iterdir()) == []
+    finally:
+        http.close()

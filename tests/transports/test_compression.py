@@ -1,0 +1,135 @@
+"""The auto compression policy, with real data and real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+from gui.engine import compression as gz
+from gui.engine.compression import PullCompressionPolicy, decide_push
+from gui.engine.push_mode import PushTransport
+from gui.sandbox import synthetic_studies as synth
+from tests.transports.helpers import Recorder, client_for, infos_of, make_ctx, run
+
+SLOW_LINK = 1e6      # 1 MB/s: a WAN
+FAST_LINK = 10e9     # 10 GB/s: faster than any gzip
+
+
+def jpeg_like_files(count: int, size: int = 300_000) -> list:
+    """DICOM files whose pixel data is as incompressible as JPEG: random bytes,
+    labelled with a JPEG transfer syntax (encapsulated fragments)."""
+    from pydicom.encaps import encapsulate
+    spec = synth.make_study_spec(31, "XA JPEG")
+    series = generate_uid()
+    out = []
+    for n in range(count):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = synth.SECONDARY_CAPTURE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.PatientID, ds.PatientName = spec.patient_id, spec.patient_name
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = spec.study_uid, series
+        ds.Modality, ds.InstanceNumber = "OT", n + 1
+        ds.Rows = ds.Columns = 512
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = encapsulate([os.urandom(size)])
+        ds["PixelData"].VR = "OB"
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_decision_from_real_samples(ct_study_files):
+    async def measure(data):
+        return await gz.measure(data)
+
+    ct = asyncio.run(measure(b"".join(ct_study_files[:2])))
+    jpeg = asyncio.run(measure(b"".join(jpeg_like_files(2))))
+    print(f"\nCT-like: ratio {ct.ratio:.2f} at {ct.rate / 1e6:.0f} MB/s; "
+          f"JPEG-like: ratio {jpeg.ratio:.3f} at {jpeg.rate / 1e6:.0f} MB/s")
+    assert decide_push(jpeg, SLOW_LINK, 4).compression == "none"
+    assert decide_push(ct, SLOW_LINK, 4).compression == "gzip"
+    assert decide_push(ct, FAST_LINK, 4).compression == "none"
+
+
+def test_pull_policy_follows_the_faster_choice():
+    policy = PullCompressionPolicy("auto", probe_every=5)
+    # Both are tried first.
+    first, second = policy.choose(), policy.choose()
+    assert {first, second} == {"gzip", "none"}
+    policy.observe("none", 4_000_000, 4_000_000, 4.0)   # 1 MB/s uncompressed
+    policy.observe("gzip", 4_000_000, 2_000_000, 2.0)   # 2 MB/s with gzip
+    choices = [policy.choose() for _ in range(10)]
+    assert choices.count("gzip") >= 8 and "none" in choices  # mostly gzip, still probing
+    # Data that stops shrinking turns gzip off.
+    policy.observe("gzip", 4_000_000, 3_990_000, 1.0)
+    policy.observe("gzip", 40_000_000, 39_900_000, 1.0)
+    assert {policy.choose() for _ in range(10)} == {"none"}
+
+
+def test_gunzip_is_bounded():
+    bomb = gz.gzip_bytes(b"\0" * 10_000_000)
+    with pytest.raises(gz.DecompressionError, match="more than"):
+        gz.gunzip_bounded(bomb, 1000)
+    with pytest.raises(gz.DecompressionError, match="truncated"):
+        gz.gunzip_bounded(gz.gzip_bytes(b"x" * 5000)[:-10], 5000)
+    assert gz.gunzip_bounded(gz.gzip_bytes(b"abc"), 3) == b"abc"
+
+
+@pytest.mark.parametrize("kind,link,expected", [("ct", SLOW_LINK, "gzip"), ("jpeg", SLOW_LINK, "none"),
+                                                ("ct", FAST_LINK, "none")])
+def test_auto_push_chooses_and_delivers(orthanc_factory, ct_study_files, tmp_path, kind, link, expected):
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    files = ct_study_files if kind == "ct" else jpeg_like_files(4)
+    instances = infos_of(files, source)
+    recorder = Recorder()
+    transport = PushTransport(link_rate=link)
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression="auto")
+            await transport.run(ctx, transport.plan(ctx))
+            return ctx
+
+    ctx = run(go())
+    print(f"\n{kind} at {link / 1e6:.0f} MB/s: {ctx.compression_used} ({transport.last_pusher.decision_reason})")
+    assert ctx.compression_used == expected
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+
+
+def test_auto_push_measures_the_link_when_unknown(orthanc_factory, ct_study_files, tmp_path):
+    """Without an estimate the first bucket's PUT measures the link; either way
+    the study arrives whole (and the estimate is kept for the next job)."""
+    from gui.engine.push_mode import bucket_pusher
+    from gui.config.settings import TransferOptions
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(ct_study_files, source)
+    recorder = Recorder()
+    transport = PushTransport()
+    bucket_pusher._LINK_RATES.pop(target.url, None)
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression="auto",
+                           options=TransferOptions(BucketSize=256))
+            await transport.run(ctx, transport.plan(ctx))
+            return ctx
+
+    ctx = run(go())
+    print(f"\nloopback probe: {ctx.compression_used} ({transport.last_pusher.decision_reason})")
+    assert ctx.compression_used in ("gzip", "none")
+    assert target.url in bucket_pusher._LINK_RATES
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}

@@ -1,0 +1,152 @@
+"""Delegated mode against a fake of the C++ plugin's job API.
+
+No server here runs the C++ transfers plugin (our Python plugin implements
+only the receiving and serving side), so the source is a real stock Orthanc
+behind an HTTP front that answers /transfers/send and /jobs/* as the C++
+plugin would (tests/transports/fake_transfers_jobs.py); the target is a
+real Orthanc, and the fake job really copies the instances at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gui.client.orthanc_client import OrthancClient
+from gui.client.peer import Peer
+from gui.config.settings import TransferOptions
+from gui.engine.delegated_mode import DelegatedTransport
+from gui.engine.events import BucketState
+from gui.engine.transport_base import TransferFailed
+from gui.faults.http_front import HttpFront
+from tests.transports.fake_transfers_jobs import FakeTransfersJobs
+from tests.transports.helpers import Recorder, infos_of, make_ctx, run
+
+
+@pytest.fixture
+def servers(orthanc_factory):
+    target = orthanc_factory("dst")
+    source = orthanc_factory("src", extra_config={"OrthancPeers": {"target-peer": {"Url": target.url}}})
+    return source, target
+
+
+def delegated(servers, files, tmp_path, *, fake_kwargs=None, compression="gzip", drive=None):
+    source, target = servers
+    instances = infos_of(files, source)
+    fake = FakeTransfersJobs(source.url, target.url, **(fake_kwargs or {}))
+    recorder = Recorder()
+    transport = DelegatedTransport(poll_interval=0.01)
+
+    async def go():
+        async with HttpFront(source.url, fake.source_handler) as source_front, \
+                HttpFront(target.url, fake.target_handler) as target_front:
+            fake.target_front_url = target_front.url
+            src = OrthancClient(Peer("src", source_front.url))
+            if fake.pull_mode:
+                # Pull-mode jobs live on the target, served by its front; the
+                # source knows the target under its real URL: name it.
+                dst = OrthancClient(Peer("dst", target_front.url))
+                transport.peer_name = "target-peer"
+            else:
+                # The target's peer name is found by URL among the source's peers.
+                dst = OrthancClient(Peer("dst", target.url))
+            async with src, dst:
+                ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder,
+                               compression=compression, options=TransferOptions(MaxHttpRetries=1),
+                               target_accelerated=False)
+                buckets = transport.plan(ctx)
+                if drive is None:
+                    await transport.run(ctx, buckets)
+                    return ctx, None
+                return ctx, await drive(transport, ctx, buckets, fake)
+
+    ctx, extra = run(go())
+    return instances, fake, recorder, ctx, extra
+
+
+def test_delegated_push_job_is_followed_to_success(servers, ct_study_files, tmp_path):
+    instances, fake, recorder, ctx, _ = delegated(servers, ct_study_files, tmp_path)
+    _, target = servers
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    send = fake.sends[0]
+    body = json.loads(send.body)
+    assert body["Peer"] == "target-peer" and body["Compression"] == "gzip"
+    assert body["SenderTransferID"] == ctx.transfer_id == send.header("sender-transfer-id")
+    assert sorted(r["ID"] for r in body["Resources"]) == [i.id for i in instances]
+    assert {r["Level"] for r in body["Resources"]} == {"Instance"}
+    # The job's progress number showed up as bucket progress.
+    assert any(e.state is BucketState.SENDING for e in recorder.events)
+    assert set(recorder.final_states().values()) == {BucketState.DONE}
+    assert "delegated-job" not in recorder.checkpoints
+
+
+def test_delegated_pull_answer_follows_the_job_on_the_target(servers, ct_study_files, tmp_path):
+    instances, fake, recorder, ctx, _ = delegated(servers, ct_study_files, tmp_path,
+                                                  fake_kwargs={"pull_mode": True})
+    _, target = servers
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert fake.jobs[next(iter(fake.jobs))]["Type"] == "PullTransfer"
+
+
+def test_pause_resume_and_cancel_are_passed_through(servers, ct_study_files, tmp_path):
+    async def drive(transport, ctx, buckets, fake):
+        task = asyncio.ensure_future(transport.run(ctx, buckets))
+        ctx.running.clear()                      # pause before the first poll
+        await _until(lambda: "pause" in fake.controls)
+        job = next(iter(fake.jobs.values()))
+        assert job["State"] == "Paused"
+        ctx.running.set()
+        await _until(lambda: "resume" in fake.controls)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await transport.discard(ctx)
+        return job
+
+    instances, fake, recorder, ctx, job = delegated(servers, ct_study_files, tmp_path,
+                                                    fake_kwargs={"step": 1}, drive=drive)
+    assert fake.controls[:3] == ["pause", "resume", "cancel"]
+    assert job["State"] == "Failure"
+    assert servers[1].instance_md5s() == {}
+
+
+def test_failed_job_fails_with_its_reason(servers, ct_study_files, tmp_path):
+    async def drive(transport, ctx, buckets, fake):
+        with pytest.raises(TransferFailed) as failure:
+            await transport.run(ctx, buckets)
+        return failure.value
+
+    instances, fake, recorder, ctx, failure = delegated(servers, ct_study_files, tmp_path,
+                                                        fake_kwargs={"fail_at": 50}, drive=drive)
+    assert "Internal error" in failure.reason and "src" in failure.reason
+    assert servers[1].instance_md5s() == {}
+
+
+def test_source_without_a_peer_for_the_target_is_refused(orthanc_factory, ct_study_files, tmp_path):
+    target = orthanc_factory("dst")
+    source = orthanc_factory("src")
+    instances = infos_of(ct_study_files[:1], source)
+    fake = FakeTransfersJobs(source.url, target.url)
+
+    async def go():
+        async with HttpFront(source.url, fake.source_handler) as front:
+            async with OrthancClient(Peer("src", front.url)) as src, \
+                    OrthancClient(Peer("dst", target.url)) as dst:
+                ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder())
+                transport = DelegatedTransport()
+                with pytest.raises(TransferFailed) as failure:
+                    await transport.run(ctx, transport.plan(ctx))
+                return failure.value
+
+    failure = run(go())
+    assert "no Orthanc peer" in failure.reason
+    assert not fake.sends
+
+
+async def _until(condition, timeout: float = 20.0) -> None:
+    async def wait():
+        while not condition():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(wait(), timeout)

@@ -1,0 +1,114 @@
+"""Accelerated pull from a plugin server, delivered by push or plainly."""
+
+from __future__ import annotations
+
+import pytest
+
+from gui.config.settings import TransferOptions
+from gui.engine.events import BucketState
+from gui.engine.pull_mode import PullTransport
+from tests.transports.helpers import Recorder, client_for, infos_of, make_ctx, run
+
+
+def pull(source, target, files, tmp_path, *, compression, options, target_accelerated):
+    instances = infos_of(files, source)
+    recorder = Recorder()
+    transport = PullTransport()
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder,
+                           compression=compression, options=options,
+                           target_accelerated=target_accelerated)
+            buckets = transport.plan(ctx)
+            await transport.run(ctx, buckets)
+            return ctx, buckets
+
+    ctx, buckets = run(go())
+    return instances, recorder, ctx, buckets, transport
+
+
+@pytest.mark.parametrize("compression", ["gzip", "auto"])
+def test_pull_to_plugin_target(orthanc_factory, mixed_study_files, tmp_path, compression):
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    # CacheSize 2 MB: the 6 MB instance is staged on disk, the small ones in memory.
+    options = TransferOptions(BucketSize=512, Threads=3, CacheSize=2)
+    instances, recorder, ctx, buckets, transport = pull(
+        source, target, mixed_study_files, tmp_path, compression=compression, options=options,
+        target_accelerated=True)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert transport.last_staging.spilled >= 1
+    assert transport.last_staging.peak_memory <= options.cache_size_bytes
+    assert set(recorder.final_states().values()) == {BucketState.DONE}
+    assert not list((tmp_path / "staging").rglob("*.dcm")), "staged files are removed"
+
+
+def test_pull_to_stock_target(orthanc_factory, mixed_study_files, tmp_path):
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst")
+    options = TransferOptions(BucketSize=512, Threads=2, CacheSize=2)
+    instances, recorder, ctx, buckets, transport = pull(
+        source, target, mixed_study_files, tmp_path, compression="gzip", options=options,
+        target_accelerated=False)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert ctx.created_on_target == {i.id for i in instances}  # what a rollback would delete
+    assert transport.last_policy.ratio > 1.1  # the CT-like data travelled compressed
+
+
+class FlipOneByteInChunks:
+    """A wire fault no real server produces: flips one byte of the first
+    /transfers/chunks answer, keeping its length."""
+
+    def __init__(self) -> None:
+        import httpx
+        self.inner = httpx.AsyncHTTPTransport()
+        self.flipped = False
+
+    async def handle_async_request(self, request):
+        import httpx
+        if "/transfers/chunks/" not in request.url.path or self.flipped:
+            return await self.inner.handle_async_request(request)
+        request.headers["Accept-Encoding"] = "identity"  # flip the payload, not an HTTP encoding
+        response = await self.inner.handle_async_request(request)
+        body = bytearray(await response.aread())
+        body[len(body) // 3] ^= 0x01
+        self.flipped = True
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("target_accelerated", [True, False])
+def test_corrupted_pulled_bucket_fails_and_target_stays_unchanged(orthanc_factory, ct_study_files,
+                                                                   tmp_path, target_accelerated):
+    import httpx
+    from gui.engine.transport_base import TransferFailed
+
+    class Fault(FlipOneByteInChunks, httpx.AsyncBaseTransport):
+        pass
+
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=target_accelerated)
+    instances = infos_of(ct_study_files, source)
+    recorder = Recorder()
+    fault = Fault()
+    transport = PullTransport()
+
+    async def go():
+        async with client_for(source, transport=fault) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression="none",
+                           options=TransferOptions(BucketSize=256, Threads=2),
+                           target_accelerated=target_accelerated)
+            with pytest.raises(TransferFailed) as failure:
+                await transport.run(ctx, transport.plan(ctx))
+            await transport.discard(ctx)   # what the scheduler does after a failure
+            return failure.value
+
+    failure = run(go())
+    assert fault.flipped
+    assert "MD5" in failure.reason and failure.instances
+    assert set(failure.instances) <= {i.id for i in instances}
+    assert target.instance_md5s() == {}

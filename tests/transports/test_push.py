@@ -1,0 +1,75 @@
+"""Accelerated push between two Orthanc servers running the plugin."""
+
+from __future__ import annotations
+
+import pytest
+
+from gui.config.settings import TransferOptions
+from gui.engine.events import BucketState
+from gui.engine.push_mode import PushTransport
+from tests.transports.helpers import Recorder, client_for, infos_of, make_ctx, run
+
+
+def push(source, target, files, tmp_path, *, compression="none", options=None,
+         source_accelerated=True):
+    instances = infos_of(files, source)
+    recorder = Recorder()
+    transport = PushTransport()
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder,
+                           compression=compression, options=options,
+                           source_accelerated=source_accelerated)
+            buckets = transport.plan(ctx)
+            await transport.run(ctx, buckets)
+            return ctx, buckets
+
+    ctx, buckets = run(go())
+    return instances, recorder, ctx, buckets
+
+
+@pytest.mark.parametrize("compression,asynchronous", [("none", True), ("gzip", False)])
+def test_push_small_study(orthanc_factory, ct_study_files, tmp_path, compression, asynchronous,
+                          monkeypatch):
+    """With our plugin the commit is asynchronous (polled); the synchronous
+    commit of the C++ plugin is exercised by not asking for it."""
+    from gui.engine.push_mode import push_transport
+
+    async def no_async(ctx):
+        return False
+
+    if not asynchronous:
+        monkeypatch.setattr(push_transport, "supports_asynchronous_commit", no_async)
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances, recorder, ctx, buckets = push(source, target, ct_study_files, tmp_path,
+                                             compression=compression)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert set(recorder.final_states().values()) == {BucketState.DONE}
+    assert ctx.compression_used == compression
+    # Every bucket went through the documented states, in order.
+    states = recorder.states(0)
+    expected = [BucketState.QUEUED, BucketState.READING] + \
+        ([BucketState.COMPRESSING] if compression == "gzip" else []) + [BucketState.SENDING]
+    assert states[:len(expected)] == expected and states[-1] == BucketState.DONE
+    assert "push-transaction" not in recorder.checkpoints  # forgotten once committed
+
+
+@pytest.mark.parametrize("compression,source_accelerated", [("gzip", True), ("none", False)])
+def test_push_mixed_study_splits_large_instances(orthanc_factory, mixed_study_files, tmp_path,
+                                                 compression, source_accelerated):
+    """The 6 MB instance is cut into several buckets (BucketSize 512 KB); with a
+    stock source its file is fetched once and its chunks cut from the cache."""
+    source = orthanc_factory("src", with_accelerator=source_accelerated)
+    target = orthanc_factory("dst", with_accelerator=True)
+    options = TransferOptions(BucketSize=512, Threads=3)
+    instances, recorder, ctx, buckets = push(source, target, mixed_study_files, tmp_path,
+                                             compression=compression, options=options,
+                                             source_accelerated=source_accelerated)
+    split = [b for b in buckets if b.chunks[0].offset > 0]
+    assert split, "the large instance should have been split"
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    sending = [e for e in recorder.events if e.state is BucketState.SENDING]
+    assert any(0 < e.wire_done < e.wire_total for e in sending), "progress inside a bucket"
+    assert not any((tmp_path / "staging").glob("*")) if (tmp_path / "staging").exists() else True
