@@ -42,7 +42,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     # Smaller demo data sets (tests of the demo's life cycle).
     parser.add_argument("--demo-studies", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--demo-slices", type=int, default=24, help=argparse.SUPPRESS)
-    args, _qt_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    args, qt_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    args.qt_args = qt_args  # left for Qt (e.g. -platform offscreen, -style fusion)
     return args
 
 
@@ -59,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import qasync
     from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication([PROGRAM])
+    app = QApplication.instance() or QApplication([PROGRAM, *args.qt_args])
     app.setApplicationName("Orthanc Transfers")
     app.setApplicationVersion(__version__)
     app.setDesktopFileName(PROGRAM)

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="list the jobs stored on this computer")
     jobs.add_argument("--json", action="store_true")
 
+    commands.add_parser("demo", help="run two local demo Orthanc servers with sample studies "
+                                     "until Ctrl-C (prints a config file naming them)")
+
     for name, text in (("resume", "resume an unfinished (paused or interrupted) job"),
                        ("cancel", "cancel an unfinished job and roll back what it did")):
         sub = commands.add_parser(name, help=text)
@@ -432,6 +435,38 @@ class Cli:
         return EXIT_OK
 
 
+def run_demo(out: TextIO = sys.stdout) -> int:
+    """Start the demo servers, say how to use them, and keep them until interrupted."""
+    from gui.sandbox.demo import LOCAL_NAME, REMOTE_NAME, DemoServers
+
+    def stop_on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop_on_term)
+    demo = DemoServers()
+    try:
+        config = demo.start()
+        local = demo.servers[0]
+        studies = local.request("GET", "/studies?expand") or []
+        out.write(f"demo servers running; configuration: {config.path}\n")
+        for peer in config.peers:
+            out.write(f"  {peer.name}: {peer.url}\n")
+        out.write(f"studies on {LOCAL_NAME}:\n")
+        for study in studies:
+            tags = study.get("MainDicomTags", {})
+            out.write(f"  {study['ID']}  {tags.get('StudyDescription', '')}\n")
+        if studies:
+            out.write(f"try: orthanc-transfers --config '{config.path}' send --from '{LOCAL_NAME}' "
+                      f"--to '{REMOTE_NAME}' --study {studies[0]['ID']} --json\n")
+        out.write("press Ctrl-C to stop them\n")
+        out.flush()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        demo.stop()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -440,6 +475,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=os.environ.get("ORTHANC_TRANSFERS_LOG", "WARNING").upper(),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "demo":
+        try:
+            return run_demo()
+        except Exception as exc:  # noqa: BLE001 - e.g. Orthanc not installed
+            print(f"orthanc-transfers: error: {exc}".splitlines()[0], file=sys.stderr)
+            return EXIT_FAILURE
     cli = Cli(args)
     wants_json = getattr(args, "json", False) and args.command == "send"
     try:

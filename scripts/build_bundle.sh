@@ -4,8 +4,9 @@
 #   scripts/build_bundle.sh
 #
 # Environment:
-#   VENV=<dir>     virtual environment to use (default: the active one, else
-#                  .venv in the repository, created when missing)
+#   VENV=<dir>     virtual environment to use (default: $ORTHANC_TRANSFERS_VENV
+#                  as for scripts/run-tests.sh, else the active one, else .venv
+#                  in the repository, created when missing)
 #   PYTHON=<exe>   interpreter that creates .venv (default: python3)
 #   FORCE_PIP=1    run pip even when every dependency is already installed
 #   CLEAN=1        discard PyInstaller's cache first (slower, from scratch)
@@ -31,7 +32,7 @@ venv_python() {
 }
 
 # 1. The virtual environment.
-VENV="${VENV:-${VIRTUAL_ENV:-$ROOT/.venv}}"
+VENV="${VENV:-${ORTHANC_TRANSFERS_VENV:-${VIRTUAL_ENV:-$ROOT/.venv}}}"
 PY="$(venv_python "$VENV")"
 if [ -z "$PY" ]; then
     BASE_PYTHON="${PYTHON:-python3}"

@@ -2,10 +2,12 @@
 
     python scripts/render_icons.py
 
-Reads resources/icons/orthanc-transfers.svg and writes, next to it:
+The one source is the icon the app shows in its windows,
+gui/ui/resources/icons/orthanc-transfers.svg. This writes into
+resources/icons/, for desktops and installers:
 
-- orthanc-transfers-<N>.png for N in 16, 32, 48, 64, 128, 256 (Linux
-  desktops, the window and tray icon);
+- orthanc-transfers.svg, a copy of the source (the "scalable" icon);
+- orthanc-transfers-<N>.png for N in 16, 32, 48, 64, 128, 256;
 - orthanc-transfers.ico (Windows executables) and orthanc-transfers.icns
   (macOS), both as containers of PNG images, which every Windows since Vista
   and macOS since 10.7 read.
@@ -17,6 +19,7 @@ outputs are committed; run this again after changing the SVG.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -24,8 +27,10 @@ from typing import Dict, Iterable
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-ICON_DIR = Path(__file__).resolve().parents[1] / "resources" / "icons"
+ROOT = Path(__file__).resolve().parents[1]
 ICON_NAME = "orthanc-transfers"
+SOURCE_SVG = ROOT / "gui" / "ui" / "resources" / "icons" / f"{ICON_NAME}.svg"
+ICON_DIR = ROOT / "resources" / "icons"
 PNG_SIZES = (16, 32, 48, 64, 128, 256)
 ICO_SIZES = (16, 32, 48, 64, 128, 256)
 # ICNS element types holding PNG data, by pixel size (the @2x types reuse sizes).
@@ -83,19 +88,22 @@ def icns_bytes(pngs: Dict[int, bytes]) -> bytes:
 
 
 def main() -> int:
-    svg = ICON_DIR / f"{ICON_NAME}.svg"
+    svg = SOURCE_SVG
     if not svg.is_file():
         print(f"render_icons: {svg} is missing", file=sys.stderr)
         return 1
+    ICON_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(svg, ICON_DIR / svg.name)
+    print(f"wrote {(ICON_DIR / svg.name).relative_to(ROOT)}")
     pngs = {size: render_png(svg, size) for size in sorted(set(PNG_SIZES) | {512})}
     for size in PNG_SIZES:
         target = ICON_DIR / f"{ICON_NAME}-{size}.png"
         target.write_bytes(pngs[size])
-        print(f"wrote {target.relative_to(ICON_DIR.parents[1])}")
+        print(f"wrote {target.relative_to(ROOT)}")
     for target, data in ((ICON_DIR / f"{ICON_NAME}.ico", ico_bytes(pngs, ICO_SIZES)),
                          (ICON_DIR / f"{ICON_NAME}.icns", icns_bytes(pngs))):
         target.write_bytes(data)
-        print(f"wrote {target.relative_to(ICON_DIR.parents[1])}")
+        print(f"wrote {target.relative_to(ROOT)}")
     return 0
 
 

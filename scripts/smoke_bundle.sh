@@ -16,7 +16,7 @@
 #      servers with the accelerator plugin when orthanc-python is installed).
 #
 # Environment: VENV=<dir> (the Python that runs the test servers; default as
-# in build_bundle.sh), BUNDLE=<dir> (default dist/orthanc-transfers-gui),
+# in build_bundle.sh: $ORTHANC_TRANSFERS_VENV, the active one, or .venv), BUNDLE=<dir> (default dist/orthanc-transfers-gui),
 # SMOKE_MODES=stock,accelerator (which send runs to do).
 # Exits non-zero, naming the check, on the first failure.
 set -euo pipefail
@@ -41,7 +41,7 @@ CLI_EXE="$(program orthanc-transfers)"
 INTERNAL="$BUNDLE/_internal"
 [ -d "$INTERNAL" ] || INTERNAL="$BUNDLE"
 
-VENV="${VENV:-${VIRTUAL_ENV:-$ROOT/.venv}}"
+VENV="${VENV:-${ORTHANC_TRANSFERS_VENV:-${VIRTUAL_ENV:-$ROOT/.venv}}}"
 if [ -x "$VENV/bin/python" ]; then PY="$VENV/bin/python"
 elif [ -x "$VENV/Scripts/python.exe" ]; then PY="$VENV/Scripts/python.exe"
 else fail "no virtual environment at $VENV (set VENV=...; it runs the test servers)"
@@ -83,10 +83,13 @@ for resource in resources/icons/orthanc-transfers.svg \
                 resources/server_plugin/transfers_wire.py; do
     [ -f "$INTERNAL/$resource" ] || fail "the bundle lacks $resource"
 done
-if [ -f "$ROOT/resources/style.qss" ]; then
-    [ -f "$INTERNAL/resources/style.qss" ] || fail "the bundle lacks resources/style.qss"
-fi
-say "ok: icons, stylesheet (when the source has one) and server plugin (with transfers_wire.py) are in the bundle"
+# The UI loads its stylesheet and window icon from gui/ui/resources; an
+# optional resources/style.qss is taken too.
+while IFS= read -r resource; do
+    [ -f "$INTERNAL/$resource" ] || fail "the bundle lacks $resource"
+done < <(cd "$ROOT" && find gui/ui/resources resources/style.qss \( -name '*.qss' -o -name '*.svg' -o -name '*.png' \) \
+           -type f 2>/dev/null)
+say "ok: icons, stylesheet and server plugin (with transfers_wire.py) are in the bundle"
 
 UNWANTED="$(find "$BUNDLE" \( -iname '*Qt6Quick*' -o -iname '*Qt6Qml*' -o -iname '*WebEngine*' \
     -o -iname '*Qt63D*' -o -iname '*Multimedia*' -o -iname '*Qt6Pdf*' -o -iname '*VirtualKeyboard*' \) -print)"

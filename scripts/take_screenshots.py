@@ -66,7 +66,7 @@ async def capture(out: Path) -> None:
         proxy = ThreadedWanProxy("127.0.0.1", remote_server.http_port, latency_ms=5,
                                  bandwidth_mbit=LINK_MBIT).start()
         config.peers = [p if p.name != REMOTE_NAME else Peer(REMOTE_NAME, proxy.url) for p in config.peers]
-        config.transfers.BucketSize = 512      # KB: more, smaller buckets to watch
+        config.transfers.BucketSize = 256      # KB: more, smaller buckets to watch
         config.ui["ConfirmTransfers"] = False
         engine = TransferEngine(config.transfers, data_dir=Path(tempfile.mkdtemp(prefix="shots-engine-")))
         await engine.start()

@@ -48,6 +48,6 @@ def measure(source_url: str, target_url: str, study: str, mode: str, where: str)
         try:
             result = asyncio.run(_transfer(source_url, target_url, study, mode, Path(data_dir)))
         except Exception as exc:  # any engine failure is reported, the benchmark goes on
-            return {"note": f"in-process transfer failed: {type(exc).__name__}: {exc}"}
+            return {"note": f"in-process transfer failed: {type(exc).__name__}: {exc}"[:300]}
     result["where"] = where
     return result

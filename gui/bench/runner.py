@@ -139,7 +139,7 @@ class Runner:
                     try:
                         self._measure(bed, spec, study, instances, reference_md5, ln, row)
                     except Exception as exc:  # one broken path must not lose the others' figures
-                        row.status, row.note = "failed", f"{type(exc).__name__}: {exc}"
+                        row.status, row.note = "failed", _short(f"{type(exc).__name__}: {exc}")
                 if spec.name == "builtin" and row.status == "ok":
                     reference = row.seconds
                 if reference and row.seconds and row.status == "ok":
@@ -197,7 +197,7 @@ class Runner:
             notes.append("verified on the dataset: C-STORE rewrites the file meta group")
         if not row.verified:
             notes.append(f"{row.verified_count}/{len(instances)} instances verified on the target")
-        row.note = "; ".join(notes)
+        row.note = _short("; ".join(notes))
 
     def _memory_bound(self, rows: List[Measurement]) -> Dict[str, Any]:
         """The issue's bound for the engine: CacheSize + Threads x 2 x BucketSize
@@ -210,6 +210,11 @@ class Runner:
         return {"cache_mb": cache_mb, "threads": threads, "bucket_kb": bucket_kb,
                 "buffers_mb": buffers, "interpreter_mb": baseline_mb,
                 "bound_mb": buffers + (baseline_mb or 0), "peak_rss_mb": peak}
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """Errors can quote whole URLs of thousands of IDs: keep the table readable."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _one_line(row: Measurement) -> str:

@@ -120,11 +120,12 @@ class PlainTransport(Transport):
     def _event(self, ctx: TransferContext, unit: Unit, state: BucketState, **extra: object) -> None:
         for index, bucket in zip(unit.indexes, unit.buckets):
             values = dict(extra)
-            # Spread byte counts over the pieces of a split instance.
-            share = bucket.total_size / unit.raw_total if unit.raw_total else 0
-            for key in ("raw_done", "wire_total", "wire_done"):
-                if key in values and values[key] is not None:
-                    values[key] = int(values[key] * share) if len(unit.buckets) > 1 else values[key]
+            if len(unit.buckets) > 1 and unit.raw_total:
+                # Spread byte counts over the pieces of a split instance, in
+                # integers so that a whole count gives each piece its exact size.
+                for key in ("raw_done", "wire_total", "wire_done"):
+                    if values.get(key) is not None:
+                        values[key] = values[key] * bucket.total_size // unit.raw_total  # type: ignore[operator]
             ctx.bucket_event(index, bucket, state, **values)
 
     async def _unit(self, ctx: TransferContext, unit: Unit) -> None:
@@ -152,9 +153,10 @@ class PlainTransport(Transport):
                 self._event(ctx, unit, BucketState.READING, raw_done=raw_done)
 
             # Look before writing: only what is absent now is ours to delete later.
-            for info in unit.instances:
-                before = await with_retries(lambda info=info: ctx.target.instance_md5_or_none(info.id),
-                                            retries, on_retry=on_retry)
+            befores = await asyncio.gather(*(
+                with_retries(lambda info=info: ctx.target.instance_md5_or_none(info.id), retries,
+                             on_retry=on_retry) for info in unit.instances))
+            for info, before in zip(unit.instances, befores):
                 if before is None and info.id not in ctx.created_on_target:
                     await ctx.mark_created(info.id)
 

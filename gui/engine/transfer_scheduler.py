@@ -96,10 +96,6 @@ class ConcurrencyGate:
         self._semaphore.release()
 
 
-class StopRun(Exception):
-    """Internal: the run was interrupted (pause for shutdown / cancel)."""
-
-
 class JobRunner:
     """One run of one job. Created by the engine; ``task`` runs :meth:`execute`."""
 
@@ -135,8 +131,13 @@ class JobRunner:
         self._raw_total = 0
         self._planned: List[InstanceInfo] = []
         self._statuses: Dict[str, str] = {}
-        self._bucket_instances: Dict[int, List[str]] = {}
         self._buckets: list = []
+        # Running totals, updated per bucket event (jobs can have many thousands of buckets).
+        self._raw_done = 0
+        self._wire_done = 0
+        self._buckets_done = 0
+        self._instances_done = 0
+        self._remaining: Dict[str, int] = {}     # instance -> its buckets not done yet
 
     # --- control ---------------------------------------------------------------
 
@@ -196,8 +197,7 @@ class JobRunner:
         if not force and now - self._last_progress < PROGRESS_INTERVAL:
             return
         self._last_progress = now
-        raw_done = sum(b.raw_done for b in self._bucket_index.values())
-        wire_done = sum(b.wire_done for b in self._bucket_index.values())
+        raw_done, wire_done = self._raw_done, self._wire_done
         self._samples.append((now, raw_done, wire_done))
         while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
             self._samples.popleft()
@@ -206,8 +206,7 @@ class JobRunner:
         if now - first[0] > 0.2:
             raw_rate = (raw_done - first[1]) / (now - first[0])
             wire_rate = (wire_done - first[2]) / (now - first[0])
-        done_buckets = sum(1 for b in self._bucket_index.values() if b.state is BucketState.DONE)
-        instances_done = self._instances_done()
+        done_buckets, instances_done = self._buckets_done, self._instances_done
         progress = JobProgress(
             job_id=self.job.id, state=self.job.state, mode=self.job.mode,
             compression=self.job.compression, instances_total=self._instances_total,
@@ -218,16 +217,26 @@ class JobRunner:
         self.job.progress = progress
         self.emit(progress)
 
-    def _instances_done(self) -> int:
-        pending: Dict[str, bool] = {}
-        for index, ids in self._bucket_instances.items():
-            bucket = self._bucket_index.get(index)
-            finished = bucket is not None and bucket.state is BucketState.DONE
-            for instance_id in ids:
-                pending[instance_id] = pending.get(instance_id, True) and finished
-        return sum(1 for ok in pending.values() if ok)
+    def _count(self, event: BucketProgress, sign: int) -> None:
+        """Add (sign 1) or remove (sign -1) one bucket event from the running totals."""
+        self._raw_done += sign * event.raw_done
+        self._wire_done += sign * event.wire_done
+        if event.state is BucketState.DONE:
+            self._buckets_done += sign
+            for instance_id in event.instance_ids:
+                before = self._remaining.get(instance_id, 0)
+                after = before - sign
+                self._remaining[instance_id] = after
+                if before > 0 and after == 0:
+                    self._instances_done += 1
+                elif before == 0 and after > 0:
+                    self._instances_done -= 1
 
     def _on_bucket(self, event: BucketProgress) -> None:
+        old = self._bucket_index.get(event.index)
+        if old is not None:
+            self._count(old, -1)
+        self._count(event, 1)
         self._bucket_index[event.index] = event
         buckets = self.job.buckets
         if event.index < len(buckets):
@@ -236,7 +245,7 @@ class JobRunner:
             self.store.set_bucket_state(self.job.id, event.index, "done")
             self.store.set_instance_status(self.job.id, event.instance_ids, "sent")
         self.emit(event)
-        self._progress(force=event.state in (BucketState.DONE, BucketState.FAILED))
+        self._progress(force=event.state is BucketState.FAILED)
 
     async def _checkpoint(self, key: str, value: object) -> None:
         if key == "bucket-done":
@@ -401,13 +410,16 @@ class JobRunner:
         self._instances_total = len(plan.to_send)
         self._raw_total = plan.bytes_to_send
         self.job.buckets = []
+        for bucket in self._buckets:
+            for instance_id in bucket.instance_ids():
+                self._remaining[instance_id] = self._remaining.get(instance_id, 0) + 1
         for index, bucket in enumerate(self._buckets):
-            self._bucket_instances[index] = bucket.instance_ids()
             state = BucketState.DONE if index in done else BucketState.QUEUED
             event = BucketProgress(job_id=job.id, index=index, state=state, chunks=len(bucket.chunks),
                                    instance_ids=bucket.instance_ids(), raw_total=bucket.total_size,
                                    raw_done=bucket.total_size if state is BucketState.DONE else 0)
             self.job.buckets.append(event)
+            self._count(event, 1)
             self._bucket_index[index] = event
             self.emit(event)
         self._progress(force=True)
@@ -473,7 +485,7 @@ class JobRunner:
         elif job.mode in (TransferMode.PLAIN, TransferMode.UPLOAD):
             job.compression = "none"   # ZIP stored; downloads use HTTP gzip transparently
         raw = sum(b.raw_done for b in self._bucket_index.values() if b.state is BucketState.DONE)
-        wire_bytes = sum(b.wire_done for b in self._bucket_index.values())
+        wire_bytes = self._wire_done
         return verification.build_report(
             job.id, state=state, mode=job.mode, source=job.source_name, target=job.target_name,
             verdicts_=verdicts, bytes_=raw, wire_bytes=wire_bytes,

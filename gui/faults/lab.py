@@ -162,6 +162,8 @@ class Lab:
     async def orthanc(self, name: str, accelerator: bool = False, **kwargs: Any) -> OrthancProcess:
         kwargs.setdefault("username", USERNAME)
         kwargs.setdefault("password", self.password)
+        # Inside the lab directory, so a runner can find and kill the servers of a hung cell.
+        kwargs.setdefault("workdir", self.workdir / f"orthanc-{name}-{len(self.servers)}")
         server = OrthancProcess(name=name, with_accelerator=accelerator, **kwargs)
         self.servers.append(server)
         await asyncio.to_thread(server.start)

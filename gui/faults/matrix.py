@@ -10,9 +10,9 @@ marker comments in the document; the prose around it is left alone.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from gui.faults.checker import Outcome
-from gui.faults.registry import TRANSPORTS, CellResult, Scenario, cells, load_all, run_cell_async
+from gui.faults.cell import run_isolated
+from gui.faults.registry import TRANSPORTS, CellResult, Scenario, cells, load_all
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "reliability.md"
@@ -37,6 +38,13 @@ def isolate_user_dirs(base: Path) -> None:
     os.environ["ORTHANC_TRANSFERS_CONFIG"] = str(base / "config" / "config.json")
     os.environ["ORTHANC_TRANSFERS_DATA"] = str(base / "data")
     os.environ["ORTHANC_TRANSFERS_KEYRING"] = "0"
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a run like Ctrl-C: the running cell's servers are cleaned up."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def load_results(path: Path = RESULTS) -> Dict[str, dict]:
@@ -112,9 +120,11 @@ def write_doc(results: Dict[str, dict], doc: Path = DOC) -> None:
     doc.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
-def selected(only: Optional[List[str]], transports: Optional[List[str]]):
+def selected(only: Optional[List[str]], transports: Optional[List[str]], include_known: bool = True):
     for item, transport in cells():
         if transport in item.not_applicable:
+            continue
+        if not include_known and transport in item.known_failures:
             continue
         if only and item.key not in only:
             continue
@@ -123,14 +133,14 @@ def selected(only: Optional[List[str]], transports: Optional[List[str]]):
         yield item, transport
 
 
-async def run(only: Optional[List[str]], transports: Optional[List[str]], seed: int,
-              results_path: Path, doc: Path) -> int:
+def run(only: Optional[List[str]], transports: Optional[List[str]], seed: int,
+        results_path: Path, doc: Path) -> int:
     results = load_results(results_path)
     failed = 0
     with tempfile.TemporaryDirectory(prefix="fault-matrix-") as tmp:
         isolate_user_dirs(Path(tmp))
         for n, (item, transport) in enumerate(selected(only, transports)):
-            cell = await run_cell_async(item, transport, Path(tmp) / f"cell{n}", seed)
+            cell = run_isolated(item.key, transport, Path(tmp) / f"cell{n}", seed)
             record(results, cell)
             failed += cell.verdict.outcome is Outcome.FAILED
             print(f"{item.key:28} {transport:8} {cell.verdict.outcome.value:24} "
@@ -154,7 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for item, transport in selected(args.only, args.transport):
             print(f"{item.key} {transport}")
         return 0
-    return asyncio.run(run(args.only, args.transport, args.seed, args.results, args.doc))
+    stop_on_sigterm()
+    return run(args.only, args.transport, args.seed, args.results, args.doc)
 
 
 if __name__ == "__main__":

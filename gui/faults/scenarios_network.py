@@ -57,6 +57,13 @@ def require_completion(verdict: Verdict, why: str) -> Verdict:
     return verdict
 
 
+def strike_point(lab: Lab, high: int) -> int:
+    """How many bytes must have moved before a server is struck: the first
+    byte for the matrix's seed 0 (the harshest moment, reproducible), a
+    random point for the soak's other seeds."""
+    return 1 if lab.seed == 0 else lab.rng.randint(1, high)
+
+
 def proxied(lab: Lab, fault: Fault) -> Via:
     async def via(server: Any) -> str:
         proxy = await lab.proxy(server)
@@ -190,7 +197,11 @@ async def target_500_forever(lab: Lab, transport: str) -> Verdict:
 # --- servers going away -----------------------------------------------------------------
 
 @scenario("target-restart", "the target Orthanc restarted mid-transfer (staged transaction lost)",
-          "faults", ALL, NO_DELEGATE)
+          "faults", ALL, NO_DELEGATE,
+          known_failures={"push": "bucket_pusher.BucketPusher._run calls _open() (which PUTs bucket 0 "
+                                  "to probe the link) outside its `except TransactionGone`: a restart "
+                                  "during the first bucket ends the job with 'internal error: "
+                                  "TransactionGone' instead of recreating the transaction"})
 async def target_restart(lab: Lab, transport: str) -> Verdict:
     source, target = await lab.pair(transport)
     resources = await lab.seed_study(source)
@@ -198,8 +209,10 @@ async def target_restart(lab: Lab, transport: str) -> Verdict:
     # A slow link so that the restart lands while buckets are still moving.
     proxy = await lab.proxy(target, bandwidth_mbit=2.0)
 
+    point = strike_point(lab, 400_000)
+
     async def restart(watch: Watch) -> None:
-        await watch.until(lambda: watch.bytes_done > 0, 30)
+        await watch.until(lambda: watch.bytes_done >= point, 30)
         await asyncio.to_thread(target.restart)
         lab.faults_injected += 1
     result = await lab.run_job(lab.peer("source", source.url), lab.peer("target", proxy.url),
@@ -216,8 +229,10 @@ async def source_stopped(lab: Lab, transport: str) -> Verdict:
     checker = await lab.checker(source, target)
     proxy = await lab.proxy(source, bandwidth_mbit=2.0)
 
+    point = strike_point(lab, 400_000)
+
     async def stop(watch: Watch) -> None:
-        await watch.until(lambda: watch.bytes_done > 0, 30)
+        await watch.until(lambda: watch.bytes_done >= point, 30)
         await asyncio.to_thread(source.stop)
         lab.faults_injected += 1
     result = await lab.run_job(lab.peer("source", proxy.url), lab.peer("target", target.url),
@@ -306,7 +321,8 @@ async def sigkill_resume(lab: Lab, transport: str) -> Verdict:
                                                  stderr=asyncio.subprocess.PIPE)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
-    while proxy.stats.bytes_up < 100_000 and first.returncode is None and loop.time() < deadline:
+    point = 100_000 if lab.seed == 0 else lab.rng.randint(1, 500_000)
+    while proxy.stats.bytes_up < point and first.returncode is None and loop.time() < deadline:
         await asyncio.sleep(0.05)   # polling a byte counter: the condition, not a fixed sleep
     if first.returncode is None:
         first.send_signal(signal.SIGKILL)

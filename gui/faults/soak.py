@@ -10,7 +10,6 @@ completed-verified or unchanged-clean-failure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import json
 import random
@@ -21,8 +20,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from gui.faults.checker import Outcome
-from gui.faults.matrix import isolate_user_dirs, selected
-from gui.faults.registry import TRANSPORTS, run_cell_async
+from gui.faults.cell import run_isolated
+from gui.faults.matrix import isolate_user_dirs, selected, stop_on_sigterm
+from gui.faults.registry import TRANSPORTS
 
 
 class Tally:
@@ -56,9 +56,10 @@ class Tally:
         return "\n".join(lines)
 
 
-async def soak(tally: Tally, minutes: float, seed: Optional[int], only: Optional[List[str]],
+def soak(tally: Tally, minutes: float, seed: Optional[int], only: Optional[List[str]],
                transports: Optional[List[str]], max_runs: Optional[int]) -> Tally:
-    pool = list(selected(only, transports))
+    # Cells with a known bug elsewhere are left out: the soak looks for new ones.
+    pool = list(selected(only, transports, include_known=False))
     if not pool:
         raise SystemExit("no cell matches the selection")
     rng = random.Random(seed)
@@ -69,7 +70,7 @@ async def soak(tally: Tally, minutes: float, seed: Optional[int], only: Optional
             item, transport = rng.choice(pool)
             run_seed = rng.randrange(1, 1 << 30)
             workdir = Path(tmp) / f"run{tally.runs}"
-            cell = await run_cell_async(item, transport, workdir, run_seed)
+            cell = run_isolated(item.key, transport, workdir, run_seed)
             name = f"{item.key}/{transport}"
             tally.add(name, cell.verdict.outcome, cell.verdict.faults_injected, cell.verdict.detail, run_seed)
             print(f"[{tally.runs:4}] {name:38} seed {run_seed:<10} {cell.verdict.outcome.value:24} "
@@ -95,7 +96,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     tally = Tally()
     try:
-        asyncio.run(soak(tally, args.minutes, args.seed, args.only, args.transport, args.max_runs))
+        stop_on_sigterm()
+        soak(tally, args.minutes, args.seed, args.only, args.transport, args.max_runs)
     except KeyboardInterrupt:
         print("interrupted: summary of the runs so far", file=sys.stderr)
     seconds = time.monotonic() - started

@@ -40,6 +40,7 @@ IdRole = int(Qt.ItemDataRole.UserRole) + 2       # Orthanc ID
 ResourceRole = int(Qt.ItemDataRole.UserRole) + 3  # {"Level": ..., "ID": ...}
 
 DEFAULT_PAGE_SIZE = 200
+MAX_PAGE_GROWTH = 16   # pages grow up to 16 × page_size (3200 rows by default)
 CHILD_LEVEL = {"Patient": "Study", "Study": "Series"}
 
 _STATS_NONE, _STATS_PENDING, _STATS_DONE, _STATS_FAILED = range(4)
@@ -397,8 +398,9 @@ class StudyTreeModel(QAbstractItemModel):
         assert client is not None
         for query in self._queries():
             since = 0
+            limit = self.page_size
             while True:
-                page = await query(client, self.page_size, since)
+                page = await query(client, limit, since)
                 if generation != self._generation:
                     return
                 if self._search:
@@ -406,8 +408,12 @@ class StudyTreeModel(QAbstractItemModel):
                 else:
                     self._add_patients(page)
                 since += len(page)
-                if len(page) < self.page_size:
+                if len(page) < limit:
                     break
+                # Each insertion makes the view lay out every top-level row
+                # again: growing pages keep the total work linear on big
+                # servers while the first page still comes quickly.
+                limit = min(limit * 2, self.page_size * MAX_PAGE_GROWTH)
                 # Let the view paint this page before asking for the next one.
                 await asyncio.sleep(0)
                 if generation != self._generation:
@@ -508,6 +514,12 @@ class StudyTreeModel(QAbstractItemModel):
                 modalities = sorted({c.tags.get("Modality", "") for c in node.children} - {""})
                 node.modalities = "/".join(modalities)
                 self._changed(node, COL_MODALITY, COL_MODALITY)
+                patient = node.parent
+                if patient is not None and patient.level == "Patient":
+                    # What is known so far: the studies whose series are loaded.
+                    known = {m for study in patient.children for m in study.modalities.split("/") if m}
+                    patient.modalities = "/".join(sorted(known))
+                    self._changed(patient, COL_MODALITY, COL_MODALITY)
 
         def failed(exc: BaseException, message: str) -> None:
             if generation != self._generation:

@@ -248,6 +248,13 @@ def test_desktop_entry_has_the_required_keys() -> None:
     assert (ICONS / "orthanc-transfers.svg").is_file()
 
 
+def test_desktop_icons_are_rendered_from_the_windows_icon() -> None:
+    """One icon everywhere: resources/icons/ is made from the UI's SVG by
+    scripts/render_icons.py (run it again after changing that SVG)."""
+    source = ROOT / "gui" / "ui" / "resources" / "icons" / "orthanc-transfers.svg"
+    assert (ICONS / "orthanc-transfers.svg").read_bytes() == source.read_bytes()
+
+
 def _png_size(data: bytes) -> tuple:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert data[12:16] == b"IHDR"

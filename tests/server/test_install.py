@@ -57,3 +57,12 @@ def test_restart_drops_staged_transactions(orthanc_factory):
         assert list((server.storage_dir / "transfers-staging").iterdir()) == []
     finally:
         http.close()
+
+
+def test_bad_option_values_are_logged_and_replaced_by_defaults(orthanc_factory):
+    server = orthanc_factory("badopts", with_accelerator=True, extra_config={
+        "Transfers": {"CacheSize": "big", "GzipLevel": 42, "MaxPushTransactions": True}})
+    assert server.request("POST", wire.URI_LOOKUP, b"[]")["Instances"] == []
+    log = server.log_path.read_text(errors="replace")
+    for name in ("CacheSize", "GzipLevel", "MaxPushTransactions"):
+        assert f"transfers: Transfers.{name}: expected a number" in log

@@ -211,3 +211,21 @@ def _wait_for_commit(http, tid, timeout=60.0):
         if status.finished or time.monotonic() > deadline:
             return status
         time.sleep(0.05)  # polling interval of a condition wait, not a fixed delay
+
+
+def test_a_zip_archive_posing_as_an_instance_is_refused(plugin_server, http):
+    import io
+    import zipfile
+
+    files = study(313, tiny=3)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for n, data in enumerate(files[1:]):
+            zipped.writestr(f"{n}.dcm", data)
+    fake_id = "eeeeeeee-eeeeeeee-eeeeeeee-eeeeeeee-eeeeeeee"
+    plan = plan_push(files[:1], BUCKET, overrides={fake_id: archive.getvalue()})
+    tid = http.send_all(plan)
+    error = assert_orthanc_error(http.commit(tid), 400, 15, fake_id)
+    assert error["Instances"] == [{"ID": fake_id, "Problem": "a ZIP archive, not a DICOM file"}]
+    zipped_ids = plan_push(files, BUCKET).ids()
+    assert _stored_md5s(plugin_server, zipped_ids) == {}

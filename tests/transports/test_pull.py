@@ -112,3 +112,52 @@ def test_corrupted_pulled_bucket_fails_and_target_stays_unchanged(orthanc_factor
     assert "MD5" in failure.reason and failure.instances
     assert set(failure.instances) <= {i.id for i in instances}
     assert target.instance_md5s() == {}
+
+
+@pytest.fixture(scope="module")
+def ct_long_files():
+    from gui.sandbox import synthetic_studies as synth
+    return list(synth.ct_series(synth.make_study_spec(51, "CT LONG"), 16, seed=51))
+
+
+def test_pull_staging_stays_bounded_and_survives_a_dropped_transaction(orthanc_factory, ct_long_files,
+                                                                        tmp_path):
+    """16 slices (8 MB) through a 1 MB staging area: instances are freed once
+    delivered and the fetch waits for room. The target restarts mid-way and
+    forgets the transaction: freed instances are fetched again on demand."""
+    import asyncio
+
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(ct_long_files, source)
+    options = TransferOptions(BucketSize=256, Threads=2, CacheSize=1)
+    recorder = Recorder()
+    transport = PullTransport()
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression="none",
+                           options=options)
+            paused = asyncio.Event()
+
+            def pause_after_six(event):
+                done = [e for e in recorder.events if e.state is BucketState.DONE]
+                if len(done) == 6 and not paused.is_set():
+                    ctx.running.clear()
+                    paused.set()
+
+            recorder.hooks.append(pause_after_six)
+            task = asyncio.ensure_future(transport.run(ctx, transport.plan(ctx)))
+            await asyncio.wait_for(paused.wait(), 60)
+            await asyncio.to_thread(target.restart)
+            ctx.running.set()
+            await task
+
+    run(go(), timeout=240)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    staging = transport.last_staging
+    largest = max(i.size for i in instances)
+    total = sum(i.size for i in instances)
+    print(f"\nstaged at most {staging.peak_staged / 2**20:.1f} MB of {total / 2**20:.1f} MB")
+    assert staging.peak_staged <= options.cache_size_bytes + options.Threads * largest < total
+    assert len([e for e in recorder.events if e.index == 0 and e.state is BucketState.DONE]) == 2

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
 import pytest
 from PySide6.QtCore import QItemSelectionModel, QMimeData, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
-from gui.engine.events import BucketState, JobState
+from gui.engine.events import JobState
 from gui.sandbox import synthetic_studies as synth
 from gui.ui.resource_mime import MIME_TYPE
+from gui.ui.transfers.bucket_model import GroupRole
 from tests.ui.transfers_harness import TransfersBed, make_bed, until  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(240)
@@ -87,6 +87,10 @@ def test_pause_resume_and_cancel_from_the_panel(make_bed):
     panel = bed.ui.panel
 
     async def scenario() -> None:
+        grid = panel.detail.model
+        seen_groups = set()
+        grid.dataChanged.connect(lambda a, b, _r: seen_groups.update(
+            grid.index(i).data(GroupRole) for i in range(a.row(), b.row() + 1)))
         assert drop_on(bed.right, await drag_study(bed, study))
         job = await bed.wait_for_job()
         panel.select_job(job.id)
@@ -96,8 +100,13 @@ def test_pause_resume_and_cancel_from_the_panel(make_bed):
         assert panel.buttons["resume"].isEnabled() and not panel.buttons["pause"].isEnabled()
 
         panel.buttons["resume"].click()
+        # On the slow link the grid shows buckets at work, then all of them done.
+        await until(lambda: grid.rowCount() > 1 and 0 < grid.counts()["done"] < grid.rowCount(),
+                    what="some buckets done and some not")
         report = await bed.wait_for_report(job.id)
         assert report.state == JobState.SUCCESS and report.verified == 8
+        await until(lambda: grid.counts()["done"] == grid.rowCount())
+        assert {"transferring", "done"} <= seen_groups
 
         # Cancel: send another study, pause it, cancel: the target is as before.
         second = bed.load_source(synth.ct_series(synth.make_study_spec(23, "CT CANCEL"), 4, rows=256, cols=256,

@@ -21,6 +21,8 @@ from gui.engine.transport_base import TransferFailed
 from gui.protocol import wire
 from gui.protocol.wire import Bucket
 
+IDENTITY = {"Accept-Encoding": "identity"}
+
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 
 
@@ -41,27 +43,35 @@ class BucketFetcher:
         self.policy = policy
         self.retries = retries
 
-    async def fetch(self, index: int, bucket: Bucket, on_retry: RetryHook = None) -> Fetched:
+    async def fetch(self, index: Optional[int], bucket: Bucket, on_retry: RetryHook = None) -> Fetched:
         expected = bucket.total_size
         compression = self.policy.choose()
         uri = wire.chunks_uri(bucket, compression)
         start = time.perf_counter()
         # gzip of incompressible data is slightly larger than the data.
         limit = expected if compression == "none" else expected + expected // 64 + 1024
-        body = await with_retries(lambda: self.source.get_bounded(uri, limit), self.retries,
-                                  on_retry=on_retry)
+        # identity: Orthanc would otherwise gzip the answer on the wire by
+        # itself, and "none" would not mean none (nor "gzip" gzip once only).
+        body = await with_retries(lambda: self.source.get_bounded(uri, limit, headers=IDENTITY),
+                                  self.retries, on_retry=on_retry)
         wire_bytes = len(body)
         if compression == "gzip":
             try:
                 data = await gz.decompress(body, expected)
             except gz.DecompressionError as exc:
-                raise BadBucket(f"bucket {index} from {self.source.peer.name}: {exc}",
+                raise BadBucket(f"{_which(index, bucket)} from {self.source.peer.name}: {exc}",
                                 {i: str(exc) for i in bucket.instance_ids()}) from None
         else:
             data = body
         if len(data) != expected:
             reason = f"received {len(data)} bytes, expected {expected}"
-            raise BadBucket(f"bucket {index} from {self.source.peer.name}: {reason}",
+            raise BadBucket(f"{_which(index, bucket)} from {self.source.peer.name}: {reason}",
                             {i: reason for i in bucket.instance_ids()})
         self.policy.observe(compression, expected, wire_bytes, time.perf_counter() - start)
         return Fetched(data, wire_bytes, compression)
+
+
+def _which(index: Optional[int], bucket: Bucket) -> str:
+    first = bucket.chunks[0].instance_id if bucket.chunks else "?"
+    label = f"bucket {index}" if index is not None else "a bucket"
+    return f"{label} (instance {first}{', ...' if len(bucket.chunks) > 1 else ''})"

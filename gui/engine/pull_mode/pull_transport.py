@@ -2,7 +2,8 @@
 
 Fetch workers GET the buckets from the source (gzip chosen per bucket by
 the auto policy) into the staging area, which verifies each instance's size
-and MD5 as soon as it is whole. At the same time the delivery moves verified
+and MD5 as soon as it is whole, frees it once delivered, and holds the
+fetch back while it is full (see :mod:`staging_area`). At the same time the delivery moves verified
 instances to the target: into one push transaction when the target speaks
 the protocol too (same bucket layout), otherwise through the plain mode's
 ZIP uploads with rollback.
@@ -21,7 +22,7 @@ from gui.engine.plain_mode import PlainTransport, group_units
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
 from gui.engine.pull_mode.staging_area import StagingArea
 from gui.engine.push_mode.bucket_pusher import BucketPusher, run_workers
-from gui.engine.push_mode.push_transport import supports_asynchronous_commit
+from gui.engine.push_mode.push_transaction import supports_asynchronous_commit
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
 
@@ -74,9 +75,14 @@ class PullTransport(Transport):
                             pull_base_url=ctx.source.base_url, compression="gzip")
 
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
-        staging = StagingArea(ctx.instances, ctx.options.cache_size_bytes, ctx.staging_dir / "pulled")
         policy = PullCompressionPolicy(ctx.compression)
         fetcher = BucketFetcher(ctx.source, policy, ctx.options.MaxHttpRetries)
+
+        async def refetch(bucket: Bucket) -> bytes:
+            return (await fetcher.fetch(None, bucket)).data
+
+        staging = StagingArea(ctx.instances, ctx.options.cache_size_bytes, ctx.staging_dir / "pulled",
+                              buckets, refetch)
         self.last_staging, self.last_policy = staging, policy
         skip: Set[int] = set()
         if ctx.target_accelerated:
@@ -115,6 +121,7 @@ class PullTransport(Transport):
                     ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=attempt,
                                      error=str(error))
 
+                await staging.admit(bucket)
                 ctx.bucket_event(index, bucket, BucketState.READING)
                 try:
                     fetched = await fetcher.fetch(index, bucket, on_retry)

@@ -1,4 +1,4 @@
-"""Where pulled bytes wait until their instance is whole and verified.
+"""Where pulled bytes wait until their instance is whole, verified and delivered.
 
 Each instance gets one buffer when its first chunk arrives: in memory while
 the total stays within ``CacheSize``, otherwise a file in the job's staging
@@ -6,21 +6,33 @@ directory (written at the chunk's offset). When the last byte of an
 instance has arrived its MD5 is computed over the staged bytes (off the
 event loop) and compared with the planned one; only then can it be read
 for delivery. A mismatch is reported with the instance's ID.
+
+Bounds: an instance is released as soon as every bucket holding it was
+delivered (:meth:`delivered`, or :meth:`release` after a plain upload), and
+fetch workers do not start a *new* instance while the staged bytes exceed
+``CacheSize`` (:meth:`admit`); they may always complete an instance already
+started, which keeps delivery from waiting forever. So staged data stays
+near ``CacheSize`` plus the instances being completed, whatever the
+transfer's size. If delivery must start over (a push transaction the
+target dropped), released instances are fetched again on demand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Set, Tuple
+from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from gui.engine.transport_base import TransferFailed
 from gui.protocol.wire import Bucket, InstanceInfo
 
 READ_PIECE = 1024 * 1024
+
+Refetch = Callable[[Bucket], Awaitable[bytes]]
 
 
 class InstanceCorrupted(TransferFailed):
@@ -32,6 +44,8 @@ class _Staged:
     info: InstanceInfo
     buffer: Optional[bytearray] = None
     path: Optional[Path] = None
+    allocated: bool = False
+    released: bool = False
     received: int = 0
     chunks: Set[Tuple[int, int]] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -39,16 +53,39 @@ class _Staged:
 
 
 class StagingArea:
-    def __init__(self, instances: Sequence[InstanceInfo], cache_bytes: int, directory: Path) -> None:
+    def __init__(self, instances: Sequence[InstanceInfo], cache_bytes: int, directory: Path,
+                 buckets: Sequence[Bucket] = (), refetch: Optional[Refetch] = None) -> None:
         self._infos: Dict[str, InstanceInfo] = {i.id: i for i in instances}
         self.cache_bytes = cache_bytes
         self.directory = Path(directory)
         self._entries: Dict[str, _Staged] = {}
+        self._buckets = list(buckets)
+        self._holders: Dict[str, List[int]] = collections.defaultdict(list)
+        for index, bucket in enumerate(self._buckets):
+            for chunk in bucket.chunks:
+                self._holders[chunk.instance_id].append(index)
+        self._left: Dict[str, int] = {}
+        self.rewind(self._buckets)
+        self._refetch = refetch
+        self._restaging: Dict[str, "asyncio.Future[None]"] = {}
+        self._room = asyncio.Event()
         self.memory_used = 0
         self.peak_memory = 0
-        self.spilled = 0   # instances that went to disk
+        self.staged_bytes = 0      # memory and disk held by unreleased instances
+        self.peak_staged = 0
+        self.spilled = 0           # instances that went to disk
 
     # --- receiving --------------------------------------------------------------
+
+    async def admit(self, bucket: Bucket) -> None:
+        """Wait before fetching a bucket that starts new instances while full."""
+        def starts_new() -> bool:
+            return any(not self._entry(c.instance_id).allocated and not self._entry(c.instance_id).released
+                       for c in bucket.chunks)
+        while starts_new() and self.staged_bytes > 0 \
+                and self.staged_bytes + bucket.total_size > self.cache_bytes:
+            self._room.clear()
+            await self._room.wait()
 
     async def put(self, bucket: Bucket, data: bytes) -> None:
         """Store a fetched bucket's bytes (already length-checked)."""
@@ -58,8 +95,9 @@ class StagingArea:
             position += chunk.size
             entry = self._entry(chunk.instance_id)
             key = (chunk.offset, chunk.size)
-            if entry.ready.is_set() or key in entry.chunks:
-                continue  # fetched again (a re-run): already here
+            if entry.released or entry.ready.is_set() or key in entry.chunks:
+                continue  # fetched again, or already delivered: nothing to keep
+            self._allocate(entry)
             entry.chunks.add(key)
             if entry.buffer is not None:
                 entry.buffer[chunk.offset:chunk.offset + chunk.size] = piece
@@ -71,21 +109,26 @@ class StagingArea:
 
     def _entry(self, iid: str) -> _Staged:
         entry = self._entries.get(iid)
-        if entry is not None:
-            return entry
-        info = self._infos[iid]
-        entry = _Staged(info)
-        if self.memory_used + info.size <= self.cache_bytes:
-            entry.buffer = bytearray(info.size)
-            self.memory_used += info.size
+        if entry is None:
+            entry = self._entries[iid] = _Staged(self._infos[iid])
+        return entry
+
+    def _allocate(self, entry: _Staged) -> None:
+        if entry.allocated:
+            return
+        size = entry.info.size
+        if self.memory_used + size <= self.cache_bytes:
+            entry.buffer = bytearray(size)
+            self.memory_used += size
             self.peak_memory = max(self.peak_memory, self.memory_used)
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            entry.path = self.directory / f"pulled-{iid}.dcm"
+            entry.path = self.directory / f"pulled-{entry.info.id}.dcm"
             entry.path.write_bytes(b"")
             self.spilled += 1
-        self._entries[iid] = entry
-        return entry
+        entry.allocated = True
+        self.staged_bytes += size
+        self.peak_staged = max(self.peak_staged, self.staged_bytes)
 
     async def _verify(self, entry: _Staged) -> None:
         info = entry.info
@@ -104,12 +147,34 @@ class StagingArea:
 
     async def wait(self, iid: str) -> _Staged:
         entry = self._entry(iid)
+        if entry.released:
+            await self._restage(iid)
+            entry = self._entry(iid)
         await entry.ready.wait()
         if entry.error:
             raise InstanceCorrupted(f"instance {iid} arrived corrupted: {entry.error}", {iid: entry.error})
         if entry.buffer is None and entry.path is None:
             raise RuntimeError(f"instance {iid} was released from the staging area before delivery")
         return entry
+
+    async def _restage(self, iid: str) -> None:
+        """Fetch a released instance again (delivery had to start over)."""
+        pending = self._restaging.get(iid)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        if self._refetch is None:
+            raise RuntimeError(f"instance {iid} is needed again but cannot be fetched again")
+        pending = asyncio.get_running_loop().create_future()
+        self._restaging[iid] = pending
+        try:
+            self._entries[iid] = _Staged(self._infos[iid])
+            for index in self._holders[iid]:
+                bucket = self._buckets[index]
+                await self.put(bucket, await self._refetch(bucket))
+        finally:
+            del self._restaging[iid]
+            pending.set_result(None)
 
     async def read(self, bucket: Bucket, on_retry: object = None) -> bytes:
         """A bucket's bytes, once all its instances are verified (push delivery)."""
@@ -122,8 +187,17 @@ class StagingArea:
                 parts.append(await asyncio.to_thread(_read_at, entry.path, chunk.offset, chunk.size))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def delivered(self, bucket: Bucket) -> None:
+        """A bucket reached the target: release instances no longer needed."""
+        for chunk in bucket.chunks:
+            iid = chunk.instance_id
+            self._left[iid] = self._left.get(iid, 1) - 1
+            if self._left[iid] <= 0:
+                self.release(iid)
+
     def rewind(self, buckets: Sequence[Bucket]) -> None:
-        """Nothing to do: staged instances stay until released."""
+        """Delivery starts over: every bucket will be read (and delivered) again."""
+        self._left = {iid: len(holders) for iid, holders in self._holders.items()}
 
     async def instance_bytes(self, iid: str) -> bytes:
         entry = await self.wait(iid)
@@ -132,16 +206,20 @@ class StagingArea:
         return await asyncio.to_thread(entry.path.read_bytes)  # type: ignore[union-attr]
 
     def release(self, iid: str) -> None:
-        entry = self._entries.get(iid)
-        if entry is None:
+        entry = self._entry(iid)
+        if entry.released:
             return
         if entry.buffer is not None:
             self.memory_used -= len(entry.buffer)
             entry.buffer = None
         if entry.path is not None:
             _unlink(entry.path)
-        # Keep the (empty) entry: a late duplicate chunk must not restage it.
-        entry.path = None
+            entry.path = None
+        if entry.allocated:
+            self.staged_bytes -= entry.info.size
+        # Kept, marked: a late duplicate chunk must not stage it again.
+        entry.released = True
+        self._room.set()
 
     def close(self) -> None:
         for iid in list(self._entries):

@@ -41,6 +41,8 @@ class BucketReader(Protocol):
 
     def rewind(self, buckets: Sequence[Bucket]) -> None: ...
 
+    # Optional: ``delivered(bucket)`` is called once a bucket reached the target.
+
 
 def plan_fingerprint(instances: Sequence[InstanceInfo], buckets: Sequence[Bucket]) -> str:
     """Identifies what a transaction was created for, so a resumed job only
@@ -300,6 +302,7 @@ class BucketPusher:
         for index in self._done:
             bucket = self.buckets[index]
             self.ctx.bucket_event(index, bucket, BucketState.DONE, raw_done=bucket.total_size)
+            self._delivered(bucket)
         queue = iter(todo)
 
         async def worker() -> None:
@@ -350,11 +353,18 @@ class BucketPusher:
             ctx.bucket_event(index, bucket, BucketState.FAILED, retries=retries, error=str(exc))
             raise
         self.wire_bytes += wire_total
+        self._delivered(bucket)
         ctx.bucket_event(index, bucket, BucketState.DONE, raw_done=raw_total, wire_done=wire_total,
                          wire_total=wire_total, retries=retries)
         self._done.add(index)
         await ctx.mark_bucket_done(index)
         await self._save()
+
+    def _delivered(self, bucket: Bucket) -> None:
+        # Readers that stage data (pull mode) may free it now.
+        delivered = getattr(self.reader, "delivered", None)
+        if delivered is not None:
+            delivered(bucket)
 
     def _observe_put(self, wire: int, seconds: float) -> None:
         if wire < 64 * 1024 or seconds <= 0:

@@ -15,13 +15,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.retry import backoff_delay, with_retries
 from gui.protocol import wire
 from gui.protocol.wire import Bucket, InstanceInfo
+
+if TYPE_CHECKING:
+    from gui.engine.transport_base import TransferContext
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,17 @@ class TransactionState:
                        str(data.get("Cookie", "")), bool(data.get("Asynchronous", False)))
         except (KeyError, wire.WireFormatError):
             return None
+
+
+async def supports_asynchronous_commit(ctx: "TransferContext") -> bool:
+    """Only this project's Python plugin knows the asynchronous commit; the
+    C++ plugin shows as ``transfers`` in /plugins, ours as ``python``."""
+    try:
+        return (await ctx.target.accelerator()).flavour == "python"
+    except OrthancError as exc:
+        log.info("cannot tell whether %s commits asynchronously (%s); using a synchronous commit",
+                 ctx.target.peer.name, exc)
+        return False
 
 
 def cookie_from(response_headers: Any) -> str:
@@ -187,7 +201,7 @@ class PushTransaction:
             answer = {}
         if response.status_code != 202 or not isinstance(answer, dict) or "Status" not in answer:
             return  # a synchronous answer ({}): the import is already done
-        path = wire.commit_uri(self.id)
+        path = f"{self.state.path}/commit"
         deadline = time.monotonic() + self.commit_timeout
         delay = POLL_MIN
         while True:

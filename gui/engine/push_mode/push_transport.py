@@ -11,25 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional
 
-from gui.client.errors import OrthancError
 from gui.engine.events import TransferMode
 from gui.engine.push_mode.bucket_pusher import BucketPusher
+from gui.engine.push_mode.push_transaction import supports_asynchronous_commit
 from gui.engine.push_mode.source_reader import SourceReader
 from gui.engine.transport_base import TransferContext, Transport
 from gui.protocol.wire import Bucket, plan_buckets
 
 log = logging.getLogger(__name__)
-
-
-async def supports_asynchronous_commit(ctx: TransferContext) -> bool:
-    """Only this project's Python plugin knows the asynchronous commit; the
-    C++ plugin shows as ``transfers`` in /plugins, ours as ``python``."""
-    try:
-        return (await ctx.target.accelerator()).flavour == "python"
-    except OrthancError as exc:
-        log.info("cannot tell whether %s commits asynchronously (%s); using a synchronous commit",
-                 ctx.target.peer.name, exc)
-        return False
 
 
 class PushTransport(Transport):
@@ -48,6 +37,7 @@ class PushTransport(Transport):
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
         reader = SourceReader(ctx.source, ctx.instances, buckets,
                               use_chunks_endpoint=ctx.source_accelerated,
+                              compression=ctx.compression,
                               cache_bytes=ctx.options.cache_size_bytes,
                               staging_dir=ctx.staging_dir, retries=ctx.options.MaxHttpRetries)
         pusher = BucketPusher(ctx, buckets, reader, link_rate=self.link_rate,

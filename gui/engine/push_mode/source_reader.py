@@ -21,9 +21,10 @@ from typing import Callable, Dict, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
+from gui.engine.compression import PullCompressionPolicy
+from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferFailed
-from gui.protocol import wire
 from gui.protocol.wire import Bucket, Chunk, InstanceInfo
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,16 @@ class SourceReadError(TransferFailed):
 
 class SourceReader:
     def __init__(self, source: OrthancClient, instances: Sequence[InstanceInfo],
-                 buckets: Sequence[Bucket], *, use_chunks_endpoint: bool, cache_bytes: int, staging_dir: Path,
-                 retries: int) -> None:
+                 buckets: Sequence[Bucket], *, use_chunks_endpoint: bool, cache_bytes: int,
+                 staging_dir: Path, retries: int, compression: str = "none") -> None:
         self.source = source
         self.use_chunks_endpoint = use_chunks_endpoint
         self.cache_bytes = cache_bytes
         self.staging_dir = Path(staging_dir)
         self.retries = retries
+        # From a source that speaks the protocol, gzip on this leg is chosen
+        # per bucket like in pull mode ("auto" measures, else as asked).
+        self._fetcher = BucketFetcher(source, PullCompressionPolicy(compression), retries)
         # Chunks still to read per split instance: its temp file goes when 0.
         self._remaining: Dict[str, int] = collections.Counter(
             c.instance_id for b in buckets for c in b.chunks)
@@ -57,9 +61,7 @@ class SourceReader:
     async def read(self, bucket: Bucket, on_retry: RetryHook = None) -> bytes:  # or bytearray
         expected = bucket.total_size
         if self.use_chunks_endpoint:
-            uri = wire.chunks_uri(bucket, "none")
-            data = await with_retries(lambda: self.source.get_bounded(uri, expected), self.retries,
-                                      on_retry=on_retry)
+            data = (await self._fetcher.fetch(None, bucket, on_retry)).data
         else:
             parts = [await self._read_chunk(chunk, on_retry) for chunk in bucket.chunks]
             data = parts[0] if len(parts) == 1 else b"".join(parts)

@@ -15,11 +15,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMenu, QToolButton
 
 from gui.engine.events import BucketProgress
-from gui.ui.transfers.pyside_workarounds import protect_none_refcount
-
-# Views call the models' data() thousands of times per second during a transfer:
-# without this guard PySide 6.12 on Python 3.11 aborts the process (see the module).
-protect_none_refcount()
 from gui.ui.transfers.event_bridge import EngineEventBridge
 from gui.ui.transfers.jobs_panel import JobsPanel
 from gui.ui.transfers.notifications import Notifier

@@ -119,12 +119,11 @@ class JobsModel(QAbstractTableModel):
             row = self._rows[n]
             row.progress = event
             row.progress_at = now
-            if row.report is None or event.state != JobState.RUNNING:
-                row.state = event.state
+            row.state = event.state
             if event.mode is not None:
                 row.mode = event.mode
-            if event.state == JobState.RUNNING:
-                row.report = None   # resubmitted: the old verdict no longer holds
+            if not event.state.finished:
+                row.report = None   # running again (retry): the old verdict no longer holds
             self._changed(n)
         return unknown
 

@@ -168,8 +168,8 @@ class JobsPanel(QWidget):
             row = self.model.job_row(current)
             if row is not None:
                 self.detail.update_title(row)
-                if row.report is None:
-                    self.detail.commitment.set_report(None)
+                if row.report is None and self.detail.commitment.report is not None:
+                    self.detail.commitment.set_report(None)   # the job runs again
         self._after_change()
         return unknown
 

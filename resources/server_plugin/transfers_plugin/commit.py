@@ -15,29 +15,37 @@ import hashlib
 import json
 from typing import Any, Dict, List, Tuple
 
-from .errors import (BAD_SEQUENCE_OF_CALLS, CORRUPTED_FILE, PluginError,
+from .errors import (BAD_FILE_FORMAT, BAD_SEQUENCE_OF_CALLS, CORRUPTED_FILE, PluginError,
                      orthanc_error_kind)
 
 READ_BLOCK = 1 << 20
 
 
-def _file_md5_and_size(path: str) -> Tuple[str, int]:
+# POST /instances also accepts ZIP archives and imports every file inside:
+# an "instance" that is a ZIP would slip instances past the checks.
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _file_md5_size_head(path: str) -> Tuple[str, int, bytes]:
     digest = hashlib.md5()
     size = 0
+    head = b""
     with open(path, "rb") as handle:
         while True:
             block = handle.read(READ_BLOCK)
             if not block:
                 break
+            if not size:
+                head = block[:4]
             size += len(block)
             digest.update(block)
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, head
 
 
 def verify(txn: Any) -> None:
     """Raise a PluginError naming every instance that is incomplete or corrupted."""
     problems: List[Dict[str, str]] = []
-    corrupted = False
+    corrupted = archive = False
     for info in txn.instances:
         missing = txn.missing_buckets(info.id)
         if missing:
@@ -45,10 +53,10 @@ def verify(txn: Any) -> None:
             problems.append({"ID": info.id, "Problem": "bucket(s) %s not received" % shown})
             continue
         if info.size == 0:
-            actual_md5, actual_size = hashlib.md5(b"").hexdigest(), 0
+            actual_md5, actual_size, head = hashlib.md5(b"").hexdigest(), 0, b""
         else:
             try:
-                actual_md5, actual_size = _file_md5_and_size(txn.staged_path(info.id))
+                actual_md5, actual_size, head = _file_md5_size_head(txn.staged_path(info.id))
             except OSError as exc:
                 problems.append({"ID": info.id, "Problem": "staged file unreadable: %s" % exc.strerror})
                 continue
@@ -58,12 +66,18 @@ def verify(txn: Any) -> None:
         elif actual_md5 != info.md5:
             problems.append({"ID": info.id, "Problem": "MD5 %s, %s announced" % (actual_md5, info.md5)})
             corrupted = True
+        elif head == ZIP_MAGIC:
+            problems.append({"ID": info.id, "Problem": "a ZIP archive, not a DICOM file"})
+            archive = True
     if not problems:
         return
     names = ", ".join(p["ID"] for p in problems[:5]) + (" ..." if len(problems) > 5 else "")
     if corrupted:
         raise PluginError(CORRUPTED_FILE, "commit refused, nothing imported: %d instance(s) do not match their"
                           " size or MD5: %s" % (len(problems), names), instances=problems)
+    if archive:
+        raise PluginError(BAD_FILE_FORMAT, "commit refused, nothing imported: %d instance(s) are not DICOM"
+                          " files: %s" % (len(problems), names), instances=problems)
     raise PluginError(BAD_SEQUENCE_OF_CALLS, "commit refused, nothing imported: %d instance(s) incomplete: %s"
                       % (len(problems), names), instances=problems)
 
@@ -108,9 +122,12 @@ class Importer:
                                   "commit failed at instance %s (%s); the %d instance(s) this commit had imported"
                                   " were removed again" % (info.id, detail, len(created)),
                                   instances=[{"ID": info.id, "Problem": detail}])
-            real_id = answer.get("ID", info.id) if isinstance(answer, dict) else info.id
+            if not isinstance(answer, dict):  # cannot happen once ZIPs are refused; never import blindly
+                self._roll_back(created)
+                raise PluginError(BAD_FILE_FORMAT, "commit failed: instance %s was not imported as one DICOM"
+                                  " file" % info.id, instances=[{"ID": info.id, "Problem": "not one DICOM file"}])
             if not existed and answer.get("Status") != "AlreadyStored":
-                created.append(real_id)
+                created.append(answer.get("ID", info.id))
         return len(txn.instances)
 
     def _roll_back(self, created: List[str]) -> None:
