@@ -464,6 +464,9 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
+        # A second Ctrl-C must not leave servers running half-stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         demo.stop()
 
 

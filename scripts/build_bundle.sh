@@ -48,7 +48,7 @@ say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
 
 # 2. The project and its 'package' extra (PyInstaller). Skipped when all is
 #    there already, so the build also works offline in a prepared venv.
-DEPS_PRESENT='import PyInstaller, PySide6.QtWidgets, PySide6.QtSvg, qasync, httpx, pydicom, platformdirs, keyring, numpy'
+DEPS_PRESENT='import PyInstaller, PySide6.QtWidgets, PySide6.QtSvg, qasync, httpx, pydicom, platformdirs, keyring'
 if [ "${FORCE_PIP:-0}" != "1" ] && "$PY" -c "$DEPS_PRESENT" 2>/dev/null; then
     say "dependencies already installed in $VENV: skipping pip (FORCE_PIP=1 to run it)"
 else

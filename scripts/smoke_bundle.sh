@@ -9,7 +9,7 @@
 #   2. the resources and only the wanted Qt parts are in the bundle (and, on
 #      Linux, every bundled Qt plugin finds its libraries);
 #   3. the desktop app starts offscreen, opens its window and exits 0 with
-#      --self-test, also with --demo (numpy, Orthanc servers loading the
+#      --self-test, also with --demo (generated studies, Orthanc servers loading the
 #      bundled server plugin);
 #   4. the frozen `orthanc-transfers send ... --json` moves a study between two
 #      test Orthanc servers and reports "state": "Success" (stock servers, and
@@ -119,7 +119,7 @@ case "$OUT" in
 $OUT" ;;
 esac
 
-# The demo: numpy makes its images, and its Orthanc servers load the server
+# The demo: generated images, and its Orthanc servers load the server
 # plugin from inside the bundle (with the bundled transfers_wire.py).
 if [ -x "${ORTHANC_BINARY:-/usr/sbin/Orthanc}" ] || command -v Orthanc >/dev/null; then
     OUT="$(QT_QPA_PLATFORM=offscreen ${TIMEOUT[@]+"${TIMEOUT[@]}"} "$GUI_EXE" --demo --self-test \
