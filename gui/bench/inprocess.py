@@ -23,7 +23,7 @@ async def _transfer(source_url: str, target_url: str, study: str, mode: str, dat
     engine = TransferEngine(data_dir=data_dir)
     await engine.start()
     try:
-        probe = StallProbe().start()
+        probe = StallProbe(capture_stacks=True, stack_threshold=0.050).start()
         t0 = time.monotonic()
         job = await engine.submit(Peer(name="bench source", url=source_url),
                                   Peer(name="bench target", url=target_url),

@@ -125,7 +125,14 @@ def markdown(result: BenchResult) -> str:
               f"Links: {'; '.join(f'{k}: {v}' for k, v in result.links.items())}. MB = 10^6 bytes.")
     parts = [header, "", table(result.measurements), "", "Targets:", "", targets_table(targets(result))]
     if result.stall:
-        parts += ["", "Event-loop stall probe: " + json.dumps(result.stall)]
+        summary = {k: v for k, v in result.stall.items() if k != "stalls"}
+        parts += ["", "Event-loop stall probe: " + json.dumps(summary)]
+        for stall in (result.stall.get("stalls") or [])[:5]:
+            stack = stall["stack"]
+            # The innermost frame says what blocked; the first project frame says who called it.
+            ours = next((f for f in stack if "/gui/" in f), None)
+            where = stack[0] + (f"` called from `{ours}" if ours and ours != stack[0] else "")
+            parts.append(f"- loop blocked {stall['blocked_ms']:.0f} ms in `{where}`")
     return "\n".join(parts) + "\n"
 
 
@@ -142,3 +149,12 @@ def write(result: BenchResult, out_dir: Path) -> Tuple[Path, Path]:
                           (out_dir / "latest.md", text), (out_dir / "latest.json", payload)):
         path.write_text(content, encoding="utf-8")
     return md_path, json_path
+
+
+def from_json(data: Dict) -> BenchResult:
+    """Read back a JSON file written by :func:`write` (to re-render or merge runs)."""
+    fields = {f for f in Measurement.__dataclass_fields__}
+    rows = [Measurement(**{k: v for k, v in m.items() if k in fields}) for m in data["measurements"]]
+    return BenchResult(started=data["started"], machine=data["machine"], sizes=data["sizes"],
+                       datasets=data.get("datasets", {}), links=data.get("links", {}),
+                       measurements=rows, stall=data.get("stall"), memory_bound=data.get("memory_bound"))

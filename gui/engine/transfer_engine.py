@@ -65,6 +65,7 @@ class Job:
     options: TransferOptions = field(default_factory=TransferOptions)
     transfer_id: str = ""
     created: float = field(default_factory=time.time)
+    upload_paths: List[str] = field(default_factory=list)   # local files/folders (upload jobs)
     _finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,8 @@ class Job:
     def record(self) -> JobRecord:
         return JobRecord(
             id=self.id, kind=self.kind, source_name=self.source_name, source_url=self.source_url,
-            target_name=self.target_name, target_url=self.target_url, resources=self.resources,
+            target_name=self.target_name, target_url=self.target_url,
+            resources=self.upload_paths if self.kind == "upload" else self.resources,
             options=self.options.to_json(), requested_mode=self.requested_mode,
             transfer_id=self.transfer_id, state=self.state.value,
             mode=self.mode.value if self.mode else None, compression=self.compression_requested,
@@ -238,7 +240,8 @@ class TransferEngine:
         names = ", ".join(p.name for p in list(map(Path, paths))[:3])
         job = Job(id=str(uuid.uuid4()), source_name=LOCAL_SOURCE, target_name=target.name,
                   description=f"{len(files)} local file(s) from {names}",
-                  resources=[str(Path(p).resolve()) for p in paths], state=JobState.PENDING,
+                  resources=[], upload_paths=[str(Path(p).resolve()) for p in paths],
+                  state=JobState.PENDING,
                   kind="upload", source_url="file://", target_url=target.url, requested_mode="plain",
                   options=options or self.options, transfer_id=new_transfer_id())
         self.store.save_job(job.record())
@@ -374,8 +377,10 @@ class TransferEngine:
             options = TransferOptions.from_json(record.options)
         except ConfigError:
             options = self.options
+        upload = record.kind == "upload"
         job = Job(id=record.id, source_name=record.source_name, target_name=record.target_name,
-                  description=record.description, resources=record.resources, state=state,
+                  description=record.description, resources=[] if upload else record.resources,
+                  upload_paths=record.resources if upload else [], state=state,
                   mode=TransferMode(record.mode) if record.mode else None, kind=record.kind,
                   source_url=record.source_url, target_url=record.target_url,
                   requested_mode=record.requested_mode, compression_requested=record.compression,

@@ -338,7 +338,7 @@ class JobRunner:
         if job.kind == "upload":
             from gui.engine.local_upload import LocalUploadTransport, scan_files
             if self.upload_files is None:
-                files, _skipped = await asyncio.to_thread(scan_files, [Path(p) for p in job.resources])
+                files, _skipped = await asyncio.to_thread(scan_files, [Path(p) for p in job.upload_paths])
                 self.upload_files = {f.info.id: f.path for f in files}
                 instances = [f.info for f in files]
             else:

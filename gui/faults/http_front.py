@@ -23,13 +23,12 @@ import json
 import socket
 import ssl
 import struct
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 import httpx
 
-__all__ = ["FrontRequest", "FrontResponse", "HttpFront", "ThreadedHttpFront", "DropConnection",
+__all__ = ["FrontRequest", "FrontResponse", "HttpFront", "DropConnection",
            "fail_first", "rewrite_json", "canned", "redirect", "chain", "match_path"]
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
@@ -320,49 +319,3 @@ def chain(*handlers: Handler) -> Handler:
             return await handlers[index](req, lambda r: step(index + 1, r))
         return await step(0, request)
     return handler
-
-
-class ThreadedHttpFront:
-    """An :class:`HttpFront` on its own loop in a daemon thread (for blocking
-    callers and for other processes such as a CLI subprocess or Orthanc)."""
-
-    def __init__(self, upstream: str, handler: Optional[Handler] = None, **kwargs: Any) -> None:
-        self.front = HttpFront(upstream, handler, **kwargs)
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self) -> "ThreadedHttpFront":
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            assert self._loop is not None
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(self.front.start())
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="http-front", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the HTTP front did not start")
-        return self
-
-    @property
-    def url(self) -> str:
-        return self.front.url
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self.front.stop(), self._loop).result(15)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> "ThreadedHttpFront":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
-from gui.client import OrthancError, Peer
+from gui.client import Peer
 from gui.config.settings import TransferOptions
-from gui.faults.checker import TransferChecker, Verdict
+from gui.faults.checker import Outcome, TransferChecker, Verdict
 from gui.faults.http_front import Handler, HttpFront
 from gui.netem.wan_proxy import WanProxy
 from gui.sandbox import synthetic_studies as synth
@@ -120,7 +120,7 @@ class Watch:
         index = getattr(event, "index", None)
         if index is not None and hasattr(event, "raw_done"):
             self.raw_done[index] = max(self.raw_done.get(index, 0), event.raw_done)
-            if str(getattr(event, "state", "")).endswith("done"):
+            if getattr(getattr(event, "state", None), "value", None) == "done":
                 self.buckets_done += 1
         self._changed.set()
 
@@ -211,7 +211,6 @@ class Lab:
                                           error=result.error, report=result.report)
         leak = self.leak_in(result)
         if leak and verdict.outcome.acceptable:
-            from gui.faults.checker import Outcome
             return Verdict(Outcome.FAILED, f"the password leaked into {leak}")
         verdict.faults_injected = self.faults_injected
         return verdict
@@ -259,7 +258,7 @@ class Lab:
                 report = await asyncio.wait_for(waiter, timeout)
                 data = report.to_json()
                 result = JobResult(data.get("state") == "Success", data.get("error"), data)
-            except (OrthancError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 # An exception out of submit/wait is what the user would see.
                 result = JobResult(False, str(exc) or type(exc).__name__, None)
                 if isinstance(exc, asyncio.TimeoutError):

@@ -69,7 +69,7 @@ def render_table(results: Dict[str, dict]) -> str:
     scenarios = load_all()
     lines = ["| scenario | " + " | ".join(COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
-    notes: List[str] = []
+    notes: List[str] = []      # distinct reasons for n/a, numbered in order of appearance
     failures: List[str] = []
     for group in ("faults", "bad input", "security"):
         lines.append(f"| *{group}* |" + " |" * len(COLUMNS))
@@ -82,7 +82,8 @@ def render_table(results: Dict[str, dict]) -> str:
             lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines)
     if notes:
-        out += "\n\nNot applicable here:\n\n" + "\n".join(notes)
+        out += "\n\nn/a — not applicable here:\n\n" + "\n".join(
+            f"{n}. {reason}" for n, reason in enumerate(notes, 1))
     if failures:
         out += "\n\nFAILED cells (what happened):\n\n" + "\n".join(failures)
     stamps = sorted(r["when"] for r in results.values() if "when" in r)
@@ -94,10 +95,10 @@ def render_table(results: Dict[str, dict]) -> str:
 def _cell_text(item: Scenario, column: str, results: Dict[str, dict], notes: List[str],
                failures: List[str]) -> str:
     if column in item.not_applicable:
-        note = f"- {item.key} / {column}: {item.not_applicable[column]}"
-        if note not in notes:
-            notes.append(note)
-        return "n/a"
+        reason = item.not_applicable[column]
+        if reason not in notes:
+            notes.append(reason)
+        return f"n/a ({notes.index(reason) + 1})"
     if column not in item.transports:
         return ""
     result = results.get(cell_key(item.key, column))

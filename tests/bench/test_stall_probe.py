@@ -50,3 +50,27 @@ def test_p99_ignores_a_single_outlier_among_many_ticks() -> None:
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ValueError):
         StallProbe(interval=0)
+
+
+def _blocking_step() -> None:
+    time.sleep(0.15)
+
+
+def test_stack_capture_names_the_blocking_function() -> None:
+    async def scenario():  # type: ignore[no-untyped-def]
+        probe = StallProbe(capture_stacks=True, stack_threshold=0.05).start()
+        while len(probe.delays) < 3:
+            await asyncio.sleep(0.01)
+        _blocking_step()
+        ticks = len(probe.delays)
+        while len(probe.delays) < ticks + 2:
+            await asyncio.sleep(0.01)
+        return probe.stop()
+
+    report = asyncio.run(scenario())
+    assert report.max_ms >= 140
+    assert len(report.stacks) == 1
+    blocked_ms, frames = report.stacks[0]
+    assert blocked_ms >= 140  # the whole stall, not just until it was caught
+    assert any("_blocking_step" in f for f in frames)
+    assert report.to_json()["stalls"][0]["stack"] == list(frames)

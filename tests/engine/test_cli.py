@@ -199,3 +199,15 @@ def test_resume_command_finishes_a_killed_job(stock_pair, tmp_path, long_study_f
     assert report["state"] == "Success" and report["verified"] == len(ids)
     assert report["skipped"] > 0
     assert cli("resume", jobs[0]["job"]).returncode == 2     # finished: nothing to resume
+
+
+def test_peers_lists_unreachable_peers_with_the_reason(tmp_path):
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"OrthancPeers": {
+        "gone": {"Url": f"http://127.0.0.1:{free_port()}", "Username": "u", "Password": "pw-123"}}}))
+    result = cli("--config", str(config), "peers")
+    assert result.returncode == 0
+    assert "gone" in result.stdout and "error: connection refused" in result.stdout
+    assert "pw-123" not in result.stdout + result.stderr
+    rows = json.loads(cli("--config", str(config), "peers", "--json").stdout)
+    assert rows[0]["name"] == "gone" and rows[0]["error"]

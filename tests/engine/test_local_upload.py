@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gui.engine import JobState, TransferMode
+from gui.engine import BucketProgress, BucketState, JobState, TransferMode
 from gui.engine.local_upload import scan_files
-from tests.engine.helpers import make_engine, peer, run
+from tests.engine.helpers import make_engine, peer, run, small_options, wait_for
 
 
 def write_folder(root: Path, files) -> None:
@@ -63,3 +63,40 @@ def test_nothing_to_upload(orthanc_factory, tmp_path):
     assert [reason for _, reason in skipped][0] == "not a DICOM file"
     assert skipped[1][1].startswith("cannot read")
 
+
+
+def test_upload_interrupted_by_quitting_resumes_later(orthanc_factory, tmp_path, long_study_files):
+    target = orthanc_factory("target")
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    for n, data in enumerate(long_study_files):
+        (folder / f"{n:03}.dcm").write_bytes(data)
+    data_dir = tmp_path / "data"
+
+    async def first_session():
+        engine = make_engine(data_dir, small_options(Threads=1))
+        await engine.start()
+        done = set()
+        engine.subscribe(lambda e: isinstance(e, BucketProgress) and e.state is BucketState.DONE
+                         and done.update(e.instance_ids))
+        job, _ = await engine.upload_files(peer(target), [folder])
+        await wait_for(lambda: len(done) >= 2, what="two files uploaded")
+        await engine.close()
+        return job.id
+
+    job_id = run(first_session())
+
+    async def second_session():
+        engine = make_engine(data_dir, small_options(Threads=1))
+        await engine.start()
+        try:
+            job = engine.job(job_id)
+            assert job.state is JobState.PAUSED and job.resources == []
+            await engine.resume(job_id)
+            return await job.wait()
+        finally:
+            await engine.close()
+
+    report = run(second_session())
+    assert report.state is JobState.SUCCESS and report.verified == len(long_study_files)
+    assert report.skipped >= 2 and report.transferred == len(long_study_files) - report.skipped
