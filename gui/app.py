@@ -86,10 +86,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _apply_look(app: Any) -> None:
-    from gui.ui.main_window import app_icon, resources_dir
+    from gui.resource_paths import resource_path
+    from gui.ui.main_window import app_icon
     app.setWindowIcon(app_icon())
     try:
-        app.setStyleSheet((resources_dir() / "style.qss").read_text(encoding="utf-8"))
+        app.setStyleSheet(resource_path("style.qss").read_text(encoding="utf-8"))
     except OSError as exc:
         log.info("no stylesheet: %s", exc)
 

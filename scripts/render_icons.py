@@ -2,11 +2,10 @@
 
     python scripts/render_icons.py
 
-The one source is the icon the app shows in its windows,
-gui/ui/resources/icons/orthanc-transfers.svg. This writes into
-resources/icons/, for desktops and installers:
+The one source is resources/icons/orthanc-transfers.svg: the icon the app
+shows in its windows and the "scalable" icon for desktops. This writes
+beside it, in resources/icons/, for desktops and installers:
 
-- orthanc-transfers.svg, a copy of the source (the "scalable" icon);
 - orthanc-transfers-<N>.png for N in 16, 32, 48, 64, 128, 256;
 - orthanc-transfers.ico (Windows executables) and orthanc-transfers.icns
   (macOS), both as containers of PNG images, which every Windows since Vista
@@ -19,7 +18,6 @@ outputs are committed; run this again after changing the SVG.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import sys
 from pathlib import Path
@@ -29,8 +27,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[1]
 ICON_NAME = "orthanc-transfers"
-SOURCE_SVG = ROOT / "gui" / "ui" / "resources" / "icons" / f"{ICON_NAME}.svg"
 ICON_DIR = ROOT / "resources" / "icons"
+SOURCE_SVG = ICON_DIR / f"{ICON_NAME}.svg"
 PNG_SIZES = (16, 32, 48, 64, 128, 256)
 ICO_SIZES = (16, 32, 48, 64, 128, 256)
 # ICNS element types holding PNG data, by pixel size (the @2x types reuse sizes).
@@ -92,9 +90,6 @@ def main() -> int:
     if not svg.is_file():
         print(f"render_icons: {svg} is missing", file=sys.stderr)
         return 1
-    ICON_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(svg, ICON_DIR / svg.name)
-    print(f"wrote {(ICON_DIR / svg.name).relative_to(ROOT)}")
     pngs = {size: render_png(svg, size) for size in sorted(set(PNG_SIZES) | {512})}
     for size in PNG_SIZES:
         target = ICON_DIR / f"{ICON_NAME}-{size}.png"

@@ -155,6 +155,42 @@ def from_json(data: Dict) -> BenchResult:
     """Read back a JSON file written by :func:`write` (to re-render or merge runs)."""
     fields = {f for f in Measurement.__dataclass_fields__}
     rows = [Measurement(**{k: v for k, v in m.items() if k in fields}) for m in data["measurements"]]
+    for row in rows:
+        if len(row.note) > 300:  # files written before notes were shortened
+            row.note = row.note[:299] + "…"
     return BenchResult(started=data["started"], machine=data["machine"], sizes=data["sizes"],
                        datasets=data.get("datasets", {}), links=data.get("links", {}),
                        measurements=rows, stall=data.get("stall"), memory_bound=data.get("memory_bound"))
+
+
+def merge(results: List[BenchResult]) -> BenchResult:
+    """One report from several runs (e.g. a long matrix run in parts)."""
+    first = results[0]
+    merged = BenchResult(started=first.started, machine=first.machine, sizes=first.sizes,
+                         datasets={}, links={}, measurements=[])
+    for r in results:
+        merged.datasets.update(r.datasets)
+        merged.links.update(r.links)
+        merged.measurements += r.measurements
+        if r.stall and (merged.stall is None or "max_ms" in r.stall):
+            merged.stall = r.stall
+        if r.memory_bound and (merged.memory_bound is None or r.memory_bound.get("peak_rss_mb")):
+            merged.memory_bound = {**(merged.memory_bound or {}), **r.memory_bound,
+                                   "peak_rss_mb": max((x.memory_bound or {}).get("peak_rss_mb") or 0
+                                                      for x in results)}
+    return merged
+
+
+def _main(argv: List[str]) -> int:
+    """``python -m gui.bench.report A.json [B.json ...]``: print the (merged) markdown."""
+    if not argv:
+        print("usage: python -m gui.bench.report RESULT.json [MORE.json ...]")
+        return 2
+    results = [from_json(json.loads(Path(p).read_text(encoding="utf-8"))) for p in argv]
+    print(markdown(merge(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(_main(sys.argv[1:]))

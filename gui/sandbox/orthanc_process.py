@@ -21,19 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+# Re-exported: callers import resource_path from here as well.
+from gui.resource_paths import resource_path  # noqa: F401
+
 ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
 PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN",
                                "/usr/share/orthanc/plugins/libOrthancPython.so")
-
-
-def resource_path(*parts: str) -> Path:
-    """Where ``resources/`` lives: next to the package in a source tree, or
-    inside the bundle when frozen by PyInstaller."""
-    import sys
-    base = getattr(sys, "_MEIPASS", None)
-    if base:
-        return Path(base, "resources", *parts)
-    return Path(__file__).resolve().parents[2].joinpath("resources", *parts)
 
 
 def accelerator_plugin_script() -> Path:

@@ -9,7 +9,6 @@ about running jobs) and the ``configChanged`` signal.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, List, Optional
 
 from PySide6.QtCore import Qt, Signal
@@ -19,6 +18,7 @@ from PySide6.QtWidgets import (QDockWidget, QFrame, QHBoxLayout, QLabel, QMainWi
 
 import gui
 from gui.config import AppConfig
+from gui.resource_paths import resource_path
 from gui.ui.async_tasks import TaskRunner
 from gui.ui.peer_pane import PeerPane
 from gui.ui.study_tree_model import DEFAULT_PAGE_SIZE
@@ -28,17 +28,9 @@ log = logging.getLogger(__name__)
 APP_TITLE = "Orthanc Transfers"
 
 
-def resources_dir() -> Path:
-    """``gui/ui/resources``, also inside a PyInstaller bundle."""
-    import sys
-    base = getattr(sys, "_MEIPASS", None)
-    if base:
-        return Path(base, "gui", "ui", "resources")
-    return Path(__file__).resolve().parent / "resources"
-
-
 def app_icon() -> QIcon:
-    return QIcon(str(resources_dir() / "icons" / "orthanc-transfers.svg"))
+    """The window icon: the one SVG every other icon size is rendered from."""
+    return QIcon(str(resource_path("icons", "orthanc-transfers.svg")))
 
 
 class MainWindow(QMainWindow):

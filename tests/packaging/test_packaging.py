@@ -65,7 +65,7 @@ QT_FILES = [
     ("PySide6/Qt/plugins/platforms/libqcocoa.dylib", True),
     ("PySide6/Qt/plugins/styles/libqmacstyle.dylib", True),
     # Not Qt at all.
-    ("numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so", True),
+    ("cryptography/hazmat/bindings/_rust.abi3.so", True),
     ("libssl.so.3", True),
 ]
 
@@ -187,19 +187,16 @@ def test_spec_bundles_existing_resources_where_the_app_looks(linux_build: Dict[s
     dests = {Path(dest).as_posix() for dest, _, _ in datas}
     expected = {
         "resources/orthanc-transfers-gui.desktop",
+        "resources/style.qss",
         "resources/icons/orthanc-transfers.svg",
         "resources/server_plugin/transfers_accelerator.py",
         "resources/server_plugin/transfers_plugin/plugin.py",
         # The plugin loads the wire format from this copy when outside a checkout.
         "resources/server_plugin/transfers_wire.py",
     } | {f"resources/icons/orthanc-transfers-{n}.png" for n in PNG_SIZES}
-    # Whatever the UI loads from its own folder (stylesheet, icons) comes along.
-    ui_resources = ROOT / "gui" / "ui" / "resources"
-    expected |= {p.relative_to(ROOT).as_posix() for p in ui_resources.rglob("*")
-                 if p.suffix in (".svg", ".png", ".qss")}
-    if (ROOT / "resources" / "style.qss").is_file():
-        expected.add("resources/style.qss")
     assert expected <= dests
+    # Everything shipped comes from resources/ (the wire copy from gui/protocol).
+    assert all(d.startswith("resources/") for d in dests), sorted(dests)
     assert "resources/server_plugin/install_wire.py" not in dests
     assert not any("__pycache__" in d or d.endswith(".pyc") for d in dests)
     wire_copy = next(src for dest, src, _ in datas if dest.endswith("transfers_wire.py"))
@@ -248,11 +245,39 @@ def test_desktop_entry_has_the_required_keys() -> None:
     assert (ICONS / "orthanc-transfers.svg").is_file()
 
 
-def test_desktop_icons_are_rendered_from_the_windows_icon() -> None:
-    """One icon everywhere: resources/icons/ is made from the UI's SVG by
-    scripts/render_icons.py (run it again after changing that SVG)."""
-    source = ROOT / "gui" / "ui" / "resources" / "icons" / "orthanc-transfers.svg"
-    assert (ICONS / "orthanc-transfers.svg").read_bytes() == source.read_bytes()
+def _render_icons_module() -> types.ModuleType:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("render_icons", ROOT / "scripts" / "render_icons.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_window_icon_is_the_one_source_svg() -> None:
+    """One icon everywhere: the window shows the SVG the PNG/ICO/ICNS files are
+    rendered from, and there is no second copy of it anywhere in gui/."""
+    from gui.ui.main_window import app_icon
+    source = _render_icons_module().SOURCE_SVG
+    assert source == ICONS / "orthanc-transfers.svg"
+    assert not app_icon().isNull()
+    assert not list((ROOT / "gui").rglob("*.svg")), "icons belong in resources/icons/"
+
+
+@pytest.mark.parametrize("size", (16, 256))
+def test_desktop_icons_are_rendered_from_the_source_svg(qapp: Any, size: int) -> None:
+    """The committed PNGs match a fresh rendering of the SVG: run
+    scripts/render_icons.py again after changing it. Compared pixel by pixel
+    with a small tolerance, as anti-aliasing may differ between Qt versions."""
+    from PySide6.QtGui import QImage
+    fresh = QImage.fromData(_render_icons_module().render_png(ICONS / "orthanc-transfers.svg", size))
+    committed = QImage(str(ICONS / f"orthanc-transfers-{size}.png"))
+    assert (committed.width(), committed.height()) == (fresh.width(), fresh.height()) == (size, size)
+    fresh = fresh.convertToFormat(QImage.Format.Format_RGBA8888)
+    committed = committed.convertToFormat(QImage.Format.Format_RGBA8888)
+    a, b = bytes(fresh.constBits()), bytes(committed.constBits())
+    differing = sum(1 for x, y in zip(a, b) if abs(x - y) > 16)
+    assert differing <= len(a) // 100, f"{differing} of {len(a)} channel values differ: icons are stale"
 
 
 def _png_size(data: bytes) -> tuple:
@@ -398,8 +423,9 @@ def test_strip_ignores_files_that_are_not_elf(tmp_path: Path) -> None:
 
 
 def test_strip_leaves_patched_wheels_alone(tmp_path: Path) -> None:
-    """numpy's libraries were patched by the wheel's build: stripping them breaks
-    them, so neither numpy.libs nor numpy itself is touched."""
+    """A wheel that vendors libraries (``<name>.libs``) patched them after its
+    build, and stripping them breaks them (numpy's OpenBLAS did, when the
+    bundle had numpy): neither ``<name>.libs`` nor ``<name>`` is touched."""
     bundle = tmp_path / "_internal"
     with_symbols = make_elf([".text", ".symtab"])
     for relative in ("libpython3.so", "python3/lib-dynload/_json.so", "numpy.libs/libopenblas.so",

@@ -37,7 +37,8 @@ def drop_on(pane, mime: QMimeData) -> bool:
     (Qt only delivers a drop to the widget that accepted the drag's entry)."""
     viewport = pane.tree.viewport()
     where = QPointF(viewport.rect().center())
-    enter = QDragEnterEvent(where, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+    # QDragEnterEvent takes an integer point, QDropEvent a float one.
+    enter = QDragEnterEvent(where.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(viewport, enter)
     if not enter.isAccepted():
