@@ -212,6 +212,8 @@ class ProgressPrinter:
 
     @staticmethod
     def format(event: Any) -> str:
+        if not event.instances_total and not event.state.finished:
+            return f"{event.state.value.lower()}: planning (listing instances, checking the target)..."
         width = 24
         filled = int(width * min(1.0, event.fraction))
         bar = "#" * filled + "-" * (width - filled)

@@ -1,15 +1,16 @@
 """Remove symbol tables and debug information from the bundle's Linux libraries, safely.
 
-PyInstaller's own ``strip`` option runs strip on every binary, and that
-breaks the libraries that wheels ship after patching them with patchelf
-(numpy's OpenBLAS: "ELF load command address/offset not page-aligned").
-Wheels repaired that way keep their vendored libraries in a ``<package>.libs``
-folder and their extension modules in ``<package>``: both are left alone.
-Elsewhere, only ELF files that still have a symbol table or debug information
-are stripped (``strip --strip-unneeded`` keeps what the dynamic loader needs).
+Only ELF files that still have a symbol table or debug information are
+stripped (``strip --strip-unneeded`` keeps what the dynamic loader needs).
 In practice: libpython and the interpreter's extension modules (debug
 information when Python was compiled locally), ICU, cryptography.
-"""
+
+One guard: wheels that vendor libraries patch them with patchelf after the
+build and keep them in a ``<package>.libs`` folder, and strip can make those
+unloadable ("ELF load command address/offset not page-aligned"; numpy's
+OpenBLAS did, when the bundle still had numpy). Such a folder and its
+``<package>`` are left alone. The current bundle has none; the guard costs
+nothing and keeps a future dependency of that kind working."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ else
 fi
 
 # 3. Resources the spec takes must exist (a clear message beats PyInstaller's).
-for required in resources/icons resources/server_plugin \
+for required in resources/icons/orthanc-transfers.svg resources/server_plugin resources/style.qss \
                 resources/orthanc-transfers-gui.desktop gui/frozen_main.py gui/app.py gui/cli.py; do
     [ -e "$ROOT/$required" ] || fail "$required is missing from the source tree"
 done

@@ -6,8 +6,8 @@
 #
 # Checks, in order:
 #   1. both executables answer --version without any display;
-#   2. the resources and only the wanted Qt parts are in the bundle (and, on
-#      Linux, every bundled Qt plugin finds its libraries);
+#   2. the resources and only the wanted Qt parts are in the bundle, numpy is
+#      not (and, on Linux, every bundled Qt plugin finds its libraries);
 #   3. the desktop app starts offscreen, opens its window and exits 0 with
 #      --self-test, also with --demo (generated studies, Orthanc servers loading the
 #      bundled server plugin);
@@ -77,19 +77,23 @@ check_version "orthanc-transfers --version" "$CLI_EXE" --version
 check_version "orthanc-transfers-gui cli --version" "$GUI_EXE" cli --version
 
 # --- 2. contents -------------------------------------------------------------
-for resource in resources/icons/orthanc-transfers.svg \
-                resources/icons/orthanc-transfers-256.png \
+# Every non-code file the app loads lives under resources/ (found by
+# gui.resource_paths.resource_path), so the bundle must hold each of them.
+while IFS= read -r resource; do
+    [ -f "$INTERNAL/$resource" ] || fail "the bundle lacks $resource"
+done < <(cd "$ROOT" && find resources/style.qss resources/orthanc-transfers-gui.desktop resources/icons \
+           -type f \( -name '*.qss' -o -name '*.desktop' -o -name '*.svg' -o -name '*.png' -o -name '*.ico' -o -name '*.icns' \))
+for resource in resources/style.qss resources/icons/orthanc-transfers.svg \
                 resources/server_plugin/transfers_accelerator.py \
                 resources/server_plugin/transfers_wire.py; do
     [ -f "$INTERNAL/$resource" ] || fail "the bundle lacks $resource"
 done
-# The UI loads its stylesheet and window icon from gui/ui/resources; an
-# optional resources/style.qss is taken too.
-while IFS= read -r resource; do
-    [ -f "$INTERNAL/$resource" ] || fail "the bundle lacks $resource"
-done < <(cd "$ROOT" && find gui/ui/resources resources/style.qss \( -name '*.qss' -o -name '*.svg' -o -name '*.png' \) \
-           -type f 2>/dev/null)
-say "ok: icons, stylesheet and server plugin (with transfers_wire.py) are in the bundle"
+# numpy left the project (pydicom only uses it when present): a numpy in the
+# build environment must not come along.
+NUMPY="$(find "$INTERNAL" -maxdepth 1 \( -iname 'numpy*' -o -iname '*openblas*' \) -print)"
+[ -z "$NUMPY" ] || fail "numpy is in the bundle (the spec excludes it):
+$NUMPY"
+say "ok: icons, stylesheet, desktop entry and server plugin (with transfers_wire.py) are in the bundle; numpy is not"
 
 UNWANTED="$(find "$BUNDLE" \( -iname '*Qt6Quick*' -o -iname '*Qt6Qml*' -o -iname '*WebEngine*' \
     -o -iname '*Qt63D*' -o -iname '*Multimedia*' -o -iname '*Qt6Pdf*' -o -iname '*VirtualKeyboard*' \) -print)"
@@ -110,11 +114,14 @@ $broken"
 fi
 
 # --- 3. the window, offscreen ----------------------------------------------------
-OUT="$(QT_QPA_PLATFORM=offscreen ${TIMEOUT[@]+"${TIMEOUT[@]}"} "$GUI_EXE" --self-test 2>&1)" \
+# --verbose, so a stylesheet the frozen app cannot find shows up in the output.
+OUT="$(QT_QPA_PLATFORM=offscreen ${TIMEOUT[@]+"${TIMEOUT[@]}"} "$GUI_EXE" --verbose --self-test 2>&1)" \
     || fail "orthanc-transfers-gui --self-test exited with status $?:
 $OUT"
 case "$OUT" in
-    *"self-test ok"*) say "ok: the desktop app opened its window offscreen and exited (self-test ok)" ;;
+    *"no stylesheet"*) fail "the frozen app did not find its stylesheet:
+$OUT" ;;
+    *"self-test ok"*) say "ok: the desktop app loaded its stylesheet, opened its window offscreen and exited (self-test ok)" ;;
     *) fail "orthanc-transfers-gui --self-test did not print 'self-test ok':
 $OUT" ;;
 esac

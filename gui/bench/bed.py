@@ -20,7 +20,7 @@ import concurrent.futures
 import hashlib
 import logging
 import struct
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from gui.bench.links import Link
 from gui.netem import ThreadedWanProxy
@@ -49,7 +49,7 @@ def dataset_md5(dicom_file: bytes) -> str:
     return hashlib.md5(memoryview(dicom_file)[start:]).hexdigest()
 
 
-class TestBed:
+class BenchBed:
     """Start with :meth:`start`, stop with :meth:`stop` (or use ``with``)."""
 
     def __init__(self, stock: bool = True, accelerated: bool = True) -> None:
@@ -65,7 +65,7 @@ class TestBed:
 
     # --- life cycle ------------------------------------------------------
 
-    def start(self) -> "TestBed":
+    def start(self) -> "BenchBed":
         try:
             if self.want_stock:
                 self._start_stock()
@@ -119,7 +119,7 @@ class TestBed:
             server.stop()
         self._servers.clear()
 
-    def __enter__(self) -> "TestBed":
+    def __enter__(self) -> "BenchBed":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

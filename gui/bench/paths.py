@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 import httpx
 
 from gui.bench import engine_cli
-from gui.bench.bed import LONG_TIMEOUT_S, PEER_NAME, TestBed
+from gui.bench.bed import LONG_TIMEOUT_S, PEER_NAME, BenchBed
 from gui.sandbox.orthanc_process import OrthancProcess
 
 
@@ -36,16 +36,16 @@ class PathSpec:
     name: str
     label: str
     accelerated_servers: bool   # runs between the servers with the plugin
-    run: Callable[[TestBed, str, List[str]], Outcome]
+    run: Callable[[BenchBed, str, List[str]], Outcome]
     rewrites_file_meta: bool = False  # C-STORE: compare datasets, not whole files
 
-    def target(self, bed: TestBed) -> OrthancProcess:
+    def target(self, bed: BenchBed) -> OrthancProcess:
         server = bed.accel_target if self.accelerated_servers else bed.stock_target
         if server is None:
             raise Unavailable(bed.accelerated_problem or "its servers were not started")
         return server
 
-    def source(self, bed: TestBed) -> OrthancProcess:
+    def source(self, bed: BenchBed) -> OrthancProcess:
         server = bed.accel_source if self.accelerated_servers else bed.stock_source
         if server is None:
             raise Unavailable(bed.accelerated_problem or "its servers were not started")
@@ -73,17 +73,17 @@ def _orthanc_job(source: OrthancProcess, uri: str, body: Dict) -> Outcome:
     return Outcome(time.monotonic() - t0)
 
 
-def builtin_peer_store(bed: TestBed, study: str, instances: List[str]) -> Outcome:
+def builtin_peer_store(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
     return _orthanc_job(bed.stock_source, f"/peers/{PEER_NAME}/store",  # type: ignore[arg-type]
                         {"Resources": [study], "Synchronous": True})
 
 
-def dicom_cstore(bed: TestBed, study: str, instances: List[str]) -> Outcome:
+def dicom_cstore(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
     return _orthanc_job(bed.stock_source, f"/modalities/{PEER_NAME}/store",  # type: ignore[arg-type]
                         {"Resources": [study], "Synchronous": True})
 
 
-def naive_copy(bed: TestBed, study: str, instances: List[str]) -> Outcome:
+def naive_copy(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
     """What a quick script does: for each instance, GET the file, POST it."""
     assert bed.stock_source is not None
     target_url = bed.proxies["stock-http"].url
@@ -100,8 +100,8 @@ def naive_copy(bed: TestBed, study: str, instances: List[str]) -> Outcome:
     return Outcome(time.monotonic() - t0)
 
 
-def _engine(mode: str) -> Callable[[TestBed, str, List[str]], Outcome]:
-    def run(bed: TestBed, study: str, instances: List[str]) -> Outcome:
+def _engine(mode: str) -> Callable[[BenchBed, str, List[str]], Outcome]:
+    def run(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
         if mode == "plain":
             source, target = bed.stock_source.url, bed.proxies["stock-http"].url  # type: ignore[union-attr]
         elif mode == "push":

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from gui.bench import engine_cli, inprocess
-from gui.bench.bed import TestBed
+from gui.bench.bed import BenchBed
 from gui.bench.datasets import Dataset, DatasetSize, dataset
 from gui.bench.links import Link, link
 from gui.bench.paths import ENGINE_PATHS, PathSpec, Unavailable, path
@@ -100,7 +100,7 @@ class Runner:
                 self.echo(f"engine paths unavailable: {engine_problem}")
         accelerated = any(p.accelerated_servers for p in self.paths) and not engine_problem
         self.echo("starting Orthanc servers and proxies ...")
-        with TestBed(stock=True, accelerated=accelerated) as bed:
+        with BenchBed(stock=True, accelerated=accelerated) as bed:
             if bed.accelerated_problem:
                 self.echo(f"accelerated paths unavailable: {bed.accelerated_problem}")
             for ds in self.datasets:
@@ -111,7 +111,7 @@ class Runner:
                 result.stall = self.stall or {"note": engine_problem or "not run"}
         return result
 
-    def _dataset(self, bed: TestBed, ds: Dataset, engine_problem: Optional[str]) -> List[Measurement]:
+    def _dataset(self, bed: BenchBed, ds: Dataset, engine_problem: Optional[str]) -> List[Measurement]:
         self.echo(f"[{ds.name}] generating and uploading {ds.description} ...")
         bed.clear_sources()
         study, dataset_md5 = bed.upload(ds.files())
@@ -150,7 +150,7 @@ class Runner:
                 self._stall_probe(bed, ds, ln, study)
         return rows
 
-    def _stall_probe(self, bed: TestBed, ds: Dataset, ln: Link, study: str) -> None:
+    def _stall_probe(self, bed: BenchBed, ds: Dataset, ln: Link, study: str) -> None:
         """One more engine transfer, in this process, with the stall probe on its loop."""
         if bed.accel_target is not None and bed.accel_source is not None:
             mode, source, target = "push", bed.accel_source.url, bed.proxies["accel-push"].url
@@ -164,7 +164,7 @@ class Runner:
         self.stall = inprocess.measure(source, target, study, mode, where)
         self.echo(f"[{ds.name} / {ln.name}] stall probe: {self.stall}")
 
-    def _measure(self, bed: TestBed, spec: PathSpec, study: str, instances: List[str],
+    def _measure(self, bed: BenchBed, spec: PathSpec, study: str, instances: List[str],
                  source_md5: Dict[str, Optional[str]], ln: Link, row: Measurement) -> None:
         try:
             target = spec.target(bed)

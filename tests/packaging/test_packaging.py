@@ -254,7 +254,7 @@ def _render_icons_module() -> types.ModuleType:
     return module
 
 
-def test_window_icon_is_the_one_source_svg() -> None:
+def test_window_icon_is_the_one_source_svg(qapp: Any) -> None:
     """One icon everywhere: the window shows the SVG the PNG/ICO/ICNS files are
     rendered from, and there is no second copy of it anywhere in gui/."""
     from gui.ui.main_window import app_icon
