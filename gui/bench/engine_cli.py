@@ -74,11 +74,29 @@ def availability() -> Optional[str]:
     return None
 
 
+def _high_water_rss(pid: int) -> int:
+    """The kernel's peak RSS of this process image (VmHWM), in bytes; 0 if gone.
+
+    Not ``ru_maxrss`` from wait4: Linux carries the parent's high-water mark
+    over fork and exec, so a child started by a big benchmark process would
+    report the benchmark's memory, not its own.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _rss_tree(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc] + proc.children(recursive=True):
+    """Peak RSS of the process plus current RSS of its children, if any."""
+    total = _high_water_rss(proc.pid) or proc.memory_info().rss
+    for child in proc.children(recursive=True):
         try:
-            total += p.memory_info().rss
+            total += child.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
@@ -97,12 +115,14 @@ def run(args: List[str], timeout: float = 7200.0) -> EngineRun:
         finished = threading.Event()
 
         def sample() -> None:
-            # psutil sees children too; the kernel's ru_maxrss (below) is exact for the main process.
+            # VmHWM only grows, so the last sample before exit holds nearly the whole peak.
             try:
                 ps = psutil.Process(proc.pid)
-                while not finished.wait(0.05):
+                while True:
                     peak[0] = max(peak[0], _rss_tree(ps))
-            except psutil.NoSuchProcess:
+                    if finished.wait(0.02):
+                        break
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -141,17 +161,23 @@ def run(args: List[str], timeout: float = 7200.0) -> EngineRun:
             report = None
     assert usage is not None
     return EngineRun(report=report, returncode=proc.returncode, seconds=seconds,
-                     peak_rss_bytes=max(peak[0], usage.ru_maxrss * 1024),
+                     peak_rss_bytes=peak[0],
                      cpu_seconds=usage.ru_utime + usage.ru_stime,
                      stderr_tail=" | ".join(stderr.splitlines()[-3:])[:400])
 
 
+BASELINE_PROBE = (
+    "import gui.cli, gui.engine\n"
+    "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0])\n")
+
+
 def baseline_rss_bytes() -> Optional[int]:
-    """Peak RSS of the interpreter with the CLI imported and doing nothing
-    (``send --help``): the part of the engine's RSS that is not buffers."""
+    """Peak RSS of the interpreter with the CLI and the engine imported and
+    nothing done: the part of the engine's RSS that is not buffers."""
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as home:
-        proc = subprocess.Popen(cli_command() + ["send", "--help"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=_isolated_env(Path(home)))
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss * 1024 if proc.returncode == 0 else None
+        try:
+            done = subprocess.run([sys.executable, "-c", BASELINE_PROBE], capture_output=True, text=True,
+                                  timeout=60, env=_isolated_env(Path(home)))
+            return int(done.stdout.strip()) * 1024 if done.returncode == 0 else None
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return None

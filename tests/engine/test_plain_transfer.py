@@ -12,7 +12,8 @@ from gui.engine import BucketProgress, BucketState, JobFinished, JobProgress, Jo
 from gui.engine import transfer_scheduler
 from gui.engine.plain_mode import PlainTransport
 from gui.sandbox.orthanc_process import free_port
-from tests.engine.helpers import make_engine, peer, run, small_options, study_resource, upload_files
+from tests.engine.helpers import (make_engine, peer, run, small_options, study_resource, upload_files,
+                                  wait_for)
 
 
 async def transfer(tmp_path, source, target, resources, **submit_kwargs):
@@ -168,9 +169,9 @@ def test_plan_summary(stock_pair, tmp_path, ct_study_files):
     assert summary.buckets >= len(ids) - 1      # 64 KB buckets: every CT slice is split
 
 
-def test_target_restart_mid_transfer_is_retried(stock_pair, tmp_path, long_study_files):
-    """The target goes away for a moment; queries are retried with backoff and
-    the buckets show "retrying n" before the job completes."""
+def test_target_down_mid_transfer_is_retried(stock_pair, tmp_path, long_study_files):
+    """The target goes away in the middle of a job and comes back; queries are
+    retried with backoff, the buckets show "retrying n", and the job completes."""
     source, target = stock_pair
     ids = upload_files(source, long_study_files)
     study = next(iter(ids.values()))
@@ -180,16 +181,24 @@ def test_target_restart_mid_transfer_is_retried(stock_pair, tmp_path, long_study
         await engine.start()
         events: List[object] = []
         engine.subscribe(events.append)
-        restarted: List[bool] = []
+        paused: List[bool] = []
 
-        def on_event(event):
-            if isinstance(event, BucketProgress) and event.state is BucketState.DONE and not restarted:
-                restarted.append(True)
-                asyncio.ensure_future(asyncio.to_thread(target.restart))
+        def pause_once(event):
+            if isinstance(event, BucketProgress) and event.state is BucketState.DONE and not paused:
+                paused.append(True)
+                asyncio.ensure_future(engine.pause(job.id))
 
-        engine.subscribe(on_event)
+        engine.subscribe(pause_once)
         try:
             job = await engine.submit(peer(source), peer(target), study_resource(study))
+            await wait_for(lambda: job.state is JobState.PAUSED and all(
+                b.state in (BucketState.QUEUED, BucketState.DONE) for b in job.buckets),
+                what="the job to pause")
+            await asyncio.to_thread(target._kill)          # the target is down...
+            await engine.resume(job.id)
+            await wait_for(lambda: any(isinstance(e, BucketProgress) and e.state is BucketState.RETRYING
+                                       for e in events), what="a retry")
+            await asyncio.to_thread(target.start)          # ...and back, same port and storage
             return await job.wait(), events
         finally:
             await engine.close()
@@ -198,4 +207,5 @@ def test_target_restart_mid_transfer_is_retried(stock_pair, tmp_path, long_study
     assert report.state is JobState.SUCCESS, report.error
     assert report.verified == len(ids)
     retrying = [e for e in events if isinstance(e, BucketProgress) and e.state is BucketState.RETRYING]
-    assert retrying and retrying[0].retries == 1 and retrying[0].error
+    assert retrying[0].retries == 1 and "connection refused" in retrying[0].error
+    assert target.instance_md5s() == source.instance_md5s()
