@@ -69,7 +69,8 @@ class DelegatedTransport(Transport):
                 await ctx.save_state(STATE_KEY, {"On": job[0], "Job": job[1]})
             await self._follow(ctx, buckets, job)
         except asyncio.CancelledError:
-            if job is not None:
+            # On shutdown the Orthanc job goes on by itself; the resumed job follows it again.
+            if job is not None and not ctx.shutting_down:
                 await asyncio.shield(self._control(ctx, job, "cancel"))
             raise
         except TransferFailed:

@@ -279,3 +279,47 @@ def test_a_paused_pending_job_does_not_hold_a_place(orthanc_factory, tmp_path, c
     reports = run(go())
     assert [r.state for r in reports] == [JobState.SUCCESS] * 3
     assert reports[2].skipped == len(small_study_files)   # the third job had sent them already
+
+
+def test_quitting_mid_push_keeps_the_transaction_and_resume_sends_only_the_rest(orthanc_factory, tmp_path,
+                                                                               long_study_files):
+    """Quitting the app is not cancelling: the staged push transaction survives,
+    and the resumed job PUTs only the buckets the target has not received."""
+    source = orthanc_factory("source")
+    target = orthanc_factory("target", with_accelerator=True)
+    ids = upload_files(source, long_study_files)
+    study = next(iter(ids.values()))
+    data = tmp_path / "data"
+    options = small_options(Threads=1, BucketSize=256, Compression="none")
+
+    async def first_session():
+        engine = make_engine(data, options)
+        await engine.start()
+        done: Set[int] = set()
+        engine.subscribe(lambda e: isinstance(e, BucketProgress) and e.state is BucketState.DONE
+                         and done.add(e.index))
+        job = await engine.submit(peer(source), peer(target), study_resource(study), mode="push")
+        await wait_for(lambda: len(done) >= 3, what="three buckets sent")
+        await engine.close()
+        return job.id, len(job.buckets), set(done)
+
+    job_id, total_buckets, sent_before = run(first_session())
+    assert target.instance_md5s() == {}  # nothing imported before the commit
+
+    async def second_session():
+        engine = make_engine(data, options)
+        await engine.start()
+        sending: Set[int] = set()
+        engine.subscribe(lambda e: isinstance(e, BucketProgress) and e.state is BucketState.SENDING
+                         and sending.add(e.index))
+        try:
+            await engine.resume(job_id)
+            return await engine.job(job_id).wait(), sending
+        finally:
+            await engine.close()
+
+    report, sent_after = run(second_session())
+    assert report.state is JobState.SUCCESS and report.verified == len(ids)
+    assert sent_after and not (sent_after & sent_before)
+    assert len(sent_after) <= total_buckets - len(sent_before)
+    assert target.instance_md5s() == source.instance_md5s()

@@ -96,6 +96,11 @@ class BucketPusher:
         try:
             await self._run()
         except asyncio.CancelledError:
+            if self.ctx.shutting_down:
+                # The app is quitting, not the user cancelling: keep the staged
+                # transaction so the resumed job sends only what is missing.
+                await asyncio.shield(self._save(force=True))
+                raise
             await asyncio.shield(self.discard())
             raise
         except TransferFailed:
