@@ -68,16 +68,7 @@ class OrthancClient:
 
     @staticmethod
     def _tls_context(peer: Peer) -> Any:
-        if not peer.url.startswith("https"):
-            return True
-        if not peer.verify_tls:
-            return False
-        context = ssl.create_default_context(cafile=peer.ca_bundle) if peer.ca_bundle \
-            else ssl.create_default_context()
-        if peer.certificate_file:
-            context.load_cert_chain(peer.certificate_file, peer.certificate_key_file,
-                                    peer.certificate_key_password)
-        return context
+        return tls_context(peer)
 
     async def __aenter__(self) -> "OrthancClient":
         return self
@@ -368,6 +359,39 @@ class OrthancClient:
             return wire.parse_lookup_answer(answer)
         except wire.WireFormatError as exc:
             raise self._error(f"malformed lookup answer: {exc}", "POST", wire.URI_LOOKUP) from None
+
+
+# Building an SSL context loads the CA store (100-300 ms): done once per
+# distinct TLS setting and shared, so opening a client does not stall the loop.
+_TLS_CONTEXTS: Dict[tuple, ssl.SSLContext] = {}
+
+
+def tls_context(peer: Peer) -> Any:
+    """The SSL context for a peer: system CAs (plus its CA bundle) and its client
+    certificate; verification stays on unless the peer turns it off."""
+    if not peer.url.startswith("https"):
+        key: tuple = ("plain-http",)
+    else:
+        key = (peer.verify_tls, peer.ca_bundle, peer.certificate_file, peer.certificate_key_file,
+               peer.certificate_key_password)
+    context = _TLS_CONTEXTS.get(key)
+    if context is not None:
+        return context
+    if key == ("plain-http",):
+        # Never used for http://, but httpx wants one; a bare context costs nothing.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    elif not peer.verify_tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=peer.ca_bundle) if peer.ca_bundle \
+            else ssl.create_default_context()
+    if peer.url.startswith("https") and peer.certificate_file:
+        context.load_cert_chain(peer.certificate_file, peer.certificate_key_file,
+                                peer.certificate_key_password)
+    _TLS_CONTEXTS[key] = context
+    return context
 
 
 def _wild(text: str) -> str:
