@@ -15,6 +15,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.events import TransferMode
 from gui.engine.retry import with_retries
+from gui.engine.target_md5 import SMALL_GET_CONCURRENCY, md5s_on
 from gui.protocol import wire
 from gui.protocol.wire import InstanceInfo
 
@@ -60,17 +61,38 @@ async def resolve_instances(source: OrthancClient, resources: Sequence[dict], *,
     """Instance infos (ID, size, MD5) of everything below ``resources`` on the source.
     Each query is retried up to ``retries`` times on retryable errors."""
     resources = check_resources(resources)
-    if use_protocol:
-        return await with_retries(lambda: source.transfers_lookup(resources, headers=headers), retries)
     listed: Dict[str, int] = {}
     for group in await gather_bounded(
             resources, lambda r: with_retries(lambda: _instances_below(source, r), retries),
             concurrency):
         listed.update(group)
+    if use_protocol:
+        found = await with_retries(lambda: source.transfers_lookup(resources, headers=headers), retries)
+        _check_lookup_against_listing(source, found, listed)
+        return found
     ids = sorted(listed)
+    # Tiny answers: the round trip limits, so more of them in flight.
     md5s = await gather_bounded(ids, lambda i: with_retries(lambda: source.instance_md5(i), retries),
-                                concurrency)
+                                max(concurrency, SMALL_GET_CONCURRENCY))
     return [InstanceInfo(i, listed[i], m) for i, m in zip(ids, md5s)]
+
+
+def _check_lookup_against_listing(source: OrthancClient, found: Sequence[InstanceInfo],
+                                  listed: Dict[str, int]) -> None:
+    """The lookup's sizes drive the plan (bucket count, memory): a peer whose
+    lookup disagrees with its own REST listing is refused before anything is
+    planned or allocated from those numbers."""
+    claimed = {i.id: i.size for i in found}
+    for instance_id, size in claimed.items():
+        if listed.get(instance_id) != size:
+            actual = listed.get(instance_id)
+            what = "does not list it" if actual is None else f"stores {actual} bytes"
+            raise PlanningError(f"{source.peer.name}: its transfers lookup gives instance {instance_id} "
+                                f"{size} bytes but its REST API {what}; refusing the plan")
+    missing = sorted(set(listed) - set(claimed))
+    if missing:
+        raise PlanningError(f"{source.peer.name}: its transfers lookup omits {len(missing)} instance(s), "
+                            f"e.g. {missing[0]}; refusing the plan")
 
 
 async def _instances_below(source: OrthancClient, resource: dict) -> Dict[str, int]:
@@ -93,18 +115,22 @@ async def _instances_below(source: OrthancClient, resource: dict) -> Dict[str, i
 
 
 async def present_on_target(target: OrthancClient, instances: Sequence[InstanceInfo],
-                            concurrency: int, retries: int = 0) -> Dict[str, Optional[str]]:
-    """The target's MD5 of each instance, None when absent."""
-    md5s = await gather_bounded(
-        [i.id for i in instances],
-        lambda i: with_retries(lambda: target.instance_md5_or_none(i), retries), concurrency)
-    return {i.id: m for i, m in zip(instances, md5s)}
+                            concurrency: int, retries: int = 0, *,
+                            bulk: bool = False) -> Dict[str, Optional[str]]:
+    """The target's MD5 of each instance, None when absent; the first error
+    met is raised. ``bulk``: the target speaks the protocol (one lookup)."""
+    found = await md5s_on(target, [i.id for i in instances], bulk=bulk, concurrency=concurrency,
+                          retries=retries)
+    for value in found.values():
+        if isinstance(value, OrthancError):
+            raise value
+    return {i.id: found.get(i.id) for i in instances}  # type: ignore[misc]
 
 
 async def make_plan(source: OrthancClient, target: OrthancClient, resources: Sequence[dict], *,
                     use_protocol: bool, concurrency: int, force: bool = False,
                     keep: Optional[set] = None, retries: int = 0,
-                    headers: Optional[Dict[str, str]] = None) -> Plan:
+                    headers: Optional[Dict[str, str]] = None, target_speaks: bool = False) -> Plan:
     """Resolve, then drop what the target already has with the same MD5.
 
     With ``force`` everything is sent again, except the instances named in
@@ -113,15 +139,17 @@ async def make_plan(source: OrthancClient, target: OrthancClient, resources: Seq
     instances = await resolve_instances(source, resources, use_protocol=use_protocol,
                                         concurrency=concurrency, retries=retries, headers=headers)
     return await split_present(target, instances, concurrency=concurrency, force=force, keep=keep,
-                               retries=retries)
+                               retries=retries, target_speaks=target_speaks)
 
 
 async def split_present(target: OrthancClient, instances: Sequence[InstanceInfo], *,
                         concurrency: int, force: bool = False,
-                        keep: Optional[set] = None, retries: int = 0) -> Plan:
+                        keep: Optional[set] = None, retries: int = 0,
+                        target_speaks: bool = False) -> Plan:
     instances = sorted(instances, key=lambda i: i.id)
     candidates = [i for i in instances if not force or (keep and i.id in keep)]
-    on_target = await present_on_target(target, candidates, concurrency, retries) if candidates else {}
+    on_target = await present_on_target(target, candidates, concurrency, retries,
+                                        bulk=target_speaks) if candidates else {}
     present = [i for i in candidates if on_target.get(i.id) == i.md5]
     present_ids = {i.id for i in present}
     to_send = [i for i in instances if i.id not in present_ids]

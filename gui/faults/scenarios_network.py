@@ -197,11 +197,7 @@ async def target_500_forever(lab: Lab, transport: str) -> Verdict:
 # --- servers going away -----------------------------------------------------------------
 
 @scenario("target-restart", "the target Orthanc restarted mid-transfer (staged transaction lost)",
-          "faults", ALL, NO_DELEGATE,
-          known_failures={"push": "bucket_pusher.BucketPusher._run calls _open() (which PUTs bucket 0 "
-                                  "to probe the link) outside its `except TransactionGone`: a restart "
-                                  "during the first bucket ends the job with 'internal error: "
-                                  "TransactionGone' instead of recreating the transaction"})
+          "faults", ALL, NO_DELEGATE)
 async def target_restart(lab: Lab, transport: str) -> Verdict:
     source, target = await lab.pair(transport)
     resources = await lab.seed_study(source)
@@ -340,8 +336,20 @@ async def sigkill_resume(lab: Lab, transport: str) -> Verdict:
     error = (report or {}).get("error") if isinstance(report, dict) else err.decode(errors="replace")[-500:]
     result = JobResult(succeeded, error, report if isinstance(report, dict) else None,
                        logs=err.decode(errors="replace"))
-    return require_completion(await lab.classify(checker, result),
-                              "the job resumes after the restart and completes")
+    verdict = require_completion(await lab.classify(checker, result),
+                                 "the job resumes after the restart and completes")
+    if verdict.outcome is Outcome.COMPLETED_VERIFIED:
+        # Resumed, not started over: the job database holds one job, the killed one.
+        from gui.engine.job_store import JobStore
+        store = JobStore(lab.workdir / "cli-data")
+        try:
+            jobs = store.load_jobs()
+        finally:
+            store.close()
+        if len(jobs) != 1:
+            return Verdict(Outcome.FAILED, f"the second run did not resume the killed job: "
+                           f"{len(jobs)} jobs in the job database")
+    return verdict
 
 
 # --- disk full in the staging directory ---------------------------------------------------

@@ -11,12 +11,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Awaitable, Callable, Dict, Optional, Protocol, Sequence, Set
+from typing import Awaitable, Callable, Dict, Optional, Protocol, Sequence, Set, Tuple
 
 from gui.client.errors import OrthancError
 from gui.engine import compression as gz
 from gui.engine.events import BucketState
 from gui.engine.retry import with_retries
+from gui.engine.target_md5 import md5s_on
 from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
                                                    TransactionState)
 from gui.engine.transport_base import TransferContext, TransferFailed
@@ -69,6 +70,14 @@ async def run_workers(count: int, worker: Callable[[], Awaitable[None]]) -> None
             raise task.exception()  # type: ignore[misc]
 
 
+class _Prepared:
+    """A bucket's body ready to PUT, and the retries it took so far."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.retries = 0
+
+
 class BucketPusher:
     def __init__(self, ctx: TransferContext, buckets: Sequence[Bucket], reader: BucketReader, *,
                  link_rate: Optional[float] = None, asynchronous_commit: bool = False,
@@ -119,7 +128,15 @@ class BucketPusher:
             return
         resumed = await self._resume()
         if not resumed:
-            await self._open()
+            try:
+                await self._open()
+            except TransactionGone as gone:
+                # Dropped during the link probe (target restarted): start a new one.
+                log.warning("%s during the link probe; recreating it", gone)
+                self._done.clear()
+                ctx.done_buckets.clear()
+                self.reader.rewind(self.buckets)
+                await self._create(self.compression or "none")
         recreated = 0
         while True:
             try:
@@ -260,17 +277,15 @@ class BucketPusher:
     async def _record_absent(self) -> None:
         """Before committing, note (durably) which instances the target lacks:
         only those may be deleted if the job is cancelled during the commit."""
-        from gui.engine.planner import gather_bounded
-        retries = self.ctx.options.MaxHttpRetries
-
-        async def check(info: InstanceInfo) -> None:
-            if info.id in self.ctx.created_on_target:
-                return
-            present = await with_retries(lambda: self.ctx.target.instance_md5_or_none(info.id), retries)
-            if present is None:
-                await self.ctx.mark_created(info.id)
-
-        await gather_bounded(self.ctx.instances, check, self.ctx.options.Threads * 2)
+        ids = [i.id for i in self.ctx.instances if i.id not in self.ctx.created_on_target]
+        found = await md5s_on(self.ctx.target, ids, bulk=True, concurrency=self.ctx.options.Threads * 2,
+                              retries=self.ctx.options.MaxHttpRetries)
+        for instance_id in ids:
+            value = found.get(instance_id)
+            if isinstance(value, OrthancError):
+                raise value
+            if value is None:
+                await self.ctx.mark_created(instance_id)
 
     async def _rollback_created(self) -> None:
         failures = []
@@ -287,16 +302,9 @@ class BucketPusher:
         self.ctx.created_on_target.clear()
 
     async def _target_has_everything(self) -> bool:
-        from gui.engine.planner import gather_bounded
-
-        async def same(info: InstanceInfo) -> bool:
-            try:
-                return await self.ctx.target.instance_md5_or_none(info.id) == info.md5
-            except OrthancError:
-                return False
-
-        results = await gather_bounded(self.ctx.instances, same, self.ctx.options.Threads)
-        return bool(results) and all(results)
+        found = await md5s_on(self.ctx.target, [i.id for i in self.ctx.instances], bulk=True,
+                              concurrency=self.ctx.options.Threads)
+        return bool(found) and all(found.get(i.id) == i.md5 for i in self.ctx.instances)
 
     # --- sending buckets ---------------------------------------------------------------------
 
@@ -311,33 +319,83 @@ class BucketPusher:
         queue = iter(todo)
 
         async def worker() -> None:
-            for index in queue:
-                await self.ctx.wait_running()
-                await self._send_one(index)
+            # Each worker reads (and compresses) its next bucket while the
+            # current one is being sent: the source and the link both stay
+            # busy, and a worker holds at most two buckets (the memory bound
+            # is Threads x 2 x BucketSize).
+            ahead: Optional[Tuple[int, "asyncio.Future[_Prepared]"]] = None
+            try:
+                while True:
+                    if ahead is None:
+                        index = next(queue, None)
+                        if index is None:
+                            return
+                        await self.ctx.wait_running()
+                        ahead = (index, asyncio.ensure_future(self._prepare(index)))
+                    index, reading = ahead
+                    ahead = None
+                    prepared = await reading
+                    following = next(queue, None)
+                    if following is not None:
+                        ahead = (following, asyncio.ensure_future(self._prepare(following)))
+                    await self.ctx.wait_running()
+                    await self._deliver(index, prepared)
+            finally:
+                if ahead is not None:
+                    ahead[1].cancel()
+                    await asyncio.gather(ahead[1], return_exceptions=True)
 
         await run_workers(self.ctx.options.Threads, worker)
         await self._save(force=True)
 
     async def _send_one(self, index: int) -> None:
+        await self._deliver(index, await self._prepare(index))
+
+    def _failed(self, index: int, retries: int, exc: BaseException) -> None:
+        if not isinstance(exc, (TransactionGone, asyncio.CancelledError)):
+            self.ctx.bucket_event(index, self.buckets[index], BucketState.FAILED, retries=retries,
+                                  error=str(exc))
+
+    async def _prepare(self, index: int) -> "_Prepared":
+        """The bucket's body as it will be sent: read, and compressed if the
+        transaction says gzip."""
         ctx, bucket = self.ctx, self.buckets[index]
         assert self.tx is not None
-        raw_total = bucket.total_size
-        retries = 0
+        prepared = _Prepared(b"")
 
         def on_retry(attempt: int, error: OrthancError) -> None:
-            nonlocal retries
-            retries += 1
-            ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=retries, error=str(error))
+            prepared.retries += 1
+            ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=prepared.retries,
+                             error=str(error))
 
         try:
             body = self._prefetched.pop(index, None)
             if body is None:
-                ctx.bucket_event(index, bucket, BucketState.READING, retries=retries)
+                ctx.bucket_event(index, bucket, BucketState.READING, retries=prepared.retries)
                 body = await self.reader.read(bucket, on_retry)
             if self.tx.state.compression == "gzip":
-                ctx.bucket_event(index, bucket, BucketState.COMPRESSING, retries=retries)
+                ctx.bucket_event(index, bucket, BucketState.COMPRESSING, retries=prepared.retries)
                 body = await gz.compress(body)
-            wire_total = len(body)
+        except BaseException as exc:
+            self._failed(index, prepared.retries, exc)
+            raise
+        prepared.body = body
+        return prepared
+
+    async def _deliver(self, index: int, prepared: "_Prepared") -> None:
+        ctx, bucket = self.ctx, self.buckets[index]
+        assert self.tx is not None
+        raw_total = bucket.total_size
+        body = prepared.body
+        prepared.body = b""  # the PUT holds it from here on
+
+        def on_retry(attempt: int, error: OrthancError) -> None:
+            prepared.retries += 1
+            ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=prepared.retries,
+                             error=str(error))
+
+        wire_total = len(body)
+        try:
             last = -1
 
             def on_progress(sent: int) -> None:
@@ -347,20 +405,18 @@ class BucketPusher:
                 last = sent
                 raw_done = raw_total if sent >= wire_total else (sent * raw_total) // max(wire_total, 1)
                 ctx.bucket_event(index, bucket, BucketState.SENDING, raw_done=raw_done,
-                                 wire_done=sent, wire_total=wire_total, retries=retries)
+                                 wire_done=sent, wire_total=wire_total, retries=prepared.retries)
 
             start = time.perf_counter()
             await self.tx.put(index, body, on_progress, on_retry)
             self._observe_put(wire_total, time.perf_counter() - start)
-        except (TransactionGone, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            ctx.bucket_event(index, bucket, BucketState.FAILED, retries=retries, error=str(exc))
+        except BaseException as exc:
+            self._failed(index, prepared.retries, exc)
             raise
         self.wire_bytes += wire_total
         self._delivered(bucket)
         ctx.bucket_event(index, bucket, BucketState.DONE, raw_done=raw_total, wire_done=wire_total,
-                         wire_total=wire_total, retries=retries)
+                         wire_total=wire_total, retries=prepared.retries)
         self._done.add(index)
         await ctx.mark_bucket_done(index)
         await self._save()
