@@ -23,7 +23,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 # Level 1 is several times faster than the default 6 and loses only a few
 # percent of ratio on CT-like data: on a transfer, speed matters more.
@@ -32,6 +32,8 @@ GZIP_LEVEL = 1
 MIN_USEFUL_RATIO = 1.1
 # How much of the first bucket(s) the auto policy compresses to measure.
 SAMPLE_BYTES = 4 * 1024 * 1024
+# The slower pull choice is re-probed at most this many times less often.
+MAX_PROBE_SPACING = 8
 
 _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gzip")
 
@@ -143,9 +145,14 @@ class PullCompressionPolicy:
     """Per-bucket choice for pull mode, where every GET may differ.
 
     Keeps a smoothed raw throughput (raw bytes per second of one GET) for
-    each choice. The first buckets try both; afterwards the faster one is
-    used and the other is re-tried every ``probe_every`` buckets so a change
-    of conditions (a busier source, a congested link) is noticed. gzip is
+    each choice. Each choice is first tried by *one* GET at a time (the
+    first GETs start together: the rest take the measured choice, or
+    ``none`` while nothing is measured yet) — on a fast link a burst of gzip
+    probes would each cost a whole bucket compressed by the source.
+    Afterwards the faster one is used and the other is re-tried from time to
+    time so a change of conditions (a busier source, a congested link) is
+    noticed: every ``probe_every`` buckets, less often the more it lost
+    (a probe of the slower choice costs a bucket at its speed). gzip is
     dropped for good once the data proves not to shrink.
     """
 
@@ -158,7 +165,7 @@ class PullCompressionPolicy:
         self._raw = 0
         self._wire = 0
         self._count = 0
-        self._tried = {"gzip": 0, "none": 0}
+        self._probing = {"gzip": False, "none": False}
 
     @property
     def ratio(self) -> Optional[float]:
@@ -173,13 +180,20 @@ class PullCompressionPolicy:
             return "none"
         unmeasured = [o for o in ("none", "gzip") if self._rate[o] is None]
         if unmeasured:
-            # Several GETs start before the first answer: share them out.
-            option = min(unmeasured, key=lambda o: self._tried[o])
-            self._tried[option] += 1
-            return option
-        best = "gzip" if self._rate["gzip"] >= self._rate["none"] else "none"  # type: ignore[operator]
-        if self._count % self.probe_every == 0:
-            return "none" if best == "gzip" else "gzip"
+            for option in unmeasured:
+                if not self._probing[option]:
+                    self._probing[option] = True
+                    return option
+            measured = [o for o in ("none", "gzip") if o not in unmeasured]
+            return measured[0] if measured else "none"
+        rates: Dict[str, float] = self._rate  # type: ignore[assignment]
+        best = "gzip" if rates["gzip"] >= rates["none"] else "none"
+        other = "none" if best == "gzip" else "gzip"
+        # A choice 10x slower is probed 10x less often (up to MAX_PROBE_SPACING x).
+        slower_by = rates[best] / max(rates[other], 1e-9)
+        every = self.probe_every * int(min(MAX_PROBE_SPACING, max(1.0, slower_by)))
+        if self._count % every == 0:
+            return other
         return best
 
     def observe(self, compression: str, raw: int, wire: int, seconds: float) -> None:
@@ -189,6 +203,7 @@ class PullCompressionPolicy:
         if compression == "gzip":
             self._raw += raw
             self._wire += wire
+        self._probing[compression] = False
         rate = raw / seconds
         old = self._rate[compression]
         # Exponential smoothing: recent buckets count more, one outlier less.

@@ -1,9 +1,9 @@
 """Plain transport: stock Orthanc on both ends, only its REST API.
 
-Instances are downloaded whole (stock Orthanc ignores ``Range``) with
-``Accept-Encoding: gzip``; the small instances of one bucket are uploaded
-together as one stored ZIP archive (``POST /instances`` takes ZIPs), larger
-ones alone. At most ``Threads`` buckets are in flight, so memory stays
+Instances are downloaded whole (stock Orthanc ignores ``Range``), with
+``Accept-Encoding: gzip`` only where it pays (``source_download``); the small
+instances of one bucket are uploaded together as one stored ZIP archive
+(``POST /instances`` takes ZIPs), larger ones alone. At most ``Threads`` buckets are in flight, so memory stays
 within about ``Threads × 2 × BucketSize`` plus one large instance per worker.
 
 Rollback: before uploading, each instance is looked up on the target; only
@@ -21,7 +21,9 @@ import zipfile
 from typing import Dict, List, Sequence, Tuple
 
 from gui.client.errors import OrthancError
+from gui.engine.compression import PullCompressionPolicy
 from gui.engine.events import BucketState, TransferMode
+from gui.engine.source_download import download_instance
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
@@ -71,6 +73,7 @@ class PlainTransport(Transport):
 
     def __init__(self) -> None:
         self._in_flight: "set[asyncio.Future]" = set()
+        self._policy: "PullCompressionPolicy | None" = None
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
         return plan_buckets(ctx.instances, ctx.options.bucket_size_bytes)
@@ -79,9 +82,9 @@ class PlainTransport(Transport):
 
     async def read_instance(self, ctx: TransferContext, info: InstanceInfo) -> Tuple[bytes, int]:
         """The instance's bytes and how many bytes crossed the network for them."""
-        path = f"/instances/{info.id}/file"
-        response = await ctx.source.request("GET", path, headers={"Accept-Encoding": "gzip"})
-        return response.content, int(getattr(response, "num_bytes_downloaded", 0) or len(response.content))
+        if self._policy is None:
+            self._policy = PullCompressionPolicy(ctx.compression)
+        return await download_instance(ctx.source, info.id, self._policy)
 
     def source_label(self, ctx: TransferContext) -> str:
         return ctx.source.peer.name

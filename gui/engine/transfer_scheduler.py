@@ -362,7 +362,8 @@ class JobRunner:
                 log.info("job %s: %s mode (%s)", job.id, mode.value, why)
                 plan = await planner.make_plan(
                     self.source, self.target, job.resources, use_protocol=source_speaks,
-                    concurrency=concurrency, force=job.force, keep=sent_before, retries=retries)
+                    concurrency=concurrency, force=job.force, keep=sent_before, retries=retries,
+                    target_speaks=target_speaks)
             else:
                 mode = TransferMode(job.mode) if job.mode else TransferMode.PLAIN
                 instances = self.store.planned_instances(job.id)
@@ -428,8 +429,9 @@ class JobRunner:
         job = self.job
         assert self.target is not None
         concurrency = max(2, job.options.Threads * 2)
+        bulk = self.ctx is not None and self.ctx.target_accelerated
         found = await verification.target_md5s(self.target, [i.id for i in self._planned], concurrency,
-                                               job.options.MaxHttpRetries)
+                                               job.options.MaxHttpRetries, bulk=bulk)
         verdicts = verification.verdicts(self._planned, found, self._statuses)
         if all(v.verified for v in verdicts):
             return self._report(JobState.SUCCESS, verdicts, None)

@@ -11,22 +11,16 @@ from typing import Dict, List, Optional, Sequence
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.events import CommitmentReport, InstanceVerdict, JobState, TransferMode
-from gui.engine.planner import gather_bounded
-from gui.engine.retry import with_retries
+from gui.engine.target_md5 import md5s_on
 from gui.protocol.wire import InstanceInfo
 
 
 async def target_md5s(target: OrthancClient, ids: Sequence[str], concurrency: int,
-                      retries: int = 0) -> Dict[str, object]:
+                      retries: int = 0, *, bulk: bool = False) -> Dict[str, object]:
     """MD5 per instance: a string, None when absent, or the OrthancError met
-    (after ``retries`` retries of retryable errors)."""
-    async def one(instance_id: str) -> object:
-        try:
-            return await with_retries(lambda: target.instance_md5_or_none(instance_id), retries)
-        except OrthancError as exc:
-            return exc
-    results = await gather_bounded(list(ids), one, concurrency)
-    return dict(zip(ids, results))
+    (after ``retries`` retries of retryable errors). ``bulk``: the target
+    speaks the protocol, one lookup may answer for all (``target_md5``)."""
+    return await md5s_on(target, ids, bulk=bulk, concurrency=concurrency, retries=retries)
 
 
 def verdicts(instances: Sequence[InstanceInfo], found: Dict[str, object],
@@ -57,8 +51,9 @@ def verdicts(instances: Sequence[InstanceInfo], found: Dict[str, object],
 
 
 async def verify(target: OrthancClient, instances: Sequence[InstanceInfo],
-                 statuses: Dict[str, str], concurrency: int, retries: int = 0) -> List[InstanceVerdict]:
-    found = await target_md5s(target, [i.id for i in instances], concurrency, retries)
+                 statuses: Dict[str, str], concurrency: int, retries: int = 0, *,
+                 bulk: bool = False) -> List[InstanceVerdict]:
+    found = await target_md5s(target, [i.id for i in instances], concurrency, retries, bulk=bulk)
     return verdicts(instances, found, statuses)
 
 

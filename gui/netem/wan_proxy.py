@@ -23,6 +23,7 @@ must go through it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import socket
 import struct
@@ -33,13 +34,17 @@ from typing import Dict, List, Optional, Set, Tuple
 __all__ = ["Direction", "FaultKind", "Fault", "LinkStats", "WanProxy", "ThreadedWanProxy"]
 
 # Bytes read at once from a socket. Smaller reads on shaped links keep the
-# shared clock fair between connections (one read is one "packet train").
-READ_UNSHAPED = 64 * 1024
+# shared clock fair between connections (one read is one "packet train");
+# unshaped, large reads keep the proxy's per-chunk cost out of the figures.
+READ_UNSHAPED = 256 * 1024
 READ_SHAPED = 16 * 1024
-# Chunks in flight per connection and direction before the reader waits:
-# bounds the proxy's memory (<= 16 MB) while staying far above the
-# bandwidth-delay products we emulate (about 125 KB for 50 Mbit/s, 20 ms).
-MAX_QUEUED_CHUNKS = 256
+# Bytes held per connection and direction (in the delay line and not yet
+# written) before the proxy stops reading that side: a real link pushes back
+# on the sender instead of buffering without bound. Twice the
+# bandwidth-delay product keeps a shaped link full; the floor covers a few
+# reads. Unshaped with a latency, the rate is unknown: a generous bound.
+MIN_QUEUED_BYTES = 1024 * 1024
+UNSHAPED_DELAYED_QUEUED_BYTES = 16 * 1024 * 1024
 
 
 class Direction(str, enum.Enum):
@@ -139,6 +144,49 @@ def _no_delay(writer: asyncio.StreamWriter) -> None:
 _RESET = object()   # marker in a delay line: reset the connection when it comes out
 
 
+def queue_bound(link: "_LinkDirection") -> int:
+    """Bytes one direction of a connection may hold before its reader waits."""
+    if link.rate is None:
+        return MIN_QUEUED_BYTES if link.latency_s == 0 else UNSHAPED_DELAYED_QUEUED_BYTES
+    return max(MIN_QUEUED_BYTES, int(2 * link.rate * link.latency_s))
+
+
+class _DelayLine:
+    """FIFO of (due time, payload) bounded in bytes, not in items.
+
+    Its one reader calls :meth:`wait_room` before taking data from its
+    socket; markers (end of stream, reset, stall) count 0 bytes and never
+    wait, so they always get through."""
+
+    def __init__(self) -> None:
+        self._items: "collections.deque[Tuple[float, object, int]]" = collections.deque()
+        self._bytes = 0
+        self._changed = asyncio.Event()
+
+    async def wait_room(self, nbytes: int, bound: int) -> None:
+        while self._bytes and self._bytes + nbytes > bound:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def put(self, item: Optional[Tuple[float, object]], nbytes: int = 0) -> None:
+        due, payload = item if item is not None else (0.0, None)
+        self._items.append((due, payload if item is not None else _END, nbytes))
+        self._bytes += nbytes
+        self._changed.set()
+
+    async def get(self) -> Optional[Tuple[float, object]]:
+        while not self._items:
+            self._changed.clear()
+            await self._changed.wait()
+        due, payload, nbytes = self._items.popleft()
+        self._bytes -= nbytes
+        self._changed.set()
+        return None if payload is _END else (due, payload)
+
+
+_END = object()     # end of stream in a delay line
+
+
 class _Connection:
     """One proxied connection: two pumps (up and down) through the link."""
 
@@ -176,7 +224,7 @@ class _Connection:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     direction: Direction) -> None:
         faults = sorted((f for f in self.faults if f.direction == direction), key=lambda f: f.after_bytes)
-        queue: asyncio.Queue = asyncio.Queue(MAX_QUEUED_CHUNKS)
+        queue = _DelayLine()
         sender = asyncio.ensure_future(self._deliver(queue, writer, direction))
         position = 0
         try:
@@ -227,11 +275,14 @@ class _Connection:
             sender.cancel()
             raise
 
-    async def _through_link(self, link: _LinkDirection, queue: asyncio.Queue, piece: bytes) -> None:
+    async def _through_link(self, link: _LinkDirection, queue: "_DelayLine", piece: bytes) -> None:
+        # Room first, then the link: data waiting for a slow receiver must
+        # not occupy the bottleneck's clock.
+        await queue.wait_room(len(piece), queue_bound(link))
         sent_at = await link.transmit(len(piece))
-        await queue.put((sent_at + link.latency_s, piece))
+        await queue.put((sent_at + link.latency_s, piece), len(piece))
 
-    async def _deliver(self, queue: asyncio.Queue, writer: asyncio.StreamWriter,
+    async def _deliver(self, queue: "_DelayLine", writer: asyncio.StreamWriter,
                        direction: Direction) -> None:
         """Release chunks when due. Always consumes the queue up to its end
         marker, so the reader never blocks on a full queue after a reset."""

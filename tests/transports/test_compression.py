@@ -78,6 +78,20 @@ def test_pull_policy_follows_the_faster_choice():
     assert {policy.choose() for _ in range(10)} == {"none"}
 
 
+def test_pull_policy_probes_each_choice_once_at_a_time():
+    """Threads GETs start together: only one of them tries gzip, so a fast
+    link does not pay a burst of buckets compressed by the source."""
+    policy = PullCompressionPolicy("auto", probe_every=8)
+    burst = [policy.choose() for _ in range(4)]
+    assert burst.count("gzip") == 1 and burst.count("none") == 3
+    policy.observe("none", 4_000_000, 4_000_000, 0.04)  # 100 MB/s: a LAN
+    assert policy.choose() == "none"                    # gzip still being measured
+    policy.observe("gzip", 4_000_000, 2_800_000, 1.0)   # 4 MB/s: gzip is the bottleneck
+    choices = [policy.choose() for _ in range(64)]
+    # The slower choice is re-tried, but rarely (it costs a whole bucket).
+    assert 1 <= choices.count("gzip") <= 2
+
+
 def test_gunzip_is_bounded():
     bomb = gz.gzip_bytes(b"\0" * 10_000_000)
     with pytest.raises(gz.DecompressionError, match="more than"):

@@ -77,16 +77,17 @@ def test_push_mixed_study_splits_large_instances(orthanc_factory, mixed_study_fi
 
 def test_push_many_tiny_instances_from_an_accelerated_source(orthanc_factory, tmp_path):
     """A push bucket is cut for the target's BucketSize only: with a large
-    BucketSize, one bucket holds 60 tiny instances, more IDs than one chunks
-    URL may name. The source reader fetches it in several GETs."""
+    BucketSize, one bucket holds 150 tiny instances, more IDs than one chunks
+    URL may name (the plugin refuses more than 100; the URL limit is about
+    42). The source reader fetches it in several GETs."""
     from gui.sandbox import synthetic_studies as synth
 
     spec = synth.make_study_spec(61, "TINY MANY")
-    files = list(synth.tiny_instances(spec, 60, size=2048, seed=61))
+    files = list(synth.tiny_instances(spec, 150, size=2048, seed=61))
     source = orthanc_factory("src", with_accelerator=True)
     target = orthanc_factory("dst", with_accelerator=True)
     options = TransferOptions(BucketSize=1024)
     instances, recorder, ctx, buckets = push(source, target, files, tmp_path, options=options)
-    assert len(buckets) == 1 and len(buckets[0].chunks) == 60
+    assert len(buckets) == 1 and len(buckets[0].chunks) == 150
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
     assert set(recorder.final_states().values()) == {BucketState.DONE}

@@ -32,7 +32,8 @@ BODY_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Progress is reported at least this often while a body streams out.
 PIECE_SIZE = 256 * 1024
 # Polling interval bounds of an asynchronous commit.
-POLL_MIN, POLL_MAX = 0.2, 2.0
+# Starts short: a small commit is often done in tens of milliseconds.
+POLL_MIN, POLL_MAX = 0.05, 2.0
 
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 

@@ -1,7 +1,11 @@
 """The bytes of a push bucket, read from the source server.
 
-- A source that speaks the protocol serves a bucket's exact bytes with one
-  ``GET /transfers/chunks`` request: nothing is cached here.
+- A source that speaks the protocol serves a bucket's exact bytes with
+  ``GET /transfers/chunks`` requests: nothing is cached here. A push bucket is
+  cut for the target's ``BucketSize`` only, so a bucket of many small
+  instances is fetched in several GETs, each URL kept under the protocol's
+  length limit and the plugins' limit of IDs per URL, and the answers are
+  concatenated.
 - A stock source serves whole files only (``Range`` is ignored). A whole
   instance that is one chunk is downloaded and used once. An instance split
   over several buckets is downloaded once and kept for its other chunks: in
@@ -17,19 +21,53 @@ import collections
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
 from gui.engine.retry import with_retries
+from gui.engine.source_download import download_instance
 from gui.engine.transport_base import TransferFailed
+from gui.protocol import wire
 from gui.protocol.wire import Bucket, Chunk, InstanceInfo
 
 log = logging.getLogger(__name__)
 
 RetryHook = Optional[Callable[[int, OrthancError], None]]
+
+# A source plugin refuses a chunks URL naming more instances than this (the
+# project's plugin: MaxChunkIds, default 100). The URL length limit usually
+# binds first (about 42 IDs).
+MAX_IDS_PER_CHUNKS_GET = 100
+# GETs of one bucket's parts in flight at once.
+PARTS_IN_FLIGHT = 4
+
+
+def split_for_get(bucket: Bucket, base_url: str, compression: str = "gzip",
+                  max_ids: int = MAX_IDS_PER_CHUNKS_GET) -> List[Bucket]:
+    """Cut a bucket into consecutive parts that can each be fetched with one GET.
+
+    Every part's URL (``base_url`` + its chunks path) stays under
+    ``wire.MAX_PULL_URL_LENGTH`` and names at most ``max_ids`` instances; the
+    parts' bytes, concatenated, are the bucket's. ``compression`` is the
+    longest value the query may carry, so the length holds for either.
+    """
+    parts: List[Bucket] = []
+    current: List[Chunk] = []
+    for chunk in bucket.chunks:
+        candidate = current + [chunk]
+        too_long = len(base_url + wire.chunks_uri(Bucket(candidate), compression)) \
+            >= wire.MAX_PULL_URL_LENGTH
+        if current and (too_long or len(candidate) > max_ids):
+            parts.append(Bucket(current))
+            current = [chunk]
+        else:
+            current = candidate
+    if current:
+        parts.append(Bucket(current))
+    return parts
 
 
 class SourceReadError(TransferFailed):
@@ -61,7 +99,7 @@ class SourceReader:
     async def read(self, bucket: Bucket, on_retry: RetryHook = None) -> bytes:  # or bytearray
         expected = bucket.total_size
         if self.use_chunks_endpoint:
-            data = (await self._fetcher.fetch(None, bucket, on_retry)).data
+            data = await self._read_through_chunks(bucket, on_retry)
         else:
             parts = [await self._read_chunk(chunk, on_retry) for chunk in bucket.chunks]
             data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -70,13 +108,31 @@ class SourceReader:
                                   f"{expected} bytes ({bucket.instance_ids()[0]}...)")
         return data
 
+    async def _read_through_chunks(self, bucket: Bucket, on_retry: RetryHook) -> bytes:
+        parts = split_for_get(bucket, self.source.base_url)
+        if len(parts) == 1:
+            return (await self._fetcher.fetch(None, bucket, on_retry)).data
+        # A few GETs of one bucket in flight at once: on a long round trip,
+        # one after the other would leave the link idle between them.
+        gate = asyncio.Semaphore(PARTS_IN_FLIGHT)
+
+        async def one(part: Bucket) -> bytes:
+            async with gate:
+                return (await self._fetcher.fetch(None, part, on_retry)).data
+
+        return b"".join(await asyncio.gather(*(one(p) for p in parts)))
+
+    async def _download(self, iid: str) -> bytes:
+        # gzip from a stock source only where it pays (it compresses slowly).
+        return (await download_instance(self.source, iid, self._fetcher.policy))[0]
+
     async def _read_chunk(self, chunk: Chunk, on_retry: RetryHook) -> bytes:
         iid = chunk.instance_id
         # The only chunk of this instance still to read, and nothing kept: no caching.
         if self._remaining[iid] <= 1 and iid not in self._files and iid not in self._cache \
                 and iid not in self._pending:
             self._remaining[iid] -= 1
-            data = await with_retries(lambda: self.source.download_instance(iid), self.retries,
+            data = await with_retries(lambda: self._download(iid), self.retries,
                                       on_retry=on_retry)
             return data[chunk.offset:chunk.offset + chunk.size]
         try:
@@ -117,7 +173,7 @@ class SourceReader:
         if self._make_room(size):
             self._reserved += size
             try:
-                data = await with_retries(lambda: self.source.download_instance(iid), self.retries,
+                data = await with_retries(lambda: self._download(iid), self.retries,
                                           on_retry=on_retry)
             finally:
                 self._reserved -= size
