@@ -163,3 +163,13 @@ def wait_loaded(qtbot, pane, timeout: int = 30000) -> None:
     qtbot.waitUntil(lambda: pane.state == "error" or (pane.state == "ok" and pane.model.is_complete),
                     timeout=timeout)
     assert pane.state == "ok", pane.status_text
+
+
+@pytest.fixture(autouse=True)
+def no_modal_question_on_close(monkeypatch):
+    """Closing a window with running jobs asks a modal question; offscreen
+    nobody answers it, so a test that ends (or fails) with a job running
+    would hang in pytest-qt's teardown. Tests that check the question
+    override this on their controller."""
+    from gui.ui.transfers.transfers_controller import TransfersController
+    monkeypatch.setattr(TransfersController, "ask_pause_on_close", lambda self, count: True)
