@@ -7,7 +7,7 @@ import json
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import httpx
 
@@ -283,25 +283,25 @@ class OrthancClient:
                 return None
             raise
 
-    async def download_instance(self, instance_id: str) -> bytes:
+    async def download_instance(self, instance_id: str, *, gzip: bool = True) -> bytes:
+        """The stored file; ``gzip`` lets Orthanc compress it on the wire (worth
+        it on slow links, a cost on fast ones: Orthanc compresses single-threaded)."""
         path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
-        return (await self.request("GET", path, headers={"Accept-Encoding": "gzip"})).content
+        headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
+        return (await self.request("GET", path, headers=headers)).content
 
-    async def get_bounded(self, path: str, limit: int, *,
-                          headers: Optional[Mapping[str, str]] = None) -> bytearray:
-        """GET a binary answer of at most ``limit`` bytes, streamed into one
-        buffer (no second copy; an answer longer than ``limit`` is cut at
-        ``limit + 1`` bytes so the caller sees it is too long)."""
-        buffer = bytearray()
+    async def stream_get(self, path: str, consume: Callable[[bytes], bool], *,
+                         headers: Optional[Mapping[str, str]] = None,
+                         piece_size: Optional[int] = None) -> None:
+        """GET a binary answer and hand it to ``consume`` piece by piece, without
+        holding it whole; ``consume`` returns False to stop reading early."""
         try:
             async with self._http.stream("GET", path, headers=headers) as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._status_error("GET", path, response)
-                async for piece in response.aiter_bytes():
-                    buffer += piece
-                    if len(buffer) > limit:
-                        del buffer[limit + 1:]
+                async for piece in response.aiter_bytes(piece_size):
+                    if consume(piece) is False:
                         break
         except httpx.TimeoutException:
             raise self._error(f"no answer within {self.timeout:.0f} s (timeout)", "GET", path) from None
@@ -309,28 +309,39 @@ class OrthancClient:
             raise self._error(_connect_reason(exc), "GET", path) from None
         except httpx.HTTPError as exc:
             raise self._error(f"{type(exc).__name__}: {exc}", "GET", path) from None
+
+    async def get_bounded(self, path: str, limit: int, *,
+                          headers: Optional[Mapping[str, str]] = None) -> bytearray:
+        """GET a binary answer of at most ``limit`` bytes, streamed into one
+        buffer (no second copy; an answer longer than ``limit`` is cut at
+        ``limit + 1`` bytes so the caller sees it is too long)."""
+        buffer = bytearray()
+
+        def keep(piece: bytes) -> bool:
+            buffer.extend(piece)
+            if len(buffer) > limit:
+                del buffer[limit + 1:]
+                return False
+            return True
+
+        await self.stream_get(path, keep, headers=headers)
         return buffer
 
     async def download_instance_to(self, instance_id: str, sink: Any,
-                                   piece_size: int = 256 * 1024) -> int:
+                                   piece_size: int = 256 * 1024, *, gzip: bool = True) -> int:
         """Stream an instance's file into ``sink`` (a binary file object opened
         for writing) without holding it in memory; returns the bytes written."""
         path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
         written = 0
-        try:
-            async with self._http.stream("GET", path, headers={"Accept-Encoding": "gzip"}) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise self._status_error("GET", path, response)
-                async for piece in response.aiter_bytes(piece_size):
-                    sink.write(piece)
-                    written += len(piece)
-        except httpx.TimeoutException:
-            raise self._error(f"no answer within {self.timeout:.0f} s (timeout)", "GET", path) from None
-        except httpx.ConnectError as exc:
-            raise self._error(_connect_reason(exc), "GET", path) from None
-        except httpx.HTTPError as exc:
-            raise self._error(f"{type(exc).__name__}: {exc}", "GET", path) from None
+
+        def write(piece: bytes) -> bool:
+            nonlocal written
+            sink.write(piece)
+            written += len(piece)
+            return True
+
+        await self.stream_get(path, write, headers={"Accept-Encoding": "gzip" if gzip else "identity"},
+                              piece_size=piece_size)
         return written
 
     async def upload(self, data: bytes, *, content_encoding: Optional[str] = None,
