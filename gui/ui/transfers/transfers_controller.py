@@ -293,6 +293,14 @@ class TransfersController(QObject):
 
     def on_job_finished(self, event: JobFinished) -> None:
         report: CommitmentReport = event.report
+        try:
+            job = self.engine.job(event.job_id) if self.engine is not None else None
+        except Exception:  # noqa: BLE001 - removed meanwhile
+            job = None
+        if job is None or job.report is not report:
+            # Events reach the UI in batches: this is news of an earlier run of
+            # a job that was resubmitted (or removed) since.
+            return
         self.panel.apply_report(report)
         if report.state != JobState.CANCELED:
             for pane in self.panes():
