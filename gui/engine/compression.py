@@ -34,6 +34,9 @@ MIN_USEFUL_RATIO = 1.1
 SAMPLE_BYTES = 4 * 1024 * 1024
 # The slower pull choice is re-probed at most this many times less often.
 MAX_PROBE_SPACING = 8
+# Raw bytes/s of one uncompressed GET above which gzip is not even tried:
+# a source compresses one answer in one thread, at a few tens of MB/s.
+GZIP_NEVER_FASTER = 32e6
 
 _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gzip")
 
@@ -145,11 +148,10 @@ class PullCompressionPolicy:
     """Per-bucket choice for pull mode, where every GET may differ.
 
     Keeps a smoothed raw throughput (raw bytes per second of one GET) for
-    each choice. Each choice is first tried by *one* GET at a time (the
-    first GETs start together: the rest take the measured choice, or
-    ``none`` while nothing is measured yet) — on a fast link a burst of gzip
-    probes would each cost a whole bucket compressed by the source.
-    Afterwards the faster one is used and the other is re-tried from time to
+    each choice. GETs go uncompressed until one has been measured; then a
+    single GET tries gzip, unless uncompressed GETs already run faster than
+    ``GZIP_NEVER_FASTER`` (no source compresses that fast: on a LAN a gzip
+    probe only costs a whole bucket compressed by the source). Afterwards the faster one is used and the other is re-tried from time to
     time so a change of conditions (a busier source, a congested link) is
     noticed: every ``probe_every`` buckets, less often the more it lost
     (a probe of the slower choice costs a bucket at its speed). gzip is
@@ -178,14 +180,16 @@ class PullCompressionPolicy:
         ratio = self.ratio
         if ratio is not None and ratio < MIN_USEFUL_RATIO:
             return "none"
-        unmeasured = [o for o in ("none", "gzip") if self._rate[o] is None]
-        if unmeasured:
-            for option in unmeasured:
-                if not self._probing[option]:
-                    self._probing[option] = True
-                    return option
-            measured = [o for o in ("none", "gzip") if o not in unmeasured]
-            return measured[0] if measured else "none"
+        plain_rate = self._rate["none"]
+        if plain_rate is None:
+            return "none"
+        if plain_rate >= GZIP_NEVER_FASTER:
+            return "none"
+        if self._rate["gzip"] is None:
+            if self._probing["gzip"]:
+                return "none"
+            self._probing["gzip"] = True
+            return "gzip"
         rates: Dict[str, float] = self._rate  # type: ignore[assignment]
         best = "gzip" if rates["gzip"] >= rates["none"] else "none"
         other = "none" if best == "gzip" else "gzip"
@@ -196,11 +200,12 @@ class PullCompressionPolicy:
             return other
         return best
 
-    def observe(self, compression: str, raw: int, wire: int, seconds: float) -> None:
-        """Record one finished GET (``raw`` bytes after inflating, ``wire`` on the wire)."""
+    def observe(self, compression: str, raw: int, wire: Optional[int], seconds: float) -> None:
+        """Record one finished GET (``raw`` bytes after inflating, ``wire`` on the
+        wire; None when unknown, e.g. inflated while streaming: rate only)."""
         if raw <= 0 or seconds <= 0:
             return
-        if compression == "gzip":
+        if compression == "gzip" and wire is not None:
             self._raw += raw
             self._wire += wire
         self._probing[compression] = False

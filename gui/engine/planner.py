@@ -115,12 +115,13 @@ async def _instances_below(source: OrthancClient, resource: dict) -> Dict[str, i
 
 
 async def present_on_target(target: OrthancClient, instances: Sequence[InstanceInfo],
-                            concurrency: int, retries: int = 0, *,
-                            bulk: bool = False) -> Dict[str, Optional[str]]:
+                            concurrency: int, retries: int = 0, *, bulk: bool = False,
+                            resources: Optional[Sequence[dict]] = None) -> Dict[str, Optional[str]]:
     """The target's MD5 of each instance, None when absent; the first error
-    met is raised. ``bulk``: the target speaks the protocol (one lookup)."""
+    met is raised. ``bulk``: the target speaks the protocol (one lookup);
+    ``resources``: the job's, which hold every instance (see ``target_md5``)."""
     found = await md5s_on(target, [i.id for i in instances], bulk=bulk, concurrency=concurrency,
-                          retries=retries)
+                          retries=retries, resources=resources)
     for value in found.values():
         if isinstance(value, OrthancError):
             raise value
@@ -139,17 +140,19 @@ async def make_plan(source: OrthancClient, target: OrthancClient, resources: Seq
     instances = await resolve_instances(source, resources, use_protocol=use_protocol,
                                         concurrency=concurrency, retries=retries, headers=headers)
     return await split_present(target, instances, concurrency=concurrency, force=force, keep=keep,
-                               retries=retries, target_speaks=target_speaks)
+                               retries=retries, target_speaks=target_speaks,
+                               resources=check_resources(resources))
 
 
 async def split_present(target: OrthancClient, instances: Sequence[InstanceInfo], *,
                         concurrency: int, force: bool = False,
                         keep: Optional[set] = None, retries: int = 0,
-                        target_speaks: bool = False) -> Plan:
+                        target_speaks: bool = False,
+                        resources: Optional[Sequence[dict]] = None) -> Plan:
     instances = sorted(instances, key=lambda i: i.id)
     candidates = [i for i in instances if not force or (keep and i.id in keep)]
     on_target = await present_on_target(target, candidates, concurrency, retries,
-                                        bulk=target_speaks) if candidates else {}
+                                        bulk=target_speaks, resources=resources) if candidates else {}
     present = [i for i in candidates if on_target.get(i.id) == i.md5]
     present_ids = {i.id for i in present}
     to_send = [i for i in instances if i.id not in present_ids]

@@ -11,13 +11,19 @@ one request at a time. So:
   instance is absent, and then the GETs below decide;
 - otherwise ``GET /instances/{id}/attachments/dicom/md5`` for each, at least
   ``SMALL_GET_CONCURRENCY`` in flight (tiny answers: what limits is the
-  round trip, and Orthanc serves them from its database).
+  round trip, and Orthanc serves them from its database);
+- when the job's resources (patients, studies, series) are known, one
+  ``GET /{level}/{id}/instances`` per resource first says which instances
+  the server holds at all (404: none): only those are asked for their MD5.
+  Orthanc IDs derive from the DICOM UIDs, so an instance of the job that is
+  on the server is listed under the same resource there. On a fresh target
+  that is one request instead of one per instance.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -29,12 +35,21 @@ LOOKUP_SLICE = 2000
 
 
 async def md5s_on(server: OrthancClient, ids: Sequence[str], *, bulk: bool, concurrency: int,
-                  retries: int = 0) -> Dict[str, object]:
+                  retries: int = 0,
+                  resources: Optional[Sequence[Dict[str, str]]] = None) -> Dict[str, object]:
     """MD5 per instance ID: a string, None when absent, or the OrthancError met
-    (after ``retries`` retries of retryable errors)."""
+    (after ``retries`` retries of retryable errors). ``resources``: the
+    job's resources, every instance of ``ids`` lies below them."""
     ids = list(ids)
     if not ids:
         return {}
+    held = await _held_below(server, resources, retries) if resources else None
+    if held is not None:
+        found: Dict[str, object] = {i: None for i in ids if i not in held}
+        present = [i for i in ids if i in held]
+        found.update(await md5s_on(server, present, bulk=bulk, concurrency=concurrency,
+                                   retries=retries))
+        return found
     if bulk:
         found = await _lookup(server, ids, retries)
         if found is not None:
@@ -49,6 +64,27 @@ async def md5s_on(server: OrthancClient, ids: Sequence[str], *, bulk: bool, conc
                 return exc
 
     return dict(zip(ids, await asyncio.gather(*(one(i) for i in ids))))
+
+
+async def _held_below(server: OrthancClient, resources: Sequence[Dict[str, str]],
+                     retries: int) -> Optional[Set[str]]:
+    """IDs of the instances the server holds below ``resources``, or None when
+    it cannot tell (an instance-level resource, an unexpected error)."""
+    held: Set[str] = set()
+    for resource in resources:
+        if not isinstance(resource, dict):
+            return None
+        level, rid = resource.get("Level"), resource.get("ID")
+        if level not in ("Patient", "Study", "Series") or not isinstance(rid, str):
+            return None
+        try:
+            items = await with_retries(lambda: server.instances_of(level, rid), retries)
+        except OrthancError as exc:
+            if exc.status == 404:
+                continue  # the resource is not there: none of its instances are
+            return None
+        held.update(str(item["ID"]) for item in items)
+    return held
 
 
 async def _lookup(server: OrthancClient, ids: List[str], retries: int) -> Optional[Dict[str, object]]:

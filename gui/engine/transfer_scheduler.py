@@ -399,7 +399,8 @@ class JobRunner:
             target=self.target, instances=plan.to_send, options=options,
             compression=compression, staging_dir=staging, report_bucket=self._on_bucket,
             done_buckets=set(done), checkpoint=self._checkpoint, saved_state=saved_state,
-            running=self.running, created_on_target=set(created))
+            running=self.running, created_on_target=set(created),
+            resources=list(job.resources or []) if job.kind != "upload" else [])
         self.ctx.source_accelerated = source_speaks
         self.ctx.target_accelerated = target_speaks
         self.transport = transport

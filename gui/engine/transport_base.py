@@ -59,6 +59,10 @@ class TransferContext:
     running: asyncio.Event = field(default_factory=asyncio.Event)
     # Instances this job created on the target (plain mode's rollback list).
     created_on_target: Set[str] = field(default_factory=set)
+    # The job's resources (Level/ID) on the source, when it has some: every
+    # instance lies below them, which lets presence checks list instead of
+    # asking one by one (``target_md5``). Empty for local uploads.
+    resources: List[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.running.set()

@@ -91,3 +91,22 @@ def test_push_many_tiny_instances_from_an_accelerated_source(orthanc_factory, tm
     assert len(buckets) == 1 and len(buckets[0].chunks) == 150
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
     assert set(recorder.final_states().values()) == {BucketState.DONE}
+
+
+def test_split_for_get_keeps_every_url_short_and_the_bytes_in_order():
+    from gui.engine.push_mode.source_reader import split_for_get
+    from gui.protocol import wire
+    from gui.protocol.wire import Bucket, InstanceInfo
+
+    base = "https://orthanc.example.org:8042/some/prefix"
+    infos = [InstanceInfo(f"{n:08x}-00000000-00000000-00000000-00000000", 8000 + n, "0" * 32)
+             for n in range(500)]
+    bucket = Bucket()
+    for info in infos:
+        bucket.add_chunk(info, 0, info.size)
+    parts = split_for_get(bucket, base)
+    assert len(parts) > 1
+    assert all(len(base + wire.chunks_uri(p, "gzip")) < wire.MAX_PULL_URL_LENGTH for p in parts)
+    assert all(len(p.chunks) <= 100 for p in parts)
+    assert [c for p in parts for c in p.chunks] == bucket.chunks
+    assert sum(p.total_size for p in parts) == bucket.total_size

@@ -87,7 +87,8 @@ class PullTransport(Transport):
         skip: Set[int] = set()
         if ctx.target_accelerated:
             pusher = BucketPusher(ctx, buckets, staging, link_rate=self.link_rate,
-                                  asynchronous_commit=await supports_asynchronous_commit(ctx))
+                                  asynchronous_commit=await supports_asynchronous_commit(ctx),
+                                  read_ahead=False)
             self._deliveries[ctx.job_id] = pusher
             delivery = pusher.run()
         else:

@@ -81,13 +81,16 @@ class _Prepared:
 class BucketPusher:
     def __init__(self, ctx: TransferContext, buckets: Sequence[Bucket], reader: BucketReader, *,
                  link_rate: Optional[float] = None, asynchronous_commit: bool = False,
-                 max_recreate: int = MAX_RECREATE) -> None:
+                 max_recreate: int = MAX_RECREATE, read_ahead: bool = True) -> None:
         self.ctx = ctx
         self.buckets = list(buckets)
         self.reader = reader
         self.link_rate = link_rate
         self.asynchronous_commit = asynchronous_commit
         self.max_recreate = max_recreate
+        # Off when the reader has its own look-ahead (pull mode's staging
+        # area, whose memory bound a second one would break).
+        self.read_ahead = read_ahead
         self.tx: Optional[PushTransaction] = None
         self.compression: Optional[str] = None
         self.decision_reason = ""
@@ -279,7 +282,7 @@ class BucketPusher:
         only those may be deleted if the job is cancelled during the commit."""
         ids = [i.id for i in self.ctx.instances if i.id not in self.ctx.created_on_target]
         found = await md5s_on(self.ctx.target, ids, bulk=True, concurrency=self.ctx.options.Threads * 2,
-                              retries=self.ctx.options.MaxHttpRetries)
+                              retries=self.ctx.options.MaxHttpRetries, resources=self.ctx.resources)
         for instance_id in ids:
             value = found.get(instance_id)
             if isinstance(value, OrthancError):
@@ -335,7 +338,7 @@ class BucketPusher:
                     index, reading = ahead
                     ahead = None
                     prepared = await reading
-                    following = next(queue, None)
+                    following = next(queue, None) if self.read_ahead else None
                     if following is not None:
                         ahead = (following, asyncio.ensure_future(self._prepare(following)))
                     await self.ctx.wait_running()

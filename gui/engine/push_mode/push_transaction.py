@@ -33,7 +33,7 @@ BODY_CONTENT_TYPE = "application/x-www-form-urlencoded"
 PIECE_SIZE = 256 * 1024
 # Polling interval bounds of an asynchronous commit.
 # Starts short: a small commit is often done in tens of milliseconds.
-POLL_MIN, POLL_MAX = 0.05, 2.0
+POLL_MIN, POLL_MAX = 0.05, 1.0
 
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 
@@ -222,7 +222,7 @@ class PushTransaction:
             if time.monotonic() > deadline:
                 raise CommitFailed(f"the commit did not finish within {self.commit_timeout:.0f} s")
             await asyncio.sleep(delay)
-            delay = min(POLL_MAX, delay * 1.5)
+            delay = min(POLL_MAX, delay * 1.25)
             try:
                 answer = await with_retries(
                     lambda: self.target.get_json(path, headers=self._headers()), self.retries)

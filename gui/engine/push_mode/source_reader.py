@@ -20,6 +20,7 @@ import asyncio
 import collections
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -185,8 +186,16 @@ class SourceReader:
         path = self.staging_dir / f"source-{iid}.dcm"
 
         async def download() -> int:
+            # Same gzip-or-not choice as for whole files kept in memory.
+            policy = self._fetcher.policy
+            choice = policy.choose()
+            start = time.perf_counter()
             with open(path, "wb") as sink:
-                return await self.source.download_instance_to(iid, sink)
+                written = await self.source.download_instance_to(iid, sink, gzip=choice == "gzip")
+            # The wire size of a streamed answer is not known here: only the
+            # rate is recorded, not the ratio.
+            policy.observe(choice, written, None, time.perf_counter() - start)
+            return written
 
         await with_retries(download, self.retries, on_retry=on_retry)
         self._files[iid] = path
