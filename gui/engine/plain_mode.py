@@ -24,11 +24,26 @@ from gui.client.errors import OrthancError
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.events import BucketState, TransferMode
 from gui.engine.source_download import download_instance
+from gui.engine.target_md5 import SMALL_GET_CONCURRENCY, md5s_on
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
 
 ACCEPTED_STATUSES = ("Success", "AlreadyStored")
+# Instances of one unit downloaded at once.
+READS_PER_UNIT = 8
+
+
+async def _all_or_none(jobs: List) -> List:
+    """Results of every coroutine, in order; the first failure cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class Unit:
@@ -139,27 +154,43 @@ class PlainTransport(Transport):
             self._event(ctx, unit, BucketState.RETRYING, retries=attempt, error=str(exc))
 
         try:
-            files: List[Tuple[str, bytes]] = []
             raw_done = 0
             self._event(ctx, unit, BucketState.READING)
-            for info in unit.instances:
-                data, _wire = await with_retries(lambda info=info: self.read_instance(ctx, info),
-                                                 retries, on_retry=on_retry)
-                digest = await asyncio.to_thread(lambda d=data: hashlib.md5(d).hexdigest())
+            # The instances of a unit are read a few at a time: a bucket of
+            # small instances read one by one costs one round trip each.
+            gate = asyncio.Semaphore(READS_PER_UNIT)
+
+            async def read(info: InstanceInfo) -> bytes:
+                nonlocal raw_done
+                async with gate:
+                    data, _wire = await with_retries(lambda: self.read_instance(ctx, info),
+                                                     retries, on_retry=on_retry)
+                digest = await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
                 if len(data) != info.size or digest != info.md5:
                     raise TransferFailed(
                         f"instance {info.id} read from {self.source_label(ctx)} does not match the plan "
                         f"(size {len(data)} vs {info.size}, MD5 {digest} vs {info.md5}); "
                         "was it modified during the transfer?", {info.id: "changed on the source"})
-                files.append((f"{info.id}.dcm", data))
                 raw_done += len(data)
                 self._event(ctx, unit, BucketState.READING, raw_done=raw_done)
+                return data
+
+            contents = await _all_or_none([read(info) for info in unit.instances])
+            files: List[Tuple[str, bytes]] = [(f"{info.id}.dcm", data)
+                                              for info, data in zip(unit.instances, contents)]
+            del contents
 
             # Look before writing: only what is absent now is ours to delete later.
-            befores = await asyncio.gather(*(
-                with_retries(lambda info=info: ctx.target.instance_md5_or_none(info.id), retries,
-                             on_retry=on_retry) for info in unit.instances))
-            for info, before in zip(unit.instances, befores):
+            # Many instances: one listing of the job's resources on the target
+            # answers for all of them (see target_md5).
+            many = len(unit.instances) > SMALL_GET_CONCURRENCY
+            befores = await md5s_on(ctx.target, [i.id for i in unit.instances], bulk=False,
+                                    concurrency=len(unit.instances), retries=retries,
+                                    resources=ctx.resources if many else None, on_retry=on_retry)
+            for info in unit.instances:
+                before = befores.get(info.id)
+                if isinstance(before, OrthancError):
+                    raise before
                 if before is None and info.id not in ctx.created_on_target:
                     await ctx.mark_created(info.id)
 

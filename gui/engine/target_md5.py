@@ -23,7 +23,7 @@ one request at a time. So:
 from __future__ import annotations
 
 import asyncio
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -36,19 +36,21 @@ LOOKUP_SLICE = 2000
 
 async def md5s_on(server: OrthancClient, ids: Sequence[str], *, bulk: bool, concurrency: int,
                   retries: int = 0,
-                  resources: Optional[Sequence[Dict[str, str]]] = None) -> Dict[str, object]:
+                  resources: Optional[Sequence[Dict[str, str]]] = None,
+                  on_retry: Optional[Callable[[int, OrthancError], None]] = None) -> Dict[str, object]:
     """MD5 per instance ID: a string, None when absent, or the OrthancError met
-    (after ``retries`` retries of retryable errors). ``resources``: the
-    job's resources, every instance of ``ids`` lies below them."""
+    (after ``retries`` retries of retryable errors, each reported to
+    ``on_retry``). ``resources``: the job's resources, every instance of
+    ``ids`` lies below them."""
     ids = list(ids)
     if not ids:
         return {}
-    held = await _held_below(server, resources, retries) if resources else None
+    held = await _held_below(server, resources, retries, on_retry) if resources else None
     if held is not None:
         found: Dict[str, object] = {i: None for i in ids if i not in held}
         present = [i for i in ids if i in held]
         found.update(await md5s_on(server, present, bulk=bulk, concurrency=concurrency,
-                                   retries=retries))
+                                   retries=retries, on_retry=on_retry))
         return found
     if bulk:
         found = await _lookup(server, ids, retries)
@@ -59,15 +61,16 @@ async def md5s_on(server: OrthancClient, ids: Sequence[str], *, bulk: bool, conc
     async def one(instance_id: str) -> object:
         async with gate:
             try:
-                return await with_retries(lambda: server.instance_md5_or_none(instance_id), retries)
+                return await with_retries(lambda: server.instance_md5_or_none(instance_id), retries,
+                                          on_retry=on_retry)
             except OrthancError as exc:
                 return exc
 
     return dict(zip(ids, await asyncio.gather(*(one(i) for i in ids))))
 
 
-async def _held_below(server: OrthancClient, resources: Sequence[Dict[str, str]],
-                     retries: int) -> Optional[Set[str]]:
+async def _held_below(server: OrthancClient, resources: Sequence[Dict[str, str]], retries: int,
+                     on_retry: Optional[Callable[[int, OrthancError], None]]) -> Optional[Set[str]]:
     """IDs of the instances the server holds below ``resources``, or None when
     it cannot tell (an instance-level resource, an unexpected error)."""
     held: Set[str] = set()
@@ -78,7 +81,8 @@ async def _held_below(server: OrthancClient, resources: Sequence[Dict[str, str]]
         if level not in ("Patient", "Study", "Series") or not isinstance(rid, str):
             return None
         try:
-            items = await with_retries(lambda: server.instances_of(level, rid), retries)
+            items = await with_retries(lambda: server.instances_of(level, rid), retries,
+                                       on_retry=on_retry)
         except OrthancError as exc:
             if exc.status == 404:
                 continue  # the resource is not there: none of its instances are
