@@ -79,13 +79,20 @@ class StagingArea:
 
     async def admit(self, bucket: Bucket) -> None:
         """Wait before fetching a bucket that starts new instances while full."""
-        def starts_new() -> bool:
-            return any(not self._entry(c.instance_id).allocated and not self._entry(c.instance_id).released
-                       for c in bucket.chunks)
-        while starts_new() and self.staged_bytes > 0 \
-                and self.staged_bytes + bucket.total_size > self.cache_bytes:
+        def new_bytes() -> int:
+            # Staging holds whole instances: a bucket starting one costs its full size.
+            entries = {c.instance_id: self._entry(c.instance_id) for c in bucket.chunks}
+            return sum(e.info.size for e in entries.values() if not e.allocated and not e.released)
+        while new_bytes() and self.staged_bytes > 0 \
+                and self.staged_bytes + new_bytes() > self.cache_bytes:
             self._room.clear()
             await self._room.wait()
+        # Reserve now, before the fetch: workers admitted together must see
+        # each other's instances, or each overshoots the bound on its own.
+        for chunk in bucket.chunks:
+            entry = self._entry(chunk.instance_id)
+            if not entry.released:
+                self._allocate(entry)
 
     async def put(self, bucket: Bucket, data: bytes) -> None:
         """Store a fetched bucket's bytes (already length-checked)."""
