@@ -39,10 +39,6 @@ async def _transfer(source_url: str, target_url: str, study: str, mode: str, dat
 
 def measure(source_url: str, target_url: str, study: str, mode: str, where: str) -> Dict[str, Any]:
     """The probe's figures during one transfer, or ``{"note": why not}``."""
-    try:
-        from gui.engine import TransferEngine  # noqa: F401  (the engine may not exist yet in this tree)
-    except ImportError as exc:
-        return {"note": f"the engine is not importable: {exc}"}
     with tempfile.TemporaryDirectory(prefix="bench-stall-") as data_dir:
         try:
             result = asyncio.run(_transfer(source_url, target_url, study, mode, Path(data_dir)))

@@ -222,18 +222,7 @@ class DelegatedTransport(Transport):
                                          "nothing was deleted from the target")
                 await asyncio.sleep(self.poll_interval)
                 state = await self._job_state(ctx, job)
-        failures = []
-        for instance_id in sorted(ctx.created_on_target):
-            try:
-                await with_retries(lambda i=instance_id: ctx.target.delete("Instance", i),
-                                   ctx.options.MaxHttpRetries)
-            except OrthancError as exc:
-                if exc.status != 404:
-                    failures.append(f"{instance_id}: {exc}")
-        if failures:
-            raise TransferFailed(f"rollback incomplete on {ctx.target.peer.name}: {len(failures)} "
-                                 f"instance(s) could not be deleted ({failures[0]})")
-        ctx.created_on_target.clear()
+        await ctx.delete_created_on_target()
         await ctx.save_state(STATE_KEY, None)
 
 

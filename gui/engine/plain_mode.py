@@ -243,15 +243,4 @@ class PlainTransport(Transport):
         """Delete every instance this job created; keep everything else."""
         if self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
-        failures = []
-        for instance_id in sorted(ctx.created_on_target):
-            try:
-                await with_retries(lambda i=instance_id: ctx.target.delete("Instance", i),
-                                   ctx.options.MaxHttpRetries)
-            except OrthancError as exc:
-                if exc.status != 404:
-                    failures.append(f"{instance_id}: {exc}")
-        if failures:
-            raise TransferFailed(f"rollback incomplete on {ctx.target.peer.name}: {len(failures)} "
-                                 f"instance(s) could not be deleted ({failures[0]})")
-        ctx.created_on_target.clear()
+        await ctx.delete_created_on_target()

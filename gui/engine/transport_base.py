@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Dict, List, Optional, Set
 
+from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.config.settings import TransferOptions
 from gui.engine.events import BucketProgress, BucketState, TransferMode
+from gui.engine.retry import with_retries
 from gui.protocol.wire import Bucket, InstanceInfo
 
 
@@ -97,6 +99,23 @@ class TransferContext:
         self.created_on_target.add(instance_id)
         if self.checkpoint is not None:
             await self.checkpoint("created", instance_id)
+
+    async def delete_created_on_target(self) -> None:
+        """Rollback: delete every instance this job created on the target, and
+        only those (one already gone counts as deleted). Raises TransferFailed
+        naming what could not be deleted."""
+        failures = []
+        for instance_id in sorted(self.created_on_target):
+            try:
+                await with_retries(lambda i=instance_id: self.target.delete("Instance", i),
+                                   self.options.MaxHttpRetries)
+            except OrthancError as exc:
+                if exc.status != 404:
+                    failures.append(f"{instance_id}: {exc}")
+        if failures:
+            raise TransferFailed(f"rollback incomplete on {self.target.peer.name}: {len(failures)} "
+                                 f"instance(s) could not be deleted ({failures[0]})")
+        self.created_on_target.clear()
 
     async def save_state(self, key: str, value: object) -> None:
         if value is None:

@@ -28,7 +28,7 @@ import enum
 import socket
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
 
 __all__ = ["Direction", "FaultKind", "Fault", "LinkStats", "WanProxy", "ThreadedWanProxy"]

@@ -16,7 +16,6 @@ from typing import Awaitable, Callable, Dict, Optional, Protocol, Sequence, Set,
 from gui.client.errors import OrthancError
 from gui.engine import compression as gz
 from gui.engine.events import BucketState
-from gui.engine.retry import with_retries
 from gui.engine.target_md5 import md5s_on
 from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
                                                    TransactionState)
@@ -262,7 +261,7 @@ class BucketPusher:
         if self._commit_started or self.ctx.created_on_target:
             # A commit that was cut short (cancel, lost answer) may have
             # imported some instances: remove those this job brought.
-            await self._rollback_created()
+            await self.ctx.delete_created_on_target()
         try:
             await self.ctx.save_state(STATE_KEY, None)
         except Exception as exc:  # noqa: BLE001 - cleanup must go on; the job store logs its own errors
@@ -289,20 +288,6 @@ class BucketPusher:
                 raise value
             if value is None:
                 await self.ctx.mark_created(instance_id)
-
-    async def _rollback_created(self) -> None:
-        failures = []
-        for instance_id in sorted(self.ctx.created_on_target):
-            try:
-                await with_retries(lambda i=instance_id: self.ctx.target.delete("Instance", i),
-                                   self.ctx.options.MaxHttpRetries)
-            except OrthancError as exc:
-                if exc.status != 404:
-                    failures.append(f"{instance_id}: {exc}")
-        if failures:
-            raise TransferFailed(f"rollback incomplete on {self.ctx.target.peer.name}: {len(failures)} "
-                                 f"instance(s) could not be deleted ({failures[0]})")
-        self.ctx.created_on_target.clear()
 
     async def _target_has_everything(self) -> bool:
         found = await md5s_on(self.ctx.target, [i.id for i in self.ctx.instances], bulk=True,
