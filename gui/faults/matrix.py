@@ -105,9 +105,7 @@ def _cell_text(item: Scenario, column: str, results: Dict[str, dict], notes: Lis
     if result is None:
         return "not run"
     if result["outcome"] == Outcome.FAILED.value:
-        known = item.known_failures.get(column)
-        failures.append(f"- {item.key} / {column}: {result['detail']}"
-                        + (f" (known: {known})" if known else ""))
+        failures.append(f"- {item.key} / {column}: {result['detail']}")
     return SHORT.get(result["outcome"], result["outcome"])
 
 
@@ -121,11 +119,9 @@ def write_doc(results: Dict[str, dict], doc: Path = DOC) -> None:
     doc.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
-def selected(only: Optional[List[str]], transports: Optional[List[str]], include_known: bool = True):
+def selected(only: Optional[List[str]], transports: Optional[List[str]]):
     for item, transport in cells():
         if transport in item.not_applicable:
-            continue
-        if not include_known and transport in item.known_failures:
             continue
         if only and item.key not in only:
             continue

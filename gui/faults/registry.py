@@ -35,20 +35,18 @@ class Scenario:
     run: Runner
     not_applicable: Dict[str, str] = field(default_factory=dict)
     # Cells with a known bug in another module: run, but expected to fail for now.
-    known_failures: Dict[str, str] = field(default_factory=dict)
 
 
 SCENARIOS: Dict[str, Scenario] = {}
 
 
 def scenario(key: str, title: str, group: str, transports: Tuple[str, ...],
-             not_applicable: Optional[Dict[str, str]] = None,
-             known_failures: Optional[Dict[str, str]] = None) -> Callable[[Runner], Runner]:
+             not_applicable: Optional[Dict[str, str]] = None) -> Callable[[Runner], Runner]:
     assert group in GROUPS and all(t in TRANSPORTS for t in transports)
 
     def register(run: Runner) -> Runner:
         SCENARIOS[key] = Scenario(key, title, group, tuple(transports), run,
-                                  dict(not_applicable or {}), dict(known_failures or {}))
+                                  dict(not_applicable or {}))
         return run
     return register
 

@@ -58,8 +58,7 @@ class Tally:
 
 def soak(tally: Tally, minutes: float, seed: Optional[int], only: Optional[List[str]],
                transports: Optional[List[str]], max_runs: Optional[int]) -> Tally:
-    # Cells with a known bug elsewhere are left out: the soak looks for new ones.
-    pool = list(selected(only, transports, include_known=False))
+    pool = list(selected(only, transports))
     if not pool:
         raise SystemExit("no cell matches the selection")
     rng = random.Random(seed)

@@ -3,8 +3,7 @@
 A cell passes when its end state is completed-verified or
 unchanged-clean-failure, as judged by ``gui.faults.checker`` (the target's
 instances and MD5s compared with the source and with a snapshot taken
-before). Cells with a known bug in another module carry the
-``known_failure`` marker and are deselected by default.
+before).
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ def _params():
     for item, transport in cells():
         if transport in item.not_applicable:
             continue
-        marks = [pytest.mark.known_failure] if transport in item.known_failures else []
-        out.append(pytest.param(item.key, transport, id=f"{item.key}-{transport}", marks=marks))
+        out.append(pytest.param(item.key, transport, id=f"{item.key}-{transport}"))
     return out
 
 
