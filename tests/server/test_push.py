@@ -98,7 +98,23 @@ def test_incomplete_transaction_is_refused_then_can_be_completed(plugin_server, 
     assert len(_stored_md5s(plugin_server, plan.ids())) == len(plan.infos)
 
 
-def test_failed_import_removes_what_the_commit_imported_but_keeps_older_instances(plugin_server, http):
+@pytest.fixture
+def overwriting_server(orthanc_factory):
+    """A plugin server with Orthanc's "OverwriteInstances": a re-stored
+    instance then answers "Success" as if it were new."""
+    return orthanc_factory("overwriting", with_accelerator=True, extra_config={"OverwriteInstances": True})
+
+
+@pytest.mark.parametrize("server_kind", ["default", "overwrite"])
+def test_failed_import_removes_what_the_commit_imported_but_keeps_older_instances(server_kind, request):
+    if server_kind == "default":
+        plugin_server = request.getfixturevalue("plugin_server")
+        http = request.getfixturevalue("http")
+    else:
+        from tests.server.push_helpers import PluginHttp
+        plugin_server = request.getfixturevalue("overwriting_server")
+        http = PluginHttp(plugin_server)
+        request.addfinalizer(http.close)
     files = study(305, tiny=4)
     plugin_server.upload(files[0])  # already on the server before the push: must survive
     not_dicom = b"this is not a DICOM file" * 10

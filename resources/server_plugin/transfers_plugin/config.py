@@ -32,6 +32,7 @@ class Options:
     max_answer_size: int = 256 * MB       # MaxChunksAnswerSize (MB): one chunks GET answer
     max_chunk_ids: int = 100              # MaxChunkIds: instances in one chunks URL
     max_lookup_resources: int = 10_000    # MaxLookupResources
+    overwrite_instances: bool = False     # Orthanc's own "OverwriteInstances" (not in "Transfers")
     gzip_level: int = 1                   # GzipLevel (1-9) of chunk answers: 1 favours speed (~3% more bytes on synthetic CT)
     warnings: List[str] = field(default_factory=list, compare=False)
 
@@ -81,6 +82,7 @@ def parse_options(configuration: Dict[str, Any]) -> Options:
         storage = configuration.get("StorageDirectory") or "OrthancStorage"
         staging = os.path.join(storage, "transfers-staging")
     values["staging_directory"] = os.path.abspath(staging)
+    values["overwrite_instances"] = configuration.get("OverwriteInstances") is True
     return Options(warnings=warnings, **values)
 
 

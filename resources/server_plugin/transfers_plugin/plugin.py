@@ -26,7 +26,7 @@ class TransfersPlugin:
         self.originator = str(uuid.uuid4())
         self.metrics = Metrics(api)
         self.store = TransactionStore(options, api.LogWarning, self.metrics)
-        self.importer = Importer(api, api.LogWarning)
+        self.importer = Importer(api, api.LogWarning, options.overwrite_instances)
         self.chunks = ChunkServer(api, wire, options, self.metrics)
         self.lookup = Lookup(api, wire, options, self.originator)
         self.commits = ThreadPoolExecutor(max_workers=options.commit_threads,
