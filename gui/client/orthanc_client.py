@@ -6,7 +6,7 @@ import json
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import httpx
 
@@ -21,6 +21,10 @@ LEVEL_PATHS = {"Patient": "patients", "Study": "studies", "Series": "series", "I
 CHILD_LEVEL = {"Patient": "Study", "Study": "Series", "Series": "Instance"}
 # Cap on JSON answers: a hostile peer must not make us buffer gigabytes of JSON.
 MAX_JSON_BYTES = 256 * 1024 * 1024
+# Request bodies above this size are written in pieces of this size: httpx
+# applies its write timeout to each write, so a 200 MB upload written at once
+# over a 10 Mbit/s link would time out although bytes keep flowing.
+UPLOAD_PIECE = 256 * 1024
 
 
 @dataclass
@@ -96,6 +100,10 @@ class OrthancClient:
         """Send one request; non-2xx answers and transport failures raise OrthancError."""
         if json_body is not None:
             content = json.dumps(json_body).encode()
+        if isinstance(content, (bytes, bytearray, memoryview)) and len(content) > UPLOAD_PIECE:
+            headers = dict(headers or {})
+            headers["Content-Length"] = str(len(content))
+            content = _in_pieces(content)
         kwargs: Dict[str, Any] = {"content": content, "params": params, "headers": headers}
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 15.0))
@@ -429,3 +437,9 @@ def _connect_reason(exc: Exception) -> str:
     if "refused" in lowered or "all connection attempts failed" in lowered:
         return "connection refused: is the server running?"
     return f"cannot connect: {text or type(exc).__name__}"
+
+
+async def _in_pieces(body: Any) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(view), UPLOAD_PIECE):
+        yield bytes(view[start:start + UPLOAD_PIECE])

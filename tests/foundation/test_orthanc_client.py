@@ -210,3 +210,25 @@ def test_credentials_in_url_are_moved_out_of_it():
     assert "s3cret" not in repr(peer)
     assert Peer("lan", "http://10.1.2.3:8042").is_plain_http_to_remote
     assert not Peer("loop", "http://127.0.0.1:8042").is_plain_http_to_remote
+
+
+def test_upload_slower_than_the_timeout_succeeds_while_bytes_keep_flowing(orthanc_factory):
+    """A large instance over a slow link takes longer than HttpTimeout in all,
+    but no single write waits that long: the upload must not time out."""
+    from gui.netem import ThreadedWanProxy
+
+    server = orthanc_factory("slowlink")
+    spec = synth.make_study_spec(41, "MF")
+    data = synth.multiframe_instance(spec, 16, rows=256, cols=256)
+    with ThreadedWanProxy("127.0.0.1", server.http_port, bandwidth_mbit=16) as proxy:
+        # about 8 s on the wire, against a 3 s timeout per operation (what
+        # the buffers of the proxy and the kernel hold drains well within it)
+        peer = Peer("slowlink", proxy.url)
+
+        async def scenario():
+            async with OrthancClient(peer, timeout=3.0) as client:
+                return await client.upload(data)
+        answer = run(scenario())
+    assert answer[0]["Status"] == "Success"
+    assert server.request("GET", f"/instances/{answer[0]['ID']}/attachments/dicom/md5", raw=True).decode() \
+        == hashlib.md5(data).hexdigest()
