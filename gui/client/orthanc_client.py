@@ -54,6 +54,7 @@ class OrthancClient:
                  extra_headers: Optional[Mapping[str, str]] = None) -> None:
         self.peer = peer
         self.timeout = peer.timeout or timeout or DEFAULT_TIMEOUT
+        self._accelerator: Optional[AcceleratorInfo] = None
         headers = dict(peer.http_headers)
         headers.update(extra_headers or {})
         auth = httpx.BasicAuth(peer.username, peer.password or "") if peer.username else None
@@ -175,8 +176,13 @@ class OrthancClient:
             raise self._error("unexpected answer to /plugins", "GET", "/plugins")
         return [str(p) for p in data]
 
-    async def accelerator(self) -> AcceleratorInfo:
-        """Detect the protocol itself: the Python plugin shows as ``python`` in /plugins."""
+    async def accelerator(self, *, cached: bool = False) -> AcceleratorInfo:
+        """Detect the protocol itself: the Python plugin shows as ``python`` in /plugins.
+
+        ``cached``: reuse this client's last answer, if any (a job asks more
+        than once; over a WAN each asking costs two round trips)."""
+        if cached and self._accelerator is not None:
+            return self._accelerator
         plugins = await self.plugins()
         try:
             answer = await self.post_json(wire.URI_LOOKUP, [])
@@ -188,7 +194,8 @@ class OrthancClient:
         flavour = ""
         if available:
             flavour = "transfers" if "transfers" in plugins else "python"
-        return AcceleratorInfo(available, plugins, flavour)
+        self._accelerator = AcceleratorInfo(available, plugins, flavour)
+        return self._accelerator
 
     async def speaks_accelerator(self) -> bool:
         return (await self.accelerator()).available

@@ -148,20 +148,23 @@ class PullCompressionPolicy:
     """Per-bucket choice for pull mode, where every GET may differ.
 
     Keeps a smoothed raw throughput (raw bytes per second of one GET) for
-    each choice. GETs go uncompressed until one has been measured; then a
-    single GET tries gzip, unless uncompressed GETs already run faster than
-    ``GZIP_NEVER_FASTER`` (no source compresses that fast: on a LAN a gzip
-    probe only costs a whole bucket compressed by the source). Afterwards the faster one is used and the other is re-tried from time to
+    each choice. GETs go uncompressed until one has been measured (with
+    ``start_with_gzip``, for a distant source, compressed); then a single
+    GET tries the other choice, except gzip when uncompressed GETs already
+    run faster than ``GZIP_NEVER_FASTER`` (no source compresses that fast:
+    on a LAN a gzip probe only costs a whole bucket compressed by the
+    source). Afterwards the faster one is used and the other is re-tried from time to
     time so a change of conditions (a busier source, a congested link) is
     noticed: every ``probe_every`` buckets, less often the more it lost
     (a probe of the slower choice costs a bucket at its speed). gzip is
     dropped for good once the data proves not to shrink.
     """
 
-    def __init__(self, mode: str = "auto", probe_every: int = 8) -> None:
+    def __init__(self, mode: str = "auto", probe_every: int = 8, start_with_gzip: bool = False) -> None:
         if mode not in ("auto", "gzip", "none"):
             raise ValueError(f"unknown compression mode {mode!r}")
         self.mode = mode
+        self._first = "gzip" if start_with_gzip else "none"
         self.probe_every = probe_every
         self._rate = {"gzip": None, "none": None}  # type: dict[str, Optional[float]]
         self._raw = 0
@@ -180,16 +183,18 @@ class PullCompressionPolicy:
         ratio = self.ratio
         if ratio is not None and ratio < MIN_USEFUL_RATIO:
             return "none"
-        plain_rate = self._rate["none"]
-        if plain_rate is None:
+        first = self._first
+        second = "none" if first == "gzip" else "gzip"
+        first_rate = self._rate[first]
+        if first_rate is None:
+            return first
+        if first == "none" and first_rate >= GZIP_NEVER_FASTER:
             return "none"
-        if plain_rate >= GZIP_NEVER_FASTER:
-            return "none"
-        if self._rate["gzip"] is None:
-            if self._probing["gzip"]:
-                return "none"
-            self._probing["gzip"] = True
-            return "gzip"
+        if self._rate[second] is None:
+            if self._probing[second]:
+                return first
+            self._probing[second] = True
+            return second
         rates: Dict[str, float] = self._rate  # type: ignore[assignment]
         best = "gzip" if rates["gzip"] >= rates["none"] else "none"
         other = "none" if best == "gzip" else "gzip"

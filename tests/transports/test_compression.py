@@ -99,6 +99,16 @@ def test_pull_policy_probes_gzip_once_at_a_time_and_rarely_when_slower():
     assert 1 <= choices.count("gzip") <= 2
 
 
+def test_pull_policy_starts_compressed_from_a_distant_source():
+    policy = PullCompressionPolicy("auto", probe_every=8, start_with_gzip=True)
+    assert [policy.choose() for _ in range(4)] == ["gzip"] * 4   # nothing measured yet
+    policy.observe("gzip", 4_000_000, 2_000_000, 0.4)   # 10 MB/s raw through a 5 MB/s link
+    assert [policy.choose() for _ in range(3)] == ["none", "gzip", "gzip"]  # one probe of the other
+    policy.observe("none", 4_000_000, 4_000_000, 0.8)   # 5 MB/s
+    choices = [policy.choose() for _ in range(64)]
+    assert choices.count("gzip") >= 60
+
+
 def test_gunzip_is_bounded():
     bomb = gz.gzip_bytes(b"\0" * 10_000_000)
     with pytest.raises(gz.DecompressionError, match="more than"):
@@ -153,4 +163,37 @@ def test_auto_push_measures_the_link_when_unknown(orthanc_factory, ct_study_file
     print(f"\nloopback probe: {ctx.compression_used} ({transport.last_pusher.decision_reason})")
     assert ctx.compression_used in ("gzip", "none")
     assert target.url in bucket_pusher._LINK_RATES
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+
+
+def test_auto_push_to_a_distant_target_starts_compressed(orthanc_factory, ct_study_files, tmp_path):
+    """Across a WAN (round trip 20 ms, 20 Mbit/s) the first bucket already
+    goes gzip-compressed: the link probe confirms it and no bucket is sent
+    twice; the study arrives whole."""
+    from gui.config.settings import TransferOptions
+    from gui.engine.push_mode import bucket_pusher
+    from gui.netem import ThreadedWanProxy
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(ct_study_files, source)
+    recorder = Recorder()
+    transport = PushTransport()
+    with ThreadedWanProxy("127.0.0.1", target.http_port, latency_ms=10, bandwidth_mbit=20) as proxy:
+        bucket_pusher._LINK_RATES.pop(proxy.url, None)
+        distant = type(target)(name=target.name, http_port=proxy.port)
+
+        async def go():
+            async with client_for(source) as src, client_for(distant) as dst:
+                ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression="auto",
+                               options=TransferOptions(BucketSize=256))
+                await transport.run(ctx, transport.plan(ctx))
+                return ctx
+
+        ctx = run(go())
+        up = proxy.stats.bytes_up
+    pusher = transport.last_pusher
+    print(f"\nWAN probe: {ctx.compression_used} ({pusher.decision_reason}); {up} bytes up")
+    assert ctx.compression_used == "gzip" and not pusher.switched_compression
+    raw = sum(i.size for i in instances)
+    assert up < 0.75 * raw  # every bucket went compressed, none twice
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}

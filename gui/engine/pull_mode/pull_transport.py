@@ -17,6 +17,7 @@ from typing import Awaitable, Dict, List, Optional, Set, Tuple
 
 from gui.client.errors import OrthancError
 from gui.engine.compression import PullCompressionPolicy
+from gui.engine.link_probe import is_distant
 from gui.engine.events import BucketState, TransferMode
 from gui.engine.plain_mode import PlainTransport, group_units
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
@@ -75,7 +76,8 @@ class PullTransport(Transport):
                             pull_base_url=ctx.source.base_url, compression="gzip")
 
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
-        policy = PullCompressionPolicy(ctx.compression)
+        distant = ctx.compression == "auto" and await is_distant(ctx.source)
+        policy = PullCompressionPolicy(ctx.compression, start_with_gzip=distant)
         fetcher = BucketFetcher(ctx.source, policy, ctx.options.MaxHttpRetries)
 
         async def refetch(bucket: Bucket) -> bytes:

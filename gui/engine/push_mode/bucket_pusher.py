@@ -16,6 +16,7 @@ from typing import Awaitable, Callable, Dict, Optional, Protocol, Sequence, Set,
 from gui.client.errors import OrthancError
 from gui.engine import compression as gz
 from gui.engine.events import BucketState
+from gui.engine.link_probe import is_distant
 from gui.engine.target_md5 import md5s_on
 from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
                                                    TransactionState)
@@ -25,6 +26,8 @@ from gui.protocol.wire import Bucket, InstanceInfo
 log = logging.getLogger(__name__)
 
 STATE_KEY = "push-transaction"
+# The link probe's first PUT must be at least this large to measure bandwidth.
+PROBE_MIN_BYTES = 1024 * 1024
 # A transaction the target keeps dropping is recreated at most this often.
 MAX_RECREATE = 3
 # The transaction state (with the done buckets) is saved at most this often.
@@ -100,6 +103,8 @@ class BucketPusher:
         self._put_rate: Optional[float] = None
         self.wire_bytes = 0
         self._commit_started = False
+        # True when the link probe reversed the first guess (docs, tests).
+        self.switched_compression = False
 
     # --- the whole run ---------------------------------------------------------------
 
@@ -217,31 +222,52 @@ class BucketPusher:
             await self._create(mode)
             return
         first = self.buckets[0]
-        self.ctx.bucket_event(0, first, BucketState.READING)
-        raw = await self.reader.read(first, None)
-        self._prefetched[0] = raw
-        sample = await gz.measure(raw)
         threads = self.ctx.options.Threads
         link = self.link_rate or _LINK_RATES.get(self.ctx.target.base_url)
-        if sample.ratio >= gz.MIN_USEFUL_RATIO and link is None and len(self.buckets) > 2:
-            # Probe: the transfer starts uncompressed and the first bucket's
-            # PUT measures the link. If gzip turns out to pay, only that one
-            # bucket was sent in vain.
-            await self._create("none")
+        may_probe = link is None and len(self.buckets) > 2
+        # The round trip is measured while the first bucket is read and sampled.
+        distance = asyncio.ensure_future(is_distant(self.ctx.target)) if may_probe else None
+        try:
+            self.ctx.bucket_event(0, first, BucketState.READING)
+            raw = await self.reader.read(first, None)
+            self._prefetched[0] = raw
+            sample = await gz.measure(raw)
+            distant = await distance if distance is not None else False
+        finally:
+            if distance is not None and not distance.done():
+                distance.cancel()
+        if sample.ratio >= gz.MIN_USEFUL_RATIO and may_probe:
+            # Probe: the first bucket's PUT measures the link. It goes
+            # compressed to a distant target (the link is then most likely
+            # slower than gzip) and uncompressed to a near one; if the
+            # measure says otherwise the transaction is made again the other
+            # way, and only that one bucket was sent in vain (cheaply: the
+            # link turned out fast, or the bucket went compressed).
+            first_choice = "gzip" if distant else "none"
+            await self._create(first_choice)
+            prepared = await self._prepare(0)
+            wire = len(prepared.body)
             start = time.perf_counter()
-            await self._send_one(0)
-            link = len(raw) / max(time.perf_counter() - start, 1e-6)
-            decision = gz.decide_push(sample, link, threads)
-            log.info("auto compression: %s (%s)", decision.compression, decision.reason)
-            self.decision_reason = decision.reason
-            if decision.compression == "none":
+            await self._deliver(0, prepared)
+            if wire < PROBE_MIN_BYTES:
+                # A small body measures the round trip, not the bandwidth.
+                self.decision_reason = f"first bucket too small to measure the link; kept {first_choice}"
+                log.info("auto compression: %s", self.decision_reason)
                 return
+            link = wire / max(time.perf_counter() - start, 1e-6)
+            decision = gz.decide_push(sample, link, threads)
+            log.info("auto compression: %s (%s; first bucket sent %s)", decision.compression,
+                     decision.reason, first_choice)
+            self.decision_reason = decision.reason
+            if decision.compression == first_choice:
+                return
+            self.switched_compression = True
             await self.tx.delete()  # type: ignore[union-attr]
             self._done.clear()
             self.ctx.done_buckets.discard(0)
             self._prefetched[0] = raw
             self.reader.rewind(self.buckets)
-            await self._create("gzip")
+            await self._create(decision.compression)
             return
         decision = gz.decide_push(sample, link, threads)
         log.info("auto compression: %s (%s)", decision.compression, decision.reason)
@@ -335,9 +361,6 @@ class BucketPusher:
 
         await run_workers(self.ctx.options.Threads, worker)
         await self._save(force=True)
-
-    async def _send_one(self, index: int) -> None:
-        await self._deliver(index, await self._prepare(index))
 
     def _failed(self, index: int, retries: int, exc: BaseException) -> None:
         if not isinstance(exc, (TransactionGone, asyncio.CancelledError)):

@@ -31,9 +31,11 @@ log = logging.getLogger(__name__)
 BODY_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Progress is reported at least this often while a body streams out.
 PIECE_SIZE = 256 * 1024
-# Polling interval bounds of an asynchronous commit.
-# Starts short: a small commit is often done in tens of milliseconds.
+# Polling interval bounds of an asynchronous commit. It stays short for the
+# first seconds (a study's commit usually ends within them, and every poll
+# interval is time the transfer may finish late by), then grows.
 POLL_MIN, POLL_MAX = 0.05, 1.0
+POLL_FAST_SECONDS = 3.0
 
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 
@@ -79,7 +81,7 @@ async def supports_asynchronous_commit(ctx: "TransferContext") -> bool:
     """Only this project's Python plugin knows the asynchronous commit; the
     C++ plugin shows as ``transfers`` in /plugins, ours as ``python``."""
     try:
-        return (await ctx.target.accelerator()).flavour == "python"
+        return (await ctx.target.accelerator(cached=True)).flavour == "python"
     except OrthancError as exc:
         log.info("cannot tell whether %s commits asynchronously (%s); using a synchronous commit",
                  ctx.target.peer.name, exc)
@@ -203,7 +205,8 @@ class PushTransaction:
         if response.status_code != 202 or not isinstance(answer, dict) or "Status" not in answer:
             return  # a synchronous answer ({}): the import is already done
         path = f"{self.state.path}/commit"
-        deadline = time.monotonic() + self.commit_timeout
+        started = time.monotonic()
+        deadline = started + self.commit_timeout
         delay = POLL_MIN
         while True:
             try:
@@ -222,7 +225,8 @@ class PushTransaction:
             if time.monotonic() > deadline:
                 raise CommitFailed(f"the commit did not finish within {self.commit_timeout:.0f} s")
             await asyncio.sleep(delay)
-            delay = min(POLL_MAX, delay * 1.25)
+            if time.monotonic() - started > POLL_FAST_SECONDS:
+                delay = min(POLL_MAX, delay * 1.25)
             try:
                 answer = await with_retries(
                     lambda: self.target.get_json(path, headers=self._headers()), self.retries)
