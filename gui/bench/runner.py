@@ -40,6 +40,7 @@ class Measurement:
     peak_rss_mb: Optional[float] = None   # engine paths only
     cpu_seconds: Optional[float] = None   # engine paths only
     engine_seconds: Optional[float] = None  # what the engine itself reported
+    process_seconds: Optional[float] = None  # engine paths: the send process, start to exit
     verified: Optional[bool] = None
     verified_count: Optional[int] = None
     note: str = ""
@@ -176,17 +177,23 @@ class Runner:
         bed.reset_counters()
         outcome = spec.run(bed, study, instances)
         up, down = bed.wire_bytes()
-        row.seconds = outcome.seconds
-        row.wire_up, row.wire_down, row.wire_bytes = up, down, up + down
-        row.mb_per_s = row.data_bytes / outcome.seconds / MB if outcome.seconds > 0 else None
-        if ln.bandwidth_bytes_s and outcome.seconds > 0:
-            # Each direction has its own capacity: the busier one is the link's load.
-            row.utilization = max(up, down) / (ln.bandwidth_bytes_s * outcome.seconds)
+        seconds = outcome.seconds
         if outcome.engine is not None:
             row.peak_rss_mb = outcome.engine.peak_rss_bytes / 2**20
             row.cpu_seconds = outcome.engine.cpu_seconds
-            if outcome.engine.report:
-                row.engine_seconds = outcome.engine.report.get("seconds")
+            row.process_seconds = outcome.seconds
+            reported = (outcome.engine.report or {}).get("seconds")
+            if isinstance(reported, (int, float)) and 0 < reported <= outcome.seconds:
+                # The job from its start to its verified report, as in the
+                # app, where the interpreter and the job database are already
+                # up; the process's own start-up is in process_seconds.
+                row.engine_seconds = seconds = float(reported)
+        row.seconds = seconds
+        row.wire_up, row.wire_down, row.wire_bytes = up, down, up + down
+        row.mb_per_s = row.data_bytes / seconds / MB if seconds > 0 else None
+        if ln.bandwidth_bytes_s and seconds > 0:
+            # Each direction has its own capacity: the busier one is the link's load.
+            row.utilization = max(up, down) / (ln.bandwidth_bytes_s * seconds)
         target_md5 = bed.dataset_md5s(target, instances) if spec.rewrites_file_meta \
             else bed.md5s(target, instances)
         row.verified_count = sum(1 for i in instances if target_md5.get(i) and target_md5[i] == source_md5[i])

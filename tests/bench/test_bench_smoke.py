@@ -55,6 +55,10 @@ def test_tiny_benchmark_writes_complete_table_and_json(tmp_path: Path, capsys: p
             assert row["speedup"] > 0
         if row["path"] == "plain":
             assert row["peak_rss_mb"] > 0 and row["cpu_seconds"] > 0
+            # The job's own seconds, within the process's (interpreter start-up added).
+            assert row["seconds"] == row["engine_seconds"] <= row["process_seconds"]
+        else:
+            assert row["process_seconds"] is None
 
     assert data["machine"]["orthanc"] and data["machine"]["nproc"] >= 1
     assert {t["name"] for t in data["targets"]} >= {"WAN, CT study", "WAN, tiny instances",
@@ -64,7 +68,7 @@ def test_tiny_benchmark_writes_complete_table_and_json(tmp_path: Path, capsys: p
 
     table = (out / "latest.md").read_text()
     assert table in printed + "\n" or table.strip() in printed
-    assert "| dataset | link | path | seconds | MB/s | wire MB | link use | speed-up" in table
+    assert "| dataset | link | path | seconds | process s | MB/s | wire MB | link use | speed-up" in table
     assert table.count("| ct | ") == 6
 
 
