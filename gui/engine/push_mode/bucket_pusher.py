@@ -226,7 +226,7 @@ class BucketPusher:
         link = self.link_rate or _LINK_RATES.get(self.ctx.target.base_url)
         may_probe = link is None and len(self.buckets) > 2
         # The round trip is measured while the first bucket is read and sampled.
-        distance = asyncio.ensure_future(is_distant(self.ctx.target)) if may_probe else None
+        distance = asyncio.ensure_future(is_distant(self.ctx.target)) if link is None else None
         try:
             self.ctx.bucket_event(0, first, BucketState.READING)
             raw = await self.reader.read(first, None)
@@ -268,6 +268,15 @@ class BucketPusher:
             self._prefetched[0] = raw
             self.reader.rewind(self.buckets)
             await self._create(decision.compression)
+            return
+        if link is None and sample.ratio >= gz.MIN_USEFUL_RATIO:
+            # One or two buckets: too short a transfer to measure the link
+            # and still profit; the round trip decides alone.
+            choice = "gzip" if distant else "none"
+            self.decision_reason = (f"ratio {sample.ratio:.2f}, {'distant' if distant else 'near'} target, "
+                                    "too few buckets to measure the link")
+            log.info("auto compression: %s (%s)", choice, self.decision_reason)
+            await self._create(choice)
             return
         decision = gz.decide_push(sample, link, threads)
         log.info("auto compression: %s (%s)", decision.compression, decision.reason)
