@@ -74,6 +74,24 @@ def test_corrupted_bucket_commits_nothing_and_names_the_instance(plugin_server, 
     assert _stored_md5s(plugin_server, plan.ids()) == {}
 
 
+def test_a_bucket_sent_again_with_other_bytes_is_checked_as_written(plugin_server, http):
+    """Instances are hashed as their bucket is written; a second PUT of the
+    same bucket (a retry) with damaged bytes must not be vouched for by the
+    first PUT's digest: the commit checks what is on disk."""
+    plan = plan_push(study(308, tiny=6), BUCKET)
+    tid = http.send_all(plan)
+    damaged = bytearray(plan.bodies[0])
+    damaged[len(damaged) // 2] ^= 0xFF
+    assert http.put(tid, 0, bytes(damaged)).status_code == 200
+    error = assert_orthanc_error(http.commit(tid), 500, 20)
+    assert error["Instances"]
+    assert _stored_md5s(plugin_server, plan.ids()) == {}
+    # The right bytes again, and the commit goes through.
+    assert http.put(tid, 0, plan.bodies[0]).status_code == 200
+    assert http.commit(tid).status_code == 200
+    assert len(_stored_md5s(plugin_server, plan.ids())) == len(plan.infos)
+
+
 def test_bad_md5_of_the_last_instance_leaves_nothing_imported(plugin_server, http):
     plan = plan_push(study(303, tiny=6), BUCKET)
     last = plan.infos[-1]

@@ -15,6 +15,7 @@ release Python's GIL).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -62,6 +63,11 @@ class Transaction:
         self.state = STAGING
         self.last_used = time.monotonic()
         self.commit_result: Optional[Dict[str, Any]] = None  # for asynchronous commits
+        # instance id -> (MD5, size, first 4 bytes) of an instance that one
+        # chunk wrote whole, hashed while in memory, so the commit need not
+        # read it back; instances written more than once lose theirs.
+        self.digests: Dict[str, tuple] = {}
+        self.writes: Dict[str, int] = {}
 
     def staged_path(self, instance_id: str) -> str:
         return os.path.join(self.directory, "%07d.dcm" % self.position[instance_id])
@@ -295,8 +301,13 @@ class TransactionStore:
     def _write_chunks(txn: Transaction, bucket: Any, data: bytes, where: str) -> None:
         view = memoryview(data)
         position = 0
+        sizes = {info.id: info.size for info in txn.instances} if bucket.chunks else {}
         for chunk in bucket.chunks:
             path = txn.staged_path(chunk.instance_id)
+            whole = chunk.offset == 0 and chunk.size == sizes[chunk.instance_id] and chunk.size > 0
+            with txn.lock:
+                txn.writes[chunk.instance_id] = txn.writes.get(chunk.instance_id, 0) + 1
+                txn.digests.pop(chunk.instance_id, None)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
@@ -310,6 +321,13 @@ class TransactionStore:
                 kind = FULL_STORAGE if exc.errno == errno.ENOSPC else CANNOT_WRITE_FILE
                 raise PluginError(kind, "%s: cannot stage the bytes of instance %s: %s"
                                   % (where, chunk.instance_id, exc.strerror))
+            if whole:
+                digest = (hashlib.md5(piece).hexdigest(), len(piece), bytes(piece[:4]))
+                with txn.lock:
+                    # Only the single write of this instance may vouch for the
+                    # file: two PUTs of one bucket (a retry) may interleave.
+                    if txn.writes.get(chunk.instance_id) == 1:
+                        txn.digests[chunk.instance_id] = digest
             position += chunk.size
 
     def begin_commit(self, txn: Transaction) -> None:
