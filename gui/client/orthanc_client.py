@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import ssl
@@ -15,6 +16,17 @@ from gui.client.peer import Peer
 from gui.protocol import wire
 
 log = logging.getLogger(__name__)
+
+# httpx imports its transport stack (httpcore, h11, anyio and anyio's asyncio
+# backend) on the first request, on the event loop: about 60 ms during which
+# the window would freeze. Import it with this module instead. The names are
+# the libraries' own module layout; a future version that moves them only
+# brings the freeze back.
+for _module in ("httpcore", "h11", "anyio", "anyio._backends._asyncio", "httpcore._backends.anyio"):
+    try:
+        importlib.import_module(_module)
+    except ImportError:  # pragma: no cover - depends on the installed versions
+        pass
 
 DEFAULT_TIMEOUT = 60.0
 LEVEL_PATHS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}

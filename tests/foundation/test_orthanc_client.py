@@ -232,3 +232,26 @@ def test_upload_slower_than_the_timeout_succeeds_while_bytes_keep_flowing(orthan
     assert answer[0]["Status"] == "Success"
     assert server.request("GET", f"/instances/{answer[0]['ID']}/attachments/dicom/md5", raw=True).decode() \
         == hashlib.md5(data).hexdigest()
+
+
+def test_first_request_imports_nothing_on_the_event_loop():
+    """httpx loads its transport stack on the first request; importing it on
+    the loop froze the window for about 60 ms. The client module loads it
+    up front, so the first request of a fresh process imports nothing."""
+    import subprocess
+    import sys
+    script = (
+        "import asyncio, sys\n"
+        "from gui.client import OrthancClient, Peer\n"
+        "before = set(sys.modules)\n"
+        "async def main():\n"
+        f"    async with OrthancClient(Peer('closed', 'http://127.0.0.1:{free_port()}')) as c:\n"
+        "        try:\n"
+        "            await c.system()\n"
+        "        except Exception:\n"
+        "            pass\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in set(sys.modules) - before if not m.startswith('encodings')))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
