@@ -166,37 +166,46 @@ def test_auto_push_measures_the_link_when_unknown(orthanc_factory, ct_study_file
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
 
 
-def test_auto_push_to_a_distant_target_starts_compressed(orthanc_factory, ct_study_files, tmp_path):
-    """Across a WAN (round trip 20 ms, 20 Mbit/s) the first bucket already
-    goes gzip-compressed: the link probe confirms it and no bucket is sent
-    twice; the study arrives whole."""
+def _auto_push_through(orthanc_factory, files, tmp_path, bucket_kb, **link):
+    """Push ``files`` with ``auto`` compression to a plugin target behind an
+    emulated link (``link``: WanProxy settings; none at all: the target
+    itself, as near as it gets). Returns the context, the pusher, the bytes
+    sent up the link, the target and the instances."""
     from gui.config.settings import TransferOptions
     from gui.engine.push_mode import bucket_pusher
     from gui.netem import ThreadedWanProxy
     source = orthanc_factory("src", with_accelerator=True)
     target = orthanc_factory("dst", with_accelerator=True)
-    instances = infos_of(ct_study_files, source)
-    recorder = Recorder()
+    instances = infos_of(files, source)
     transport = PushTransport()
-    with ThreadedWanProxy("127.0.0.1", target.http_port, latency_ms=10, bandwidth_mbit=20) as proxy:
-        bucket_pusher._LINK_RATES.pop(proxy.url, None)
-        distant = type(target)(name=target.name, http_port=proxy.port)
+    with ThreadedWanProxy("127.0.0.1", target.http_port, **link) as proxy:
+        # Near: the target itself (a Python proxy adds its own delays on a busy machine).
+        reached = type(target)(name=target.name, http_port=proxy.port if link else target.http_port)
+        bucket_pusher._LINK_RATES.pop(reached.url, None)
 
         async def go():
-            async with client_for(source) as src, client_for(distant) as dst:
-                ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression="auto",
-                               options=TransferOptions(BucketSize=256))
+            async with client_for(source) as src, client_for(reached) as dst:
+                ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="auto",
+                               options=TransferOptions(BucketSize=bucket_kb))
                 await transport.run(ctx, transport.plan(ctx))
                 return ctx
 
         ctx = run(go())
         up = proxy.stats.bytes_up
     pusher = transport.last_pusher
-    print(f"\nWAN probe: {ctx.compression_used} ({pusher.decision_reason}); {up} bytes up")
-    assert ctx.compression_used == "gzip" and not pusher.switched_compression
-    raw = sum(i.size for i in instances)
-    assert up < 0.75 * raw  # every bucket went compressed, none twice
+    print(f"\n{link}: {ctx.compression_used} ({pusher.decision_reason}); {up} bytes up")
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    return ctx, pusher, up, instances
+
+
+def test_auto_push_to_a_distant_target_starts_compressed(orthanc_factory, ct_study_files, tmp_path):
+    """Across a WAN (round trip 20 ms, 20 Mbit/s) the first bucket already
+    goes gzip-compressed: the link probe confirms it and no bucket is sent
+    twice; the study arrives whole."""
+    ctx, pusher, up, instances = _auto_push_through(orthanc_factory, ct_study_files, tmp_path, 256,
+                                                    latency_ms=10, bandwidth_mbit=20)
+    assert ctx.compression_used == "gzip" and not pusher.switched_compression
+    assert up < 0.75 * sum(i.size for i in instances)  # every bucket went compressed, none twice
 
 
 @pytest.mark.parametrize("latency_ms,expected", [(0, "none"), (30, "gzip")])
@@ -204,32 +213,11 @@ def test_auto_push_of_one_bucket_follows_the_round_trip(orthanc_factory, ct_stud
                                                         latency_ms, expected):
     """Too short a transfer to measure the link: near target, no gzip (it
     would only cost CPU on a LAN); distant target, gzip."""
-    from gui.config.settings import TransferOptions
-    from gui.engine.push_mode import bucket_pusher
-    from gui.netem import ThreadedWanProxy
-    source = orthanc_factory("src", with_accelerator=True)
-    target = orthanc_factory("dst", with_accelerator=True)
-    instances = infos_of(ct_study_files, source)
-    transport = PushTransport()
-    with ThreadedWanProxy("127.0.0.1", target.http_port, latency_ms=latency_ms / 2) as proxy:
-        bucket_pusher._LINK_RATES.pop(proxy.url, None)
-        # Near: the target itself (a Python proxy adds its own delays on a busy machine).
-        behind_proxy = type(target)(name=target.name, http_port=proxy.port if latency_ms else target.http_port)
-        bucket_pusher._LINK_RATES.pop(behind_proxy.url, None)
-
-        async def go():
-            async with client_for(source) as src, client_for(behind_proxy) as dst:
-                ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="auto",
-                               options=TransferOptions(BucketSize=64 * 1024))
-                buckets = transport.plan(ctx)
-                assert len(buckets) == 1
-                await transport.run(ctx, buckets)
-                return ctx
-
-        ctx = run(go())
-    print(f"\n{latency_ms} ms: {ctx.compression_used} ({transport.last_pusher.decision_reason})")
+    link = {"latency_ms": latency_ms / 2} if latency_ms else {}
+    ctx, pusher, _up, _instances = _auto_push_through(orthanc_factory, ct_study_files, tmp_path,
+                                                      64 * 1024, **link)
+    assert len(pusher.buckets) == 1
     assert ctx.compression_used == expected
-    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
 
 
 def test_auto_push_reverses_a_wrong_guess_after_the_first_bucket(orthanc_factory, tmp_path, monkeypatch):
@@ -237,38 +225,15 @@ def test_auto_push_reverses_a_wrong_guess_after_the_first_bucket(orthanc_factory
     the transfer starts uncompressed, the first bucket's PUT shows the link
     is slower than gzip, and the transaction is made again compressed. The
     study still arrives whole."""
-    from gui.config.settings import TransferOptions
     from gui.engine.push_mode import bucket_pusher
-    from gui.netem import ThreadedWanProxy
 
     async def near(client):
         return False
 
     monkeypatch.setattr(bucket_pusher, "is_distant", near)
     files = list(synth.ct_series(synth.make_study_spec(71, "CT SWITCH"), 20, seed=71))
-    source = orthanc_factory("src", with_accelerator=True)
-    target = orthanc_factory("dst", with_accelerator=True)
-    instances = infos_of(files, source)
-    transport = PushTransport()
-    with ThreadedWanProxy("127.0.0.1", target.http_port, bandwidth_mbit=32) as proxy:
-        bucket_pusher._LINK_RATES.pop(proxy.url, None)
-        behind_proxy = type(target)(name=target.name, http_port=proxy.port)
-
-        async def go():
-            async with client_for(source) as src, client_for(behind_proxy) as dst:
-                ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="auto",
-                               options=TransferOptions(BucketSize=2048))
-                buckets = transport.plan(ctx)
-                assert len(buckets) > 2 and buckets[0].total_size >= bucket_pusher.PROBE_MIN_BYTES
-                await transport.run(ctx, buckets)
-                return ctx
-
-        ctx = run(go())
-        up = proxy.stats.bytes_up
-    pusher = transport.last_pusher
-    print(f"\nslow near link: {ctx.compression_used} ({pusher.decision_reason}); {up} bytes up")
+    ctx, pusher, up, instances = _auto_push_through(orthanc_factory, files, tmp_path, 2048, bandwidth_mbit=32)
+    assert len(pusher.buckets) > 2 and pusher.buckets[0].total_size >= bucket_pusher.PROBE_MIN_BYTES
     assert pusher.switched_compression and ctx.compression_used == "gzip"
-    raw = sum(i.size for i in instances)
     # Compressed (ratio about 2), plus the first bucket sent uncompressed in vain.
-    assert up < raw / 1.8 + 1.1 * pusher.buckets[0].total_size
-    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert up < sum(i.size for i in instances) / 1.8 + 1.1 * pusher.buckets[0].total_size
