@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import httpx
@@ -377,6 +379,23 @@ class OrthancClient:
         if content_encoding:
             headers["Content-Encoding"] = content_encoding
         answer = self._json(await self.request("POST", "/instances", content=data, headers=headers,
+                                               timeout=timeout), "POST", "/instances")
+        return answer if isinstance(answer, list) else [answer]
+
+    async def upload_file(self, path: Path, *, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        """Store one DICOM file read from disk piece by piece (never whole in memory)."""
+        size = path.stat().st_size
+
+        async def pieces() -> AsyncIterator[bytes]:
+            with open(path, "rb") as handle:
+                while True:
+                    piece = await asyncio.to_thread(handle.read, UPLOAD_PIECE)
+                    if not piece:
+                        return
+                    yield piece
+
+        headers = {"Content-Type": "application/dicom", "Content-Length": str(size)}
+        answer = self._json(await self.request("POST", "/instances", content=pieces(), headers=headers,
                                                timeout=timeout), "POST", "/instances")
         return answer if isinstance(answer, list) else [answer]
 

@@ -3,8 +3,11 @@
 Instances are downloaded whole (stock Orthanc ignores ``Range``), with
 ``Accept-Encoding: gzip`` only where it pays (``source_download``); the small
 instances of one bucket are uploaded together as one stored ZIP archive
-(``POST /instances`` takes ZIPs), larger ones alone. At most ``Threads`` buckets are in flight, so memory stays
-within about ``Threads × 2 × BucketSize`` plus one large instance per worker.
+(``POST /instances`` takes ZIPs). An instance larger than a bucket is
+streamed into a scratch file of the job (hashed on the way) and uploaded
+from it piece by piece. At most ``Threads`` buckets are in flight, so
+memory stays within about ``Threads × 2 × BucketSize`` whatever the
+instance sizes.
 
 Rollback: before uploading, each instance is looked up on the target; only
 the ones absent then are recorded (durably) as created by this job, and only
@@ -18,7 +21,8 @@ import asyncio
 import hashlib
 import io
 import zipfile
-from typing import Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Awaitable, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
 from gui.client.errors import OrthancError
 from gui.engine.compression import PullCompressionPolicy
@@ -30,6 +34,7 @@ from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
 
 ACCEPTED_STATUSES = ("Success", "AlreadyStored")
+RetryHook = Optional[Callable[[int, OrthancError], None]]
 # Instances of one unit downloaded at once.
 READS_PER_UNIT = 8
 
@@ -81,6 +86,28 @@ def zip_stored(files: Sequence[Tuple[str, bytes]]) -> bytes:
         for name, data in files:
             archive.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data)
     return out.getvalue()
+
+
+class _HashingSink:
+    """A file being written that hashes what it is given and reports progress
+    every few megabytes."""
+
+    REPORT_EVERY = 4 * 1024 * 1024
+
+    def __init__(self, handle: BinaryIO, progress: Callable[[int], None]) -> None:
+        self.handle = handle
+        self.progress = progress
+        self.digest = hashlib.md5()
+        self.done = 0
+        self._reported = 0
+
+    def write(self, piece: bytes) -> None:
+        self.handle.write(piece)
+        self.digest.update(piece)
+        self.done += len(piece)
+        if self.done - self._reported >= self.REPORT_EVERY:
+            self._reported = self.done
+            self.progress(self.done)
 
 
 class PlainTransport(Transport):
@@ -154,6 +181,10 @@ class PlainTransport(Transport):
             self._event(ctx, unit, BucketState.RETRYING, retries=attempt, error=str(exc))
 
         try:
+            if self.streams(ctx) and len(unit.instances) == 1 \
+                    and unit.instances[0].size > ctx.options.bucket_size_bytes:
+                await self._streamed_unit(ctx, unit, on_retry)
+                return
             raw_done = 0
             self._event(ctx, unit, BucketState.READING)
             # The instances of a unit are read a few at a time: a bucket of
@@ -180,37 +211,12 @@ class PlainTransport(Transport):
                                               for info, data in zip(unit.instances, contents)]
             del contents
 
-            # Look before writing: only what is absent now is ours to delete later.
-            # Many instances: one listing of the job's resources on the target
-            # answers for all of them (see target_md5).
-            many = len(unit.instances) > SMALL_GET_CONCURRENCY
-            befores = await md5s_on(ctx.target, [i.id for i in unit.instances], bulk=False,
-                                    concurrency=len(unit.instances), retries=retries,
-                                    resources=ctx.resources if many else None, on_retry=on_retry)
-            for info in unit.instances:
-                before = befores.get(info.id)
-                if isinstance(before, OrthancError):
-                    raise before
-                if before is None and info.id not in ctx.created_on_target:
-                    await ctx.mark_created(info.id)
-
+            await self._note_absent(ctx, unit, on_retry)
             if len(files) > 1:
                 self._event(ctx, unit, BucketState.COMPRESSING, raw_done=raw_done)
             body = await self.encode_body(files)
             files.clear()
-            self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=len(body))
-            # Shielded: a cancel must not leave an upload half-way whose import
-            # lands after the rollback; discard() waits for these first.
-            upload = asyncio.ensure_future(
-                with_retries(lambda: ctx.target.upload(body), retries, on_retry=on_retry))
-            self._in_flight.add(upload)
-            upload.add_done_callback(self._in_flight.discard)
-            answers = await asyncio.shield(upload)
-            self._check_answers(ctx, unit, answers)
-            self._event(ctx, unit, BucketState.DONE, raw_done=raw_done, wire_total=len(body),
-                        wire_done=len(body))
-            for index in unit.indexes:
-                await ctx.mark_bucket_done(index)
+            await self._deliver(ctx, unit, lambda: ctx.target.upload(body), raw_done, len(body), on_retry)
         except asyncio.CancelledError:
             raise
         except TransferFailed as exc:
@@ -219,6 +225,80 @@ class PlainTransport(Transport):
         except OrthancError as exc:
             self._event(ctx, unit, BucketState.FAILED, error=str(exc))
             raise TransferFailed(str(exc), {i.id: str(exc) for i in unit.instances}) from None
+
+    async def _note_absent(self, ctx: TransferContext, unit: Unit, on_retry: RetryHook) -> None:
+        """Look before writing: only what is absent now is ours to delete later.
+        Many instances: one listing of the job's resources on the target
+        answers for all of them (see target_md5)."""
+        many = len(unit.instances) > SMALL_GET_CONCURRENCY
+        befores = await md5s_on(ctx.target, [i.id for i in unit.instances], bulk=False,
+                                concurrency=len(unit.instances), retries=ctx.options.MaxHttpRetries,
+                                resources=ctx.resources if many else None, on_retry=on_retry)
+        for info in unit.instances:
+            before = befores.get(info.id)
+            if isinstance(before, OrthancError):
+                raise before
+            if before is None and info.id not in ctx.created_on_target:
+                await ctx.mark_created(info.id)
+
+    async def _deliver(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[dict]]],
+                       raw_done: int, wire_total: int, on_retry: RetryHook) -> None:
+        """Upload (``send``, retried), check Orthanc's answers, mark the unit done."""
+        self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=wire_total)
+        # Shielded: a cancel must not leave an upload half-way whose import
+        # lands after the rollback; discard() waits for these first.
+        upload = asyncio.ensure_future(with_retries(send, ctx.options.MaxHttpRetries, on_retry=on_retry))
+        self._in_flight.add(upload)
+        upload.add_done_callback(self._in_flight.discard)
+        answers = await asyncio.shield(upload)
+        self._check_answers(ctx, unit, answers)
+        self._event(ctx, unit, BucketState.DONE, raw_done=raw_done, wire_total=wire_total,
+                    wire_done=wire_total)
+        for index in unit.indexes:
+            await ctx.mark_bucket_done(index)
+
+    # --- large instances: through a file, never whole in memory ------------------------
+
+    def streams(self, ctx: TransferContext) -> bool:
+        """Whether instances larger than a bucket go through a scratch file
+        (the memory bound is then ``Threads × 2 × BucketSize``, whatever the
+        instance size): when they are read from the source server, not by a
+        subclass's own reader (local files, pulled data)."""
+        return type(self).read_instance is PlainTransport.read_instance
+
+    async def upload_path(self, ctx: TransferContext, path: Path) -> List[dict]:
+        """Upload one scratch file (streamed) to the target."""
+        return await ctx.target.upload_file(path)
+
+    async def _streamed_unit(self, ctx: TransferContext, unit: Unit, on_retry: RetryHook) -> None:
+        info = unit.instances[0]
+        scratch = ctx.staging_dir / "plain"
+        scratch.mkdir(parents=True, exist_ok=True)
+        path = scratch / f"{info.id}.dcm"
+        try:
+            self._event(ctx, unit, BucketState.READING)
+            digest = await with_retries(lambda: self._download_to(ctx, unit, path),
+                                        ctx.options.MaxHttpRetries, on_retry=on_retry)
+            size = path.stat().st_size
+            if size != info.size or digest != info.md5:
+                raise TransferFailed(
+                    f"instance {info.id} read from {self.source_label(ctx)} does not match the plan "
+                    f"(size {size} vs {info.size}, MD5 {digest} vs {info.md5}); "
+                    "was it modified during the transfer?", {info.id: "changed on the source"})
+            await self._note_absent(ctx, unit, on_retry)
+            await self._deliver(ctx, unit, lambda: self.upload_path(ctx, path), size, size, on_retry)
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _download_to(self, ctx: TransferContext, unit: Unit, path: Path) -> str:
+        """Stream the unit's instance into ``path``; its MD5, computed on the way."""
+        if self._policy is None:
+            self._policy = PullCompressionPolicy(ctx.compression)
+        with open(path, "wb") as handle:
+            sink = _HashingSink(handle, lambda done: self._event(ctx, unit, BucketState.READING, raw_done=done))
+            await ctx.source.download_instance_to(unit.instances[0].id, sink,
+                                                  gzip=self._policy.choose() == "gzip")
+        return sink.digest.hexdigest()
 
     def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[dict]) -> None:
         expected = {i.id for i in unit.instances}

@@ -93,13 +93,25 @@ class CorruptingTransport(PlainTransport):
     async def encode_body(self, files):
         if not CorruptingTransport.corrupted:
             name, data = files[0]
-            files = [(name, data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])] + list(files[1:])
+            files = [(name, flip_near_end(data))] + list(files[1:])
             CorruptingTransport.corrupted.append(name.split(".")[0])
         return await super().encode_body(files)
 
+    async def upload_path(self, ctx, path):
+        # The streamed path of instances larger than a bucket: same corruption.
+        if not CorruptingTransport.corrupted:
+            path.write_bytes(flip_near_end(path.read_bytes()))
+            CorruptingTransport.corrupted.append(path.stem)
+        return await super().upload_path(ctx, path)
 
+
+def flip_near_end(data: bytes) -> bytes:
+    return data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
+
+
+@pytest.mark.parametrize("bucket_kb", [64, 4096], ids=["streamed", "in-memory"])
 def test_md5_mismatch_is_detected_reported_and_rolled_back(stock_pair, tmp_path, monkeypatch,
-                                                           ct_study_files):
+                                                           ct_study_files, bucket_kb):
     source, target = stock_pair
     ids = upload_files(source, ct_study_files)
     study = next(iter(ids.values()))
@@ -108,7 +120,8 @@ def test_md5_mismatch_is_detected_reported_and_rolled_back(stock_pair, tmp_path,
     monkeypatch.setattr(transfer_scheduler, "transport_class",
                         lambda mode: CorruptingTransport if mode is TransferMode.PLAIN else original(mode))
 
-    report, _ = run(transfer(tmp_path, source, target, study_resource(study)))
+    report, _ = run(transfer(tmp_path, source, target, study_resource(study),
+                             options=small_options(BucketSize=bucket_kb)))
 
     bad = CorruptingTransport.corrupted[0]
     assert report.state is JobState.FAILURE
@@ -209,3 +222,41 @@ def test_target_down_mid_transfer_is_retried(stock_pair, tmp_path, long_study_fi
     retrying = [e for e in events if isinstance(e, BucketProgress) and e.state is BucketState.RETRYING]
     assert retrying[0].retries == 1 and "connection refused" in retrying[0].error
     assert target.instance_md5s() == source.instance_md5s()
+
+
+def test_instances_larger_than_a_bucket_never_sit_whole_in_memory(stock_pair, tmp_path, monkeypatch,
+                                                                  mixed_study_files):
+    """Stock Orthanc has no ranges, so a large instance is streamed to a
+    scratch file and uploaded from it: no whole-file download, no request
+    body larger than a bucket, and no scratch file left behind."""
+    from gui.client.orthanc_client import OrthancClient
+    from gui.engine import plain_mode
+    bucket = 1024 * 1024
+    whole_reads: List[int] = []
+    bodies: List[int] = []
+    original_download, original_upload = plain_mode.download_instance, OrthancClient.upload
+
+    async def recording_download(source, instance_id, policy):
+        data, wire = await original_download(source, instance_id, policy)
+        whole_reads.append(len(data))
+        return data, wire
+
+    async def recording_upload(self, data, **kwargs):
+        bodies.append(len(data))
+        return await original_upload(self, data, **kwargs)
+
+    monkeypatch.setattr(plain_mode, "download_instance", recording_download)
+    monkeypatch.setattr(OrthancClient, "upload", recording_upload)
+    source, target = stock_pair
+    ids = upload_files(source, mixed_study_files)
+    study = next(iter(ids.values()))
+    assert max(len(f) for f in mixed_study_files) > 4 * bucket
+
+    report, _ = run(transfer(tmp_path, source, target, study_resource(study),
+                             options=small_options(BucketSize=bucket // 1024)))
+
+    assert report.state is JobState.SUCCESS, report.error
+    assert target.instance_md5s() == source.instance_md5s()
+    assert whole_reads and max(whole_reads) <= bucket
+    assert bodies and max(bodies) <= 2 * bucket   # a stored ZIP of small instances, at most
+    assert not any((tmp_path / "data").rglob("*.dcm"))
