@@ -378,9 +378,7 @@ class OrthancClient:
         headers = {"Content-Type": "application/dicom" if data[:2] != b"PK" else "application/zip"}
         if content_encoding:
             headers["Content-Encoding"] = content_encoding
-        answer = self._json(await self.request("POST", "/instances", content=data, headers=headers,
-                                               timeout=timeout), "POST", "/instances")
-        return answer if isinstance(answer, list) else [answer]
+        return await self._post_instances(data, headers, timeout)
 
     async def upload_file(self, path: Path, *, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """Store one DICOM file read from disk piece by piece (never whole in memory)."""
@@ -395,7 +393,11 @@ class OrthancClient:
                     yield piece
 
         headers = {"Content-Type": "application/dicom", "Content-Length": str(size)}
-        answer = self._json(await self.request("POST", "/instances", content=pieces(), headers=headers,
+        return await self._post_instances(pieces(), headers, timeout)
+
+    async def _post_instances(self, content: Any, headers: Dict[str, str],
+                              timeout: Optional[float]) -> List[Dict[str, Any]]:
+        answer = self._json(await self.request("POST", "/instances", content=content, headers=headers,
                                                timeout=timeout), "POST", "/instances")
         return answer if isinstance(answer, list) else [answer]
 

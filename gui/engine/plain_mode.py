@@ -27,7 +27,7 @@ from typing import Awaitable, BinaryIO, Callable, Dict, List, Optional, Sequence
 from gui.client.errors import OrthancError
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.events import BucketState, TransferMode
-from gui.engine.source_download import download_instance
+from gui.engine.source_download import download_instance, download_instance_to
 from gui.engine.target_md5 import SMALL_GET_CONCURRENCY, md5s_on
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
@@ -124,9 +124,20 @@ class PlainTransport(Transport):
 
     async def read_instance(self, ctx: TransferContext, info: InstanceInfo) -> Tuple[bytes, int]:
         """The instance's bytes and how many bytes crossed the network for them."""
+        return await download_instance(ctx.source, info.id, self._source_policy(ctx))
+
+    def _source_policy(self, ctx: TransferContext) -> PullCompressionPolicy:
+        """Whether to accept gzip from the source: one adaptive choice per job."""
         if self._policy is None:
             self._policy = PullCompressionPolicy(ctx.compression)
-        return await download_instance(ctx.source, info.id, self._policy)
+        return self._policy
+
+    def _changed_on_source(self, ctx: TransferContext, info: InstanceInfo, size: int,
+                           digest: str) -> TransferFailed:
+        return TransferFailed(
+            f"instance {info.id} read from {self.source_label(ctx)} does not match the plan "
+            f"(size {size} vs {info.size}, MD5 {digest} vs {info.md5}); "
+            "was it modified during the transfer?", {info.id: "changed on the source"})
 
     def source_label(self, ctx: TransferContext) -> str:
         return ctx.source.peer.name
@@ -198,10 +209,7 @@ class PlainTransport(Transport):
                                                      retries, on_retry=on_retry)
                 digest = await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
                 if len(data) != info.size or digest != info.md5:
-                    raise TransferFailed(
-                        f"instance {info.id} read from {self.source_label(ctx)} does not match the plan "
-                        f"(size {len(data)} vs {info.size}, MD5 {digest} vs {info.md5}); "
-                        "was it modified during the transfer?", {info.id: "changed on the source"})
+                    raise self._changed_on_source(ctx, info, len(data), digest)
                 raw_done += len(data)
                 self._event(ctx, unit, BucketState.READING, raw_done=raw_done)
                 return data
@@ -281,10 +289,7 @@ class PlainTransport(Transport):
                                         ctx.options.MaxHttpRetries, on_retry=on_retry)
             size = path.stat().st_size
             if size != info.size or digest != info.md5:
-                raise TransferFailed(
-                    f"instance {info.id} read from {self.source_label(ctx)} does not match the plan "
-                    f"(size {size} vs {info.size}, MD5 {digest} vs {info.md5}); "
-                    "was it modified during the transfer?", {info.id: "changed on the source"})
+                raise self._changed_on_source(ctx, info, size, digest)
             await self._note_absent(ctx, unit, on_retry)
             await self._deliver(ctx, unit, lambda: self.upload_path(ctx, path), size, size, on_retry)
         finally:
@@ -292,12 +297,9 @@ class PlainTransport(Transport):
 
     async def _download_to(self, ctx: TransferContext, unit: Unit, path: Path) -> str:
         """Stream the unit's instance into ``path``; its MD5, computed on the way."""
-        if self._policy is None:
-            self._policy = PullCompressionPolicy(ctx.compression)
         with open(path, "wb") as handle:
             sink = _HashingSink(handle, lambda done: self._event(ctx, unit, BucketState.READING, raw_done=done))
-            await ctx.source.download_instance_to(unit.instances[0].id, sink,
-                                                  gzip=self._policy.choose() == "gzip")
+            await download_instance_to(ctx.source, unit.instances[0].id, sink, self._source_policy(ctx))
         return sink.digest.hexdigest()
 
     def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[dict]) -> None:

@@ -1,4 +1,5 @@
-"""Whole-file downloads from a stock Orthanc source, gzip on the wire or not.
+"""Whole-file downloads from a stock Orthanc source, gzip on the wire or not:
+into memory, or streamed into a file.
 
 Stock Orthanc compresses an answer with gzip when the client accepts it, in
 one thread per request, at its default level: on a fast link that is far
@@ -11,7 +12,7 @@ measures both and keeps the faster, ``gzip`` / ``none`` are as asked.
 from __future__ import annotations
 
 import time
-from typing import Tuple
+from typing import Any, Tuple
 
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.compression import PullCompressionPolicy
@@ -31,3 +32,16 @@ async def download_instance(source: OrthancClient, instance_id: str,
     wire_bytes = int(getattr(response, "num_bytes_downloaded", 0) or len(data))
     policy.observe(choice, len(data), wire_bytes, time.perf_counter() - start)
     return data, wire_bytes
+
+
+async def download_instance_to(source: OrthancClient, instance_id: str, sink: Any,
+                               policy: PullCompressionPolicy) -> int:
+    """Stream the instance's file into ``sink`` (anything with ``write``),
+    never whole in memory; returns the bytes written. The wire size of a
+    streamed answer is not known here: only the rate is recorded, not the
+    ratio."""
+    choice = policy.choose()
+    start = time.perf_counter()
+    written = await source.download_instance_to(instance_id, sink, gzip=choice == "gzip")
+    policy.observe(choice, written, None, time.perf_counter() - start)
+    return written

@@ -34,7 +34,6 @@ class Scenario:
     transports: Tuple[str, ...]
     run: Runner
     not_applicable: Dict[str, str] = field(default_factory=dict)
-    # Cells with a known bug in another module: run, but expected to fail for now.
 
 
 SCENARIOS: Dict[str, Scenario] = {}

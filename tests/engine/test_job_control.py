@@ -292,12 +292,16 @@ def test_quitting_mid_push_keeps_the_transaction_and_resume_sends_only_the_rest(
     data = tmp_path / "data"
     options = small_options(Threads=1, BucketSize=256, Compression="none")
 
-    async def first_session():
+    async def engine_noting(state: BucketState):
+        """A started engine, and the indexes of the buckets that reach ``state``."""
         engine = make_engine(data, options)
         await engine.start()
-        done: Set[int] = set()
-        engine.subscribe(lambda e: isinstance(e, BucketProgress) and e.state is BucketState.DONE
-                         and done.add(e.index))
+        seen: Set[int] = set()
+        engine.subscribe(lambda e: isinstance(e, BucketProgress) and e.state is state and seen.add(e.index))
+        return engine, seen
+
+    async def first_session():
+        engine, done = await engine_noting(BucketState.DONE)
         job = await engine.submit(peer(source), peer(target), study_resource(study), mode="push")
         await wait_for(lambda: len(done) >= 3, what="three buckets sent")
         await engine.close()
@@ -307,11 +311,7 @@ def test_quitting_mid_push_keeps_the_transaction_and_resume_sends_only_the_rest(
     assert target.instance_md5s() == {}  # nothing imported before the commit
 
     async def second_session():
-        engine = make_engine(data, options)
-        await engine.start()
-        sending: Set[int] = set()
-        engine.subscribe(lambda e: isinstance(e, BucketProgress) and e.state is BucketState.SENDING
-                         and sending.add(e.index))
+        engine, sending = await engine_noting(BucketState.SENDING)
         try:
             await engine.resume(job_id)
             return await engine.job(job_id).wait(), sending

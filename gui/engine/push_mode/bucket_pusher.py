@@ -140,10 +140,7 @@ class BucketPusher:
             except TransactionGone as gone:
                 # Dropped during the link probe (target restarted): start a new one.
                 log.warning("%s during the link probe; recreating it", gone)
-                self._done.clear()
-                ctx.done_buckets.clear()
-                self.reader.rewind(self.buckets)
-                await self._create(self.compression or "none")
+                await self._start_over()
         recreated = 0
         while True:
             try:
@@ -175,10 +172,7 @@ class BucketPusher:
                             failed.reason)
                 await self.tx.delete()  # type: ignore[union-attr]
             resumed = False
-            self._done.clear()
-            ctx.done_buckets.clear()
-            self.reader.rewind(self.buckets)
-            await self._create(self.compression or "none")
+            await self._start_over()
 
     # --- creating, resuming, discarding the transaction -------------------------------------
 
@@ -214,6 +208,14 @@ class BucketPusher:
         self.ctx.compression_used = compression
         await self._save(force=True)
 
+    async def _start_over(self, compression: Optional[str] = None) -> None:
+        """A new transaction, every bucket to be sent again (the old one is
+        gone or discarded); same compression unless another is given."""
+        self._done.clear()
+        self.ctx.done_buckets.clear()
+        self.reader.rewind(self.buckets)
+        await self._create(compression or self.compression or "none")
+
     async def _open(self) -> None:
         """Create the transaction, choosing its compression first when ``auto``."""
         mode = self.ctx.compression
@@ -222,9 +224,7 @@ class BucketPusher:
             await self._create(mode)
             return
         first = self.buckets[0]
-        threads = self.ctx.options.Threads
         link = self.link_rate or _LINK_RATES.get(self.ctx.target.base_url)
-        may_probe = link is None and len(self.buckets) > 2
         # The round trip is measured while the first bucket is read and sampled.
         distance = asyncio.ensure_future(is_distant(self.ctx.target)) if link is None else None
         try:
@@ -236,52 +236,47 @@ class BucketPusher:
         finally:
             if distance is not None and not distance.done():
                 distance.cancel()
-        if sample.ratio >= gz.MIN_USEFUL_RATIO and may_probe:
-            # Probe: the first bucket's PUT measures the link. It goes
-            # compressed to a distant target (the link is then most likely
-            # slower than gzip) and uncompressed to a near one; if the
-            # measure says otherwise the transaction is made again the other
-            # way, and only that one bucket was sent in vain (cheaply: the
-            # link turned out fast, or the bucket went compressed).
-            first_choice = "gzip" if distant else "none"
-            await self._create(first_choice)
-            prepared = await self._prepare(0)
-            wire = len(prepared.body)
-            start = time.perf_counter()
-            await self._deliver(0, prepared)
-            if wire < PROBE_MIN_BYTES:
-                # A small body measures the round trip, not the bandwidth.
-                self.decision_reason = f"first bucket too small to measure the link; kept {first_choice}"
-                log.info("auto compression: %s", self.decision_reason)
-                return
-            link = wire / max(time.perf_counter() - start, 1e-6)
-            decision = gz.decide_push(sample, link, threads)
-            log.info("auto compression: %s (%s; first bucket sent %s)", decision.compression,
-                     decision.reason, first_choice)
-            self.decision_reason = decision.reason
-            if decision.compression == first_choice:
-                return
-            self.switched_compression = True
-            await self.tx.delete()  # type: ignore[union-attr]
-            self._done.clear()
-            self.ctx.done_buckets.discard(0)
-            self._prefetched[0] = raw
-            self.reader.rewind(self.buckets)
-            await self._create(decision.compression)
-            return
         if link is None and sample.ratio >= gz.MIN_USEFUL_RATIO:
-            # One or two buckets: too short a transfer to measure the link
-            # and still profit; the round trip decides alone.
-            choice = "gzip" if distant else "none"
-            self.decision_reason = (f"ratio {sample.ratio:.2f}, {'distant' if distant else 'near'} target, "
-                                    "too few buckets to measure the link")
-            log.info("auto compression: %s (%s)", choice, self.decision_reason)
-            await self._create(choice)
+            await self._open_by_guess(raw, sample, "gzip" if distant else "none")
             return
-        decision = gz.decide_push(sample, link, threads)
+        decision = gz.decide_push(sample, link, self.ctx.options.Threads)
         log.info("auto compression: %s (%s)", decision.compression, decision.reason)
         self.decision_reason = decision.reason
         await self._create(decision.compression)
+
+    async def _open_by_guess(self, raw: bytes, sample: gz.Sample, guess: str) -> None:
+        """Link speed unknown, data that shrinks: start as the round trip
+        suggests (compressed to a distant target, whose link is most likely
+        slower than gzip). With more than two buckets the first one's PUT then
+        measures the link; if that says otherwise the transaction is made
+        again the other way, and only that one bucket was sent in vain
+        (cheaply: the link turned out fast, or the bucket went compressed)."""
+        await self._create(guess)
+        if len(self.buckets) <= 2:
+            self.decision_reason = (f"ratio {sample.ratio:.2f}, {'distant' if guess == 'gzip' else 'near'} "
+                                    "target, too few buckets to measure the link")
+            log.info("auto compression: %s (%s)", guess, self.decision_reason)
+            return
+        prepared = await self._prepare(0)
+        wire = len(prepared.body)
+        start = time.perf_counter()
+        await self._deliver(0, prepared)
+        if wire < PROBE_MIN_BYTES:
+            # A small body measures the round trip, not the bandwidth.
+            self.decision_reason = f"first bucket too small to measure the link; kept {guess}"
+            log.info("auto compression: %s", self.decision_reason)
+            return
+        link = wire / max(time.perf_counter() - start, 1e-6)
+        decision = gz.decide_push(sample, link, self.ctx.options.Threads)
+        log.info("auto compression: %s (%s; first bucket sent %s)", decision.compression,
+                 decision.reason, guess)
+        self.decision_reason = decision.reason
+        if decision.compression == guess:
+            return
+        self.switched_compression = True
+        await self.tx.delete()  # type: ignore[union-attr]
+        self._prefetched[0] = raw
+        await self._start_over(decision.compression)
 
     async def discard(self) -> None:
         """Delete the transaction (current or saved); the target keeps nothing."""

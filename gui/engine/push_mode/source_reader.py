@@ -20,7 +20,6 @@ import asyncio
 import collections
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -29,7 +28,7 @@ from gui.client.orthanc_client import OrthancClient
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
 from gui.engine.retry import with_retries
-from gui.engine.source_download import download_instance
+from gui.engine.source_download import download_instance, download_instance_to
 from gui.engine.transport_base import TransferFailed
 from gui.protocol import wire
 from gui.protocol.wire import Bucket, Chunk, InstanceInfo
@@ -187,15 +186,8 @@ class SourceReader:
 
         async def download() -> int:
             # Same gzip-or-not choice as for whole files kept in memory.
-            policy = self._fetcher.policy
-            choice = policy.choose()
-            start = time.perf_counter()
             with open(path, "wb") as sink:
-                written = await self.source.download_instance_to(iid, sink, gzip=choice == "gzip")
-            # The wire size of a streamed answer is not known here: only the
-            # rate is recorded, not the ratio.
-            policy.observe(choice, written, None, time.perf_counter() - start)
-            return written
+                return await download_instance_to(self.source, iid, sink, self._fetcher.policy)
 
         await with_retries(download, self.retries, on_retry=on_retry)
         self._files[iid] = path

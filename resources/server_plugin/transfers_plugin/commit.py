@@ -52,7 +52,7 @@ def verify(txn: Any) -> None:
             shown = ", ".join(str(b) for b in missing[:10]) + (" ..." if len(missing) > 10 else "")
             problems.append({"ID": info.id, "Problem": "bucket(s) %s not received" % shown})
             continue
-        known = getattr(txn, "digests", {}).get(info.id)
+        known = txn.digests.get(info.id)
         if info.size == 0:
             actual_md5, actual_size, head = hashlib.md5(b"").hexdigest(), 0, b""
         elif known is not None:

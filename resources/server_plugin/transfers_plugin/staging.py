@@ -46,7 +46,8 @@ class Transaction:
         self.buckets = request.buckets
         self.compression: str = request.compression
         self.asynchronous: bool = request.asynchronous_commit
-        self.declared_size = sum(i.size for i in self.instances)
+        self.size_of = {i.id: i.size for i in self.instances}
+        self.declared_size = sum(self.size_of.values())
         self.position = {info.id: n for n, info in enumerate(self.instances)}
         # instance id -> indices of the buckets holding its bytes
         self.buckets_of: Dict[str, List[int]] = {i.id: [] for i in self.instances}
@@ -301,10 +302,9 @@ class TransactionStore:
     def _write_chunks(txn: Transaction, bucket: Any, data: bytes, where: str) -> None:
         view = memoryview(data)
         position = 0
-        sizes = {info.id: info.size for info in txn.instances} if bucket.chunks else {}
         for chunk in bucket.chunks:
             path = txn.staged_path(chunk.instance_id)
-            whole = chunk.offset == 0 and chunk.size == sizes[chunk.instance_id] and chunk.size > 0
+            whole = chunk.offset == 0 and chunk.size == txn.size_of[chunk.instance_id] and chunk.size > 0
             with txn.lock:
                 txn.writes[chunk.instance_id] = txn.writes.get(chunk.instance_id, 0) + 1
                 txn.digests.pop(chunk.instance_id, None)
