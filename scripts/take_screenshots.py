@@ -52,7 +52,7 @@ async def capture(out: Path) -> None:
     from gui.client.peer import Peer
     from gui.engine import TransferEngine
     from gui.engine.events import JobState
-    from gui.netem.wan_proxy import ThreadedWanProxy
+    from tests.devtools.netem.wan_proxy import ThreadedWanProxy
     from gui.sandbox.demo import DemoServers, REMOTE_NAME
     from gui.ui.main_window import MainWindow
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gui.bench.__main__ import main
-from gui.bench.runner import Measurement
+from tests.devtools.bench.__main__ import main
+from tests.devtools.bench.runner import Measurement
 
 pytestmark = pytest.mark.timeout(240)
 

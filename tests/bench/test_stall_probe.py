@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gui.bench.stall_probe import StallProbe
+from tests.devtools.bench.stall_probe import StallProbe
 
 
 def test_a_blocking_call_shows_up_as_a_stall() -> None:

@@ -215,7 +215,7 @@ def test_credentials_in_url_are_moved_out_of_it():
 def test_upload_slower_than_the_timeout_succeeds_while_bytes_keep_flowing(orthanc_factory):
     """A large instance over a slow link takes longer than HttpTimeout in all,
     but no single write waits that long: the upload must not time out."""
-    from gui.netem import ThreadedWanProxy
+    from tests.devtools.netem import ThreadedWanProxy
 
     server = orthanc_factory("slowlink")
     spec = synth.make_study_spec(41, "MF")

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, List, Tuple
 
 import pytest
 
-from gui.netem import Direction, Fault, FaultKind, ThreadedWanProxy, WanProxy
+from tests.devtools.netem import Direction, Fault, FaultKind, ThreadedWanProxy, WanProxy
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -6,7 +6,7 @@ from typing import Dict
 
 import pytest
 
-from gui.faults.checker import Outcome, TransferChecker
+from tests.devtools.faults.checker import Outcome, TransferChecker
 
 
 class FakeServer:

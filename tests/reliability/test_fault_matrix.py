@@ -1,7 +1,7 @@
 """Every cell of the fault matrix against real Orthanc servers.
 
 A cell passes when its end state is completed-verified or
-unchanged-clean-failure, as judged by ``gui.faults.checker`` (the target's
+unchanged-clean-failure, as judged by ``tests.devtools.faults.checker`` (the target's
 instances and MD5s compared with the source and with a snapshot taken
 before).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gui.faults.registry import SCENARIOS, cells, run_cell
+from tests.devtools.faults.registry import SCENARIOS, cells, run_cell
 
 
 def _params():

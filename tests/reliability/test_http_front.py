@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from gui.faults.http_front import HttpFront, canned, chain, fail_first, match_path, redirect, rewrite_json
+from tests.devtools.faults.http_front import HttpFront, canned, chain, fail_first, match_path, redirect, rewrite_json
 
 
 def test_front_forwards_then_injects(orthanc_factory) -> None:

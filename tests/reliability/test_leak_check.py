@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from gui.faults.lab import USERNAME, JobResult, Lab
+from tests.devtools.faults.lab import USERNAME, JobResult, Lab
 
 
 def test_leak_check_finds_the_password_everywhere(tmp_path: Path) -> None:

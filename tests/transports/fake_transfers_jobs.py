@@ -1,5 +1,5 @@
 """A stand-in for the C++ transfers plugin's job API, in front of a real,
-stock Orthanc (gui.faults.http_front.HttpFront forwards everything else).
+stock Orthanc (tests.devtools.faults.http_front.HttpFront forwards everything else).
 
 Allowed fake: no server here runs the C++ plugin, and our Python plugin
 implements only the receiving/serving side. The shapes follow PROTOCOL.md:
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import httpx
 
-from gui.faults.http_front import FrontRequest, FrontResponse
+from tests.devtools.faults.http_front import FrontRequest, FrontResponse
 
 JOB_RE = re.compile(r"^/jobs/([0-9a-f-]+)(?:/(pause|resume|cancel))?$")
 

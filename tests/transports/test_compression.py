@@ -173,7 +173,7 @@ def _auto_push_through(orthanc_factory, files, tmp_path, bucket_kb, **link):
     sent up the link, the target and the instances."""
     from gui.config.settings import TransferOptions
     from gui.engine.push_mode import bucket_pusher
-    from gui.netem import ThreadedWanProxy
+    from tests.devtools.netem import ThreadedWanProxy
     source = orthanc_factory("src", with_accelerator=True)
     target = orthanc_factory("dst", with_accelerator=True)
     instances = infos_of(files, source)

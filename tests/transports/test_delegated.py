@@ -20,7 +20,7 @@ from gui.config.settings import TransferOptions
 from gui.engine.delegated_mode import DelegatedTransport
 from gui.engine.events import BucketState
 from gui.engine.transport_base import TransferFailed
-from gui.faults.http_front import HttpFront
+from tests.devtools.faults.http_front import HttpFront
 from tests.transports.fake_transfers_jobs import FakeTransfersJobs
 from tests.transports.helpers import Recorder, infos_of, make_ctx, run
 

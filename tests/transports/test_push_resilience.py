@@ -141,7 +141,7 @@ def test_cookie_and_transfer_id_are_sent_on_every_transaction_request(orthanc_fa
                                                                       tmp_path):
     """A load balancer with sticky sessions: the cookie set when the
     transaction is created must come back on its PUTs and commit."""
-    from gui.faults.http_front import HttpFront
+    from tests.devtools.faults.http_front import HttpFront
 
     source = orthanc_factory("src", with_accelerator=True)
     target = orthanc_factory("dst", with_accelerator=True)

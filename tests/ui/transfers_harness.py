@@ -14,7 +14,7 @@ from gui.client.peer import Peer
 from gui.config.settings import AppConfig, TransferOptions
 from gui.engine import TransferEngine
 from gui.engine.events import CommitmentReport
-from gui.netem.wan_proxy import ThreadedWanProxy
+from tests.devtools.netem.wan_proxy import ThreadedWanProxy
 from gui.sandbox.orthanc_process import OrthancProcess
 from gui.ui.main_window import MainWindow
 

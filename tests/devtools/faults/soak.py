@@ -1,4 +1,4 @@
-"""``python -m gui.faults.soak --minutes 30``: the fault matrix on repeat.
+"""``python -m tests.devtools.faults.soak --minutes 30``: the fault matrix on repeat.
 
 Each run picks a cell at random and a fresh seed, so the faults strike at
 other byte positions and other moments each time. At the end (or on Ctrl-C)
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from gui.faults.checker import Outcome
-from gui.faults.cell import run_isolated
-from gui.faults.matrix import isolate_user_dirs, selected, stop_on_sigterm
-from gui.faults.registry import TRANSPORTS
+from tests.devtools.faults.checker import Outcome
+from tests.devtools.faults.cell import run_isolated
+from tests.devtools.faults.matrix import isolate_user_dirs, selected, stop_on_sigterm
+from tests.devtools.faults.registry import TRANSPORTS
 
 
 class Tally:
@@ -84,7 +84,7 @@ def _remove(path: Path) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gui.faults.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.devtools.faults.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=None, help="reproduce a soak (default: random)")
     parser.add_argument("--only", action="append", help="scenario key (repeatable)")

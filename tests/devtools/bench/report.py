@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from gui.bench.paths import ENGINE_PATHS
-from gui.bench.runner import MB, BenchResult, Measurement
+from tests.devtools.bench.paths import ENGINE_PATHS
+from tests.devtools.bench.runner import MB, BenchResult, Measurement
 
 ACCELERATED = ("push", "pull")
 
@@ -196,9 +196,9 @@ def merge(results: List[BenchResult]) -> BenchResult:
 
 
 def _main(argv: List[str]) -> int:
-    """``python -m gui.bench.report A.json [B.json ...]``: print the (merged) markdown."""
+    """``python -m tests.devtools.bench.report A.json [B.json ...]``: print the (merged) markdown."""
     if not argv:
-        print("usage: python -m gui.bench.report RESULT.json [MORE.json ...]")
+        print("usage: python -m tests.devtools.bench.report RESULT.json [MORE.json ...]")
         return 2
     results = [from_json(json.loads(Path(p).read_text(encoding="utf-8"))) for p in argv]
     print(markdown(merge(results)))

@@ -1,5 +1,5 @@
 """WAN emulation for tests and the benchmark: a shaping, fault-injecting TCP proxy."""
 
-from gui.netem.wan_proxy import Direction, Fault, FaultKind, LinkStats, ThreadedWanProxy, WanProxy
+from tests.devtools.netem.wan_proxy import Direction, Fault, FaultKind, LinkStats, ThreadedWanProxy, WanProxy
 
 __all__ = ["Direction", "Fault", "FaultKind", "LinkStats", "ThreadedWanProxy", "WanProxy"]

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Dict
 
 from gui.client import OrthancClient, OrthancError
-from gui.faults.checker import Outcome, TransferChecker, Verdict
-from gui.faults.http_front import FrontRequest, canned, redirect, rewrite_json
-from gui.faults.lab import JobResult, Lab, small_options
-from gui.faults.registry import scenario
-from gui.faults.scenarios_network import NO_DELEGATE, fronted, transfer_with
-from gui.faults.tls import make_certificate
+from tests.devtools.faults.checker import Outcome, TransferChecker, Verdict
+from tests.devtools.faults.http_front import FrontRequest, canned, redirect, rewrite_json
+from tests.devtools.faults.lab import JobResult, Lab, small_options
+from tests.devtools.faults.registry import scenario
+from tests.devtools.faults.scenarios_network import NO_DELEGATE, fronted, transfer_with
+from tests.devtools.faults.tls import make_certificate
 
 ALL = ("push", "pull", "plain", "delegate")
 PULL_ONLY = {"push": "the lookup is answered by the source, which is stock in this layout",
@@ -264,7 +264,7 @@ async def upload_bad_files(lab: Lab, transport: str) -> Verdict:
     from gui.engine import TransferEngine
     from gui.engine.local_upload import orthanc_instance_id
     import pydicom
-    from gui.faults.lab import LogCapture, study_files
+    from tests.devtools.faults.lab import LogCapture, study_files
 
     target = await lab.orthanc("target")
     folder = lab.workdir / "dropped"

@@ -50,7 +50,7 @@ def _isolated_env(home: Path) -> Dict[str, str]:
     env["ORTHANC_TRANSFERS_CONFIG"] = str(home / "config.json")
     env["ORTHANC_TRANSFERS_DATA"] = str(home / "data")
     env["ORTHANC_TRANSFERS_KEYRING"] = "0"
-    root = str(Path(__file__).resolve().parents[2])  # so "-m gui.cli" works from any directory
+    root = str(Path(__file__).resolve().parents[3])  # so "-m gui.cli" works from any directory
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
-from gui.bench.stall_probe import StallProbe
+from tests.devtools.bench.stall_probe import StallProbe
 
 
 async def _transfer(source_url: str, target_url: str, study: str, mode: str, data_dir: Path) -> Dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``python -m gui.faults.matrix``: run every cell of the fault matrix once and
+"""``python -m tests.devtools.faults.matrix``: run every cell of the fault matrix once and
 write the table into ``docs/reliability.md``.
 
 Results are kept per cell in ``docs/reliability-results.json``, so a partial
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from gui.faults.checker import Outcome
-from gui.faults.cell import run_isolated
-from gui.faults.registry import TRANSPORTS, CellResult, Scenario, cells, load_all
+from tests.devtools.faults.checker import Outcome
+from tests.devtools.faults.cell import run_isolated
+from tests.devtools.faults.registry import TRANSPORTS, CellResult, Scenario, cells, load_all
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "reliability.md"
 RESULTS = ROOT / "docs" / "reliability-results.json"
 BEGIN, END = "<!-- fault-matrix:begin -->", "<!-- fault-matrix:end -->"
@@ -149,7 +149,7 @@ def run(only: Optional[List[str]], transports: Optional[List[str]], seed: int,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gui.faults.matrix", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.devtools.faults.matrix", description=__doc__.split("\n")[0])
     parser.add_argument("--only", action="append", help="scenario key (repeatable)")
     parser.add_argument("--transport", action="append", choices=TRANSPORTS, help="column (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="fault positions (default 0)")

@@ -10,11 +10,11 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from gui.bench import engine_cli, inprocess
-from gui.bench.bed import BenchBed
-from gui.bench.datasets import Dataset, DatasetSize, dataset
-from gui.bench.links import Link, link
-from gui.bench.paths import ENGINE_PATHS, PathSpec, Unavailable, path
+from tests.devtools.bench import engine_cli, inprocess
+from tests.devtools.bench.bed import BenchBed
+from tests.devtools.bench.datasets import Dataset, DatasetSize, dataset
+from tests.devtools.bench.links import Link, link
+from tests.devtools.bench.paths import ENGINE_PATHS, PathSpec, Unavailable, path
 from gui.sandbox.orthanc_process import ORTHANC_BINARY
 
 log = logging.getLogger(__name__)

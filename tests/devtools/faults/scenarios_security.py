@@ -14,10 +14,10 @@ from typing import Any, List, Tuple
 import httpx
 
 from gui.client import OrthancClient, OrthancError
-from gui.faults.checker import Outcome, Verdict, snapshot
-from gui.faults.lab import USERNAME, Lab
-from gui.faults.registry import scenario
-from gui.faults.scenarios_network import NO_DELEGATE
+from tests.devtools.faults.checker import Outcome, Verdict, snapshot
+from tests.devtools.faults.lab import USERNAME, Lab
+from tests.devtools.faults.registry import scenario
+from tests.devtools.faults.scenarios_network import NO_DELEGATE
 
 ALL = ("push", "pull", "plain", "delegate")
 ESCAPE_NAME = "escaped-by-a-path-id"

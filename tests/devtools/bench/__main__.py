@@ -1,9 +1,9 @@
-"""``python -m gui.bench``: measure every transfer path through the same emulated links.
+"""``python -m tests.devtools.bench``: measure every transfer path through the same emulated links.
 
 Examples::
 
-    python -m gui.bench --quick
-    python -m gui.bench --links wan --datasets ct,tiny --out bench-results/
+    python -m tests.devtools.bench --quick
+    python -m tests.devtools.bench --links wan --datasets ct,tiny --out bench-results/
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
-from gui.bench.datasets import BUILDERS, FULL, QUICK
-from gui.bench.links import LINKS
-from gui.bench.paths import PATHS
+from tests.devtools.bench.datasets import BUILDERS, FULL, QUICK
+from tests.devtools.bench.links import LINKS
+from tests.devtools.bench.paths import PATHS
 
 
 def _names(text: str, known: object, what: str) -> List[str]:
@@ -29,7 +29,7 @@ def _names(text: str, known: object, what: str) -> List[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gui.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tests.devtools.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small datasets (20 CT slices, 100 tiny, 2 x 16 MB)")
     p.add_argument("--links", default="lan,wan,poorwan", type=lambda t: _names(t, LINKS, "link"),
                    help="comma-separated: " + ",".join(LINKS))
@@ -58,8 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     size = replace(size, **overrides)
 
     # Imported here so that --help works even when a dependency is missing.
-    from gui.bench import report
-    from gui.bench.runner import Runner
+    from tests.devtools.bench import report
+    from tests.devtools.bench.runner import Runner
     from gui.sandbox.orthanc_process import OrthancStartError
 
     def echo(line: str) -> None:

@@ -22,8 +22,8 @@ import logging
 import struct
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from gui.bench.links import Link
-from gui.netem import ThreadedWanProxy
+from tests.devtools.bench.links import Link
+from tests.devtools.netem import ThreadedWanProxy
 from gui.sandbox.orthanc_process import OrthancProcess, OrthancStartError, accelerator_plugin_script
 
 log = logging.getLogger(__name__)

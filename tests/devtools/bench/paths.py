@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Optional
 
 import httpx
 
-from gui.bench import engine_cli
-from gui.bench.bed import LONG_TIMEOUT_S, PEER_NAME, BenchBed
+from tests.devtools.bench import engine_cli
+from tests.devtools.bench.bed import LONG_TIMEOUT_S, PEER_NAME, BenchBed
 from gui.sandbox.orthanc_process import OrthancProcess
 
 

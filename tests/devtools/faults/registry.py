@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
-from gui.faults.checker import Outcome, Verdict
-from gui.faults.lab import Lab
+from tests.devtools.faults.checker import Outcome, Verdict
+from tests.devtools.faults.lab import Lab
 
 TRANSPORTS = ("push", "pull", "plain", "delegate", "any")
 GROUPS = ("faults", "bad input", "security")
@@ -52,7 +52,7 @@ def scenario(key: str, title: str, group: str, transports: Tuple[str, ...],
 
 def load_all() -> Dict[str, Scenario]:
     """Import the scenario modules (they register themselves)."""
-    from gui.faults import scenarios_input, scenarios_network, scenarios_security  # noqa: F401
+    from tests.devtools.faults import scenarios_input, scenarios_network, scenarios_security  # noqa: F401
     return SCENARIOS
 
 

@@ -22,9 +22,9 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from gui.client import Peer
 from gui.config.settings import TransferOptions
-from gui.faults.checker import Outcome, TransferChecker, Verdict
-from gui.faults.http_front import Handler, HttpFront
-from gui.netem.wan_proxy import WanProxy
+from tests.devtools.faults.checker import Outcome, TransferChecker, Verdict
+from tests.devtools.faults.http_front import Handler, HttpFront
+from tests.devtools.netem.wan_proxy import WanProxy
 from gui.sandbox import synthetic_studies as synth
 from gui.sandbox.orthanc_process import OrthancProcess
 

@@ -1,6 +1,6 @@
 """Run one matrix cell in a child process (used by the matrix and the soak).
 
-``python -m gui.faults.cell KEY TRANSPORT WORKDIR SEED`` prints the verdict
+``python -m tests.devtools.faults.cell KEY TRANSPORT WORKDIR SEED`` prints the verdict
 as one JSON line. A child process means a cell that hangs or eats memory
 (a bug under test) can be stopped without taking the whole run with it;
 :func:`run_isolated` then also kills the Orthanc servers the cell started,
@@ -19,17 +19,17 @@ import time
 from pathlib import Path
 from typing import List
 
-from gui.faults.checker import Outcome, Verdict
-from gui.faults.registry import CellResult, load_all, run_cell_async
+from tests.devtools.faults.checker import Outcome, Verdict
+from tests.devtools.faults.registry import CellResult, load_all, run_cell_async
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_isolated(key: str, transport: str, workdir: Path, seed: int,
                  time_limit: float = 180.0) -> CellResult:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-m", "gui.faults.cell", key, transport, str(workdir),
+    child = subprocess.Popen([sys.executable, "-m", "tests.devtools.faults.cell", key, transport, str(workdir),
                               str(seed)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
     try:

@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Optional
 
-from gui.faults.checker import Outcome, Verdict
-from gui.faults.http_front import FrontRequest, FrontResponse, Forward, fail_first
-from gui.faults.lab import USERNAME, JobResult, Lab, Watch, small_options
-from gui.faults.registry import scenario
-from gui.netem.wan_proxy import Direction, Fault, FaultKind
+from tests.devtools.faults.checker import Outcome, Verdict
+from tests.devtools.faults.http_front import FrontRequest, FrontResponse, Forward, fail_first
+from tests.devtools.faults.lab import USERNAME, JobResult, Lab, Watch, small_options
+from tests.devtools.faults.registry import scenario
+from tests.devtools.netem.wan_proxy import Direction, Fault, FaultKind
 
 ALL = ("push", "pull", "plain", "delegate")
 NO_DELEGATE = {"delegate": "needs the C++ plugin's /transfers/send on the source; "
@@ -311,7 +311,7 @@ async def sigkill_resume(lab: Lab, transport: str) -> Verdict:
                ORTHANC_TRANSFERS_CONFIG=str(lab.workdir / "cli-config.json"),
                ORTHANC_TRANSFERS_KEYRING="0")
     command = cli_command(with_auth(source.url), with_auth(proxy.url), resources[0]["ID"], transport)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     first = await asyncio.create_subprocess_exec(*command, cwd=repo, env=env,
                                                  stdout=asyncio.subprocess.PIPE,
                                                  stderr=asyncio.subprocess.PIPE)

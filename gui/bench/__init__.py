@@ -1,1 +1,0 @@
-"""Benchmark: transfer paths side by side over an emulated link (``python -m gui.bench``)."""

@@ -1,0 +1,1 @@
+"""Benchmark: transfer paths side by side over an emulated link (``python -m tests.devtools.bench``)."""
