@@ -19,7 +19,7 @@ MB = 1024 * 1024
 class Options:
     cache_size: int = 512 * MB            # CacheSize (MB): instance files kept for chunk GETs
     max_push_transactions: int = 4        # MaxPushTransactions
-    commit_threads: int = 1               # CommitThreadsCount: asynchronous commits run at once
+    commit_threads: int = 4               # CommitThreadsCount: instances one commit imports at once
     peer_timeout: float = 2.0             # PeerConnectivityTimeout (s): /transfers/peers probes
     staging_directory: str = ""           # StagingDirectory (default: <StorageDirectory>/transfers-staging)
     max_staged_size: int = 16384 * MB     # MaxStagedSize (MB): declared bytes of all open transactions

@@ -17,6 +17,7 @@ NAMES = (
     "transfers_cache_hits",             # chunk GETs served from the cache
     "transfers_commits_succeeded",
     "transfers_commits_failed",
+    "transfers_commit_imports_at_once",  # most instances the last commit imported at the same time
 )
 
 

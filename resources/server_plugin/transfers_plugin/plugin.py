@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict
 
 from .chunks import ChunkServer
-from .commit import Importer, commit, verify_and_import
+from .commit import Importer, commit, loopback_from_configuration, verify_and_import
 from .config import Options, load_options
 from .errors import BAD_REQUEST, BAD_SEQUENCE_OF_CALLS, INTERNAL, PluginError, error_body
 from .http import Answer, Router, parse_json_body
@@ -26,10 +26,12 @@ class TransfersPlugin:
         self.originator = str(uuid.uuid4())
         self.metrics = Metrics(api)
         self.store = TransactionStore(options, api.LogWarning, self.metrics)
-        self.importer = Importer(api, api.LogWarning, options.overwrite_instances)
+        self.importer = Importer(api, api.LogWarning, options.overwrite_instances, options.commit_threads,
+                                 loopback_from_configuration(api, json.loads(api.GetConfiguration())), self.metrics)
         self.chunks = ChunkServer(api, wire, options, self.metrics)
         self.lookup = Lookup(api, wire, options, self.originator)
-        self.commits = ThreadPoolExecutor(max_workers=options.commit_threads,
+        # Each asynchronous commit imports with CommitThreadsCount threads of its own.
+        self.commits = ThreadPoolExecutor(max_workers=options.max_push_transactions,
                                           thread_name_prefix="transfers-commit")
         self.describe = getattr(api, "GetErrorDescription", None)
 

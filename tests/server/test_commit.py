@@ -1,0 +1,60 @@
+"""The parallel commit: CommitThreadsCount imports at once, still all or nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.server.conftest import study
+from tests.server.push_helpers import PluginHttp, assert_orthanc_error, plan_push
+
+BUCKET = 64 * 1024
+
+
+def _metrics(server) -> dict:
+    text = server.request("GET", "/tools/metrics-prometheus", raw=True).decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("transfers_")}
+
+
+@pytest.fixture
+def parallel_server(orthanc_factory):
+    # With users declared, the loopback imports must carry the plugin's own token.
+    return orthanc_factory("parallel", with_accelerator=True, username="alice", password="s3cret",
+                           extra_config={"Transfers": {"CommitThreadsCount": 4}})
+
+
+@pytest.fixture
+def http(parallel_server):
+    client = PluginHttp(parallel_server)
+    yield client
+    client.close()
+
+
+def test_parallel_commit_imports_every_instance_several_at_once(parallel_server, http):
+    plan = plan_push(study(401, tiny=60, ct=4, ct_size=256), BUCKET, "gzip")
+    assert http.commit(http.send_all(plan)).status_code == 200
+    stored = {i: parallel_server.request("GET", f"/instances/{i}/attachments/dicom/md5", raw=True).decode()
+              for i in http.instance_ids()}
+    assert stored == {i.id: i.md5 for i in plan.infos}
+    assert _metrics(parallel_server)["transfers_commit_imports_at_once"] >= 2
+
+
+def test_parallel_commit_failing_midway_removes_everything_it_imported(parallel_server, http):
+    files = study(402, tiny=80)
+    parallel_server.upload(files[0])  # on the server before the push: must survive the rollback
+    # A file Orthanc refuses, sorting in the middle of the transaction: the
+    # imports before it and those running beside it must all be undone.
+    middle_id = "80000000-00000000-00000000-00000000-00000000"
+    plan = plan_push(files, BUCKET, overrides={middle_id: b"not a DICOM file" * 20})
+    position = plan.ids().index(middle_id)
+    assert 20 < position < len(plan.infos) - 20
+    error = assert_orthanc_error(http.commit(http.send_all(plan)), 400, 15, middle_id)
+    assert "removed again" in error["Details"]
+    assert [i["ID"] for i in error["Instances"]] == [middle_id]
+    older = next(i.id for i in plan.infos if plan.files[i.id] == files[0])
+    assert http.instance_ids() == [older]
+    assert _metrics(parallel_server)["transfers_commit_imports_at_once"] >= 2
+    # The transaction stays: without the bad file it cannot be completed, but
+    # a new, correct push of the same study goes through.
+    good = plan_push(files, BUCKET)
+    assert http.commit(http.send_all(good)).status_code == 200
+    assert sorted(http.instance_ids()) == sorted(good.ids())
