@@ -89,10 +89,8 @@ def _apply_look(app: Any) -> None:
     from gui.resource_paths import resource_path
     from gui.ui.main_window import app_icon
     app.setWindowIcon(app_icon())
-    try:
-        app.setStyleSheet(resource_path("style.qss").read_text(encoding="utf-8"))
-    except OSError as exc:
-        log.info("no stylesheet: %s", exc)
+    # A missing stylesheet stops the app with its name (MissingResourceError).
+    app.setStyleSheet(resource_path("style.qss").read_text(encoding="utf-8"))
 
 
 class AppSession:
@@ -162,7 +160,8 @@ class AppSession:
             finally:
                 self._hide_splash()
             urls = ", ".join(f"{peer.name} at {peer.url}" for peer in config.peers)
-            print(f"Demo servers running: {urls} (stopped when the app quits)", flush=True)
+            print(f"Demo servers running: {urls}, {self.demo.accelerator_summary()}"
+                  " (stopped when the app quits)", flush=True)
             return config
         return load_config(self.args.config)
 

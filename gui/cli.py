@@ -449,7 +449,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
         config = demo.start()
         local = demo.servers[0]
         studies = local.request("GET", "/studies?expand") or []
-        out.write(f"demo servers running; configuration: {config.path}\n")
+        out.write(f"demo servers running, {demo.accelerator_summary()}; configuration: {config.path}\n")
         for peer in config.peers:
             out.write(f"  {peer.name}: {peer.url}\n")
         out.write(f"studies on {LOCAL_NAME}:\n")

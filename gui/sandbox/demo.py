@@ -29,7 +29,16 @@ REMOTE_NAME = "Remote demo"
 
 
 def accelerator_available() -> bool:
-    return os.path.exists(PYTHON_PLUGIN) and accelerator_plugin_script().exists()
+    """Whether the demo servers can load the accelerator: orthanc-python is
+    installed (a system package, so its absence is only a warning). The
+    plugin itself ships with the app; a missing one raises
+    MissingResourceError rather than quietly starting stock servers."""
+    accelerator_plugin_script()
+    if not os.path.exists(PYTHON_PLUGIN):
+        log.warning("demo servers start without the accelerator: orthanc-python is not installed"
+                    " (%s is missing)", PYTHON_PLUGIN)
+        return False
+    return True
 
 
 class DemoServers:
@@ -64,6 +73,12 @@ class DemoServers:
         config.ui["ConfirmTransfers"] = True
         save_config(config)
         return config
+
+    def accelerator_summary(self) -> str:
+        """What the user is told: both servers accelerated or neither (why)."""
+        if self.with_accelerator:
+            return "both with the transfers accelerator"
+        return f"without the transfers accelerator (needs orthanc-python: {PYTHON_PLUGIN})"
 
     def stop(self) -> None:
         for server in self.servers:

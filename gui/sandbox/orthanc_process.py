@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-# Re-exported: callers import resource_path from here as well.
-from gui.resource_paths import resource_path  # noqa: F401
+from gui.resource_paths import resource_path
 
 ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
 PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN",
@@ -30,6 +29,7 @@ PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN",
 
 
 def accelerator_plugin_script() -> Path:
+    """The server plugin's entry script; MissingResourceError if not installed."""
     return resource_path("server_plugin", "transfers_accelerator.py")
 
 

@@ -1,7 +1,7 @@
 """Copy the wire-format module next to the plugin, for installs outside the source tree.
 
-Run from a source checkout, before copying ``resources/server_plugin/`` to the
-server::
+Run from a source checkout (or an installed app, where this folder is
+``gui/resources/server_plugin``), before copying the folder to the server::
 
     python3 resources/server_plugin/install_wire.py
 
@@ -14,7 +14,10 @@ import os
 import shutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.normpath(os.path.join(HERE, "..", "..", "gui", "protocol", "wire.py"))
+# A source checkout's layout first, then an installed app's.
+SOURCES = [os.path.normpath(os.path.join(HERE, "..", "..", "gui", "protocol", "wire.py")),
+           os.path.normpath(os.path.join(HERE, "..", "..", "protocol", "wire.py"))]
+SOURCE = next((path for path in SOURCES if os.path.isfile(path)), SOURCES[0])
 TARGET = os.path.join(HERE, "transfers_wire.py")
 
 

@@ -136,6 +136,7 @@ def test_spec_analyses_the_launcher_with_every_app_module(linux_build: Dict[str,
     assert [Path(s) for s in analysis.args[0]] == [ROOT / "gui" / "frozen_main.py"]
     hidden = analysis.kwargs["hiddenimports"]
     assert {"gui.app", "gui.cli", "gui.frozen_main", "gui.protocol.wire"} <= set(hidden)
+    assert not any(m.startswith("tests") for m in hidden)
     assert not any(m.endswith("__main__") for m in hidden)
     assert "PySide6.QtQuick" in analysis.kwargs["excludes"]
     (hooks,) = analysis.kwargs["hookspath"]
@@ -185,19 +186,22 @@ def test_spec_bundles_existing_resources_where_the_app_looks(linux_build: Dict[s
         assert Path(source).is_file(), f"{dest} comes from a missing file {source}"
         assert Path(source).resolve().is_relative_to(ROOT), source
     dests = {Path(dest).as_posix() for dest, _, _ in datas}
+    # resources/ travels as the package gui.resources, as in the wheel.
     expected = {
-        "resources/orthanc-transfers-gui.desktop",
-        "resources/style.qss",
-        "resources/icons/orthanc-transfers.svg",
-        "resources/server_plugin/transfers_accelerator.py",
-        "resources/server_plugin/transfers_plugin/plugin.py",
-        # The plugin loads the wire format from this copy when outside a checkout.
-        "resources/server_plugin/transfers_wire.py",
-    } | {f"resources/icons/orthanc-transfers-{n}.png" for n in PNG_SIZES}
+        "gui/resources/__init__.py",
+        "gui/resources/orthanc-transfers-gui.desktop",
+        "gui/resources/style.qss",
+        "gui/resources/icons/orthanc-transfers.svg",
+        "gui/resources/server_plugin/transfers_accelerator.py",
+        "gui/resources/server_plugin/transfers_plugin/plugin.py",
+        # The plugin loads the wire format from this copy in the bundle.
+        "gui/resources/server_plugin/transfers_wire.py",
+    } | {f"gui/resources/icons/orthanc-transfers-{n}.png" for n in PNG_SIZES}
     assert expected <= dests
     # Everything shipped comes from resources/ (the wire copy from gui/protocol).
-    assert all(d.startswith("resources/") for d in dests), sorted(dests)
-    assert "resources/server_plugin/install_wire.py" not in dests
+    assert all(d.startswith("gui/resources/") for d in dests), sorted(dests)
+    assert "gui/resources/server_plugin/install_wire.py" not in dests
+    assert not any("screenshots" in d or "devtools" in d for d in dests)
     assert not any("__pycache__" in d or d.endswith(".pyc") for d in dests)
     wire_copy = next(src for dest, src, _ in datas if dest.endswith("transfers_wire.py"))
     assert Path(wire_copy) == ROOT / "gui" / "protocol" / "wire.py"

@@ -1,13 +1,18 @@
 """Find the wire-format module shared with the desktop app.
 
-Two layouts are supported:
+Three layouts are supported:
 
 - an admin copied this folder elsewhere together with ``transfers_wire.py``
-  (a copy of ``gui/protocol/wire.py``, see ``install_wire.py``): that copy,
-  next to the entry script, wins;
-- the plugin runs from a source checkout: ``../../gui/protocol/wire.py`` is
-  loaded by file path. The ``gui`` package itself is never imported: it would
-  pull in httpx and Qt, which Orthanc's embedded Python does not have.
+  (a copy of ``gui/protocol/wire.py``, see ``install_wire.py``; the
+  PyInstaller bundle carries one too): that copy, next to the entry script,
+  wins;
+- the plugin runs from a source checkout: ``../../gui/protocol/wire.py``;
+- the plugin runs from an installed app (wheel), where this folder is
+  ``gui/resources/server_plugin``: ``../../protocol/wire.py``.
+
+The module is loaded by file path. The ``gui`` package itself is never
+imported: it would pull in httpx and Qt, which Orthanc's embedded Python
+does not have.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ def candidates(plugin_dir: str) -> List[str]:
     return [
         os.path.join(plugin_dir, MODULE_NAME + ".py"),
         os.path.normpath(os.path.join(plugin_dir, "..", "..", "gui", "protocol", "wire.py")),
+        os.path.normpath(os.path.join(plugin_dir, "..", "..", "protocol", "wire.py")),
     ]
 
 
@@ -42,4 +48,4 @@ def load_wire(plugin_dir: str) -> ModuleType:
         return module
     raise ImportError("transfers plugin: the wire-format module was not found; looked for %s. Copy"
                       " gui/protocol/wire.py next to transfers_accelerator.py as transfers_wire.py"
-                      % " and ".join(candidates(plugin_dir)))
+                      % ", ".join(candidates(plugin_dir)))

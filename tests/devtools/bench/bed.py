@@ -24,6 +24,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from tests.devtools.bench.links import Link
 from tests.devtools.netem import ThreadedWanProxy
+from gui.resource_paths import MissingResourceError
 from gui.sandbox.orthanc_process import OrthancProcess, OrthancStartError, accelerator_plugin_script
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,10 @@ class BenchBed:
         })
 
     def _start_accelerated(self) -> None:
-        if not accelerator_plugin_script().exists():
-            self.accelerated_problem = f"the server plugin is missing ({accelerator_plugin_script()})"
+        try:
+            accelerator_plugin_script()
+        except MissingResourceError as exc:
+            self.accelerated_problem = str(exc)
             return
         try:
             self.accel_target = self._server("bench_accel_target", with_accelerator=True)
