@@ -12,6 +12,7 @@ from .commit import Importer, commit, loopback_from_configuration, verify_and_im
 from .config import Options, load_options
 from .errors import BAD_REQUEST, BAD_SEQUENCE_OF_CALLS, INTERNAL, PluginError, error_body
 from .http import Answer, Router, parse_json_body
+from .job_routes import JobService
 from .lookup import Lookup
 from .metrics import Metrics
 from .peers import peers_status
@@ -34,6 +35,7 @@ class TransfersPlugin:
         self.commits = ThreadPoolExecutor(max_workers=options.max_push_transactions,
                                           thread_name_prefix="transfers-commit")
         self.describe = getattr(api, "GetErrorDescription", None)
+        self.jobs = JobService(self)   # send/pull jobs (job_routes.py)
 
     # --- handlers: (request, *regex groups) -> Answer ----------------------------
 
@@ -170,7 +172,7 @@ class TransfersPlugin:
             ("/transfers/push/([^/]+)", {"DELETE": self.delete_transaction}),
             ("/transfers/push/([^/]+)/([^/]+)", self._transaction_methods),
             ("/transfers/peers", {"GET": self.get_peers}),
-        ]
+        ] + self.jobs.routes()
         for pattern, methods in routes:
             self.api.RegisterRestCallback(pattern, router.callback(methods))
 
@@ -181,6 +183,7 @@ def install(api: Any, wire: Any) -> TransfersPlugin:
         api.LogWarning("transfers: " + warning)
     plugin = TransfersPlugin(api, wire, options)
     plugin.store.prepare()
+    plugin.jobs.registry.load()
     plugin.register()
     api.LogWarning("transfers: accelerator protocol served by the Python plugin (staging in %s)"
                    % options.staging_directory)

@@ -1,0 +1,141 @@
+"""``PullTransfer`` jobs: this Orthanc retrieves resources from a peer with the protocol.
+
+The peer's lookup gives the instances with sizes and MD5s; instances this
+server already holds with the same MD5 are left out; the others are cut
+into buckets (with the pull URL limit) and fetched with
+``GET /transfers/chunks`` by ``Threads`` workers. Each bucket goes straight
+into a staging transaction of this plugin (the push receiver's own, so the
+bucket's size is checked on arrival), and the job ends with that
+transaction's commit: every MD5 checked before anything is imported, all
+or nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, List
+
+from .commit import commit
+from .errors import NETWORK_PROTOCOL, UNKNOWN_RESOURCE, PluginError
+from .jobs import Job
+from .peer_http import PeerError, PeerHttp
+from .send_job import UPLOAD_SHARE, Speed, infos_of, parallel
+
+MB = 1024 * 1024
+
+
+class PullRunner:
+    def __init__(self, plugin: Any) -> None:
+        self.plugin = plugin
+        self.wire = plugin.wire
+
+    def run(self, job: Job) -> None:
+        peer = self.plugin.peer_client(job.request["Peer"])
+        try:
+            self._run(job, peer)
+        finally:
+            peer.close()
+
+    def _lookup(self, job: Job, peer: PeerHttp) -> List[Any]:
+        headers = {self.wire.SENDER_TRANSFER_ID_HEADER: job.request["SenderTransferID"]}
+        try:
+            answer = peer.json("POST", self.wire.URI_LOOKUP, job.request["Resources"], headers=headers)
+        except PeerError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            if exc.status == 404 and body.get("OrthancStatus") == 17 and "lookup" in str(body.get("Details", "")):
+                raise PluginError(UNKNOWN_RESOURCE, "peer %r does not have what was asked: %s"
+                                  % (peer.peer.name, body.get("Details")))
+            if exc.status in (404, 405) and not body.get("Details"):
+                raise PluginError(UNKNOWN_RESOURCE, "peer %r has no transfers plugin (POST %s answered %d):"
+                                  " pulling needs one there" % (peer.peer.name, self.wire.URI_LOOKUP, exc.status))
+            raise
+        originator = job.request.get("Originator")
+        if originator and isinstance(answer, dict) and answer.get("Originator") not in (None, originator):
+            raise PluginError(UNKNOWN_RESOURCE, "peer %r is not the server that asked for this pull (its"
+                              " Originator is %s, the request said %s)"
+                              % (peer.peer.name, answer.get("Originator"), originator))
+        try:
+            return self.wire.parse_lookup_answer(answer)
+        except self.wire.WireFormatError as exc:
+            raise PluginError(NETWORK_PROTOCOL, "peer %r answered the lookup with bad JSON: %s"
+                              % (peer.peer.name, exc))
+
+    def _run(self, job: Job, peer: PeerHttp) -> None:
+        cp = job.checkpoint
+        settings = self.plugin.job_settings
+        store = self.plugin.store
+        if "Instances" not in cp:
+            cp["Instances"] = [i.to_json() for i in self._lookup(job, peer)]
+        infos = infos_of(self.wire, cp["Instances"])
+        job.publish(TotalInstances=len(infos), TotalSizeMB=sum(i.size for i in infos) // MB,
+                    SenderTransferID=job.request["SenderTransferID"])
+        job.check_stop()
+        if "ToFetch" not in cp:
+            local = self.plugin.local_md5s([i.id for i in infos])
+            cp["ToFetch"] = [i.id for i in infos if local.get(i.id) != i.md5]
+            cp["AlreadyHere"] = len(infos) - len(cp["ToFetch"])
+            self.plugin.registry.save(job)
+        wanted = set(cp["ToFetch"])
+        to_fetch = [i for i in infos if i.id in wanted]
+        job.publish(Mode="pull", Commitment=self._commitment(job, len(infos)))
+        if not to_fetch:
+            job.publish(1.0)
+            return
+        compression = job.request["Compression"]
+        cp.setdefault("BucketSize", settings.bucket_size)
+        buckets = self.wire.plan_buckets(to_fetch, int(cp["BucketSize"]), pull_base_url=peer.url,
+                                         compression=compression)
+        txn = store.lookup(cp["Transaction"]) if cp.get("Transaction") else None
+        if txn is None:
+            # Staged buckets do not survive a restart of Orthanc: those are fetched again.
+            txn = store.create(self.wire.PushRequest(to_fetch, buckets, compression))
+            cp["Transaction"] = txn.id
+            self.plugin.registry.save(job)
+        total = sum(b.total_size for b in buckets)
+        with txn.lock:
+            received = set(txn.received)
+        done = [sum(buckets[i].total_size for i in received)]
+        lock = threading.Lock()
+        speed = Speed()
+
+        def fetch(index: int) -> None:
+            bucket = buckets[index]
+            _, _, body = peer.request("GET", self.wire.chunks_uri(bucket, compression))
+            speed.add(len(body))
+            staged = store.acquire(txn.id)
+            try:
+                store.put_bucket(staged, str(index), body)  # checks the size once inflated
+            finally:
+                store.release(staged)
+            with lock:
+                done[0] += bucket.total_size
+                fraction = done[0] / total if total else 1.0
+            job.publish(UPLOAD_SHARE * fraction, DownloadedSizeMB=speed.bytes // MB,
+                        NetworkSpeedKBs=speed.kbs(), CompletedHttpQueries=peer.queries)
+
+        parallel([i for i in range(len(buckets)) if i not in received], fetch, settings.threads, job)
+        job.check_stop()
+        try:
+            commit(store, self.plugin.importer, txn)
+        except PluginError as exc:
+            if exc.instances:
+                cp["Problems"] = exc.instances[:100]
+            raise
+        cp.pop("Transaction", None)
+        cp["Verified"] = len(to_fetch)
+        job.publish(1.0, Commitment=self._commitment(job, len(infos)), CompletedHttpQueries=peer.queries)
+
+    @staticmethod
+    def _commitment(job: Job, total: int) -> dict:
+        cp = job.checkpoint
+        verified, present = int(cp.get("Verified", 0)), int(cp.get("AlreadyHere", 0))
+        return {"Verified": verified, "AlreadyHere": present,
+                "Pending": max(0, total - verified - present), "Problems": cp.get("Problems", [])}
+
+    def cleanup(self, job: Job) -> None:
+        tid = job.checkpoint.pop("Transaction", None)
+        if tid and self.plugin.store.lookup(tid) is not None:
+            try:
+                self.plugin.store.discard(tid)
+            except PluginError:
+                pass  # discarded meanwhile

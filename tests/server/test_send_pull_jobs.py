@@ -1,0 +1,298 @@
+"""POST /transfers/send and /transfers/pull: jobs run by our plugin between real servers.
+
+Three Orthanc servers per module: ``src`` and ``dst`` run the plugin and know
+each other as peers (``dst`` also under a name with ``RemoteSelf``), ``stock``
+has no plugin. Buckets are small (4 KB) and one worker sends them, so a job
+of a few dozen instances has many steps to pause between.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+from gui.sandbox.orthanc_process import OrthancProcess, free_port
+from tests.server.conftest import study
+
+TERMINAL = ("Success", "Failure")
+JOB_KEYS = {"ID", "Type", "State", "Progress", "Priority", "CreationTime", "EffectiveRuntime",
+            "ErrorCode", "ErrorDescription", "Timestamp", "Content"}
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Dict[str, OrthancProcess]]:
+    ports = {name: free_port() for name in ("src", "dst", "stock")}
+    url = {name: "http://127.0.0.1:%d" % port for name, port in ports.items()}
+    transfers = {"BucketSize": 4, "Threads": 1}
+    stock = OrthancProcess(name="stock", http_port=ports["stock"]).start()
+    dst = OrthancProcess(name="dst", with_accelerator=True, http_port=ports["dst"], extra_config={
+        "OrthancPeers": {"src": {"Url": url["src"]}}, "Transfers": transfers}).start()
+    src = OrthancProcess(name="src", with_accelerator=True, http_port=ports["src"], keep_storage=True,
+                         extra_config={"OrthancPeers": {
+                             "dst": {"Url": url["dst"]},
+                             "dst-pulls": {"Url": url["dst"], "RemoteSelf": "src"},
+                             "stock": [url["stock"]],
+                             "gone": ["http://127.0.0.1:%d" % free_port()],
+                         }, "Transfers": transfers}).start()
+    started = {"src": src, "dst": dst, "stock": stock}
+    yield started
+    for server in started.values():
+        server.keep_storage = False
+        server.stop()
+
+
+@pytest.fixture
+def clean(servers) -> Dict[str, OrthancProcess]:
+    """Every test starts with empty servers."""
+    for server in servers.values():
+        for instance_id in server.request("GET", "/instances") or []:
+            server.request("DELETE", "/instances/%s" % instance_id)
+    return servers
+
+
+def upload(server: OrthancProcess, files: List[bytes]) -> str:
+    """Upload a study; its Orthanc ID."""
+    answer = None
+    for data in files:
+        answer = server.upload(data)
+    assert answer is not None
+    return answer["ParentStudy"]
+
+
+def post(server: OrthancProcess, path: str, body: Any) -> Any:
+    return server.request("POST", path, json.dumps(body).encode())
+
+
+def post_status(server: OrthancProcess, path: str, body: Any) -> tuple:
+    """(status, JSON body) without raising on errors."""
+    import urllib.error
+    try:
+        return 200, post(server, path, body)
+    except urllib.error.HTTPError as exc:
+        data = exc.read()
+        return exc.code, json.loads(data) if data else None
+
+
+def wait_job(server: OrthancProcess, job_id: str, states=TERMINAL, timeout: float = 60.0) -> Dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = server.request("GET", "/jobs/%s" % job_id)
+        if job["State"] in states:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.02)
+
+
+def send(server: OrthancProcess, peer: str, resources: List[Dict[str, str]], compression: str = "none",
+         **extra: Any) -> Dict[str, Any]:
+    body = {"Resources": resources, "Compression": compression, "Peer": peer}
+    body.update(extra)
+    return post(server, "/transfers/send", body)
+
+
+def study_ref(study_id: str) -> List[Dict[str, str]]:
+    return [{"Level": "Study", "ID": study_id}]
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_send_pushes_to_a_peer_with_the_plugin(clean, compression):
+    src, dst = clean["src"], clean["dst"]
+    study_id = upload(src, study(21, tiny=6, ct=3, ct_size=96))
+    answer = send(src, "dst", study_ref(study_id), compression, SenderTransferID="my-transfer")
+    assert set(answer) == {"ID", "Path"} and answer["Path"] == "/jobs/" + answer["ID"]
+    job = wait_job(src, answer["ID"])
+    assert job["State"] == "Success", job["ErrorDescription"]
+    assert dst.instance_md5s() == src.instance_md5s()
+    assert JOB_KEYS <= set(job) and job["Type"] == "PushTransfer" and job["Progress"] == 100
+    content = job["Content"]
+    assert content["Peer"] == "dst" and content["Compression"] == compression
+    assert content["Resources"] == study_ref(study_id) and content["TotalInstances"] == 9
+    assert content["Mode"] == "push" and content["SenderTransferID"] == "my-transfer"
+    assert content["Commitment"] == {"Verified": 9, "AlreadyOnPeer": 0, "Pending": 0, "Problems": []}
+    for key in ("TotalSizeMB", "UploadedSizeMB", "CompletedHttpQueries", "NetworkSpeedKBs"):
+        assert isinstance(content[key], int), key
+    # Listed with Orthanc's own jobs, and alone under /transfers/jobs.
+    assert answer["ID"] in src.request("GET", "/jobs")
+    assert any(j["ID"] == answer["ID"] for j in src.request("GET", "/jobs?expand"))
+    assert [j["ID"] for j in src.request("GET", "/transfers/jobs")][-1] == answer["ID"]
+
+
+def test_send_skips_what_the_peer_already_has(clean):
+    src, dst = clean["src"], clean["dst"]
+    files = study(22, tiny=4)
+    study_id = upload(src, files)
+    upload(dst, files[:2])
+    job = wait_job(src, send(src, "dst", study_ref(study_id))["ID"])
+    assert job["State"] == "Success"
+    assert job["Content"]["Commitment"]["AlreadyOnPeer"] == 2
+    assert job["Content"]["Commitment"]["Verified"] == 2
+    assert dst.instance_md5s() == src.instance_md5s()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_send_to_a_stock_peer_posts_instances_and_checks_md5s(clean, compression):
+    src, stock = clean["src"], clean["stock"]
+    study_id = upload(src, study(23, tiny=3, ct=2, ct_size=96))
+    job = wait_job(src, send(src, "stock", study_ref(study_id), compression)["ID"])
+    assert job["State"] == "Success", job["ErrorDescription"]
+    assert job["Content"]["Mode"] == "plain"
+    assert job["Content"]["Commitment"]["Verified"] == 5
+    assert stock.instance_md5s() == src.instance_md5s()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_pull_fetches_chunks_checks_md5s_and_imports(clean, compression):
+    src, dst = clean["src"], clean["dst"]
+    study_id = upload(src, study(24, tiny=5, ct=2, ct_size=200))   # CT slices split over buckets
+    answer = post(dst, "/transfers/pull", {"Resources": study_ref(study_id), "Compression": compression,
+                                           "Peer": "src"})
+    assert set(answer) == {"ID", "Path"}
+    job = wait_job(dst, answer["ID"])
+    assert job["State"] == "Success", job["ErrorDescription"]
+    assert job["Type"] == "PullTransfer" and job["Content"]["Mode"] == "pull"
+    assert isinstance(job["Content"]["DownloadedSizeMB"], int)
+    assert job["Content"]["Commitment"]["Verified"] == 7
+    assert dst.instance_md5s() == src.instance_md5s()
+
+
+def test_send_to_a_remote_self_peer_asks_it_to_pull(clean):
+    src, dst = clean["src"], clean["dst"]
+    study_id = upload(src, study(25, tiny=4))
+    answer = send(src, "dst-pulls", study_ref(study_id), "gzip")
+    assert set(answer) == {"Peer", "RemoteJob", "URL"} and answer["Peer"] == "dst-pulls"
+    assert answer["URL"] == "%s/jobs/%s" % (dst.url, answer["RemoteJob"])
+    job = wait_job(dst, answer["RemoteJob"])
+    assert job["State"] == "Success", job["ErrorDescription"]
+    assert job["Type"] == "PullTransfer" and job["Content"]["Peer"] == "src"
+    assert job["Content"]["Originator"]   # src's plugin, checked against src's lookup
+    assert dst.instance_md5s() == src.instance_md5s()
+
+
+# --- bad input ----------------------------------------------------------------------
+
+def test_unknown_peer_is_a_404_naming_it(clean):
+    status, body = post_status(clean["src"], "/transfers/send", {
+        "Resources": [{"Level": "Study", "ID": "0" * 8 + "-00000000" * 4}], "Compression": "none",
+        "Peer": "nowhere"})
+    assert status == 404 and "'nowhere'" in body["Details"] and "'dst'" in body["Details"]
+    status, body = post_status(clean["src"], "/transfers/pull", {"Resources": [], "Peer": "dst"})
+    assert status == 400 and "empty" in body["Details"]
+    status, body = post_status(clean["src"], "/transfers/send", {"Resources": [], "Compression": "zip"})
+    assert status == 400
+
+
+def test_missing_resource_fails_the_job_in_words(clean):
+    src = clean["src"]
+    job = wait_job(src, send(src, "dst", study_ref("12345678-" + "abcdef01-" * 3 + "23456789"))["ID"])
+    assert job["State"] == "Failure"
+    assert "is not on this server" in job["ErrorDescription"] and "study" in job["ErrorDescription"]
+    assert clean["dst"].instance_md5s() == {}
+
+
+def test_peer_refusing_the_credentials_fails_the_job(orthanc_factory, clean):
+    locked = orthanc_factory("locked", with_accelerator=True, username="alice", password="secret")
+    src = clean["src"]
+    src.request("PUT", "/peers/locked", json.dumps({"Url": locked.url}).encode())   # no credentials
+    study_id = upload(src, study(26, tiny=2))
+    job = wait_job(src, send(src, "locked", study_ref(study_id))["ID"])
+    assert job["State"] == "Failure"
+    assert "refused the credentials" in job["ErrorDescription"] and "401" in job["ErrorDescription"]
+    assert locked.instance_md5s() == {}
+
+
+def test_pull_of_a_resource_the_peer_lacks_fails_in_words(clean):
+    dst = clean["dst"]
+    answer = post(dst, "/transfers/pull", {"Resources": study_ref("12345678-" + "abcdef01-" * 3 + "23456789"),
+                                           "Compression": "none", "Peer": "src"})
+    job = wait_job(dst, answer["ID"])
+    assert job["State"] == "Failure" and "does not have" in job["ErrorDescription"]
+
+
+def test_unreachable_peer_fails_the_job_in_words(clean):
+    src = clean["src"]
+    study_id = upload(src, study(27, tiny=2))
+    job = wait_job(src, send(src, "gone", study_ref(study_id))["ID"])
+    assert job["State"] == "Failure"
+    assert "'gone'" in job["ErrorDescription"] and "cannot be reached" in job["ErrorDescription"]
+
+
+# --- control ------------------------------------------------------------------------
+
+def pause_midway(server: OrthancProcess, job_id: str) -> Dict[str, Any]:
+    """Pause a running job once it has sent at least one bucket; its state once paused."""
+    deadline = time.monotonic() + 60
+    while True:
+        job = server.request("GET", "/jobs/%s" % job_id)
+        if job["Content"].get("SentBuckets", 0) >= 1 or job["State"] in TERMINAL:
+            break
+        assert time.monotonic() < deadline, job
+    post(server, "/jobs/%s/pause" % job_id, {})
+    paused = wait_job(server, job_id, ("Paused",) + TERMINAL)
+    assert paused["State"] == "Paused", paused
+    assert 1 <= paused["Content"]["SentBuckets"] < paused["Content"]["TotalBuckets"]
+    return paused
+
+
+def test_pause_resume_cancel_and_resubmit(clean):
+    src, dst = clean["src"], clean["dst"]
+    study_id = upload(src, study(28, tiny=80))
+    job_id = send(src, "dst", study_ref(study_id))["ID"]
+    pause_midway(src, job_id)
+    assert dst.instance_md5s() == {}     # nothing imported before the commit
+    post(src, "/jobs/%s/cancel" % job_id, {})
+    cancelled = wait_job(src, job_id)
+    assert cancelled["State"] == "Failure" and cancelled["ErrorDescription"] == "Job was canceled"
+    assert cancelled["ErrorCode"] == 37
+    assert dst.instance_md5s() == {}
+    status, body = post_status(src, "/jobs/%s/pause" % job_id, {})
+    assert status == 400 and "Failure" in body["Details"]
+    post(src, "/jobs/%s/resubmit" % job_id, {})
+    done = wait_job(src, job_id)
+    assert done["State"] == "Success", done["ErrorDescription"]
+    assert dst.instance_md5s() == src.instance_md5s()
+    status, body = post_status(src, "/jobs/%s/resubmit" % job_id, {})
+    assert status == 400 and "only failed jobs" in body["Details"]
+
+
+def test_unknown_job_is_404_and_orthanc_jobs_still_answer(clean):
+    src = clean["src"]
+    status, body = post_status(src, "/jobs/transfers-00000000-0000-0000-0000-000000000000/pause", {})
+    assert status == 404 and "unknown job" in body["Details"]
+    # Orthanc's own job routes are untouched: an archive job is created and listed.
+    study_id = upload(src, study(29, tiny=1))
+    orthanc_job = post(src, "/studies/%s/archive" % study_id, {"Asynchronous": True})["ID"]
+    assert src.request("GET", "/jobs/%s" % orthanc_job)["Type"] == "Archive"
+    assert orthanc_job in src.request("GET", "/jobs")
+
+
+def test_peer_gone_mid_job_fails_and_imports_nothing(orthanc_factory, clean):
+    src = clean["src"]
+    victim = orthanc_factory("victim", with_accelerator=True)
+    src.request("PUT", "/peers/victim", json.dumps({"Url": victim.url}).encode())
+    study_id = upload(src, study(30, tiny=80))
+    job_id = send(src, "victim", study_ref(study_id))["ID"]
+    pause_midway(src, job_id)
+    victim.stop()
+    post(src, "/jobs/%s/resume" % job_id, {})
+    job = wait_job(src, job_id)
+    assert job["State"] == "Failure"
+    assert "'victim'" in job["ErrorDescription"] and "cannot be reached" in job["ErrorDescription"]
+
+
+def test_jobs_survive_a_restart_paused_and_resume_without_resending(clean):
+    src, dst = clean["src"], clean["dst"]
+    study_id = upload(src, study(31, tiny=80))
+    job_id = send(src, "dst", study_ref(study_id))["ID"]
+    paused = pause_midway(src, job_id)
+    acknowledged = paused["Content"]["SentBuckets"]
+    src.restart()
+    back = src.request("GET", "/jobs/%s" % job_id)
+    assert back["State"] == "Paused" and back["Content"]["SentBuckets"] == acknowledged
+    post(src, "/jobs/%s/resume" % job_id, {})
+    done = wait_job(src, job_id)
+    assert done["State"] == "Success", done["ErrorDescription"]
+    assert done["Content"]["ResumedFromBucket"] == acknowledged
+    assert dst.instance_md5s() == src.instance_md5s()
