@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -14,6 +15,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, 
 import httpx
 
 from gui.client.errors import OrthancError
+from gui.client.fast_http import FastHttp, FastHttpError, FastResponse, proxied
 from gui.client.peer import Peer
 from gui.protocol import wire
 
@@ -29,6 +31,14 @@ for _module in ("httpcore", "h11", "anyio", "anyio._backends._asyncio", "httpcor
         importlib.import_module(_module)
     except ImportError:  # pragma: no cover - depends on the installed versions
         pass
+# httpcore asks ``import sniffio`` on every request; without sniffio installed
+# (anyio 4 no longer needs it) each failed import searches sys.path: a fifth
+# of the engine's CPU on thousands of small requests. A None entry makes the
+# import fail at once, which httpcore reads as "asyncio".
+try:
+    importlib.import_module("sniffio")
+except ImportError:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 DEFAULT_TIMEOUT = 60.0
 LEVEL_PATHS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
@@ -83,6 +93,15 @@ class OrthancClient:
             follow_redirects=False,  # a redirect to another host must not receive our credentials
             transport=transport,
         )
+        # The per-instance requests (MD5s, files, uploads) go through the lean
+        # client (``fast_http``), unless a test injects a transport or the
+        # environment routes this server through a proxy.
+        self._fast: Optional[FastHttp] = None
+        if transport is None and not proxied(peer.url):
+            self._fast = FastHttp(peer.url, headers=headers, ssl_context=self._tls_context(peer),
+                                  timeout=self.timeout, connect_timeout=min(self.timeout, 15.0),
+                                  max_connections=max_connections, username=peer.username,
+                                  password=peer.password)
 
     @staticmethod
     def _tls_context(peer: Peer) -> Any:
@@ -96,6 +115,8 @@ class OrthancClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._fast is not None:
+            await self._fast.aclose()
 
     @property
     def base_url(self) -> str:
@@ -160,13 +181,66 @@ class OrthancClient:
             reason = response.reason_phrase or "request failed"
         return self._error(reason, method, path, status, body)
 
+    async def fast_request(self, method: str, path: str, *, content: Any = None,
+                           headers: Optional[Mapping[str, str]] = None,
+                           timeout: Optional[float] = None, expect: Iterable[int] = (200,),
+                           consume: Optional[Callable[[bytes], Any]] = None) -> "FastResponse | httpx.Response":
+        """:meth:`request` through the lean client when there is one (same
+        errors); ``consume`` streams the answer's body instead of keeping it."""
+        if self._fast is None:
+            if consume is not None:
+                await self.stream_get(path, lambda piece: consume(piece) is not False, headers=headers)
+                return httpx.Response(200)
+            return await self.request(method, path, content=content, headers=headers, timeout=timeout,
+                                      expect=expect)
+        try:
+            if consume is None:
+                response = await self._fast.request(method, path, body=content, headers=headers,
+                                                    timeout=timeout)
+            else:
+                response = await self._fast.stream(method, path, consume, body=content, headers=headers,
+                                                   timeout=timeout)
+        except FastHttpError as exc:
+            if exc.timeout:
+                reason = f"no answer within {timeout or self.timeout:.0f} s (timeout)"
+            elif exc.cause is not None and path and "cannot connect" in exc.reason:
+                reason = _connect_reason(exc.cause)
+            else:
+                reason = exc.reason
+            raise self._error(reason, method, path) from None
+        if response.status not in expect:
+            raise self._fast_status_error(method, path, response)
+        return response
+
+    def _fast_status_error(self, method: str, path: str, response: FastResponse) -> OrthancError:
+        status = response.status
+        body: Any = None
+        try:
+            body = json.loads(response.content) if response.content else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if 300 <= status < 400:
+            target = response.headers.get("location", "?")
+            reason = f"the server redirects to {target[:100]}; not followed (check the peer URL)"
+        elif status == 401:
+            reason = "wrong username or password"
+        elif status == 403:
+            reason = "access forbidden"
+        elif status == 404:
+            reason = "not found"
+        elif isinstance(body, dict) and body.get("Message"):
+            reason = str(body.get("Message"))
+        else:
+            reason = response.reason or "request failed"
+        return self._error(reason, method, path, status, body)
+
     async def get_json(self, path: str, **kwargs: Any) -> Any:
         return self._json(await self.request("GET", path, **kwargs), "GET", path)
 
     async def post_json(self, path: str, body: Any, **kwargs: Any) -> Any:
         return self._json(await self.request("POST", path, json_body=body, **kwargs), "POST", path)
 
-    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+    def _json(self, response: "httpx.Response | FastResponse", method: str, path: str) -> Any:
         if len(response.content) > MAX_JSON_BYTES:
             raise self._error("answer too large", method, path, response.status_code)
         try:
@@ -297,7 +371,7 @@ class OrthancClient:
 
     async def instance_md5(self, instance_id: str) -> str:
         path = f"/instances/{wire.check_orthanc_id(instance_id)}/attachments/dicom/md5"
-        text = (await self.request("GET", path)).text.strip()
+        text = (await self.fast_request("GET", path)).text.strip()
         if len(text) != 32:
             raise self._error("malformed MD5 answer", "GET", path)
         return text
@@ -315,8 +389,17 @@ class OrthancClient:
         """The stored file; ``gzip`` lets Orthanc compress it on the wire (worth
         it on slow links, a cost on fast ones: Orthanc compresses single-threaded)."""
         path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
+        return (await self.fetch_instance(instance_id, gzip=gzip))[0]
+
+    async def fetch_instance(self, instance_id: str, *, gzip: bool = True) -> "tuple[bytes, int]":
+        """The stored file and how many body bytes crossed the network for it."""
+        path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
         headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
-        return (await self.request("GET", path, headers=headers)).content
+        response = await self.fast_request("GET", path, headers=headers)
+        if isinstance(response, FastResponse):
+            return response.content, response.wire_bytes
+        data = response.content
+        return data, int(getattr(response, "num_bytes_downloaded", 0) or len(data))
 
     async def stream_get(self, path: str, consume: Callable[[bytes], bool], *,
                          headers: Optional[Mapping[str, str]] = None,
@@ -368,8 +451,11 @@ class OrthancClient:
             written += len(piece)
             return True
 
-        await self.stream_get(path, write, headers={"Accept-Encoding": "gzip" if gzip else "identity"},
-                              piece_size=piece_size)
+        headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
+        if self._fast is not None:
+            await self.fast_request("GET", path, headers=headers, consume=write)
+        else:
+            await self.stream_get(path, write, headers=headers, piece_size=piece_size)
         return written
 
     async def upload(self, data: bytes, *, content_encoding: Optional[str] = None,
@@ -397,8 +483,9 @@ class OrthancClient:
 
     async def _post_instances(self, content: Any, headers: Dict[str, str],
                               timeout: Optional[float]) -> List[Dict[str, Any]]:
-        answer = self._json(await self.request("POST", "/instances", content=content, headers=headers,
-                                               timeout=timeout), "POST", "/instances")
+        response = await self.fast_request("POST", "/instances", content=content, headers=headers,
+                                           timeout=timeout)
+        answer = self._json(response, "POST", "/instances")
         return answer if isinstance(answer, list) else [answer]
 
     async def delete(self, level: str, resource_id: str) -> None:

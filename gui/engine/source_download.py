@@ -16,20 +16,14 @@ from typing import Any, Tuple
 
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.compression import PullCompressionPolicy
-from gui.protocol import wire
-
-ACCEPT = {"gzip": "gzip", "none": "identity"}
 
 
 async def download_instance(source: OrthancClient, instance_id: str,
                             policy: PullCompressionPolicy) -> Tuple[bytes, int]:
     """The instance's file and how many bytes crossed the network for it."""
     choice = policy.choose()
-    path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
     start = time.perf_counter()
-    response = await source.request("GET", path, headers={"Accept-Encoding": ACCEPT[choice]})
-    data = response.content
-    wire_bytes = int(getattr(response, "num_bytes_downloaded", 0) or len(data))
+    data, wire_bytes = await source.fetch_instance(instance_id, gzip=choice == "gzip")
     policy.observe(choice, len(data), wire_bytes, time.perf_counter() - start)
     return data, wire_bytes
 

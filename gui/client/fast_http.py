@@ -1,0 +1,353 @@
+"""A lean HTTP/1.1 client for the requests a transfer makes by the thousand.
+
+Plain mode costs a few requests per instance (the source's MD5, the file,
+the target's MD5 after the upload). Through httpx each one costs about a
+millisecond of CPU (httpx, httpcore and anyio: request objects, connection
+pool bookkeeping that polls every idle socket, cancellation shields): on
+2,000 tiny instances the engine, not the servers, was the bottleneck. This
+client does only what those requests need, straight on asyncio streams:
+keep-alive connections (at most ``max_connections``), ``Content-Length``
+and chunked answers, gzip answers, request bodies given whole or as an
+async iterator of pieces, TLS with the peer's SSL context (verification as
+configured), one timeout per read or write as httpx applies it.
+
+It raises :class:`FastHttpError` (no answer: ``status`` None) and leaves
+the mapping to Orthanc errors to :class:`gui.client.orthanc_client.OrthancClient`.
+When a proxy is configured in the environment for the server, the client
+is not used (``proxied``): httpx honours those settings, this does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit
+
+Body = Union[None, bytes, bytearray, memoryview, AsyncIterator[bytes]]
+# Longest answer head accepted (status line and headers).
+MAX_HEAD = 256 * 1024
+READ_PIECE = 256 * 1024
+
+
+class FastHttpError(Exception):
+    """The request got no (usable) answer. ``timeout``: none came in time."""
+
+    def __init__(self, reason: str, *, timeout: bool = False, cause: Optional[BaseException] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timeout = timeout
+        self.cause = cause
+
+
+@dataclass
+class FastResponse:
+    status: int
+    reason: str
+    headers: Dict[str, str]       # lower-case names
+    content: bytes
+    wire_bytes: int               # body bytes as received (before inflating)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+def proxied(url: str) -> bool:
+    """Whether the environment routes ``url`` through a proxy."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+class _Connection:
+    __slots__ = ("reader", "writer", "used")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.used = False
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - closing a broken socket
+            pass
+
+
+class FastHttp:
+    """One server, a pool of keep-alive connections. Use from one event loop."""
+
+    def __init__(self, base_url: str, *, headers: Mapping[str, str], ssl_context: Optional[ssl.SSLContext],
+                 timeout: float, connect_timeout: float, max_connections: int = 16,
+                 username: Optional[str] = None, password: Optional[str] = None) -> None:
+        parts = urlsplit(base_url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.ssl = ssl_context if parts.scheme == "https" else None
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        host_header = self.host if parts.port is None else f"{self.host}:{parts.port}"
+        if ":" in self.host:            # an IPv6 literal
+            host_header = f"[{self.host}]" + (f":{parts.port}" if parts.port else "")
+        fixed = {"Host": host_header, "User-Agent": "orthanc-transfers", "Accept": "*/*"}
+        if username:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            fixed["Authorization"] = f"Basic {token}"
+        fixed.update(headers)
+        self._fixed = fixed
+        self._idle: List[_Connection] = []
+        self._slots = asyncio.Semaphore(max(1, max_connections))
+        self._closed = False
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    # --- connections -----------------------------------------------------------
+
+    async def _open(self) -> _Connection:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, ssl=self.ssl, limit=MAX_HEAD,
+                    server_hostname=self.host if self.ssl is not None else None)
+        except TimeoutError:
+            raise FastHttpError("no connection within the timeout", timeout=True) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise FastHttpError(f"cannot connect: {exc}", cause=exc) from None
+        return _Connection(reader, writer)
+
+    def _take_idle(self) -> Optional[_Connection]:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.usable():
+                return connection
+            connection.close()
+        return None
+
+    # --- requests ----------------------------------------------------------------
+
+    async def request(self, method: str, path: str, *, body: Body = None,
+                      headers: Optional[Mapping[str, str]] = None,
+                      timeout: Optional[float] = None) -> FastResponse:
+        """One request, the whole answer read (inflated when gzip)."""
+        pieces: List[bytes] = []
+        response = await self.stream(method, path, pieces.append, body=body, headers=headers,
+                                     timeout=timeout)
+        if pieces:
+            response.content = b"".join(pieces)
+        return response
+
+    async def stream(self, method: str, path: str, consume: Callable[[bytes], Any], *,
+                     body: Body = None, headers: Optional[Mapping[str, str]] = None,
+                     timeout: Optional[float] = None) -> FastResponse:
+        """One request; the answer's body (inflated) is handed to ``consume``
+        piece by piece, never held whole (only a 2xx answer's: another's is
+        kept in ``content``)."""
+        if self._closed:
+            raise FastHttpError("client closed")
+        limit = timeout or self.timeout
+        async with self._slots:
+            connection = self._take_idle()
+            replayable = not (body is not None and not isinstance(body, (bytes, bytearray, memoryview)))
+            if connection is not None and replayable:
+                try:
+                    return await self._exchange(connection, method, path, body, headers, limit, consume)
+                except _StaleConnection:
+                    pass   # the server closed a kept-alive connection meanwhile: once more, on a new one
+            elif connection is not None:
+                connection.close()
+            connection = await self._open()
+            try:
+                return await self._exchange(connection, method, path, body, headers, limit, consume)
+            except _StaleConnection as exc:
+                raise FastHttpError("connection closed by the server before answering") from exc
+
+    async def _exchange(self, connection: _Connection, method: str, path: str, body: Body,
+                        headers: Optional[Mapping[str, str]], limit: float,
+                        consume: Callable[[bytes], Any]) -> FastResponse:
+        reused = connection.used
+        connection.used = True
+        keep = False
+        try:
+            await self._send(connection, method, path, body, headers, limit)
+            status, reason, answer_headers, head_keep = await self._read_head(connection, limit, reused)
+            kept: List[bytes] = []
+            # An error's body (Orthanc's JSON) is kept for the error, not streamed.
+            sink = consume if 200 <= status < 300 else kept.append
+            wire = await self._read_body(connection, answer_headers, limit, sink, method, status)
+            keep = head_keep and answer_headers.get("connection") != "close"
+            return FastResponse(status, reason, answer_headers, b"".join(kept), wire)
+        except _StaleConnection:
+            raise
+        except TimeoutError:
+            raise FastHttpError(f"no answer within {limit:.0f} s (timeout)", timeout=True) from None
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ssl.SSLError) as exc:
+            raise FastHttpError(f"connection broken: {type(exc).__name__}: {exc}", cause=exc) from None
+        finally:
+            if keep and not self._closed:
+                self._idle.append(connection)
+            else:
+                connection.close()
+
+    async def _send(self, connection: _Connection, method: str, path: str, body: Body,
+                    headers: Optional[Mapping[str, str]], limit: float) -> None:
+        lines = [f"{method} {self.prefix}{path} HTTP/1.1"]
+        merged = dict(self._fixed)
+        if headers:
+            merged.update(headers)
+        streamed = body is not None and not isinstance(body, (bytes, bytearray, memoryview))
+        if body is None:
+            if method in ("POST", "PUT"):
+                merged["Content-Length"] = "0"
+        elif not streamed:
+            merged["Content-Length"] = str(len(body))  # type: ignore[arg-type]
+        elif not any(k.lower() == "content-length" for k in merged):
+            merged["Transfer-Encoding"] = "chunked"
+        lines.extend(f"{k}: {v}" for k, v in merged.items())
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        writer = connection.writer
+        chunked = merged.get("Transfer-Encoding") == "chunked"
+        if body is None:
+            writer.write(head)
+        elif not streamed:
+            view = memoryview(body)  # type: ignore[arg-type]
+            if len(view) <= READ_PIECE:
+                writer.write(head + bytes(view))
+            else:
+                writer.write(head)
+                for start in range(0, len(view), READ_PIECE):
+                    writer.write(view[start:start + READ_PIECE])
+                    async with asyncio.timeout(limit):
+                        await writer.drain()
+        else:
+            writer.write(head)
+            async for piece in body:  # type: ignore[union-attr]
+                if not piece:
+                    continue
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                async with asyncio.timeout(limit):
+                    await writer.drain()
+            if chunked:
+                writer.write(b"0\r\n\r\n")
+        async with asyncio.timeout(limit):
+            await writer.drain()
+
+    async def _read_head(self, connection: _Connection, limit: float,
+                         reused: bool) -> Tuple[int, str, Dict[str, str], bool]:
+        reader = connection.reader
+        try:
+            async with asyncio.timeout(limit):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if reused and not exc.partial:
+                raise _StaleConnection() from None
+            raise
+        except ConnectionResetError:
+            if reused:
+                raise _StaleConnection() from None
+            raise
+        text = head.decode("latin-1")
+        status_line, _, rest = text.partition("\r\n")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise FastHttpError(f"not an HTTP answer: {status_line[:80]!r}")
+        headers: Dict[str, str] = {}
+        for line in rest.split("\r\n"):
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if sep:
+                key = name.strip().lower()
+                value = value.strip()
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        keep = headers.get("connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
+        return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, keep
+
+    async def _read_body(self, connection: _Connection, headers: Dict[str, str], limit: float,
+                         consume: Callable[[bytes], Any], method: str, status: int) -> int:
+        reader = connection.reader
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return 0
+        encoding = headers.get("content-encoding", "").lower()
+        inflater = zlib.decompressobj(31) if encoding == "gzip" else \
+            zlib.decompressobj() if encoding == "deflate" else None
+
+        def give(piece: bytes) -> None:
+            if inflater is None:
+                consume(piece)
+            else:
+                try:
+                    out = inflater.decompress(piece)
+                except zlib.error as exc:
+                    raise FastHttpError(f"corrupt {encoding} answer: {exc}") from None
+                if out:
+                    consume(out)
+
+        wire = 0
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                async with asyncio.timeout(limit):
+                    line = await reader.readuntil(b"\r\n")
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    async with asyncio.timeout(limit):
+                        while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                            pass   # trailers
+                    break
+                left = size
+                while left:
+                    async with asyncio.timeout(limit):
+                        piece = await reader.read(min(left, READ_PIECE))
+                    if not piece:
+                        raise asyncio.IncompleteReadError(b"", left)
+                    left -= len(piece)
+                    wire += len(piece)
+                    give(piece)
+                async with asyncio.timeout(limit):
+                    await reader.readexactly(2)
+        elif "content-length" in headers:
+            left = int(headers["content-length"])
+            while left:
+                async with asyncio.timeout(limit):
+                    piece = await reader.read(min(left, READ_PIECE))
+                if not piece:
+                    raise asyncio.IncompleteReadError(b"", left)
+                left -= len(piece)
+                wire += len(piece)
+                give(piece)
+        else:
+            headers["connection"] = "close"
+            while True:
+                async with asyncio.timeout(limit):
+                    piece = await reader.read(READ_PIECE)
+                if not piece:
+                    break
+                wire += len(piece)
+                give(piece)
+        if inflater is not None:
+            rest = inflater.flush()
+            if rest:
+                consume(rest)
+            if not inflater.eof:
+                raise FastHttpError(f"truncated {encoding} answer")
+        return wire
+
+
+class _StaleConnection(Exception):
+    """A kept-alive connection turned out closed before any answer byte."""

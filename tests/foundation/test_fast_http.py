@@ -1,0 +1,118 @@
+"""The lean HTTP client of the per-instance requests, against real Orthanc servers."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+
+import pytest
+
+from gui.client import OrthancClient, OrthancError, Peer
+from gui.client.fast_http import FastHttp, proxied
+from gui.sandbox import synthetic_studies as synth
+from gui.sandbox.orthanc_process import free_port
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def client_for(server, password=None) -> OrthancClient:
+    return OrthancClient(Peer(server.name, server.url, username=server.username,
+                              password=password or server.password))
+
+
+@pytest.fixture
+def ct_files():
+    spec = synth.make_study_spec(61, "FAST HTTP")
+    return list(synth.ct_series(spec, 3, seed=61))
+
+
+def test_files_md5s_and_uploads_go_through_the_lean_client(orthanc_factory, ct_files):
+    source = orthanc_factory("fast_source", username="alice", password="s3cret")
+    target = orthanc_factory("fast_target", username="bob", password="0ther")
+    ids = [source.upload(data)["ID"] for data in ct_files]
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as tgt:
+            assert src._fast is not None
+            plain, plain_wire = await src.fetch_instance(ids[0], gzip=False)
+            packed, packed_wire = await src.fetch_instance(ids[0], gzip=True)
+            md5 = await src.instance_md5(ids[0])
+            missing = await tgt.instance_md5_or_none(ids[0])
+            stored = await tgt.upload(plain)
+            gz = await tgt.upload(gzip.compress(ct_files[1], 1), content_encoding="gzip")
+            return plain, plain_wire, packed, packed_wire, md5, missing, stored, gz, \
+                await tgt.instance_md5(ids[1])
+
+    plain, plain_wire, packed, packed_wire, md5, missing, stored, gz, md5_1 = run(go())
+    assert plain == packed == ct_files[0]
+    assert plain_wire == len(plain) and packed_wire < len(plain) * 0.8   # gzip on the wire, inflated here
+    assert md5 == hashlib.md5(ct_files[0]).hexdigest()
+    assert missing is None
+    assert stored[0]["Status"] == "Success" and gz[0]["Status"] == "Success"
+    assert md5_1 == hashlib.md5(ct_files[1]).hexdigest()
+
+
+def test_errors_read_as_orthanc_errors(orthanc_factory, ct_files):
+    server = orthanc_factory("fast_errors", username="alice", password="s3cret")
+    instance = server.upload(ct_files[0])["ID"]
+    nowhere = OrthancClient(Peer("nowhere", f"http://127.0.0.1:{free_port()}"))
+
+    async def go():
+        async with client_for(server, password="wrong") as bad, client_for(server) as good, nowhere:
+            with pytest.raises(OrthancError) as wrong_password:
+                await bad.instance_md5(instance)
+            with pytest.raises(OrthancError) as absent:
+                await good.instance_md5("01234567-89abcdef-01234567-89abcdef-01234567")
+            with pytest.raises(OrthancError) as refused:
+                await nowhere.instance_md5(instance)
+            with pytest.raises(OrthancError) as not_dicom:
+                await good.upload(b"not a DICOM file at all")
+            # The connection stays usable after every error answer.
+            return wrong_password.value, absent.value, refused.value, not_dicom.value, \
+                await good.instance_md5(instance)
+
+    wrong_password, absent, refused, not_dicom, md5 = run(go())
+    assert wrong_password.status == 401 and "wrong username or password" in str(wrong_password)
+    assert absent.status == 404 and not absent.is_retryable
+    assert refused.status is None and "connection refused" in str(refused) and refused.is_retryable
+    assert not_dicom.status == 400 and not_dicom.body is not None   # Orthanc's JSON kept
+    assert "s3cret" not in str(wrong_password) + str(refused)
+    assert md5 == hashlib.md5(ct_files[0]).hexdigest()
+
+
+def test_a_connection_closed_by_the_server_is_replaced(orthanc_factory, ct_files):
+    """Orthanc closes idle keep-alive connections after KeepAliveTimeout: the
+    next request opens a new one instead of failing."""
+    server = orthanc_factory("fast_keepalive", extra_config={"KeepAliveTimeout": 1})
+    instance = server.upload(ct_files[0])["ID"]
+
+    async def go():
+        http = FastHttp(server.url, headers={}, ssl_context=None, timeout=30, connect_timeout=5,
+                        max_connections=2)
+        try:
+            first = await http.request("GET", f"/instances/{instance}/attachments/dicom/md5")
+            idle = http._idle[0]
+            deadline = asyncio.get_running_loop().time() + 30
+            while not idle.reader.at_eof():          # the server closes it after its timeout
+                assert asyncio.get_running_loop().time() < deadline, "Orthanc kept the connection"
+                await asyncio.sleep(0.05)
+            second = await http.request("GET", f"/instances/{instance}/attachments/dicom/md5")
+            return first, second, http._idle[0] is not idle
+        finally:
+            await http.aclose()
+
+    first, second, replaced = run(go())
+    assert first.status == second.status == 200 and first.content == second.content and replaced
+
+
+def test_a_proxy_in_the_environment_leaves_requests_to_httpx(monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert proxied("http://pacs.invalid:8042/")
+    assert OrthancClient(Peer("p", "http://pacs.invalid:8042/"))._fast is None
+    monkeypatch.setenv("no_proxy", "pacs.invalid")
+    assert not proxied("http://pacs.invalid:8042/")
