@@ -1,9 +1,12 @@
-"""Delegated mode against a fake of the C++ plugin's job API.
+"""Delegated mode: the source's transfers plugin moves the data, the desktop follows its job.
 
-No server here runs the C++ transfers plugin (our Python plugin implements
-only the receiving and serving side), so the source is a real stock Orthanc
-behind an HTTP front that answers /transfers/send and /jobs/* as the C++
-plugin would (tests/transports/fake_transfers_jobs.py); the target is a
+Two families of tests. Against this project's plugin on real servers (at the
+end): a push job, a RemoteSelf pull job followed on the target, pause /
+resume / cancel, and a failure's reason. Against a fake of the C++ plugin's
+job API (tests/transports/fake_transfers_jobs.py), for what only the C++
+plugin does (its terse "ErrorCode 1" failures): no server here runs the C++
+plugin, so the source is a real stock Orthanc behind an HTTP front that
+answers /transfers/send and /jobs/* as the C++ plugin would; the target is a
 real Orthanc, and the fake job really copies the instances at the end.
 """
 
@@ -22,6 +25,7 @@ from gui.engine.events import BucketState
 from gui.engine.transport_base import TransferFailed
 from tests.devtools.faults.http_front import HttpFront
 from tests.transports.fake_transfers_jobs import FakeTransfersJobs
+from gui.sandbox.orthanc_process import free_port
 from tests.transports.helpers import Recorder, infos_of, make_ctx, run
 
 
@@ -150,3 +154,108 @@ async def _until(condition, timeout: float = 20.0) -> None:
         while not condition():
             await asyncio.sleep(0.01)
     await asyncio.wait_for(wait(), timeout)
+
+
+# --- against this project's plugin on real servers (no fake) -------------------------
+
+@pytest.fixture
+def plugin_servers(orthanc_factory):
+    """Source and target both run our plugin and know each other: the source
+    declares the target twice, plainly (push job) and with RemoteSelf (the
+    target pulls, and the desktop follows the job there)."""
+    ports = {"src": free_port(), "dst": free_port()}
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    small = {"BucketSize": 4, "Threads": 1}   # many buckets: a job to pause midway
+    target = orthanc_factory("dst", with_accelerator=True, http_port=ports["dst"], extra_config={
+        "OrthancPeers": {"source-peer": {"Url": url["src"]}}, "Transfers": small})
+    source = orthanc_factory("src", with_accelerator=True, http_port=ports["src"], extra_config={
+        "OrthancPeers": {"target-peer": {"Url": url["dst"]},
+                         "target-pulls": {"Url": url["dst"], "RemoteSelf": "source-peer"}},
+        "Transfers": small})
+    return source, target
+
+
+def run_real(servers, files, tmp_path, *, peer_name=None, drive=None, compression="gzip"):
+    source, target = servers
+    instances = infos_of(files, source)
+    recorder = Recorder()
+    transport = DelegatedTransport(peer_name=peer_name, poll_interval=0.01)
+
+    async def go():
+        async with OrthancClient(Peer("src", source.url)) as src, OrthancClient(Peer("dst", target.url)) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression=compression,
+                           options=TransferOptions(MaxHttpRetries=1))
+            buckets = transport.plan(ctx)
+            if drive is None:
+                await transport.run(ctx, buckets)
+                return ctx, None
+            return ctx, await drive(transport, ctx, buckets)
+
+    ctx, extra = run(go())
+    return instances, recorder, ctx, extra
+
+
+def test_delegated_push_through_our_plugin(plugin_servers, ct_study_files, tmp_path):
+    source, target = plugin_servers
+    instances, recorder, ctx, _ = run_real(plugin_servers, ct_study_files, tmp_path)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    jobs = source.request("GET", "/transfers/jobs")
+    assert len(jobs) == 1 and jobs[0]["State"] == "Success" and jobs[0]["Content"]["Peer"] == "target-peer"
+    assert jobs[0]["Content"]["SenderTransferID"] == ctx.transfer_id
+    assert set(recorder.final_states().values()) == {BucketState.DONE}
+
+
+def test_delegated_pull_mode_follows_our_job_on_the_target(plugin_servers, ct_study_files, tmp_path):
+    source, target = plugin_servers
+    instances, recorder, ctx, _ = run_real(plugin_servers, ct_study_files, tmp_path, peer_name="target-pulls")
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert source.request("GET", "/transfers/jobs") == []
+    (job,) = target.request("GET", "/transfers/jobs")
+    assert job["Type"] == "PullTransfer" and job["State"] == "Success"
+
+
+def test_delegated_pause_resume_cancel_on_our_plugin(plugin_servers, tmp_path):
+    from tests.server.conftest import study
+    source, target = plugin_servers
+
+    def our_job():
+        jobs = source.request("GET", "/transfers/jobs")
+        return jobs[0] if jobs else None
+
+    async def drive(transport, ctx, buckets):
+        task = asyncio.ensure_future(transport.run(ctx, buckets))
+        ctx.running.clear()
+        await _until(lambda: (our_job() or {}).get("State") == "Paused")
+        assert target.instance_md5s() == {}
+        ctx.running.set()
+        await _until(lambda: (our_job() or {}).get("State") == "Running")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await transport.discard(ctx)
+        return our_job()
+
+    _, _, _, job = run_real(plugin_servers, study(41, tiny=80), tmp_path, drive=drive, compression="none")
+    assert job["State"] == "Failure" and job["ErrorDescription"] == "Job was canceled"
+    assert target.instance_md5s() == {}
+
+
+def test_delegated_failure_carries_our_plugins_reason(plugin_servers, ct_study_files, tmp_path):
+    source, target = plugin_servers
+    target.stop()   # the peer is gone: the job fails, and says why
+
+    async def drive(transport, ctx, buckets):
+        with pytest.raises(TransferFailed) as failure:
+            await transport._follow(ctx, buckets, await transport._start(ctx))
+        return failure.value
+
+    instances = infos_of(ct_study_files[:2], source)
+
+    async def go():
+        async with OrthancClient(Peer("src", source.url)) as src, OrthancClient(Peer("dst", target.url)) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder())
+            transport = DelegatedTransport(peer_name="target-peer", poll_interval=0.01)
+            return await drive(transport, ctx, transport.plan(ctx))
+
+    failure = run(go())
+    assert "'target-peer'" in failure.reason and "cannot be reached" in failure.reason

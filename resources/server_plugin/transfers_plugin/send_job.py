@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from .codec import gzip_bytes
 from .errors import CORRUPTED_FILE, NETWORK_PROTOCOL, PluginError
-from .jobs import Job, JobStopped
+from .jobs import Job
 from .peer_http import PeerError, PeerHttp
 
 MB = 1024 * 1024
