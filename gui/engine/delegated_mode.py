@@ -1,4 +1,4 @@
-"""Delegated transfers: the source's C++ transfers plugin moves the data.
+"""Delegated transfers: the source's transfers plugin (C++ or ours) moves the data.
 
 The source knows the target as one of its Orthanc peers. We ask it to send
 (``POST /transfers/send``) and follow the Orthanc job it starts; when the
@@ -22,6 +22,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import normalise_url
 from gui.engine.events import BucketState, TransferMode
+from gui.engine.link_probe import is_distant
 from gui.engine.planner import gather_bounded
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
@@ -224,6 +225,31 @@ class DelegatedTransport(Transport):
                 state = await self._job_state(ctx, job)
         await ctx.delete_created_on_target()
         await ctx.save_state(STATE_KEY, None)
+
+
+async def should_delegate(source: OrthancClient, target: OrthancClient, retries: int = 0) -> bool:
+    """For ``auto``: whether the source's plugin should move the data itself.
+
+    Only when this desk is far (a WAN round trip) from *both* servers: then
+    push or pull would carry every byte down to the desk and up again, while
+    the servers are usually close to each other. And only when the source
+    knows the target as a peer with a transfers plugin. Any doubt: no.
+    """
+    if not (await is_distant(source) and await is_distant(target)):
+        return False
+    try:
+        accelerated = await with_retries(lambda: source.get_json(wire.URI_PEERS), retries)
+        peers = await with_retries(lambda: source.get_json("/peers?expand"), retries)
+    except OrthancError as exc:
+        log.info("not delegating: %s cannot list its peers (%s)", source.peer.name, exc)
+        return False
+    wanted = normalise_url(target.base_url)
+    for name, value in (peers.items() if isinstance(peers, dict) else []):
+        url = value.get("Url") if isinstance(value, dict) else None
+        if isinstance(url, str) and _same_url(url, wanted) and isinstance(accelerated, dict) \
+                and accelerated.get(name) in ("installed", "bidirectional"):
+            return True
+    return False
 
 
 def _same_url(url: str, wanted: str) -> bool:

@@ -160,16 +160,22 @@ async def split_present(target: OrthancClient, instances: Sequence[InstanceInfo]
 
 
 def choose_mode(requested: str, *, source_speaks: bool, target_speaks: bool,
-                available: Dict[TransferMode, bool]) -> Tuple[TransferMode, str]:
+                available: Dict[TransferMode, bool], delegable: bool = False) -> Tuple[TransferMode, str]:
     """The transport for a job and a one-line why.
 
-    auto: delegate only when explicitly asked; push if the target speaks the
+    auto: delegate when ``delegable`` (the source's plugin can send to the
+    target as one of its peers, and this desk is far from both servers, so
+    the bytes would otherwise cross its link twice: see
+    ``delegated_mode.should_delegate``); else push if the target speaks the
     protocol; pull if only the source does; else plain. A transport whose
     module is not installed is skipped by auto and refused when asked for.
     """
     if requested not in MODE_NAMES:
         raise PlanningError(f"unknown mode {requested!r} (use {', '.join(MODE_NAMES)})")
     if requested == "auto":
+        if delegable and source_speaks and available.get(TransferMode.DELEGATE):
+            return TransferMode.DELEGATE, ("both servers are far from this computer and the source can "
+                                           "send to the target itself")
         if target_speaks and available.get(TransferMode.PUSH):
             return TransferMode.PUSH, "the target speaks the transfers protocol"
         if source_speaks and available.get(TransferMode.PULL):

@@ -19,7 +19,7 @@ from gui.engine import planner
 from gui.engine.events import (BucketProgress, CommitmentReport, EngineEvent, InstanceVerdict,
                                JobProgress, JobState, TransferMode)
 from gui.engine.job_store import JobRecord, JobStore
-from gui.engine.transfer_scheduler import (ConcurrencyGate, JobRunner, available_transports,
+from gui.engine.transfer_scheduler import (ConcurrencyGate, JobRunner, available_transports, delegable,
                                            make_client, new_transfer_id, probe)
 from gui.protocol.wire import plan_buckets
 
@@ -199,7 +199,9 @@ class TransferEngine:
             target_speaks = await probe(dst, options.MaxHttpRetries)
             chosen, _why = planner.choose_mode(mode, source_speaks=source_speaks,
                                                target_speaks=target_speaks,
-                                               available=available_transports())
+                                               available=available_transports(),
+                                               delegable=await delegable(mode, source_speaks, src, dst,
+                                                                         options.MaxHttpRetries))
             result = await planner.make_plan(src, dst, resources, use_protocol=source_speaks,
                                              concurrency=max(2, options.Threads * 2), force=force,
                                              retries=options.MaxHttpRetries)

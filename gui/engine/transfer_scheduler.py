@@ -78,6 +78,15 @@ def make_client(peer: Peer, options: TransferOptions, transfer_id: Optional[str]
                          max_connections=max(4, options.Threads * 2 + 2), extra_headers=headers)
 
 
+async def delegable(requested: str, source_speaks: bool, source: OrthancClient, target: OrthancClient,
+                    retries: int) -> bool:
+    """For auto: whether the source should send server to server (delegated_mode.should_delegate)."""
+    if requested != "auto" or not source_speaks or transport_class(TransferMode.DELEGATE) is None:
+        return False
+    from gui.engine.delegated_mode import should_delegate
+    return await should_delegate(source, target, retries)
+
+
 async def probe(client: OrthancClient, retries: int) -> bool:
     """Whether the peer speaks the transfers protocol; unreachable peers raise."""
     return await with_retries(client.speaks_accelerator, retries)
@@ -358,7 +367,9 @@ class JobRunner:
                 target_speaks = await probe(self.target, retries)
                 mode, why = planner.choose_mode(job.requested_mode, source_speaks=source_speaks,
                                                 target_speaks=target_speaks,
-                                                available=available_transports())
+                                                available=available_transports(),
+                                                delegable=await delegable(job.requested_mode, source_speaks,
+                                                                          self.source, self.target, retries))
                 log.info("job %s: %s mode (%s)", job.id, mode.value, why)
                 plan = await planner.make_plan(
                     self.source, self.target, job.resources, use_protocol=source_speaks,

@@ -65,3 +65,12 @@ def test_auto_uses_push_then_pull_with_accelerated_peers(orthanc_factory, tmp_pa
     assert pulled.verified == len(mixed_study_files)
     assert refused.state is JobState.FAILURE and "push mode needs" in refused.error
     assert stock.instance_md5s() == accelerated.instance_md5s()
+
+
+def test_auto_delegates_only_when_delegable():
+    chosen, why = choose_mode("auto", source_speaks=True, target_speaks=True, available=ALL, delegable=True)
+    assert chosen is TransferMode.DELEGATE and "far from this computer" in why
+    assert choose_mode("auto", source_speaks=True, target_speaks=True, available=ALL)[0] is TransferMode.PUSH
+    # A stale "delegable" never delegates from a source without the plugin.
+    assert choose_mode("auto", source_speaks=False, target_speaks=True, available=ALL,
+                       delegable=True)[0] is TransferMode.PUSH

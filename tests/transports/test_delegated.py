@@ -259,3 +259,25 @@ def test_delegated_failure_carries_our_plugins_reason(plugin_servers, ct_study_f
 
     failure = run(go())
     assert "'target-peer'" in failure.reason and "cannot be reached" in failure.reason
+
+
+def test_auto_delegates_only_when_the_desk_is_far_from_both(plugin_servers, orthanc_factory, monkeypatch):
+    """The round trips are the one thing faked: loopback servers are never far."""
+    from gui.engine import delegated_mode
+    source, target = plugin_servers
+    stranger = orthanc_factory("stranger")
+    far = {source.url, target.url, stranger.url}
+
+    async def is_distant(client):
+        return client.base_url.rstrip("/") in far
+
+    async def go(dst_server):
+        async with OrthancClient(Peer("src", source.url)) as src, \
+                OrthancClient(Peer("dst", dst_server.url)) as dst:
+            return await delegated_mode.should_delegate(src, dst)
+
+    monkeypatch.setattr(delegated_mode, "is_distant", is_distant)
+    assert run(go(target)) is True
+    assert run(go(stranger)) is False          # the source has no peer for it
+    far.discard(target.url)
+    assert run(go(target)) is False            # the desk is near the target: push or pull it is

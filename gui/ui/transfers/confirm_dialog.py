@@ -10,12 +10,14 @@ from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout
 
 from gui.ui.transfers.formatting import human_bytes
 
+# Each says which way the bytes go: through this computer, or server to server.
 MODE_TEXT = {
-    "push": "accelerated push (the target has the accelerator)",
-    "pull": "accelerated pull (the source has the accelerator)",
-    "plain": "plain REST (stock Orthanc on both sides)",
-    "delegate": "delegated to the source's transfers plugin",
-    "upload": "upload of local files",
+    "push": "accelerated push (the target has the accelerator): source → this computer → target",
+    "pull": "accelerated pull (the source has the accelerator): source → this computer → target",
+    "plain": "plain REST (stock Orthanc on both sides): source → this computer → target",
+    "delegate": "server to server (the source's transfers plugin sends): source → target directly, "
+                "nothing passes through this computer",
+    "upload": "upload of local files: this computer → target",
 }
 
 _MAX_LISTED = 8
