@@ -403,14 +403,18 @@ class OrthancClient:
 
     async def stream_get(self, path: str, consume: Callable[[bytes], bool], *,
                          headers: Optional[Mapping[str, str]] = None,
-                         piece_size: Optional[int] = None) -> None:
+                         piece_size: Optional[int] = None,
+                         answer_headers: Optional[Dict[str, str]] = None) -> None:
         """GET a binary answer and hand it to ``consume`` piece by piece, without
-        holding it whole; ``consume`` returns False to stop reading early."""
+        holding it whole; ``consume`` returns False to stop reading early.
+        ``answer_headers`` (a dict) receives the answer's headers."""
         try:
             async with self._http.stream("GET", path, headers=headers) as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._status_error("GET", path, response)
+                if answer_headers is not None:
+                    answer_headers.update({k.lower(): v for k, v in response.headers.items()})
                 async for piece in response.aiter_bytes(piece_size):
                     if consume(piece) is False:
                         break
@@ -422,7 +426,8 @@ class OrthancClient:
             raise self._error(f"{type(exc).__name__}: {exc}", "GET", path) from None
 
     async def get_bounded(self, path: str, limit: int, *,
-                          headers: Optional[Mapping[str, str]] = None) -> bytearray:
+                          headers: Optional[Mapping[str, str]] = None,
+                          answer_headers: Optional[Dict[str, str]] = None) -> bytearray:
         """GET a binary answer of at most ``limit`` bytes, streamed into one
         buffer (no second copy; an answer longer than ``limit`` is cut at
         ``limit + 1`` bytes so the caller sees it is too long)."""
@@ -435,7 +440,7 @@ class OrthancClient:
                 return False
             return True
 
-        await self.stream_get(path, keep, headers=headers)
+        await self.stream_get(path, keep, headers=headers, answer_headers=answer_headers)
         return buffer
 
     async def download_instance_to(self, instance_id: str, sink: Any,

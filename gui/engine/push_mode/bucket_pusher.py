@@ -21,7 +21,7 @@ from gui.engine.target_md5 import md5s_on
 from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
                                                    TransactionState)
 from gui.engine.transport_base import TransferContext, TransferFailed
-from gui.protocol.wire import Bucket, InstanceInfo
+from gui.protocol.wire import CODECS, Bucket, InstanceInfo
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class BucketPusher:
         self._commit_started = False
         # True when the link probe reversed the first guess (docs, tests).
         self.switched_compression = False
+        self.codec: Optional[str] = None       # codec the first bucket's sample favours over gzip
+        self.codec_used: Optional[str] = None  # codec the target confirmed for the transaction
 
     # --- the whole run ---------------------------------------------------------------
 
@@ -200,12 +202,17 @@ class BucketPusher:
 
     async def _create(self, compression: str) -> None:
         opts = self.ctx.options
+        # Where gzip was chosen and the sample shrank more with a codec, ask
+        # for it: our plugin confirms it, any other server keeps gzip.
+        codec = self.codec if compression == "gzip" else None
         self.tx = await PushTransaction.create(
             self.ctx.target, self.ctx.instances, self.buckets, compression,
             transfer_id=self.ctx.transfer_id, retries=opts.MaxHttpRetries,
-            commit_timeout=opts.PeerCommitTimeout, asynchronous_commit=self.asynchronous_commit)
+            commit_timeout=opts.PeerCommitTimeout, asynchronous_commit=self.asynchronous_commit,
+            codec=codec)
         self.compression = compression
-        self.ctx.compression_used = compression
+        self.ctx.compression_used = compression  # the protocol's name; a codec is a kind of gzip
+        self.codec_used = self.tx.state.compression if self.tx.state.compression in CODECS else None
         await self._save(force=True)
 
     async def _start_over(self, compression: Optional[str] = None) -> None:
@@ -232,6 +239,7 @@ class BucketPusher:
             raw = await self.reader.read(first, None)
             self._prefetched[0] = raw
             sample = await gz.measure(raw)
+            self.codec = sample.codec
             distant = await distance if distance is not None else False
         finally:
             if distance is not None and not distance.done():
@@ -388,9 +396,9 @@ class BucketPusher:
             if body is None:
                 ctx.bucket_event(index, bucket, BucketState.READING, retries=prepared.retries)
                 body = await self.reader.read(bucket, on_retry)
-            if self.tx.state.compression == "gzip":
+            if self.tx.state.compression != "none":  # gzip, or the codec the target confirmed
                 ctx.bucket_event(index, bucket, BucketState.COMPRESSING, retries=prepared.retries)
-                body = await gz.compress(body)
+                body = await gz.compress(body, compression=self.tx.state.compression)
         except BaseException as exc:
             self._failed(index, prepared.retries, exc)
             raise

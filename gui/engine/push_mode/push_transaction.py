@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Optional, 
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
+from gui.engine.compression import parse_body_compression
 from gui.engine.retry import backoff_delay, with_retries
 from gui.protocol import wire
 from gui.protocol.wire import Bucket, InstanceInfo
@@ -71,7 +72,7 @@ class TransactionState:
         if not isinstance(data, dict):
             return None
         try:
-            return cls(str(data["ID"]), str(data["Path"]), wire.parse_compression(data["Compression"]),
+            return cls(str(data["ID"]), str(data["Path"]), parse_body_compression(data["Compression"]),
                        str(data.get("Cookie", "")), bool(data.get("Asynchronous", False)))
         except (KeyError, wire.WireFormatError):
             return None
@@ -123,9 +124,9 @@ class PushTransaction:
     async def create(cls, target: OrthancClient, instances: Sequence[InstanceInfo],
                      buckets: Sequence[Bucket], compression: str, *, transfer_id: str,
                      retries: int, commit_timeout: float, asynchronous_commit: bool = False,
-                     on_retry: RetryHook = None) -> "PushTransaction":
+                     on_retry: RetryHook = None, codec: Optional[str] = None) -> "PushTransaction":
         body = json.dumps(wire.build_push_request(instances, buckets, compression,
-                                                  asynchronous_commit)).encode()
+                                                  asynchronous_commit, codec)).encode()
         headers = {wire.SENDER_TRANSFER_ID_HEADER: transfer_id, "Content-Type": BODY_CONTENT_TYPE}
         response = await with_retries(
             lambda: target.request("POST", wire.URI_PUSH, content=body, headers=headers),
@@ -141,6 +142,10 @@ class PushTransaction:
                                peer=target.peer.name) from None
         # Only our own plugin honours the extension; it says so in its answer.
         asynchronous = asynchronous_commit and bool(answer.get("AsynchronousCommit", True))
+        if codec is not None:
+            # Bodies in the codec only when the server confirms it; the C++
+            # plugin ignores the request's "Codec" and expects gzip.
+            compression = codec if answer.get("Codec") == codec else "gzip"
         state = TransactionState(tid, path, compression, cookie_from(response.headers), asynchronous)
         log.info("push transaction %s created on %s (%d buckets, %s)", tid, target.peer.name,
                  len(buckets), compression)

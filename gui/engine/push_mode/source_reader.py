@@ -45,7 +45,7 @@ MAX_IDS_PER_CHUNKS_GET = 100
 PARTS_IN_FLIGHT = 4
 
 
-def split_for_get(bucket: Bucket, base_url: str, compression: str = "gzip",
+def split_for_get(bucket: Bucket, base_url: str, compression: str = wire.CODEC_SPLIT16,
                   max_ids: int = MAX_IDS_PER_CHUNKS_GET) -> List[Bucket]:
     """Cut a bucket into consecutive parts that can each be fetched with one GET.
 

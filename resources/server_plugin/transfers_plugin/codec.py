@@ -1,4 +1,5 @@
-"""Bucket bodies: bounded gzip decoding and single-member gzip encoding."""
+"""Bucket bodies: bounded gzip decoding and single-member gzip encoding,
+and the "split16-gzip" codec that this plugin announces (gui/protocol/wire.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import zlib
 from .errors import BAD_FILE_FORMAT, NETWORK_PROTOCOL, PluginError
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+SPLIT16 = "split16-gzip"  # wire.CODEC_SPLIT16 (the wire module is loaded at run time)
+CODECS = (SPLIT16,)
 
 
 def decode_bucket(body: bytes, compression: str, expected: int, where: str) -> bytes:
@@ -18,6 +21,8 @@ def decode_bucket(body: bytes, compression: str, expected: int, where: str) -> b
     """
     if compression == "none":
         data = body
+    elif compression not in ("gzip",) + CODECS:
+        raise PluginError(BAD_FILE_FORMAT, "%s: unknown compression %r" % (where, compression[:30]))
     else:
         inflater = zlib.decompressobj(_GZIP_WBITS)
         try:
@@ -36,6 +41,8 @@ def decode_bucket(body: bytes, compression: str, expected: int, where: str) -> b
         shown = "more than %d" % expected if len(data) > expected else str(len(data))
         raise PluginError(NETWORK_PROTOCOL, "%s: the bucket holds %d bytes but %s were received"
                           % (where, expected, shown))
+    if compression == SPLIT16:
+        return join16(data)  # type: ignore[return-value]
     return data
 
 
@@ -43,3 +50,23 @@ def gzip_bytes(data: bytes, level: int) -> bytes:
     """One gzip member holding ``data``."""
     deflater = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
     return deflater.compress(data) + deflater.flush()
+
+
+def split16(data) -> bytes:
+    """Even bytes then odd bytes: low and high bytes of 16-bit samples apart."""
+    return bytes(data[0::2]) + bytes(data[1::2])
+
+
+def join16(data) -> bytearray:
+    out = bytearray(len(data))
+    half = (len(data) + 1) // 2
+    out[0::2] = data[:half]
+    out[1::2] = data[half:]
+    return out
+
+
+def encode(data, compression: str, level: int) -> bytes:
+    """``data`` as a body in ``compression`` ("gzip" or a codec)."""
+    if compression == SPLIT16:
+        return gzip_bytes(split16(data), level)
+    return gzip_bytes(data, level)

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from .codec import CODECS
+
 MB = 1024 * 1024
 
 
@@ -33,6 +35,7 @@ class Options:
     max_chunk_ids: int = 100              # MaxChunkIds: instances in one chunks URL
     max_lookup_resources: int = 10_000    # MaxLookupResources
     overwrite_instances: bool = False     # Orthanc's own "OverwriteInstances" (not in "Transfers")
+    codecs: tuple = ("split16-gzip",)     # Codecs: extension codecs announced to senders that ask ([]: gzip only, as the C++ plugin)
     gzip_level: int = 1                   # GzipLevel (1-9) of chunk answers: 1 favours speed (~3% more bytes on synthetic CT)
     warnings: List[str] = field(default_factory=list, compare=False)
 
@@ -82,6 +85,12 @@ def parse_options(configuration: Dict[str, Any]) -> Options:
         storage = configuration.get("StorageDirectory") or "OrthancStorage"
         staging = os.path.join(storage, "transfers-staging")
     values["staging_directory"] = os.path.abspath(staging)
+    if "Codecs" in section:
+        codecs = section["Codecs"]
+        if not isinstance(codecs, list) or any(c not in CODECS for c in codecs):
+            warnings.append("Transfers.Codecs: expected a list of %s; using the default" % ", ".join(CODECS))
+        else:
+            values["codecs"] = tuple(codecs)
     values["overwrite_instances"] = configuration.get("OverwriteInstances") is True
     return Options(warnings=warnings, **values)
 

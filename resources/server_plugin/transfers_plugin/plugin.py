@@ -55,6 +55,8 @@ class TransfersPlugin:
         answer = {"ID": txn.id, "Path": "%s/%s" % (self.wire.URI_PUSH, txn.id)}
         if txn.asynchronous:
             answer["AsynchronousCommit"] = True  # tells the sender the extension is honoured
+        if txn.compression != parsed.compression:
+            answer["Codec"] = txn.compression  # bucket bodies are expected in this codec
         return Answer(answer)
 
     def _check_counts(self, body: Any) -> None:

@@ -39,12 +39,15 @@ STAGING, COMMITTING, DONE = "staging", "committing", "done"
 class Transaction:
     """One push transaction: what was announced, and which buckets arrived."""
 
-    def __init__(self, tid: str, directory: str, request: Any) -> None:
+    def __init__(self, tid: str, directory: str, request: Any, codecs: tuple = ()) -> None:
         self.id = tid
         self.directory = directory
         self.instances = sorted(request.instances, key=lambda i: i.id)
         self.buckets = request.buckets
-        self.compression: str = request.compression
+        # An extension codec the sender asked for and this plugin honours
+        # (the creation answer says so), else "gzip" or "none".
+        codec = getattr(request, "codec", None)
+        self.compression: str = codec if codec in codecs else request.compression
         self.asynchronous: bool = request.asynchronous_commit
         self.size_of = {i.id: i.size for i in self.instances}
         self.declared_size = sum(self.size_of.values())
@@ -131,7 +134,7 @@ class TransactionStore:
                               % (largest, opts.max_bucket_size), http_status=413)
         check_coverage(request)
         tid = str(uuid.uuid4())
-        txn = Transaction(tid, os.path.join(self.root, tid), request)
+        txn = Transaction(tid, os.path.join(self.root, tid), request, opts.codecs)
         with self.lock:
             victims = self._victims_locked()
             # Refusing the request must leave the other transactions alone, so
