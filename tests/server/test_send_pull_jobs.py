@@ -296,3 +296,12 @@ def test_jobs_survive_a_restart_paused_and_resume_without_resending(clean):
     assert done["State"] == "Success", done["ErrorDescription"]
     assert done["Content"]["ResumedFromBucket"] == acknowledged
     assert dst.instance_md5s() == src.instance_md5s()
+
+
+def test_orthanc_explorer_gets_the_transfers_button(clean):
+    script = clean["src"].request("GET", "/plugins/explorer.js", raw=True).decode()
+    assert "Transfers accelerator" in script
+    for uri in ("../transfers/peers", "../transfers/send", "../jobs/"):
+        assert uri in script
+    for page in ("patient", "study", "series"):
+        assert "%s: '%s'" % (page, page.capitalize()) in script

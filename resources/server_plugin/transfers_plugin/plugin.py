@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict
@@ -186,7 +187,20 @@ def install(api: Any, wire: Any) -> TransfersPlugin:
     plugin = TransfersPlugin(api, wire, options)
     plugin.store.prepare()
     plugin.jobs.registry.load()
+    extend_explorer(api)
     plugin.register()
     api.LogWarning("transfers: accelerator protocol served by the Python plugin (staging in %s)"
                    % options.staging_directory)
     return plugin
+
+
+def extend_explorer(api: Any) -> None:
+    """The "Transfers accelerator" button of Orthanc Explorer (explorer.js beside this file)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "explorer.js")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            script = handle.read()
+    except OSError as exc:  # the protocol works without the button
+        api.LogWarning("transfers: no Orthanc Explorer button, %s cannot be read: %s" % (path, exc.strerror))
+        return
+    api.ExtendOrthancExplorer(script)
