@@ -200,6 +200,7 @@ def test_peer_refusing_the_credentials_fails_the_job(orthanc_factory, clean):
     job = wait_job(src, send(src, "locked", study_ref(study_id))["ID"])
     assert job["State"] == "Failure"
     assert "refused the credentials" in job["ErrorDescription"] and "401" in job["ErrorDescription"]
+    assert job["ErrorCode"] == 29     # Orthanc's "Unauthorized"
     assert locked.instance_md5s() == {}
 
 
@@ -217,23 +218,40 @@ def test_unreachable_peer_fails_the_job_in_words(clean):
     job = wait_job(src, send(src, "gone", study_ref(study_id))["ID"])
     assert job["State"] == "Failure"
     assert "'gone'" in job["ErrorDescription"] and "cannot be reached" in job["ErrorDescription"]
+    assert job["ErrorCode"] == 9      # Orthanc's "Error in the network protocol"
 
 
 # --- control ------------------------------------------------------------------------
 
-def pause_midway(server: OrthancProcess, job_id: str) -> Dict[str, Any]:
-    """Pause a running job once it has sent at least one bucket; its state once paused."""
+def pause_midway(server: OrthancProcess, job_id: str, done: str = "SentBuckets",
+                 total: str = "TotalBuckets") -> Dict[str, Any]:
+    """Pause a running job once it has sent at least one bucket (or, in plain mode,
+    instance); its state once paused."""
     deadline = time.monotonic() + 60
     while True:
         job = server.request("GET", "/jobs/%s" % job_id)
-        if job["Content"].get("SentBuckets", 0) >= 1 or job["State"] in TERMINAL:
+        if job["Content"].get(done, 0) >= 1 or job["State"] in TERMINAL:
             break
         assert time.monotonic() < deadline, job
     post(server, "/jobs/%s/pause" % job_id, {})
     paused = wait_job(server, job_id, ("Paused",) + TERMINAL)
     assert paused["State"] == "Paused", paused
-    assert 1 <= paused["Content"]["SentBuckets"] < paused["Content"]["TotalBuckets"]
+    assert 1 <= paused["Content"][done] < paused["Content"][total]
     return paused
+
+
+def test_cancelled_plain_send_removes_what_it_had_added(clean):
+    src, stock = clean["src"], clean["stock"]
+    files = study(32, tiny=80)
+    study_id = upload(src, files)
+    upload(stock, files[:1])      # was there before: stays
+    before = stock.instance_md5s()
+    job_id = send(src, "stock", study_ref(study_id))["ID"]
+    pause_midway(src, job_id, "PostedInstances", "TotalToPost")
+    assert len(stock.instance_md5s()) > 1
+    post(src, "/jobs/%s/cancel" % job_id, {})
+    assert wait_job(src, job_id)["ErrorCode"] == 37
+    assert stock.instance_md5s() == before
 
 
 def test_pause_resume_cancel_and_resubmit(clean):

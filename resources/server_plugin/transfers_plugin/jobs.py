@@ -305,7 +305,8 @@ class JobRegistry:
             if not hasattr(exc, "status"):   # PeerErrors are expected; anything else is logged in full
                 self.log_error("transfers: job %s failed:\n%s" % (job.id, traceback.format_exc()))
             self._cleanup(job)
-            self._finish(job, FAILURE, INTERNAL_ERROR, description)
+            code = getattr(exc, "code", INTERNAL_ERROR)
+            self._finish(job, FAILURE, code if isinstance(code, int) else INTERNAL_ERROR, description)
         else:
             self._finish(job, SUCCESS)
 

@@ -27,13 +27,20 @@ RETRY_WAIT = 1.0                            # seconds between attempts, as the C
 RETRYABLE_STATUSES = (502, 503, 504)
 
 
-class PeerError(Exception):
-    """A request to a peer failed; ``status`` is the HTTP status when there was an answer."""
+# Orthanc error codes a failed job reports (as Orthanc's own HTTP client would).
+NETWORK_PROTOCOL, TIMEOUT, UNAUTHORIZED = 9, 16, 29
 
-    def __init__(self, message: str, status: Optional[int] = None, body: Any = None) -> None:
+
+class PeerError(Exception):
+    """A request to a peer failed; ``status`` is the HTTP status when there was an answer,
+    ``code`` the Orthanc error code the job reports."""
+
+    def __init__(self, message: str, status: Optional[int] = None, body: Any = None,
+                 code: Optional[int] = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.code = code if code is not None else (UNAUTHORIZED if status == 401 else NETWORK_PROTOCOL)
 
 
 class PeerHttp:
@@ -132,7 +139,9 @@ class PeerHttp:
                     attempt += 1
                     time.sleep(RETRY_WAIT)
                     continue
-                raise PeerError(self._network_text(method, path, exc)) from None
+                timed_out = isinstance(exc, (socket.timeout, TimeoutError))
+                raise PeerError(self._network_text(method, path, exc),
+                                code=TIMEOUT if timed_out else None) from None
             if status in RETRYABLE_STATUSES and attempt < self.retries:
                 attempt += 1
                 time.sleep(RETRY_WAIT)

@@ -286,10 +286,11 @@ class SendRunner:
                 cp["Posted"], cp["Created"] = sorted(posted), sorted(created)
                 done[0] += info.size
                 fraction = done[0] / total if total else 1.0
-            job.publish(UPLOAD_SHARE * fraction, UploadedSizeMB=speed.bytes // MB,
+            job.publish(UPLOAD_SHARE * fraction, UploadedSizeMB=speed.bytes // MB, PostedInstances=len(posted),
                         NetworkSpeedKBs=speed.kbs(), CompletedHttpQueries=peer.queries)
             self.plugin.registry.save_soon(job)
 
+        job.publish(PostedInstances=len(posted), TotalToPost=len(to_send))
         try:
             parallel([i for i in to_send if i.id not in posted], post, settings.threads, job)
         finally:
