@@ -166,7 +166,8 @@ class JobRegistry:
 
     def load(self) -> None:
         """Read the jobs of a previous run; unfinished ones come back paused."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        if not os.path.isdir(self.directory):
+            return  # created with the first job
         for name in sorted(os.listdir(self.directory)):
             path = os.path.join(self.directory, name)
             if name.endswith(".tmp"):
@@ -345,6 +346,7 @@ class JobRegistry:
         record = job.to_record()
         job.last_save = time.monotonic()
         try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
             with open(path + ".tmp", "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
             os.replace(path + ".tmp", path)
