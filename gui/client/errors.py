@@ -20,6 +20,17 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+FULL_STORAGE = 19      # Orthanc's ErrorCode_FullStorage
+FULL_TEXT = "the target is full"
+
+
+def full_storage_text(message: str, orthanc_status: object) -> str:
+    """``message``, saying plainly that the target is full when Orthanc says FullStorage."""
+    if orthanc_status == FULL_STORAGE and FULL_TEXT not in message:
+        return f"{FULL_TEXT}: {message}"
+    return message
+
+
 class OrthancError(Exception):
     """A request to an Orthanc peer failed.
 
@@ -50,8 +61,16 @@ class OrthancError(Exception):
         return self.status is None
 
     @property
+    def storage_full(self) -> bool:
+        """Orthanc's FullStorage (19): its storage limits or its disk are full."""
+        return self.orthanc_status == FULL_STORAGE or self.status == 507
+
+    @property
     def is_retryable(self) -> bool:
-        """Worth another try: no answer, a timeout, or a server-side hiccup."""
+        """Worth another try: no answer, a timeout, or a server-side hiccup
+        (a full storage is no hiccup: trying again only deletes more patients)."""
+        if self.storage_full:
+            return False
         return self.status is None or self.status in (408, 429, 500, 502, 503, 504)
 
     def __str__(self) -> str:
@@ -59,6 +78,8 @@ class OrthancError(Exception):
         text = self.reason
         if self.status is not None:
             text = f"HTTP {self.status}: {text}"
+        if self.storage_full:
+            text = f"{FULL_TEXT}: {text}"
         extra = [x for x in (self.message, self.details) if x and x not in text]
         if extra:
             text += " — " + "; ".join(extra)

@@ -19,6 +19,7 @@ from gui.engine import planner
 from gui.engine.events import (BucketProgress, CommitmentReport, EngineEvent, InstanceVerdict,
                                JobProgress, JobState, TransferMode)
 from gui.engine.job_store import JobRecord, JobStore
+from gui.engine.target_capacity import recycling_warning
 from gui.engine.transfer_scheduler import (ConcurrencyGate, JobRunner, available_transports, delegable,
                                            make_client, new_transfer_id, probe)
 from gui.protocol.wire import plan_buckets
@@ -40,6 +41,9 @@ class PlanSummary:
     bytes: int
     already_present: int
     buckets: int
+    # Said before the transfer starts, e.g. that the target would recycle
+    # (delete) other patients to make room (target_capacity).
+    warnings: List[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -205,9 +209,10 @@ class TransferEngine:
             result = await planner.make_plan(src, dst, resources, use_protocol=source_speaks,
                                              concurrency=max(2, options.Threads * 2), force=force,
                                              retries=options.MaxHttpRetries)
+            warning = await recycling_warning(src, dst, resources, result.bytes_to_send)
         buckets = plan_buckets(result.to_send, options.bucket_size_bytes)
         return PlanSummary(chosen, options.Compression, len(result.instances), result.bytes_to_send,
-                           len(result.present), len(buckets))
+                           len(result.present), len(buckets), [warning] if warning else [])
 
     async def submit(self, source: Peer, target: Peer, resources: List[dict],
                      options: Optional[TransferOptions] = None, *, mode: str = "auto",

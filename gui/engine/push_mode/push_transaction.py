@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Optional, Sequence
 
-from gui.client.errors import OrthancError
+from gui.client.errors import OrthancError, full_storage_text
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.compression import parse_body_compression
 from gui.engine.retry import backoff_delay, with_retries
@@ -191,7 +191,8 @@ class PushTransaction:
                     exc.status is None and "timeout" not in exc.reason)
                 if not unreachable or attempt >= self.retries:
                     if exc.status is not None:
-                        raise CommitFailed(exc.message or exc.reason) from exc
+                        raise CommitFailed(full_storage_text(exc.message or exc.reason,
+                                                             exc.orthanc_status)) from exc
                     raise
                 attempt += 1
                 if on_retry is not None:
@@ -226,7 +227,7 @@ class PushTransaction:
                 bad = error.get("Instances")
                 if isinstance(bad, list) and bad:
                     message += f" (instances: {', '.join(str(i) for i in bad[:5])})"
-                raise CommitFailed(str(message))
+                raise CommitFailed(full_storage_text(str(message), error.get("OrthancStatus")))
             if time.monotonic() > deadline:
                 raise CommitFailed(f"the commit did not finish within {self.commit_timeout:.0f} s")
             await asyncio.sleep(delay)

@@ -59,6 +59,12 @@ class ConfirmDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(heading)
         layout.addLayout(form)
+        # Filled in when the plan warns (e.g. the target would recycle patients).
+        self.warning = QLabel("")
+        self.warning.setObjectName("confirmWarning")
+        self.warning.setWordWrap(True)
+        self.warning.setVisible(False)
+        layout.addWidget(self.warning)
         layout.addWidget(self.dont_ask)
         layout.addWidget(self.buttons)
 
@@ -73,6 +79,11 @@ class ConfirmDialog(QDialog):
         mode = getattr(plan.mode, "value", str(plan.mode))                    # type: ignore[attr-defined]
         self.mode.setText(MODE_TEXT.get(mode, mode))
         self.compression.setText(str(plan.compression))                      # type: ignore[attr-defined]
+        warnings = list(getattr(plan, "warnings", None) or [])
+        if warnings:
+            self.warning.setText("<span style='color:#c62828'><b>Warning:</b> "
+                                 + "<br>".join(_esc(w) for w in warnings) + "</span>")
+            self.warning.setVisible(True)
 
     def set_plan_error(self, message: str) -> None:
         for label in (self.instances, self.size, self.mode):

@@ -320,4 +320,7 @@ def finish_commit(store: Any, importer: Importer, txn: Any) -> None:
 
 def verify_and_import(importer: Importer, txn: Any) -> None:
     verify(txn)
+    capacity = getattr(importer, "capacity", None)   # capacity.py: a commit that cannot fit
+    if capacity is not None:
+        capacity.check_commit(txn, importer._exists)
     importer.import_all(txn)

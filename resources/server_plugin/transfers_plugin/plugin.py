@@ -8,6 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict
 
+from .capacity import Capacity
 from .chunks import ChunkServer
 from .commit import Importer, commit, loopback_from_configuration, verify_and_import
 from .config import Options, load_options
@@ -30,6 +31,8 @@ class TransfersPlugin:
         self.store = TransactionStore(options, api.LogWarning, self.metrics)
         self.importer = Importer(api, api.LogWarning, options.overwrite_instances, options.commit_threads,
                                  loopback_from_configuration(api, json.loads(api.GetConfiguration())), self.metrics)
+        self.capacity = Capacity(api, json.loads(api.GetConfiguration()))
+        self.importer.capacity = self.capacity
         self.chunks = ChunkServer(api, wire, options, self.metrics)
         self.lookup = Lookup(api, wire, options, self.originator)
         # Each asynchronous commit imports with CommitThreadsCount threads of its own.
@@ -153,6 +156,9 @@ class TransfersPlugin:
     def _status(self, status: str, tid: str) -> Dict[str, Any]:
         return self.wire.build_commit_status(status, tid)
 
+    def get_storage(self, request: Dict[str, Any]) -> Answer:
+        return Answer(self.capacity.status())
+
     def get_peers(self, request: Dict[str, Any]) -> Answer:
         status = peers_status(self.api, lambda: json.loads(self.api.GetConfiguration()),
                               self.options.peer_timeout)
@@ -175,6 +181,7 @@ class TransfersPlugin:
             ("/transfers/push/([^/]+)", {"DELETE": self.delete_transaction}),
             ("/transfers/push/([^/]+)/([^/]+)", self._transaction_methods),
             ("/transfers/peers", {"GET": self.get_peers}),
+            ("/transfers/storage", {"GET": self.get_storage}),
         ] + self.jobs.routes()
         for pattern, methods in routes:
             self.api.RegisterRestCallback(pattern, router.callback(methods))
