@@ -118,7 +118,7 @@ class AppSession:
                 return 0
             self.engine, engine_error = await self._start_engine(config)
             from gui.ui.main_window import MainWindow
-            self.window = MainWindow(config, self.engine)
+            self.window = MainWindow(config, self.engine, demo=self.demo is not None)
             if engine_error:
                 self.window.show_notice(engine_error)
             self.window.closed.connect(self._quit.set)
@@ -181,10 +181,7 @@ class AppSession:
             return Peer(name=name, url=url)
 
         try:
-            try:
-                engine = TransferEngine(config.transfers, data_dir=data_dir, peer_resolver=resolve)
-            except TypeError:  # an engine without peer_resolver
-                engine = TransferEngine(config.transfers, data_dir=data_dir)
+            engine = TransferEngine(config.transfers, data_dir=data_dir, peer_resolver=resolve)
             await engine.start()
         except Exception as exc:  # noqa: BLE001 - browsing still works without it
             log.warning("the transfer engine failed to start", exc_info=exc)

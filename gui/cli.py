@@ -191,6 +191,7 @@ class ProgressPrinter:
         self.last = 0.0
         self.last_state = None
         self.drawn = False
+        self.planning_said = False
 
     def __call__(self, event: Any) -> None:
         from gui.engine.events import JobProgress
@@ -203,6 +204,10 @@ class ProgressPrinter:
             return
         self.last, self.last_state = now, event.state
         line = self.format(event)
+        if line.startswith("planning"):
+            if self.planning_said:
+                return   # pending, then running, both still planning: once is enough
+            self.planning_said = True
         if self.tty:
             self.stream.write("\r" + line[:150] + "\x1b[K")
             self.drawn = True
@@ -212,8 +217,14 @@ class ProgressPrinter:
 
     @staticmethod
     def format(event: Any) -> str:
+        from gui.engine.events import JobState
+        if event.state in (JobState.FAILURE, JobState.CANCELED):
+            verb = "failed" if event.state is JobState.FAILURE else "canceled"
+            sent = (f" after {event.instances_done} of {event.instances_total} instances"
+                    if event.instances_total else " before any instance was sent")
+            return f"{verb}{sent}" + (f": {event.error}" if event.error else "")
         if not event.instances_total and not event.state.finished:
-            return f"{event.state.value.lower()}: planning (listing instances, checking the target)..."
+            return "planning (listing instances, checking the target)..."
         width = 24
         filled = int(width * min(1.0, event.fraction))
         bar = "#" * filled + "-" * (width - filled)
@@ -240,6 +251,11 @@ def failure_report_json(source: str, target: str, error: str) -> Dict[str, Any]:
 
 def print_summary(report: Any, out: TextIO) -> None:
     data = report.to_json()
+    if data["state"] != "Success" and not data["instances"]:
+        out.write(f"{data['state']}: nothing was sent to {data['target']}, job {data['job'] or '-'}\n")
+        if data["error"]:
+            out.write(f"error: {data['error']}\n")
+        return
     out.write(f"{data['state']}: {data['verified']}/{data['instances']} instances verified on "
               f"{data['target']} ({data['transferred']} transferred, {data['skipped']} already "
               f"present), {human_bytes(data['bytes'])} in {data['seconds']:.1f} s, mode "

@@ -80,7 +80,11 @@ class JobProgress:
 
     @property
     def fraction(self) -> float:
-        return self.raw_done / self.raw_total if self.raw_total else (1.0 if self.state.finished else 0.0)
+        # Nothing to send counts as complete only when the job succeeded: a job that
+        # failed before planning anything must not look finished.
+        if not self.raw_total:
+            return 1.0 if self.state is JobState.SUCCESS else 0.0
+        return self.raw_done / self.raw_total
 
     @property
     def compression_ratio(self) -> Optional[float]:

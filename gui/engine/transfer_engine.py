@@ -174,6 +174,11 @@ class TransferEngine:
             raise EngineError("the engine is not started (call await engine.start())")
         return self._store
 
+    def set_options(self, options: TransferOptions) -> None:
+        """Options for the jobs submitted from now on (Settings saved); running and paused
+        jobs keep the options they started with."""
+        self.options = options
+
     # --- events ----------------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[EngineEvent], None]) -> Callable[[], None]:

@@ -1,15 +1,16 @@
 """The main window: two peer panes side by side, menus, docks.
 
-Extension points for the transfers UI (``gui.ui.transfers.install_transfers_ui``,
-called at the end of ``__init__``): ``panes``, ``engine``, ``config``,
-``add_dock``, ``add_menu``, ``view_menu``, ``show_notice``, ``before_close`` (override or replace to ask
-about running jobs) and the ``configChanged`` signal.
+It builds the transfers UI itself (``TransfersUi(self)``, reachable as
+``window.transfers``) on a typed engine. Extension points: ``panes``,
+``engine``, ``config``, ``demo``, ``add_dock``, ``add_menu``, ``view_menu``,
+``show_notice``, ``add_close_veto`` (a callable that returns False to keep the
+window open) and the ``configChanged`` signal.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
@@ -23,7 +24,15 @@ from gui.ui.async_tasks import TaskRunner
 from gui.ui.peer_pane import PeerPane
 from gui.ui.study_tree_model import DEFAULT_PAGE_SIZE
 
+if TYPE_CHECKING:
+    from gui.engine.transfer_engine import TransferEngine
+    from gui.ui.settings_dialog import SettingsDialog
+    from gui.ui.transfers import TransfersUi
+
 log = logging.getLogger(__name__)
+
+#: Asked when the user closes the window; False keeps it open.
+CloseVeto = Callable[[], bool]
 
 APP_TITLE = "Orthanc Transfers"
 
@@ -39,14 +48,19 @@ class MainWindow(QMainWindow):
     #: The window closed for good (after ``before_close`` agreed).
     closed = Signal()
 
-    def __init__(self, config: AppConfig, engine: Any = None, *,
-                 page_size: int = DEFAULT_PAGE_SIZE, parent: Optional[QWidget] = None) -> None:
+    def __init__(self, config: AppConfig, engine: Optional["TransferEngine"] = None, *,
+                 page_size: int = DEFAULT_PAGE_SIZE, demo: bool = False,
+                 parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.config = config
         self.engine = engine
+        #: Demo servers: their storage (and the jobs' data) is deleted on quit.
+        self.demo = demo
         self.runner = TaskRunner(self)
         self._force_close = False
         self._notices: List[str] = []
+        self._close_vetoes: List[CloseVeto] = []
+        self.transfers: Optional["TransfersUi"] = None
         self.setWindowTitle(APP_TITLE)
         self.setWindowIcon(app_icon())
         self.resize(1200, 760)
@@ -132,7 +146,7 @@ class MainWindow(QMainWindow):
         for pane in self.panes:
             pane.refresh()
 
-    def open_settings(self) -> Any:
+    def open_settings(self) -> "SettingsDialog":
         """Open the settings dialog (window-modal, does not block the loop)."""
         from gui.ui.settings_dialog import SettingsDialog
         dialog = SettingsDialog(self.config, self)
@@ -150,8 +164,19 @@ class MainWindow(QMainWindow):
             self._choose_initial_peers()
         self.configChanged.emit(self.config)
 
+    def add_close_veto(self, veto: CloseVeto) -> None:
+        """``veto()`` is asked when the user closes the window; False keeps it open."""
+        self._close_vetoes.append(veto)
+
     def before_close(self) -> bool:
-        """Return False to keep the window open (the transfers UI asks about jobs)."""
+        """Whether the window may close: every veto agrees (the transfers UI asks about jobs).
+        A veto that fails is logged and does not trap the user."""
+        for veto in list(self._close_vetoes):
+            try:
+                if not veto():
+                    return False
+            except Exception as exc:  # noqa: BLE001 - a broken hook must not trap the user
+                log.warning("a close veto failed; ignoring it", exc_info=exc)
         return True
 
     def force_close(self) -> None:
@@ -168,15 +193,9 @@ class MainWindow(QMainWindow):
     # --- Qt events ----------------------------------------------------------------
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if not self._force_close:
-            try:
-                allowed = self.before_close()
-            except Exception as exc:  # noqa: BLE001 - a broken hook must not trap the user
-                log.warning("before_close failed; closing anyway", exc_info=exc)
-                allowed = True
-            if not allowed:
-                event.ignore()
-                return
+        if not self._force_close and not self.before_close():
+            event.ignore()
+            return
         event.accept()
         self.closed.emit()
 
@@ -227,15 +246,9 @@ class MainWindow(QMainWindow):
         self.panes[1].select_peer(right.name)
 
     def _install_transfers_ui(self) -> None:
+        from gui.ui.transfers import TransfersUi
         try:
-            from gui.ui.transfers import install_transfers_ui
-        except ImportError as exc:
-            if not (exc.name or "").startswith("gui.ui.transfers"):
-                log.warning("the transfers UI could not be imported: %s", exc)
-                self.show_notice(f"The transfers panel is unavailable: {exc}")
-            return
-        try:
-            install_transfers_ui(self)
+            self.transfers = TransfersUi(self)
         except Exception as exc:  # noqa: BLE001 - browsing must keep working
             log.warning("the transfers UI failed to start", exc_info=exc)
             self.show_notice(f"The transfers panel failed to start: {exc}")

@@ -173,6 +173,9 @@ class PeerPane(QWidget):
         self.selector.currentIndexChanged.connect(self._selector_changed)
         self.tree.customContextMenuRequested.connect(self._context_menu)
         self.tree.selectionModel().selectionChanged.connect(lambda *_: self.selectionChanged.emit())
+        # A reload (F5, a search) drops the selection without selectionChanged: say so anyway.
+        self.model.modelReset.connect(lambda: self.selectionChanged.emit())
+        self.model.rowsRemoved.connect(lambda *_: self.selectionChanged.emit())
         self.model.loadingChanged.connect(lambda _loading: self._render_status())
         self.model.rowsLoaded.connect(lambda _count: self._render_status())
         self.model.loadFailed.connect(self._model_failed)

@@ -211,3 +211,17 @@ def test_peers_lists_unreachable_peers_with_the_reason(tmp_path):
     assert "pw-123" not in result.stdout + result.stderr
     rows = json.loads(cli("--config", str(config), "peers", "--json").stdout)
     assert rows[0]["name"] == "gone" and rows[0]["error"]
+
+
+def test_a_failed_send_reads_as_a_failure(orthanc_factory, tmp_path, ct_study_files):
+    source = orthanc_factory("source", username="u", password="secret-two")
+    study = next(iter(upload_files(source, ct_study_files[:1]).values()))
+    nowhere = f"http://127.0.0.1:{free_port()}/"
+    failed = cli("send", "--from", url_with_credentials(source), "--to", nowhere, "--study", study,
+                 "--retries", "0")
+    assert failed.returncode == 1
+    assert "100.0%" not in failed.stderr and "0/0" not in failed.stderr + failed.stdout
+    assert failed.stderr.count("planning") <= 1, failed.stderr
+    assert "failed before any instance was sent: " in failed.stderr
+    assert failed.stdout.startswith("Failure: nothing was sent to "), failed.stdout
+    assert "connection refused" in failed.stdout

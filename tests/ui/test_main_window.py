@@ -267,9 +267,11 @@ def test_window_api_menus_docks_and_close_hook(qtbot, make_window, tmp_path):
     window.add_menu("&Tools")
     assert [a.text() for a in window.menuBar().actions()][-2:] == ["&Tools", "&Help"]
 
-    window.before_close = lambda: False
+    answer = [False]
+    window.add_close_veto(lambda: answer[0])
+    window.add_close_veto(lambda: 1 / 0)      # a broken veto does not trap the user
     window.close()
     assert window.isVisible()
-    window.before_close = lambda: True
+    answer[0] = True
     with qtbot.waitSignal(window.closed, timeout=5000):
         window.close()

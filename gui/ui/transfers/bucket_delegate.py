@@ -12,8 +12,7 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize
 from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from gui.ui.transfers.bucket_model import (BucketModel, FractionRole, GroupRole, StateGroup, bucket_fraction,
-                                          state_group)
+from gui.ui.transfers.bucket_model import BucketModel, FractionRole, GroupRole, StateGroup, bucket_fraction
 
 CELL_SIZE = 18
 _SELECTED = QStyle.StateFlag.State_Selected
@@ -25,6 +24,7 @@ STATE_COLOURS: Dict[str, tuple] = {
     StateGroup.RETRYING: ("#fb8c00", "#fdebd3"),
     StateGroup.DONE: ("#43a047", "#dcefdc"),
     StateGroup.FAILED: ("#e53935", "#fbd9d8"),
+    StateGroup.STOPPED: ("#757575", "#fafafa"),
 }
 
 
@@ -49,8 +49,8 @@ class BucketDelegate(QStyledItemDelegate):
         if isinstance(model, BucketModel):
             # Straight from the model: no round trip through QVariant for every cell.
             bucket = model.bucket(index.row())
-            group = state_group(bucket.state) if bucket else StateGroup.QUEUED
-            fraction = bucket_fraction(bucket) if bucket else 0.0
+            group = model.group(index.row())
+            fraction = bucket_fraction(bucket) if bucket and group != StateGroup.STOPPED else 0.0
         else:
             group = index.data(GroupRole) or StateGroup.QUEUED
             fraction = float(index.data(FractionRole) or 0.0)

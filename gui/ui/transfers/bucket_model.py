@@ -29,7 +29,10 @@ class StateGroup:
     RETRYING = "retrying"
     DONE = "done"
     FAILED = "failed"
+    #: Not done when its job ended (canceled or failed): nothing is on the way any more.
+    STOPPED = "stopped"
     ALL = (QUEUED, TRANSFERRING, RETRYING, DONE, FAILED)
+    _UNFINISHED = frozenset((QUEUED, TRANSFERRING, RETRYING))
 
 
 def state_group(state: BucketState) -> str:
@@ -80,6 +83,7 @@ class BucketModel(QAbstractListModel):
         super().__init__(parent)
         self._job_id: Optional[str] = None
         self._rows: List[Optional[BucketProgress]] = []
+        self._stopped = False
 
     # --- feeding ------------------------------------------------------------
 
@@ -92,6 +96,7 @@ class BucketModel(QAbstractListModel):
         self.beginResetModel()
         self._job_id = job_id
         self._rows = []
+        self._stopped = False
         for bucket in buckets:
             self._put(bucket)
         self.endResetModel()
@@ -125,15 +130,45 @@ class BucketModel(QAbstractListModel):
             if i is not None:
                 start = prev = i
 
+    def stop(self) -> None:
+        """The job ended without finishing: its unfinished buckets stop looking busy."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._rows:
+            self.dataChanged.emit(self.index(0), self.index(len(self._rows) - 1), [GroupRole, StateRole])
+
+    def restart(self) -> None:
+        """The job runs again (retry): its buckets move again."""
+        if self._stopped:
+            self._stopped = False
+            if self._rows:
+                self.dataChanged.emit(self.index(0), self.index(len(self._rows) - 1), [GroupRole, StateRole])
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     # --- reading ------------------------------------------------------------
+
+    def group(self, row: int) -> str:
+        """The visible state group of a row (what the cell's colour and the legend say)."""
+        bucket = self._rows[row] if 0 <= row < len(self._rows) else None
+        group = state_group(bucket.state) if bucket else StateGroup.QUEUED
+        if self._stopped and group in StateGroup._UNFINISHED:
+            return StateGroup.STOPPED
+        return group
 
     def bucket(self, row: int) -> Optional[BucketProgress]:
         return self._rows[row] if 0 <= row < len(self._rows) else None
 
     def counts(self) -> Dict[str, int]:
         """How many buckets are in each visible state group."""
-        counter: Counter = Counter(state_group(b.state) if b else StateGroup.QUEUED for b in self._rows)
-        return {group: counter.get(group, 0) for group in StateGroup.ALL}
+        counter: Counter = Counter(self.group(n) for n in range(len(self._rows)))
+        counts = {group: counter.get(group, 0) for group in StateGroup.ALL}
+        if counter.get(StateGroup.STOPPED):
+            counts[StateGroup.STOPPED] = counter[StateGroup.STOPPED]
+        return counts
 
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self._rows)
@@ -149,10 +184,12 @@ class BucketModel(QAbstractListModel):
         if role == StateRole:
             return bucket.state.value if bucket else BucketState.QUEUED.value
         if role == GroupRole:
-            return state_group(bucket.state) if bucket else StateGroup.QUEUED
+            return self.group(index.row())
         if role == FractionRole:
             return bucket_fraction(bucket) if bucket else 0.0
         if role == _TOOLTIP:
+            if self._stopped and self.group(index.row()) == StateGroup.STOPPED:
+                return f"Bucket {index.row() + 1}: not sent (the transfer ended before it)"
             return bucket_tooltip(bucket) if bucket else f"Bucket {index.row() + 1}: queued"
         return None
 

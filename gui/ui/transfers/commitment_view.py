@@ -34,7 +34,10 @@ def banner_text(report: CommitmentReport) -> str:
         return f"✔ {counted}{extra}"
     if report.state == JobState.CANCELED:
         return f"Canceled: nothing was kept on {report.target}" + (f" — {report.error}" if report.error else "")
-    return f"✖ Transfer failed: {counted}" + (f". Reason: {report.error}" if report.error else "")
+    reason = f" Reason: {report.error}" if report.error else ""
+    if not report.planned:
+        return f"✖ Transfer failed before any instance was sent to {report.target}.{reason}"
+    return f"✖ Transfer failed: {counted}." + reason
 
 
 def banner_kind(report: CommitmentReport) -> str:

@@ -43,6 +43,13 @@ class ConfirmDialog(QDialog):
         self.mode = QLabel("deciding…")
         self.compression = QLabel("–")
         self.present = QLabel("–")
+        # A failed plan says why in full, on as many lines as it needs.
+        self.error = QLabel()
+        self.error.setObjectName("planError")
+        self.error.setWordWrap(True)
+        self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error.setStyleSheet("color:#c62828;")
+        self.error.hide()
         form = QFormLayout()
         form.addRow("Items:", items)
         form.addRow("Instances:", self.instances)
@@ -53,7 +60,7 @@ class ConfirmDialog(QDialog):
         self.dont_ask = QCheckBox("Don't ask again (can be turned back on in Settings)")
         self.buttons = QDialogButtonBox()
         self.start_button = self.buttons.addButton("Start transfer", QDialogButtonBox.ButtonRole.AcceptRole)
-        self.buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        self.cancel_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -65,6 +72,7 @@ class ConfirmDialog(QDialog):
         self.warning.setWordWrap(True)
         self.warning.setVisible(False)
         layout.addWidget(self.warning)
+        layout.addWidget(self.error)
         layout.addWidget(self.dont_ask)
         layout.addWidget(self.buttons)
 
@@ -85,10 +93,21 @@ class ConfirmDialog(QDialog):
                                  + "<br>".join(_esc(w) for w in warnings) + "</span>")
             self.warning.setVisible(True)
 
+    def accept(self) -> None:
+        # Enter or a stray accept cannot start what could not be planned.
+        if self.start_button.isEnabled():
+            super().accept()
+
     def set_plan_error(self, message: str) -> None:
-        for label in (self.instances, self.size, self.mode):
+        """The plan failed (a dead peer...): nothing can start; say why in full."""
+        for label in (self.instances, self.size, self.present, self.mode, self.compression):
             label.setText("unknown")
-        self.mode.setText(f"<span style='color:#c62828'>Could not plan: {_esc(message)}</span>")
+        self.error.setText(message)
+        self.error.show()
+        self.start_button.setEnabled(False)
+        self.start_button.setDefault(False)
+        self.cancel_button.setDefault(True)
+        self.cancel_button.setFocus()
 
 
 def _esc(text: str) -> str:

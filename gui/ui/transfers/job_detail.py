@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 from PySide6.QtCore import QSize, Qt
-from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QListView, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtGui import QPainter, QPaintEvent, QResizeEvent
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QListView, QSizePolicy, QSplitter,
+                               QVBoxLayout, QWidget)
 
-from gui.engine.events import BucketProgress, CommitmentReport
+from gui.engine.events import BucketProgress, CommitmentReport, JobState
 from gui.ui.transfers.bucket_delegate import CELL_SIZE, STATE_COLOURS, BucketDelegate
-from gui.ui.transfers.bucket_model import BucketModel, StateGroup
+from gui.ui.transfers.bucket_model import BucketModel
 from gui.ui.transfers.commitment_view import CommitmentView
 from gui.ui.transfers.jobs_model import JobRow
 
@@ -36,9 +38,50 @@ class BucketGrid(QListView):
         self.setItemDelegate(BucketDelegate(self))
 
 
+class ElidedLabel(QLabel):
+    """A one-line label that never asks for more width than it gets: a long job title is
+    cut with "…" (full text in the tooltip) instead of widening the window."""
+
+    def __init__(self, text: str = "", parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(50)
+        self.full_text = ""
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's naming
+        self.full_text = text
+        self.setToolTip(text)
+        super().setText(text)
+        self.update()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        return QSize(50, super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(50, super().sizeHint().height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        painter = QPainter(self)
+        rect = self.contentsRect()
+        shown = self.fontMetrics().elidedText(self.full_text, Qt.TextElideMode.ElideRight, rect.width())
+        painter.setFont(self.font())
+        painter.setPen(self.palette().color(self.foregroundRole()))
+        painter.drawText(rect, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), shown)
+
+    def shown_text(self) -> str:
+        """What fits (tests)."""
+        return self.fontMetrics().elidedText(self.full_text, Qt.TextElideMode.ElideRight,
+                                             self.contentsRect().width())
+
+
 def legend_html(counts: dict) -> str:
     parts = []
-    for group in StateGroup.ALL:
+    for group in counts:
         colour = STATE_COLOURS[group][0]
         parts.append(f"<span style='color:{colour}; font-size:14px'>■</span> {group} {counts.get(group, 0)}")
     return "&nbsp;&nbsp;&nbsp;".join(parts)
@@ -49,7 +92,7 @@ class JobDetail(QWidget):
                  parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self._buckets_of = buckets_of
-        self.title = QLabel("Select a transfer to see its buckets.")
+        self.title = ElidedLabel("Select a transfer to see its buckets.")
         self.title.setObjectName("jobDetailTitle")
         self.title.setStyleSheet("font-weight:bold;")
         self.legend = QLabel()
@@ -93,6 +136,8 @@ class JobDetail(QWidget):
             self.model.reset(row.job_id, self._buckets_of(row.job_id))
             self.update_title(row)
             self.commitment.set_report(row.report)
+            if row.report is not None and row.report.state != JobState.SUCCESS:
+                self.model.stop()
         self._update_legend()
 
     def update_title(self, row: JobRow) -> None:
@@ -109,6 +154,15 @@ class JobDetail(QWidget):
     def set_report(self, report: CommitmentReport) -> None:
         if report.job_id == self.model.job_id:
             self.commitment.set_report(report)
+            if report.state != JobState.SUCCESS:
+                self.model.stop()
+            self._update_legend()
+
+    def restart(self) -> None:
+        """The shown job runs again: no verdict yet, buckets move again."""
+        self.commitment.set_report(None)
+        self.model.restart()
+        self._update_legend()
 
     def _update_legend(self) -> None:
         count = self.model.rowCount()

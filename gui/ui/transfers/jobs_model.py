@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor
 
 from gui.engine.events import CommitmentReport, JobProgress, JobState, TransferMode
 from gui.ui.transfers.formatting import human_bytes, human_duration, human_rate, human_ratio
+
+if TYPE_CHECKING:
+    from gui.engine.transfer_engine import Job
 
 JobIdRole = Qt.ItemDataRole.UserRole + 11
 FractionRole = Qt.ItemDataRole.UserRole + 12
@@ -39,12 +42,11 @@ class JobRow:
     progress_at: float = 0.0
 
     @classmethod
-    def from_job(cls, job: Any) -> "JobRow":
-        progress = getattr(job, "progress", None)
+    def from_job(cls, job: "Job") -> "JobRow":
         return cls(job_id=job.id, source=job.source_name, target=job.target_name,
                    description=job.description or describe_resources(job.resources),
-                   state=job.state, mode=job.mode, progress=progress,
-                   report=getattr(job, "report", None), progress_at=time.monotonic())
+                   state=job.state, mode=job.mode, progress=job.progress,
+                   report=job.report, progress_at=time.monotonic())
 
     @property
     def elapsed(self) -> Optional[float]:
@@ -72,6 +74,31 @@ def describe_resources(resources: List[Dict[str, str]]) -> str:
         one, many = _LEVEL_NAMES.get(level, (level.lower(), level.lower()))
         parts.append(f"{n} {one if n == 1 else many}")
     return ", ".join(parts) or "–"
+
+
+#: Colour of the progress bar per state: a failed job must not look like a finished one.
+BAR_COLOURS = {JobState.FAILURE: "#c62828", JobState.CANCELED: "#8d6e63", JobState.PAUSED: "#ef6c00",
+               JobState.SUCCESS: "#2e7d32"}
+BarColourRole = Qt.ItemDataRole.UserRole + 14
+
+
+def progress_text(row: JobRow) -> str:
+    """The Progress column: counts while it runs, the outcome once it ended."""
+    p = row.progress
+    report = row.report
+    if row.state in (JobState.FAILURE, JobState.CANCELED):
+        verb = "failed" if row.state == JobState.FAILURE else "canceled"
+        planned = report.planned if report is not None else (p.instances_total if p else 0)
+        if not planned:
+            return f"{verb} before any instance was sent"
+        verified = report.verified if report is not None else 0
+        return f"{verb}: {verified} of {planned} instances verified"
+    if p is None:
+        return ""
+    if not p.instances_total and not row.state.finished:
+        return "planning…"
+    return (f"{p.instances_done}/{p.instances_total} instances, "
+            f"{human_bytes(p.raw_done)} of {human_bytes(p.raw_total)}")
 
 
 class JobsModel(QAbstractTableModel):
@@ -187,6 +214,8 @@ class JobsModel(QAbstractTableModel):
             return row.state.value
         if role == FractionRole:
             return self._fraction(row)
+        if role == BarColourRole:
+            return BAR_COLOURS.get(row.state)
         if role == Qt.ItemDataRole.DisplayRole:
             return self._text(row, col)
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -201,6 +230,9 @@ class JobsModel(QAbstractTableModel):
     def _fraction(row: JobRow) -> float:
         if row.state == JobState.SUCCESS:
             return 1.0
+        if row.state == JobState.FAILURE and row.report is not None:
+            # Verified instances are what counts once it failed (nothing, after the rollback).
+            return row.report.verified / row.report.planned if row.report.planned else 0.0
         return row.progress.fraction if row.progress else 0.0
 
     @staticmethod
@@ -217,10 +249,7 @@ class JobsModel(QAbstractTableModel):
                 text += f" ({row.mode.value})"
             return text
         if col == COL_PROGRESS:
-            if p is None:
-                return ""
-            return (f"{p.instances_done}/{p.instances_total} instances, "
-                    f"{human_bytes(p.raw_done)} of {human_bytes(p.raw_total)}")
+            return progress_text(row)
         if col == COL_SPEED:
             if row.report is not None and row.report.seconds > 0:
                 return human_rate(row.report.bytes / row.report.seconds)

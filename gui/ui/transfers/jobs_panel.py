@@ -8,11 +8,12 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer, Signa
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHBoxLayout, QHeaderView, QLabel,
                                QPushButton, QSplitter, QStyle, QStyledItemDelegate, QStyleOptionProgressBar,
                                QStyleOptionViewItem, QTableView, QVBoxLayout, QWidget)
-from PySide6.QtGui import QPainter
+from PySide6.QtGui import QColor, QPainter, QPalette
 
 from gui.engine.events import BucketProgress, CommitmentReport, JobProgress, JobState
 from gui.ui.transfers.job_detail import JobDetail
-from gui.ui.transfers.jobs_model import COL_PROGRESS, COL_WHAT, FractionRole, JobRow, JobsModel
+from gui.ui.transfers.jobs_model import (COL_PROGRESS, COL_WHAT, BarColourRole, FractionRole, JobRow,
+                                         JobsModel)
 
 
 class JobActions(Protocol):
@@ -39,7 +40,10 @@ class ProgressDelegate(QStyledItemDelegate):
         bar.textVisible = True
         bar.textAlignment = Qt.AlignmentFlag.AlignCenter
         bar.state = option.state | QStyle.StateFlag.State_Horizontal
-        bar.palette = option.palette
+        bar.palette = QPalette(option.palette)
+        colour = index.data(BarColourRole)
+        if colour:
+            bar.palette.setColor(QPalette.ColorRole.Highlight, QColor(colour))
         style = option.widget.style() if option.widget else QApplication.style()
         style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter, option.widget)
 
@@ -58,7 +62,7 @@ def allowed_actions(state: Optional[JobState]) -> dict:
 class JobsPanel(QWidget):
     selectedJobChanged = Signal(str)   # "" when nothing is selected
 
-    def __init__(self, actions: JobActions,
+    def __init__(self, actions: Optional[JobActions] = None,
                  buckets_of: Callable[[str], List[BucketProgress]] = lambda _id: [],
                  parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
@@ -168,8 +172,9 @@ class JobsPanel(QWidget):
             row = self.model.job_row(current)
             if row is not None:
                 self.detail.update_title(row)
-                if row.report is None and self.detail.commitment.report is not None:
-                    self.detail.commitment.set_report(None)   # the job runs again
+                if row.report is None and (self.detail.commitment.report is not None
+                                           or self.detail.model.stopped):
+                    self.detail.restart()   # the job runs again
         self._after_change()
         return unknown
 
@@ -201,7 +206,12 @@ class JobsPanel(QWidget):
         job_id = self.selected_job_id()
         if job_id is None:
             return
-        getattr(self.actions, f"{key}_job")(job_id)
+        if self.actions is None:
+            return
+        handlers = {"pause": self.actions.pause_job, "resume": self.actions.resume_job,
+                    "cancel": self.actions.cancel_job, "retry": self.actions.retry_job,
+                    "remove": self.actions.remove_job}
+        handlers[key](job_id)
 
     def _after_change(self) -> None:
         self._update_buttons()

@@ -17,8 +17,7 @@ def finished_message(report: CommitmentReport) -> tuple:
         return ("Transfer finished", f"{where}: {report.verified} of {report.planned} instances verified (MD5)", True)
     if report.state == JobState.CANCELED:
         return ("Transfer canceled", f"{where}: canceled, the target is unchanged", False)
-    reason = f": {report.error}" if report.error else ""
-    return ("Transfer failed", f"{where} failed{reason}", False)
+    return ("Transfer failed", f"{where}: {report.error or 'see the storage commitment'}", False)
 
 
 class Notifier:
@@ -43,9 +42,7 @@ class Notifier:
         if self.tray is not None and self.tray.supportsMessages():
             icon = QSystemTrayIcon.MessageIcon.Information if ok else QSystemTrayIcon.MessageIcon.Warning
             self.tray.showMessage(title, text, icon, 8000)
-        status = self.window.statusBar() if hasattr(self.window, "statusBar") else None
-        if status is not None:
-            status.showMessage(f"{title}: {text}", 15000)
+        self.window.statusBar().showMessage(f"{title}: {text}", 15000)
 
     def close(self) -> None:
         if self.tray is not None:

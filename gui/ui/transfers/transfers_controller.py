@@ -12,19 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Awaitable, Callable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, List, Optional, Set, Tuple
 
-from PySide6.QtCore import QMimeData, QObject
+from PySide6.QtCore import QMimeData, QObject, QTimer
 from PySide6.QtWidgets import QDialog, QMessageBox, QWidget
 
 from gui.client.peer import Peer
-from gui.engine.events import CommitmentReport, JobFinished, JobState
+from gui.engine.events import CommitmentReport, JobFinished, JobProgress, JobState
+from gui.engine.transfer_engine import Job, TransferEngine
 from gui.ui.async_tasks import user_message
+from gui.ui.peer_pane import PeerPane
 from gui.ui.resource_mime import from_mime_data
 from gui.ui.transfers.confirm_dialog import ConfirmDialog
 from gui.ui.transfers.jobs_model import JobRow
 from gui.ui.transfers.notifications import Notifier
 from gui.ui.transfers.skipped_dialog import SkippedFilesDialog
+
+if TYPE_CHECKING:
+    from gui.ui.main_window import MainWindow
+    from gui.ui.transfers.jobs_panel import JobsPanel
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +43,13 @@ def local_paths(mime: Optional[QMimeData]) -> List[Path]:
 
 
 class TransfersController(QObject):
-    def __init__(self, window: Any, panel: Any, notifier: Notifier) -> None:
+    def __init__(self, window: "MainWindow", panel: "JobsPanel", notifier: Notifier,
+                 show_panel: Callable[[], None] = lambda: None) -> None:
         super().__init__(window)
         self.window = window
         self.panel = panel
         self.notifier = notifier
+        self._show_panel = show_panel
         self.errors: List[str] = []                 # what the user was told went wrong
         self.last_skipped: List[Tuple[Path, str]] = []
         self.active_confirm: Optional[ConfirmDialog] = None
@@ -51,8 +59,13 @@ class TransfersController(QObject):
     # --- plumbing ------------------------------------------------------------
 
     @property
-    def engine(self) -> Any:
-        return getattr(self.window, "engine", None)
+    def engine(self) -> Optional[TransferEngine]:
+        return self.window.engine
+
+    def _engine(self) -> TransferEngine:
+        if self.window.engine is None:
+            raise RuntimeError("the transfer engine is not running")
+        return self.window.engine
 
     def run(self, coro: Awaitable[Any], what: str) -> "asyncio.Future[Any]":
         """Run ``coro`` on the loop; a failure is shown to the user as ``what: reason``."""
@@ -84,13 +97,13 @@ class TransfersController(QObject):
         box.open()   # not exec(): a nested event loop would stall transfers
         self.notifier.say("Problem", text, ok=False)
 
-    def _dialog_parent(self) -> Optional[QWidget]:
-        return self.window if isinstance(self.window, QWidget) else None
+    def _dialog_parent(self) -> QWidget:
+        return self.window
 
-    def panes(self) -> List[Any]:
-        return list(getattr(self.window, "panes", []))
+    def panes(self) -> List[PeerPane]:
+        return list(self.window.panes)
 
-    def other_pane(self, pane: Any) -> Optional[Any]:
+    def other_pane(self, pane: PeerPane) -> Optional[PeerPane]:
         for other in self.panes():
             if other is not pane:
                 return other
@@ -100,16 +113,14 @@ class TransfersController(QObject):
         for pane in self.panes():
             if pane.peer is not None and pane.peer.name == name:
                 return pane.peer
-        config = getattr(self.window, "config", None)
-        if config is not None:
-            for peer in config.peers:
-                if peer.name == name:
-                    return peer
+        for peer in self.window.config.peers:
+            if peer.name == name:
+                return peer
         return None
 
     # --- drag and drop ---------------------------------------------------------
 
-    def accepts_drag(self, pane: Any, mime: Optional[QMimeData]) -> bool:
+    def accepts_drag(self, pane: PeerPane, mime: Optional[QMimeData]) -> bool:
         """Whether a drag may be dropped on ``pane`` (decides the cursor)."""
         if pane.peer is None:
             return False
@@ -118,7 +129,7 @@ class TransfersController(QObject):
             return drag.peer != pane.peer.name
         return bool(local_paths(mime))
 
-    def handle_drop(self, pane: Any, mime: Optional[QMimeData]) -> bool:
+    def handle_drop(self, pane: PeerPane, mime: Optional[QMimeData]) -> bool:
         """A drop on ``pane``: resources from the other pane, or local files."""
         if not self.accepts_drag(pane, mime):
             return False
@@ -136,7 +147,7 @@ class TransfersController(QObject):
 
     # --- buttons and menus -----------------------------------------------------
 
-    def send_from(self, source_pane: Any, target_pane: Optional[Any] = None) -> bool:
+    def send_from(self, source_pane: PeerPane, target_pane: Optional[PeerPane] = None) -> bool:
         """Send the selection of ``source_pane`` to ``target_pane`` (default: the other pane)."""
         target_pane = target_pane or self.other_pane(source_pane)
         if target_pane is None or target_pane.peer is None or source_pane.peer is None:
@@ -144,7 +155,7 @@ class TransfersController(QObject):
             return False
         return self.send_to_peer(source_pane, target_pane.peer)
 
-    def send_to_peer(self, source_pane: Any, target: Peer) -> bool:
+    def send_to_peer(self, source_pane: PeerPane, target: Peer) -> bool:
         resources = source_pane.selected_resources()
         if not resources:
             self.notifier.say("Nothing selected", f"select patients, studies or series in {source_pane.peer.name}",
@@ -157,24 +168,20 @@ class TransfersController(QObject):
                  f"Transfer {source_pane.peer.name} → {target.name}")
         return True
 
-    def send_menu_targets(self, source_pane: Any) -> List[Peer]:
+    def send_menu_targets(self, source_pane: PeerPane) -> List[Peer]:
         """Peers offered in the "Send to ▸" menu of ``source_pane``."""
-        config = getattr(self.window, "config", None)
-        peers = list(config.peers) if config is not None else [p.peer for p in self.panes() if p.peer]
+        peers = list(self.window.config.peers)
         current = source_pane.peer.name if source_pane.peer else None
         return [p for p in peers if p.name != current]
 
     # --- starting jobs -----------------------------------------------------------
 
     def _confirm_enabled(self) -> bool:
-        config = getattr(self.window, "config", None)
-        return bool(config.ui.get("ConfirmTransfers", True)) if config is not None else True
+        return bool(self.window.config.ui.get("ConfirmTransfers", True))
 
     async def start_transfer(self, source: Peer, target: Peer, resources: List[dict],
-                             labels: Optional[List[str]] = None) -> Optional[Any]:
-        engine = self.engine
-        if engine is None:
-            raise RuntimeError("the transfer engine is not running")
+                             labels: Optional[List[str]] = None) -> Optional[Job]:
+        engine = self._engine()
         labels = labels or [f"{r['Level']} {r['ID']}" for r in resources]
         if self._confirm_enabled() and not await self._confirm(source, target, resources, labels):
             return None
@@ -191,9 +198,9 @@ class TransfersController(QObject):
 
         async def fill_in() -> None:
             try:
-                plan = await self.engine.plan(source, target, resources)
+                plan = await self._engine().plan(source, target, resources)
             except Exception as exc:  # noqa: BLE001 - shown in the dialog, the user decides
-                dialog.set_plan_error(str(exc))
+                dialog.set_plan_error(user_message(exc, "Could not plan"))
             else:
                 dialog.set_plan(plan)
         planning = asyncio.ensure_future(fill_in())
@@ -209,9 +216,7 @@ class TransfersController(QObject):
         return accepted
 
     def _stop_asking(self) -> None:
-        config = getattr(self.window, "config", None)
-        if config is None:
-            return
+        config = self.window.config
         config.ui["ConfirmTransfers"] = False
         try:
             from gui.config.settings import save_config
@@ -219,10 +224,8 @@ class TransfersController(QObject):
         except OSError as exc:
             self.show_error("Could not save the settings", exc.strerror)
 
-    async def upload(self, target: Peer, paths: List[Path]) -> Optional[Any]:
-        engine = self.engine
-        if engine is None:
-            raise RuntimeError("the transfer engine is not running")
+    async def upload(self, target: Peer, paths: List[Path]) -> Optional[Job]:
+        engine = self._engine()
         job, skipped = await engine.upload_files(target, paths)
         self.last_skipped = list(skipped)
         if job is not None:
@@ -236,13 +239,11 @@ class TransfersController(QObject):
             self.notifier.say("Nothing to upload", "no files were dropped", ok=False)
         return job
 
-    def track(self, job: Any) -> None:
+    def track(self, job: Job) -> None:
         """Show a job in the panel and follow it."""
         self.panel.add_job(JobRow.from_job(job))
         self.panel.select_job(job.id)
-        show = getattr(self.window, "show_transfers", None)
-        if callable(show):
-            show()
+        self._show_panel()
 
     # --- the panel's buttons (JobActions) ----------------------------------------
 
@@ -257,7 +258,7 @@ class TransfersController(QObject):
 
     def retry_job(self, job_id: str) -> None:
         async def retry() -> None:
-            job = await self.engine.resubmit(job_id)
+            job = await self._engine().resubmit(job_id)
             self.track(job)
         self.run(retry(), "Retry")
 
@@ -270,10 +271,9 @@ class TransfersController(QObject):
 
     def _job_action(self, job_id: str, method: str, what: str) -> None:
         async def act() -> None:
-            engine = self.engine
-            if engine is None:
-                raise RuntimeError("the transfer engine is not running")
-            await getattr(engine, method)(job_id)
+            engine = self._engine()
+            actions = {"pause": engine.pause, "resume": engine.resume, "cancel": engine.cancel}
+            await actions[method](job_id)
             # The engine's next progress event will say the same; this is sooner.
             self.panel.model.set_state(job_id, engine.job(job_id).state)
             self.panel.add_job(JobRow.from_job(engine.job(job_id)))
@@ -281,7 +281,7 @@ class TransfersController(QObject):
 
     # --- engine news ----------------------------------------------------------------
 
-    def on_jobs_progressed(self, events: list) -> None:
+    def on_jobs_progressed(self, events: List[JobProgress]) -> None:
         for job_id in self.panel.apply_progress(events):
             # A job started elsewhere (the CLI in the same engine, a resubmit): show it.
             try:
@@ -312,7 +312,7 @@ class TransfersController(QObject):
         """Jobs the engine knows (persisted ones come back paused)."""
         if self.engine is None:
             return
-        for job in sorted(self.engine.jobs(), key=lambda j: getattr(j, "created", 0)):
+        for job in sorted(self.engine.jobs(), key=lambda j: j.created):
             self.panel.add_job(JobRow.from_job(job))
 
     # --- closing ----------------------------------------------------------------------
@@ -322,26 +322,67 @@ class TransfersController(QObject):
             return []
         return [j.id for j in self.engine.jobs() if j.state in (JobState.RUNNING, JobState.PENDING)]
 
+    def may_close(self) -> bool:
+        """The window's close veto: ask only while jobs are running."""
+        running = self.running_jobs()
+        return not running or self.ask_pause_on_close(len(running))
+
+    def close_question(self) -> "CloseQuestion":
+        """The question asked on close; it follows the jobs while it is shown."""
+        return CloseQuestion(self.running_jobs, demo=self.window.demo, parent=self._dialog_parent())
+
     def ask_pause_on_close(self, count: int) -> bool:
-        """True: pause and quit. Overridable (tests)."""
-        box = QMessageBox(QMessageBox.Icon.Question, "Transfers are running",
-                          f"{count} transfer{'s are' if count != 1 else ' is'} still running.\n\n"
-                          "Pause and quit? Paused transfers are kept and come back with a Resume button "
-                          "the next time the app starts.", parent=self._dialog_parent())
-        pause = box.addButton("Pause and quit", QMessageBox.ButtonRole.AcceptRole)
-        box.addButton("Keep running", QMessageBox.ButtonRole.RejectRole)
+        """True: quit (running jobs are paused). Overridable (tests)."""
+        box = self.close_question()
         box.exec()
-        return box.clickedButton() is pause
+        return box.quit_chosen()
 
 
-def labels_of(pane: Any, resources: List[dict]) -> List[str]:
+class CloseQuestion(QMessageBox):
+    """"Transfers are running: quit?" that stays true while it waits for an answer:
+    the count follows the jobs, and when the last one ends the box answers itself
+    (there is nothing left to ask about). In demo mode it does not promise that
+    paused jobs come back: the demo's storage is deleted on quit."""
+
+    def __init__(self, running: Callable[[], List[str]], *, demo: bool,
+                 parent: Optional[QWidget] = None) -> None:
+        super().__init__(QMessageBox.Icon.Question, "Transfers are running", "", parent=parent)
+        self.setObjectName("closeQuestion")
+        self._running = running
+        self.demo = demo
+        self.quit_button = self.addButton("Quit anyway" if demo else "Pause and quit",
+                                          QMessageBox.ButtonRole.AcceptRole)
+        self.keep_button = self.addButton("Keep running", QMessageBox.ButtonRole.RejectRole)
+        self.setDefaultButton(self.keep_button)
+        self._nothing_left = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(250)
+        self._timer.timeout.connect(self.refresh)
+        self._timer.start()
+        self.refresh()
+
+    def refresh(self) -> None:
+        count = len(self._running())
+        if count == 0:
+            self._timer.stop()
+            self._nothing_left = True
+            self.done(QDialog.DialogCode.Accepted)
+            return
+        running = f"{count} transfer{'s are' if count != 1 else ' is'} still running."
+        if self.demo:
+            self.setText(f"{running}\n\nQuit anyway? This is the demo: its servers and their "
+                         "storage are deleted when the app quits, so the transfer cannot be resumed.")
+        else:
+            self.setText(f"{running}\n\nPause and quit? Paused transfers are kept and come back "
+                         "with a Resume button the next time the app starts.")
+
+    def quit_chosen(self) -> bool:
+        return self._nothing_left or self.clickedButton() is self.quit_button
+
+
+def labels_of(pane: PeerPane, resources: List[dict]) -> List[str]:
     """Human labels for a selection, when the pane can tell them."""
-    getter: Optional[Callable[[], List[str]]] = getattr(pane, "selected_labels", None)
-    if callable(getter):
-        try:
-            labels = list(getter())
-            if len(labels) == len(resources):
-                return labels
-        except Exception:  # noqa: BLE001 - labels are cosmetic
-            pass
+    labels = pane.selected_labels()
+    if len(labels) == len(resources):
+        return labels
     return [f"{r['Level']} {r['ID'][:8]}…" for r in resources]

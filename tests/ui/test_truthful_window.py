@@ -1,0 +1,223 @@
+"""What a technician stumbled on in the first minutes (issue 15, "Wrong today"): settings that
+apply, a failed plan that cannot be started, failures that look like failures, controls that
+follow the selection, an honest quit question, a window that keeps its width."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QItemSelectionModel
+from PySide6.QtWidgets import QApplication, QDialog
+
+from gui.client.peer import Peer
+from gui.engine.events import JobState
+from gui.sandbox import synthetic_studies as synth
+from gui.ui.transfers.bucket_model import StateGroup
+from gui.ui.transfers.jobs_model import COL_PROGRESS, BarColourRole, FractionRole
+from tests.ui.transfers_harness import REMOTE, TransfersBed, make_bed, until  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def select_study(bed: TransfersBed, study_id: str) -> None:
+    index = await bed.study_index(bed.left, study_id)
+    bed.left.tree.selectionModel().select(index, QItemSelectionModel.SelectionFlag.ClearAndSelect
+                                          | QItemSelectionModel.SelectionFlag.Rows)
+
+
+def ct_study(bed: TransfersBed, seed: int, slices: int = 6, size: int = 256) -> str:
+    return bed.load_source(synth.ct_series(synth.make_study_spec(seed, f"CT {seed}"), slices, rows=size,
+                                           cols=size, seed=seed))
+
+
+def kill_target(bed: TransfersBed, url: str) -> None:
+    """Point the right-hand peer at a port where nothing listens (a dead target)."""
+    bed.config.peers = [bed.config.peers[0], Peer(REMOTE, url)]
+    bed.window.apply_config()
+
+
+def test_saved_transfer_settings_apply_to_the_next_job(make_bed):
+    bed = make_bed(bucket_kb=64)
+    study = ct_study(bed, 41)
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        first = await bed.wait_for_job()
+        assert (await bed.wait_for_report(first.id)).state == JobState.SUCCESS
+        assert first.options.BucketSize == 64
+
+        dialog = bed.window.open_settings()
+        dialog.option_edits["BucketSize"].setText("4096")
+        dialog.option_edits["Threads"].setText("3")
+        assert dialog.save() is True
+
+        await select_study(bed, study)
+        second = await bed.engine.submit(bed.left.peer, bed.right.peer, bed.left.selected_resources(),
+                                         force=True)
+        ui.controller.track(second)
+        report = await bed.wait_for_report(second.id)
+        assert report.state == JobState.SUCCESS
+        assert second.options.BucketSize == 4096 and second.options.Threads == 3
+        assert len(second.buckets) < len(first.buckets)
+        assert first.options.BucketSize == 64        # a job keeps the options it ran with
+
+    bed.run(scenario())
+
+
+def test_a_failed_plan_cannot_be_started_and_says_why_in_full(make_bed, closed_port_url):
+    bed = make_bed()
+    study = ct_study(bed, 42, slices=2, size=64)
+    bed.config.ui["ConfirmTransfers"] = True
+    kill_target(bed, closed_port_url)
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        assert ui.send_action.isEnabled()
+        ui.send_action.trigger()
+        await until(lambda: ui.controller.active_confirm is not None, what="the confirmation")
+        dialog = ui.controller.active_confirm
+        await until(lambda: dialog.error.isVisibleTo(dialog), what="the planning error")
+        assert not dialog.start_button.isEnabled()
+        assert dialog.cancel_button.isDefault()
+        assert "connection refused" in dialog.error.text()
+        assert dialog.error.text().endswith("/plugins)")              # nothing clipped
+        assert dialog.error.wordWrap()
+        # The whole message is on screen: the label is as tall as its wrapped text needs.
+        QApplication.processEvents()
+        assert dialog.error.height() >= dialog.error.heightForWidth(dialog.error.width())
+        dialog.accept()   # Enter: refused, nothing starts
+        dialog.reject()
+        await ui.controller.idle()
+        assert bed.engine.jobs() == []
+
+    bed.run(scenario())
+
+
+def test_a_failed_job_looks_like_a_failure_everywhere(make_bed, closed_port_url):
+    bed = make_bed()
+    study = ct_study(bed, 43, slices=2, size=64)
+    kill_target(bed, closed_port_url)
+    bed.config.transfers.MaxHttpRetries = 0
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        job = await bed.wait_for_job()
+        report = await bed.wait_for_report(job.id)
+        assert report.state == JobState.FAILURE
+        model = ui.panel.model
+        n = model.row_of(job.id)
+        progress = model.index(n, COL_PROGRESS)
+        assert progress.data(FractionRole) == 0.0                   # not a full bar
+        assert progress.data(BarColourRole) == "#c62828"             # and red if any
+        assert progress.data() == "failed before any instance was sent"
+        assert "0/0" not in progress.data()
+        banner = ui.panel.detail.commitment
+        assert banner.banner_kind == "bad"
+        assert banner.banner.text().startswith(f"✖ Transfer failed before any instance was sent to {REMOTE}")
+        assert "connection refused" in banner.banner.text() and "MD5" not in banner.banner.text()
+        said = [m for m in ui.notifier.messages if m.startswith("Transfer failed")][-1]
+        assert said.lower().count("fail") == 1, said
+        assert bed.window.statusBar().currentMessage() == said
+
+    bed.run(scenario())
+
+
+def test_send_follows_the_selection_through_a_refresh(make_bed):
+    bed = make_bed()
+    study = ct_study(bed, 44, slices=2, size=64)
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        assert ui.send_action.isEnabled()
+        bed.window.refresh_action.trigger()      # F5
+        await until(lambda: bed.left.model.is_complete and bed.left.model.top_level_count > 0,
+                    what="the reload")
+        assert bed.left.selected_resources() == []
+        assert not ui.send_action.isEnabled()
+        assert not ui.send_button.isEnabled()
+
+    bed.run(scenario())
+
+
+def test_after_cancel_no_bucket_says_it_is_transferring(make_bed):
+    bed = make_bed(throttle_mbit=4, bucket_kb=64)
+    study = ct_study(bed, 45, slices=8)
+    ui = bed.ui
+    grid = ui.panel.detail
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        job = await bed.wait_for_job()
+        await until(lambda: grid.model.counts()[StateGroup.TRANSFERRING] > 0, what="buckets on the way")
+        ui.panel.select_job(job.id)
+        ui.panel.buttons["cancel"].click()
+        report = await bed.wait_for_report(job.id)
+        assert report.state == JobState.CANCELED
+        counts = grid.model.counts()
+        assert counts[StateGroup.TRANSFERRING] == 0 and counts[StateGroup.RETRYING] == 0
+        assert counts[StateGroup.QUEUED] == 0
+        assert counts[StateGroup.STOPPED] + counts[StateGroup.DONE] == grid.model.rowCount()
+        assert "transferring 0" in grid.legend.text() and "stopped" in grid.legend.text()
+
+    bed.run(scenario())
+
+
+def test_the_quit_question_follows_the_jobs_and_knows_the_demo(make_bed):
+    bed = make_bed(throttle_mbit=4, bucket_kb=64)
+    study = ct_study(bed, 46, slices=8)
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        job = await bed.wait_for_job()
+        await until(lambda: ui.controller.running_jobs() == [job.id], what="the job running")
+
+        question = ui.controller.close_question()
+        assert "1 transfer is still running" in question.text()
+        assert "come back with a Resume button" in question.text()
+        question.deleteLater()
+
+        bed.window.demo = True
+        question = ui.controller.close_question()
+        question.open()
+        assert "come back" not in question.text() and "deleted" in question.text()
+        assert question.quit_button.text() == "Quit anyway"
+        # The job ends while the question waits: the question does not keep saying it runs.
+        await bed.engine.cancel(job.id)
+        await until(lambda: not question.isVisible(), what="the question to go away")
+        assert question.result() == QDialog.DialogCode.Accepted and question.quit_chosen()
+
+    bed.run(scenario())
+
+
+def test_a_long_job_title_does_not_widen_the_window(make_bed):
+    bed = make_bed()
+    study = ct_study(bed, 47, slices=2, size=64)
+    window = bed.window
+    window.resize(1024, 700)
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await until(lambda: window.width() == 1024, what="the window at 1024 px")
+        await select_study(bed, study)
+        label = "STUDY WITH A VERY LONG DESCRIPTION " * 12
+        job = await ui.controller.start_transfer(bed.left.peer, bed.right.peer,
+                                                 bed.left.selected_resources(), [label])
+        assert job is not None
+        ui.panel.select_job(job.id)
+        await bed.wait_for_report(job.id)
+        for _ in range(5):
+            QApplication.processEvents()
+        assert window.width() == 1024
+        title = ui.panel.detail.title
+        assert title.toolTip().startswith(f"{bed.left.peer.name} → {REMOTE}: {label.strip()}"[:60])
+        assert title.shown_text().endswith("…")
+
+    bed.run(scenario())
