@@ -25,7 +25,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NODE = shutil.which("node")
 DRIVER = Path(__file__).with_name("explorer_cdp.js")
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM and NODE), reason="needs chromium and node")
+
+
+def node_has_websocket() -> bool:
+    if not NODE:
+        return False
+    probe = subprocess.run([NODE, "--experimental-websocket", "-e", "new WebSocket('ws://127.0.0.1:9')"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM and node_has_websocket()),
+                                reason="needs chromium and node >= 20 (WebSocket)")
 
 
 @pytest.fixture
