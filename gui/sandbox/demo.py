@@ -20,7 +20,7 @@ from typing import List, Optional
 from gui.client.peer import Peer
 from gui.config.settings import AppConfig, save_config
 from gui.sandbox import synthetic_studies as synth
-from gui.sandbox.orthanc_process import PYTHON_PLUGIN, OrthancProcess, accelerator_plugin_script
+from gui.sandbox.orthanc_process import PYTHON_PLUGIN, OrthancProcess, accelerator_plugin_script, free_port
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,14 @@ class DemoServers:
     def start(self) -> AppConfig:
         """Start both servers, load samples, return a config naming them."""
         self.workdir = Path(tempfile.mkdtemp(prefix="orthanc-transfers-demo-"))
-        local = OrthancProcess("Local demo", with_accelerator=self.with_accelerator)
-        remote = OrthancProcess("Remote demo", with_accelerator=self.with_accelerator)
+        # Each server knows the other as an Orthanc peer, so that with the
+        # plugin they can also send server to server (delegated mode).
+        ports = [free_port(), free_port()]
+        urls = ["http://127.0.0.1:%d" % port for port in ports]
+        local = OrthancProcess("Local demo", with_accelerator=self.with_accelerator, http_port=ports[0],
+                               extra_config={"OrthancPeers": {"remote": {"Url": urls[1]}}})
+        remote = OrthancProcess("Remote demo", with_accelerator=self.with_accelerator, http_port=ports[1],
+                                extra_config={"OrthancPeers": {"local": {"Url": urls[0]}}})
         try:
             with ThreadPoolExecutor(2) as pool:
                 list(pool.map(lambda s: s.start(), (local, remote)))

@@ -281,3 +281,36 @@ def test_auto_delegates_only_when_the_desk_is_far_from_both(plugin_servers, orth
     assert run(go(stranger)) is False          # the source has no peer for it
     far.discard(target.url)
     assert run(go(target)) is False            # the desk is near the target: push or pull it is
+
+
+def test_the_demo_servers_send_server_to_server(tmp_path):
+    """The two demo servers know each other as peers: the app delegates between them."""
+    from gui.engine import JobState, TransferMode
+    from gui.sandbox.demo import DemoServers
+    from tests.engine.helpers import make_engine
+
+    demo = DemoServers(studies=1, ct_slices=3, with_accelerator=True)
+    config = demo.start()
+    try:
+        local, remote = config.peers
+        local_server, remote_server = demo.servers
+        study = local_server.request("GET", "/studies")[0]
+
+        async def go():
+            engine = make_engine(tmp_path / "data")
+            await engine.start()
+            try:
+                job = await engine.submit(local, remote, [{"Level": "Study", "ID": study}], mode="delegate")
+                return await job.wait()
+            finally:
+                await engine.close()
+
+        job = run(go())
+        assert (job.state, job.mode) == (JobState.SUCCESS, TransferMode.DELEGATE), job.error
+        (server_job,) = local_server.request("GET", "/transfers/jobs")
+        assert server_job["State"] == "Success" and server_job["Content"]["Peer"] == "remote"
+        moved = local_server.request("GET", f"/studies/{study}/instances")
+        assert {i["ID"] for i in moved} <= set(remote_server.instance_md5s())
+        assert job.verified == len(moved)
+    finally:
+        demo.stop()

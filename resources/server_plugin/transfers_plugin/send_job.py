@@ -236,8 +236,8 @@ class SendRunner:
             peer.request("POST", uri, b"", headers, timeout=settings.commit_timeout)
             return
         peer.request("POST", uri, b"", headers, ok=(200, 202))
-        deadline = time.monotonic() + settings.commit_timeout
-        delay = 0.05
+        started = time.monotonic()
+        deadline = started + settings.commit_timeout
         while True:
             status = self.wire.parse_commit_status(peer.json("GET", uri, headers=headers))
             if status.status == self.wire.COMMIT_SUCCESS:
@@ -253,8 +253,8 @@ class SendRunner:
             if time.monotonic() > deadline:
                 raise PeerError("peer %r did not finish the commit within PeerCommitTimeout (%d s)"
                                 % (peer.peer.name, settings.commit_timeout))
-            time.sleep(delay)
-            delay = min(1.0, delay * 1.5)
+            # Most commits take a few seconds: ask often at first, then once a second.
+            time.sleep(0.05 if time.monotonic() - started < 3 else 1.0)
 
     # --- stock peer ------------------------------------------------------------
 
