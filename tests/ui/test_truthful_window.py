@@ -5,14 +5,14 @@ follow the selection, an honest quit question, a window that keeps its width."""
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QItemSelectionModel
+from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtWidgets import QApplication, QDialog
 
 from gui.client.peer import Peer
 from gui.engine.events import JobState
 from gui.sandbox import synthetic_studies as synth
 from gui.ui.transfers.bucket_model import StateGroup
-from gui.ui.transfers.jobs_model import COL_PROGRESS, BarColourRole, FractionRole
+from gui.ui.transfers.jobs_model import COL_PROGRESS, COL_RATIO, BarColourRole, FractionRole
 from tests.ui.transfers_harness import REMOTE, TransfersBed, make_bed, until  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(240)
@@ -219,5 +219,32 @@ def test_a_long_job_title_does_not_widen_the_window(make_bed):
         title = ui.panel.detail.title
         assert title.toolTip().startswith(f"{bed.left.peer.name} → {REMOTE}: {label.strip()}"[:60])
         assert title.shown_text().endswith("…")
+
+    bed.run(scenario())
+
+
+def test_one_truthful_compression_everywhere(make_bed):
+    bed = make_bed()
+    study = ct_study(bed, 48, slices=4, size=128)
+    bed.config.ui["ConfirmTransfers"] = True
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        await until(lambda: ui.controller.active_confirm is not None, what="the confirmation")
+        dialog = ui.controller.active_confirm
+        await until(lambda: dialog.plan is not None, what="the plan")
+        said = dialog.compression.text()
+        # Stock servers: plain mode, where the Settings' "auto" is not what happens.
+        assert said.startswith("HTTP gzip on downloads") and "plain" in said
+        dialog.accept()
+        job = await bed.wait_for_job()
+        await bed.wait_for_report(job.id)
+        ui.panel.select_job(job.id)
+        row = ui.panel.model.row_of(job.id)
+        assert ui.panel.detail.title.toolTip().endswith(f"compression: {said}")
+        assert ui.panel.model.index(row, COL_RATIO).data(Qt.ItemDataRole.ToolTipRole) == f"Compression: {said}"
+        assert f"Compression: {said}" in ui.panel.model.index(row, 0).data(Qt.ItemDataRole.ToolTipRole)
 
     bed.run(scenario())

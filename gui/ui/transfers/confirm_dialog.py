@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QVBoxLayout,
                                QWidget)
 
-from gui.ui.transfers.formatting import human_bytes
+from gui.ui.transfers.formatting import compression_summary, human_bytes
 
 # Each says which way the bytes go: through this computer, or server to server.
 MODE_TEXT = {
@@ -86,7 +86,8 @@ class ConfirmDialog(QDialog):
                              f"{'s' if plan.already_present != 1 else ''} (skipped)")  # type: ignore[attr-defined]
         mode = getattr(plan.mode, "value", str(plan.mode))                    # type: ignore[attr-defined]
         self.mode.setText(MODE_TEXT.get(mode, mode))
-        self.compression.setText(str(plan.compression))                      # type: ignore[attr-defined]
+        self.compression.setText(compression_summary(mode, str(plan.compression)))  # type: ignore[attr-defined]
+        self.compression.setWordWrap(True)
         warnings = list(getattr(plan, "warnings", None) or [])
         if warnings:
             self.warning.setText("<span style='color:#c62828'><b>Warning:</b> "

@@ -37,3 +37,20 @@ def human_duration(seconds: Optional[float]) -> str:
 
 def human_ratio(ratio: Optional[float]) -> str:
     return f"{ratio:.2f}×" if ratio else "–"
+
+
+def compression_summary(mode: Optional[str], requested: Optional[str], used: Optional[str] = None) -> str:
+    """One truthful sentence about compression, the same in the confirmation, the job's
+    header and the Ratio column: what was chosen and why."""
+    if mode in ("plain", "upload"):
+        if mode == "upload":
+            return "none (local files are uploaded as they are)"
+        return "HTTP gzip on downloads where the source offers it; uploads as stored ZIP (plain REST)"
+    if mode == "delegate":
+        return "chosen by the source's transfers plugin"
+    requested = requested or "auto"
+    if requested != "auto":
+        return f"{requested} (set in the transfer options)"
+    if used:
+        return f"{used} (auto: chosen by measuring the first bucket against the link speed)"
+    return "auto: gzip or none, decided by measuring the first bucket against the link speed"

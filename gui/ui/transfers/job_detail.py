@@ -142,9 +142,8 @@ class JobDetail(QWidget):
 
     def update_title(self, row: JobRow) -> None:
         mode = f" · {row.mode.value}" if row.mode else ""
-        compression = row.progress.compression if row.progress and row.progress.compression else None
-        self.title.setText(f"{row.source} → {row.target}: {row.description}{mode}"
-                           f"{f' · {compression}' if compression else ''} · {row.state.value}")
+        self.title.setText(f"{row.source} → {row.target}: {row.description}{mode} · {row.state.value}"
+                           f" · compression: {row.compression}")
 
     def apply_buckets(self, job_id: str, updates: List[BucketProgress]) -> None:
         if job_id == self.model.job_id:

@@ -10,7 +10,8 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelInd
 from PySide6.QtGui import QBrush, QColor
 
 from gui.engine.events import CommitmentReport, JobProgress, JobState, TransferMode
-from gui.ui.transfers.formatting import human_bytes, human_duration, human_rate, human_ratio
+from gui.ui.transfers.formatting import (compression_summary, human_bytes, human_duration, human_rate,
+                                         human_ratio)
 
 if TYPE_CHECKING:
     from gui.engine.transfer_engine import Job
@@ -40,13 +41,26 @@ class JobRow:
     report: Optional[CommitmentReport] = None
     # When the last progress arrived, to keep "elapsed" ticking between events.
     progress_at: float = 0.0
+    #: What the job was asked to do ("auto", "gzip", "none").
+    compression_requested: Optional[str] = None
+
+    @property
+    def compression(self) -> str:
+        """What the user reads about compression (see ``compression_summary``)."""
+        used = self.report.compression if self.report is not None else None
+        if used is None and self.progress is not None and self.progress.compression != self.compression_requested:
+            used = self.progress.compression
+        if used == "auto":
+            used = None
+        return compression_summary(self.mode.value if self.mode else None, self.compression_requested, used)
 
     @classmethod
     def from_job(cls, job: "Job") -> "JobRow":
         return cls(job_id=job.id, source=job.source_name, target=job.target_name,
                    description=job.description or describe_resources(job.resources),
                    state=job.state, mode=job.mode, progress=job.progress,
-                   report=job.report, progress_at=time.monotonic())
+                   report=job.report, progress_at=time.monotonic(),
+                   compression_requested=job.compression_requested or job.options.Compression)
 
     @property
     def elapsed(self) -> Optional[float]:
@@ -219,6 +233,8 @@ class JobsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return self._text(row, col)
         if role == Qt.ItemDataRole.ToolTipRole:
+            if col == COL_RATIO:
+                return f"Compression: {row.compression}"
             return self._tooltip(row)
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
             return QBrush(QColor(STATE_TEXT_COLOURS.get(row.state, "#000000")))
@@ -273,8 +289,8 @@ class JobsModel(QAbstractTableModel):
         lines = [f"Job {row.job_id}", f"{row.source} → {row.target}: {row.description}"]
         p = row.progress
         if p is not None:
-            lines.append(f"Mode: {p.mode.value if p.mode else 'not chosen yet'}, "
-                         f"compression: {p.compression or '–'}")
+            lines.append(f"Mode: {p.mode.value if p.mode else 'not chosen yet'}")
+            lines.append(f"Compression: {row.compression}")
             lines.append(f"Buckets: {p.buckets_done} of {p.buckets_total} done")
         error = (row.report.error if row.report else None) or (p.error if p else None)
         if error:
