@@ -323,3 +323,22 @@ def test_orthanc_explorer_gets_the_transfers_button(clean):
         assert uri in script
     for page in ("patient", "study", "series"):
         assert "%s: '%s'" % (page, page.capitalize()) in script
+
+
+def test_stopping_orthanc_pauses_a_running_job_at_once(clean):
+    """Orthanc's shutdown does not wait for the job: it comes back paused, and goes on."""
+    src, dst = clean["src"], clean["dst"]
+    study_id = upload(src, study(33, tiny=600))
+    job_id = send(src, "dst", study_ref(study_id))["ID"]
+    deadline = time.monotonic() + 60
+    while src.request("GET", "/jobs/%s" % job_id)["Content"].get("SentBuckets", 0) < 1:
+        assert time.monotonic() < deadline
+    src.restart()
+    back = src.request("GET", "/jobs/%s" % job_id)
+    assert back["State"] == "Paused", back
+    assert 1 <= back["Content"]["SentBuckets"] < back["Content"]["TotalBuckets"]
+    post(src, "/jobs/%s/resume" % job_id, {})
+    done = wait_job(src, job_id)
+    assert done["State"] == "Success", done["ErrorDescription"]
+    assert done["Content"]["ResumedFromBucket"] == back["Content"]["SentBuckets"]
+    assert dst.instance_md5s() == src.instance_md5s()

@@ -268,6 +268,20 @@ class JobRegistry:
         finally:
             self._finish(job, FAILURE, CANCELED_JOB, "Job was canceled")
 
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Orthanc is stopping: pause the running jobs (they resume after the restart
+        from their checkpoint) instead of keeping Orthanc waiting until they finish."""
+        with self.lock:
+            running = [(self.jobs[jid], thread) for jid, thread in self.running.items() if jid in self.jobs]
+            for job, _ in running:
+                if job.state == RUNNING and job.stop is None:
+                    job.stop = "pause"
+        deadline = time.monotonic() + timeout
+        for _, thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for job, _ in running:
+            self.save(job)
+
     # --- running -------------------------------------------------------------------
 
     def _dispatch(self) -> None:

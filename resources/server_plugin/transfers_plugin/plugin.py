@@ -195,6 +195,12 @@ def install(api: Any, wire: Any) -> TransfersPlugin:
     plugin.store.prepare()
     plugin.jobs.registry.load()
     extend_explorer(api)
+    stopped = getattr(getattr(api, "ChangeType", None), "ORTHANC_STOPPED", None)
+    if stopped is not None:
+        def on_change(change_type: Any, level: Any, resource: Any) -> None:
+            if change_type == stopped:
+                plugin.jobs.registry.shutdown()
+        api.RegisterOnChangeCallback(on_change)
     plugin.register()
     api.LogWarning("transfers: accelerator protocol served by the Python plugin (staging in %s)"
                    % options.staging_directory)
