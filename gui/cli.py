@@ -24,13 +24,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
 
 from gui import __version__
 from gui.client.errors import OrthancError, redact_url
 from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import Peer, PeerConfigError
 from gui.config.settings import AppConfig, ConfigError, TransferOptions, load_config
+
+if TYPE_CHECKING:  # the engine loads only for the commands that need it
+    from gui.engine import TransferEngine
+    from gui.engine.events import JobState
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -132,10 +136,10 @@ def transfer_options(config: AppConfig, args: argparse.Namespace) -> TransferOpt
         raise CliError(str(exc)) from None
 
 
-async def resolve_resources(client: OrthancClient, args: argparse.Namespace) -> List[dict]:
+async def resolve_resources(client: OrthancClient, args: argparse.Namespace) -> List[Dict[str, Any]]:
     """Orthanc IDs are checked on the source; DICOM UIDs / PatientIDs are looked up."""
     from gui.protocol.wire import is_orthanc_id
-    resources: List[dict] = []
+    resources: List[Dict[str, Any]] = []
     for flag, level in LEVEL_FLAGS:
         for value in getattr(args, flag):
             value = value.strip()
@@ -189,7 +193,7 @@ class ProgressPrinter:
         self.job_id = job_id
         self.tty = stream.isatty()
         self.last = 0.0
-        self.last_state = None
+        self.last_state: Optional[JobState] = None
         self.drawn = False
         self.planning_said = False
 
@@ -320,7 +324,7 @@ class Cli:
 
     # send / resume -------------------------------------------------------------------------
 
-    def _engine(self, options: TransferOptions, extra_peers: Sequence[Peer] = ()):
+    def _engine(self, options: TransferOptions, extra_peers: Sequence[Peer] = ()) -> "TransferEngine":
         from gui.engine import TransferEngine
         from gui.engine.transfer_engine import default_peer_resolver
         by_url = {p.url: p for p in extra_peers}

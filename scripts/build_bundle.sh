@@ -42,8 +42,8 @@ if [ -z "$PY" ]; then
     PY="$(venv_python "$VENV")"
     [ -n "$PY" ] || fail "the virtual environment $VENV has no python"
 fi
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-    || fail "$PY is older than Python 3.10"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || fail "$PY is older than Python 3.11"
 say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))"
 
 # 2. The project and its 'package' extra (PyInstaller). Skipped when all is

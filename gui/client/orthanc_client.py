@@ -10,7 +10,7 @@ import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import httpx
 
@@ -241,14 +241,14 @@ class OrthancClient:
         return self._json(await self.request("POST", path, json_body=body, **kwargs), "POST", path)
 
     def _json(self, response: "httpx.Response | FastResponse", method: str, path: str) -> Any:
+        status = response.status_code if isinstance(response, httpx.Response) else response.status
         if len(response.content) > MAX_JSON_BYTES:
-            raise self._error("answer too large", method, path, response.status_code)
+            raise self._error("answer too large", method, path, status)
         try:
             return json.loads(response.content)
         except (ValueError, UnicodeDecodeError):
             kind = "an HTML page" if response.content.lstrip()[:1] == b"<" else "invalid JSON"
-            raise self._error(f"expected JSON from Orthanc, got {kind}", method, path,
-                              response.status_code) from None
+            raise self._error(f"expected JSON from Orthanc, got {kind}", method, path, status) from None
 
     # --- server ----------------------------------------------------------------
 
@@ -341,11 +341,17 @@ class OrthancClient:
 
     async def resource(self, level: str, resource_id: str) -> Dict[str, Any]:
         path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}"
-        return await self.get_json(path)
+        return await self._get_object(path)
 
     async def statistics(self, level: str, resource_id: str) -> Dict[str, Any]:
         path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}/statistics"
-        return await self.get_json(path)
+        return await self._get_object(path)
+
+    async def _get_object(self, path: str) -> Dict[str, Any]:
+        data = await self.get_json(path)
+        if not isinstance(data, dict):
+            raise self._error("unexpected answer (not a JSON object)", "GET", path)
+        return data
 
     async def instances_of(self, level: str, resource_id: str) -> List[Dict[str, Any]]:
         """Every instance below a resource, each with ``ID`` and ``FileSize``."""
@@ -388,7 +394,6 @@ class OrthancClient:
     async def download_instance(self, instance_id: str, *, gzip: bool = True) -> bytes:
         """The stored file; ``gzip`` lets Orthanc compress it on the wire (worth
         it on slow links, a cost on fast ones: Orthanc compresses single-threaded)."""
-        path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
         return (await self.fetch_instance(instance_id, gzip=gzip))[0]
 
     async def fetch_instance(self, instance_id: str, *, gzip: bool = True) -> "tuple[bytes, int]":
@@ -513,14 +518,14 @@ class OrthancClient:
 
 # Building an SSL context loads the CA store (100-300 ms): done once per
 # distinct TLS setting and shared, so opening a client does not stall the loop.
-_TLS_CONTEXTS: Dict[tuple, ssl.SSLContext] = {}
+_TLS_CONTEXTS: Dict[Tuple[Any, ...], ssl.SSLContext] = {}
 
 
 def tls_context(peer: Peer) -> Any:
     """The SSL context for a peer: system CAs (plus its CA bundle) and its client
     certificate; verification stays on unless the peer turns it off."""
     if not peer.url.startswith("https"):
-        key: tuple = ("plain-http",)
+        key: Tuple[Any, ...] = ("plain-http",)
     else:
         key = (peer.verify_tls, peer.ca_bundle, peer.certificate_file, peer.certificate_key_file,
                peer.certificate_key_password)
@@ -549,9 +554,11 @@ def _wild(text: str) -> str:
     return text if ("*" in text or "?" in text) else f"*{text}*"
 
 
-def _connect_reason(exc: Exception) -> str:
+def _connect_reason(exc: BaseException) -> str:
     # httpx wraps the OS error; the useful words are further down the chain.
-    texts, seen, cur = [], set(), exc
+    texts: List[str] = []
+    seen: Set[int] = set()
+    cur: Optional[BaseException] = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         texts.append(f"{type(cur).__name__} {cur}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -110,7 +110,7 @@ class Peer:
         return out
 
 
-def _opt_str(value: dict, key: str, name: str) -> Optional[str]:
+def _opt_str(value: Dict[str, Any], key: str, name: str) -> Optional[str]:
     item = value.get(key)
     if item is None:
         return None
@@ -119,7 +119,7 @@ def _opt_str(value: dict, key: str, name: str) -> Optional[str]:
     return item
 
 
-def _split(url: str, name: str = "peer"):
+def _split(url: str, name: str = "peer") -> SplitResult:
     if not isinstance(url, str) or not url.strip():
         raise PeerConfigError(f"{name}: the URL is empty")
     try:
@@ -142,4 +142,4 @@ def normalise_url(url: str) -> str:
         host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    return str(urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", "")))

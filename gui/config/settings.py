@@ -183,9 +183,10 @@ class SecretStore:
         if not self._keyring:
             return None
         try:
-            return self._keyring.get_password(KEYRING_SERVICE, peer_name)
+            password = self._keyring.get_password(KEYRING_SERVICE, peer_name)
         except Exception:  # noqa: BLE001
             return None
+        return password if isinstance(password, str) else None
 
     def set(self, peer_name: str, password: Optional[str]) -> bool:
         if not self._keyring:

@@ -53,7 +53,7 @@ def gzip_bytes(data: bytes, level: int = GZIP_LEVEL) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def gunzip_bounded(data: bytes, expected: int) -> bytes:
+def gunzip_bounded(data: "bytes | bytearray", expected: int) -> bytes:
     """Inflate one gzip member that must hold exactly ``expected`` bytes.
 
     Never produces more than ``expected + 1`` bytes, whatever the input (a
@@ -82,8 +82,8 @@ CODEC_MIN_GAIN = 1.02
 
 
 def parse_body_compression(value: object) -> str:
-    if value in wire.CODECS:
-        return value  # type: ignore[return-value]
+    if isinstance(value, str) and value in wire.CODECS:
+        return value
     return wire.parse_compression(value)
 
 
@@ -97,7 +97,7 @@ def encode(data: bytes, compression: str, level: int = GZIP_LEVEL) -> bytes:
 def decode_bounded(data: bytes, expected: int, compression: str) -> bytes:
     out = gunzip_bounded(data, expected)
     if compression == wire.CODEC_SPLIT16:
-        return wire.join16(out)  # type: ignore[return-value]
+        return wire.join16(out)
     return out
 
 

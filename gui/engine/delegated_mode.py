@@ -111,7 +111,7 @@ class DelegatedTransport(Transport):
                         raise TransferFailed(f"{ctx.source.peer.name} knows {ctx.target.peer.name} as "
                                              f"peer {name!r}, but that peer has no transfers plugin "
                                              f"({status or 'unknown'})")
-                    return name
+                    return str(name)
         raise TransferFailed(f"{ctx.source.peer.name} has no Orthanc peer for {wanted} "
                              f"(its peers: {', '.join(names) or 'none'}); delegated mode needs one")
 

@@ -18,7 +18,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 from gui.protocol.wire import InstanceInfo
 
@@ -204,7 +204,7 @@ class JobStore:
         self._db.execute("UPDATE instances SET created = 1 WHERE job_id = ? AND instance_id = ?",
                          (job_id, info_id))
 
-    def created_instances(self, job_id: str) -> set:
+    def created_instances(self, job_id: str) -> Set[str]:
         rows = self._db.execute("SELECT instance_id FROM instances WHERE job_id = ? AND created = 1",
                                 (job_id,)).fetchall()
         return {r["instance_id"] for r in rows}
@@ -236,7 +236,7 @@ class JobStore:
     def reset_buckets(self, job_id: str) -> None:
         self._db.execute("DELETE FROM buckets WHERE job_id = ?", (job_id,))
 
-    def done_buckets(self, job_id: str) -> set:
+    def done_buckets(self, job_id: str) -> Set[int]:
         rows = self._db.execute("SELECT idx FROM buckets WHERE job_id = ? AND state = 'done'",
                                 (job_id,)).fetchall()
         return {r["idx"] for r in rows}

@@ -22,7 +22,7 @@ import hashlib
 import io
 import zipfile
 from pathlib import Path
-from typing import Awaitable, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from gui.client.errors import OrthancError
 from gui.engine.compression import PullCompressionPolicy
@@ -38,8 +38,11 @@ RetryHook = Optional[Callable[[int, OrthancError], None]]
 # Instances of one unit downloaded at once.
 READS_PER_UNIT = 8
 
+T = TypeVar("T")
 
-async def _all_or_none(jobs: List) -> List:
+
+
+async def _all_or_none(jobs: List[Awaitable[T]]) -> List[T]:
     """Results of every coroutine, in order; the first failure cancels the rest and is raised."""
     tasks = [asyncio.ensure_future(j) for j in jobs]
     try:
@@ -114,7 +117,7 @@ class PlainTransport(Transport):
     mode = TransferMode.PLAIN
 
     def __init__(self) -> None:
-        self._in_flight: "set[asyncio.Future]" = set()
+        self._in_flight: "set[asyncio.Future[Any]]" = set()
         self._policy: "PullCompressionPolicy | None" = None
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
@@ -249,7 +252,7 @@ class PlainTransport(Transport):
             if before is None and info.id not in ctx.created_on_target:
                 await ctx.mark_created(info.id)
 
-    async def _deliver(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[dict]]],
+    async def _deliver(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[Dict[str, Any]]]],
                        raw_done: int, wire_total: int, on_retry: RetryHook) -> None:
         """Upload (``send``, retried), check Orthanc's answers, mark the unit done."""
         self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=wire_total)
@@ -274,7 +277,7 @@ class PlainTransport(Transport):
         subclass's own reader (local files, pulled data)."""
         return type(self).read_instance is PlainTransport.read_instance
 
-    async def upload_path(self, ctx: TransferContext, path: Path) -> List[dict]:
+    async def upload_path(self, ctx: TransferContext, path: Path) -> List[Dict[str, Any]]:
         """Upload one scratch file (streamed) to the target."""
         return await ctx.target.upload_file(path)
 
@@ -302,7 +305,7 @@ class PlainTransport(Transport):
             await download_instance_to(ctx.source, unit.instances[0].id, sink, self._source_policy(ctx))
         return sink.digest.hexdigest()
 
-    def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[dict]) -> None:
+    def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[Dict[str, Any]]) -> None:
         expected = {i.id for i in unit.instances}
         seen = set()
         for answer in answers:

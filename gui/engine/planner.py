@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -18,6 +18,9 @@ from gui.engine.retry import with_retries
 from gui.engine.target_md5 import SMALL_GET_CONCURRENCY, md5s_on
 from gui.protocol import wire
 from gui.protocol.wire import InstanceInfo
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 MODE_NAMES = ("auto", "push", "pull", "plain", "delegate")
 
@@ -37,25 +40,25 @@ class Plan:
         return sum(i.size for i in self.to_send)
 
 
-async def gather_bounded(items: Sequence, worker: Callable, concurrency: int) -> list:
+async def gather_bounded(items: Sequence[T], worker: Callable[[T], Awaitable[R]], concurrency: int) -> List[R]:
     """``worker(item)`` for every item, at most ``concurrency`` at a time, results in order."""
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(item):
+    async def one(item: T) -> R:
         async with gate:
             return await worker(item)
 
     return list(await asyncio.gather(*(one(i) for i in items)))
 
 
-def check_resources(resources: Sequence[dict]) -> List[dict]:
+def check_resources(resources: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     try:
         return wire.parse_resources(list(resources))
     except wire.WireFormatError as exc:
         raise PlanningError(f"invalid resource list: {exc}") from None
 
 
-async def resolve_instances(source: OrthancClient, resources: Sequence[dict], *,
+async def resolve_instances(source: OrthancClient, resources: Sequence[Dict[str, Any]], *,
                             use_protocol: bool, concurrency: int, retries: int = 0,
                             headers: Optional[Dict[str, str]] = None) -> List[InstanceInfo]:
     """Instance infos (ID, size, MD5) of everything below ``resources`` on the source.
@@ -95,7 +98,7 @@ def _check_lookup_against_listing(source: OrthancClient, found: Sequence[Instanc
                             f"e.g. {missing[0]}; refusing the plan")
 
 
-async def _instances_below(source: OrthancClient, resource: dict) -> Dict[str, int]:
+async def _instances_below(source: OrthancClient, resource: Dict[str, Any]) -> Dict[str, int]:
     try:
         items = await source.instances_of(resource["Level"], resource["ID"])
     except OrthancError as exc:
@@ -116,7 +119,7 @@ async def _instances_below(source: OrthancClient, resource: dict) -> Dict[str, i
 
 async def present_on_target(target: OrthancClient, instances: Sequence[InstanceInfo],
                             concurrency: int, retries: int = 0, *, bulk: bool = False,
-                            resources: Optional[Sequence[dict]] = None) -> Dict[str, Optional[str]]:
+                            resources: Optional[Sequence[Dict[str, Any]]] = None) -> Dict[str, Optional[str]]:
     """The target's MD5 of each instance, None when absent; the first error
     met is raised. ``bulk``: the target speaks the protocol (one lookup);
     ``resources``: the job's, which hold every instance (see ``target_md5``)."""
@@ -128,9 +131,9 @@ async def present_on_target(target: OrthancClient, instances: Sequence[InstanceI
     return {i.id: found.get(i.id) for i in instances}  # type: ignore[misc]
 
 
-async def make_plan(source: OrthancClient, target: OrthancClient, resources: Sequence[dict], *,
+async def make_plan(source: OrthancClient, target: OrthancClient, resources: Sequence[Dict[str, Any]], *,
                     use_protocol: bool, concurrency: int, force: bool = False,
-                    keep: Optional[set] = None, retries: int = 0,
+                    keep: Optional[Set[str]] = None, retries: int = 0,
                     headers: Optional[Dict[str, str]] = None, target_speaks: bool = False) -> Plan:
     """Resolve, then drop what the target already has with the same MD5.
 
@@ -146,9 +149,9 @@ async def make_plan(source: OrthancClient, target: OrthancClient, resources: Seq
 
 async def split_present(target: OrthancClient, instances: Sequence[InstanceInfo], *,
                         concurrency: int, force: bool = False,
-                        keep: Optional[set] = None, retries: int = 0,
+                        keep: Optional[Set[str]] = None, retries: int = 0,
                         target_speaks: bool = False,
-                        resources: Optional[Sequence[dict]] = None) -> Plan:
+                        resources: Optional[Sequence[Dict[str, Any]]] = None) -> Plan:
     instances = sorted(instances, key=lambda i: i.id)
     candidates = [i for i in instances if not force or (keep and i.id in keep)]
     on_target = await present_on_target(target, candidates, concurrency, retries,

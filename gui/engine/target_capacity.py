@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -57,7 +57,7 @@ async def storage_status(target: OrthancClient) -> Optional[StorageStatus]:
         return None
 
 
-async def _patients_of(source: OrthancClient, resources: Sequence[dict]) -> List[str]:
+async def _patients_of(source: OrthancClient, resources: Sequence[Dict[str, Any]]) -> List[str]:
     ids = set()
     for resource in resources:
         level, rid = resource.get("Level"), resource.get("ID")
@@ -82,7 +82,7 @@ async def _absent(target: OrthancClient, patient_ids: Sequence[str]) -> List[str
     return absent
 
 
-async def recycling_warning(source: OrthancClient, target: OrthancClient, resources: Sequence[dict],
+async def recycling_warning(source: OrthancClient, target: OrthancClient, resources: Sequence[Dict[str, Any]],
                             bytes_to_send: int) -> Optional[str]:
     """A sentence to show before the transfer starts, or None (no limit, it
     fits, or the target cannot tell: then nothing is claimed)."""

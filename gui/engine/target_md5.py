@@ -23,6 +23,7 @@ one request at a time. So:
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from gui.client.errors import OrthancError
@@ -53,9 +54,9 @@ async def md5s_on(server: OrthancClient, ids: Sequence[str], *, bulk: bool, conc
                                    retries=retries, on_retry=on_retry))
         return found
     if bulk:
-        found = await _lookup(server, ids, retries)
-        if found is not None:
-            return found
+        looked_up = await _lookup(server, ids, retries)
+        if looked_up is not None:
+            return looked_up
     gate = asyncio.Semaphore(max(1, concurrency, SMALL_GET_CONCURRENCY))
 
     async def one(instance_id: str) -> object:
@@ -81,7 +82,7 @@ async def _held_below(server: OrthancClient, resources: Sequence[Dict[str, str]]
         if level not in ("Patient", "Study", "Series") or not isinstance(rid, str):
             return None
         try:
-            items = await with_retries(lambda: server.instances_of(level, rid), retries,
+            items = await with_retries(functools.partial(server.instances_of, level, rid), retries,
                                        on_retry=on_retry)
         except OrthancError as exc:
             if exc.status == 404:
@@ -99,7 +100,7 @@ async def _lookup(server: OrthancClient, ids: List[str], retries: int) -> Option
     for start in range(0, len(ids), LOOKUP_SLICE):
         resources = [{"Level": "Instance", "ID": i} for i in ids[start:start + LOOKUP_SLICE]]
         try:
-            infos = await with_retries(lambda r=resources: server.transfers_lookup(r), retries)
+            infos = await with_retries(functools.partial(server.transfers_lookup, resources), retries)
         except OrthancError:
             return None
         for info in infos:

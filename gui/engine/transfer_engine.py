@@ -6,12 +6,13 @@ See ``docs/engine-api.md`` for the contract with the UI, the CLI and tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from gui.client.peer import Peer
 from gui.config.settings import ConfigError, TransferOptions, default_data_dir
@@ -52,7 +53,7 @@ class Job:
     source_name: str
     target_name: str
     description: str
-    resources: List[dict]
+    resources: List[Dict[str, Any]]
     state: JobState
     mode: Optional[TransferMode] = None
     progress: Optional[JobProgress] = None
@@ -97,7 +98,7 @@ class Job:
             force=self.force, description=self.description, created=self.created)
 
 
-def report_from_json(data: dict) -> CommitmentReport:
+def report_from_json(data: Dict[str, Any]) -> CommitmentReport:
     """Rebuild a stored report (``CommitmentReport.to_json()``)."""
     verdicts = [InstanceVerdict(**d) for d in data.get("details", [])]
     return CommitmentReport(
@@ -198,7 +199,7 @@ class TransferEngine:
 
     # --- planning and submitting ----------------------------------------------------
 
-    async def plan(self, source: Peer, target: Peer, resources: List[dict],
+    async def plan(self, source: Peer, target: Peer, resources: List[Dict[str, Any]],
                    options: Optional[TransferOptions] = None, *, mode: str = "auto",
                    force: bool = False) -> PlanSummary:
         options = options or self.options
@@ -219,7 +220,7 @@ class TransferEngine:
         return PlanSummary(chosen, options.Compression, len(result.instances), result.bytes_to_send,
                            len(result.present), len(buckets), [warning] if warning else [])
 
-    async def submit(self, source: Peer, target: Peer, resources: List[dict],
+    async def submit(self, source: Peer, target: Peer, resources: List[Dict[str, Any]],
                      options: Optional[TransferOptions] = None, *, mode: str = "auto",
                      compression: Optional[str] = None, force: bool = False,
                      description: str = "") -> Job:
@@ -296,8 +297,8 @@ class TransferEngine:
         if job.state.finished:
             raise EngineError(f"job {job.id} is finished ({job.state.value}); use resubmit")
         if source is not None or target is not None:
-            old_source, old_target = self._peers.get(job.id, (None, None))  # type: ignore[assignment]
-            self._peers[job.id] = (source or old_source, target or old_target)  # type: ignore[assignment]
+            old_source, old_target = self._peers_of(job)
+            self._peers[job.id] = (source or old_source, target or old_target)
         runner = self._runners.get(job.id)
         if runner is not None and runner.task is not None and not runner.task.done():
             await runner.resume()
@@ -346,7 +347,7 @@ class TransferEngine:
         self._peers.pop(job.id, None)
         self._uploads.pop(job.id, None)
 
-    def find_unfinished(self, source_url: str, target_url: str, resources: List[dict],
+    def find_unfinished(self, source_url: str, target_url: str, resources: List[Dict[str, Any]],
                         mode: str) -> Optional[Job]:
         """An unfinished job moving the same resources between the same peers (CLI re-run)."""
         wanted = sorted((r["Level"], r["ID"]) for r in resources)
@@ -378,7 +379,10 @@ class TransferEngine:
     def _launch(self, job: Job) -> None:
         runner = self._new_runner(job)
         task = runner.start()
-        task.add_done_callback(lambda _t, jid=job.id, r=runner: self._runner_done(jid, r))
+        task.add_done_callback(functools.partial(self._forget_runner, job.id, runner))
+
+    def _forget_runner(self, job_id: str, runner: JobRunner, _task: "asyncio.Task[None]") -> None:
+        self._runner_done(job_id, runner)
 
     def _runner_done(self, job_id: str, runner: JobRunner) -> None:
         if self._runners.get(job_id) is runner:
@@ -406,7 +410,7 @@ class TransferEngine:
         return job
 
 
-def _describe(resources: List[dict]) -> str:
+def _describe(resources: List[Dict[str, Any]]) -> str:
     if len(resources) == 1:
         return f"{resources[0]['Level']} {resources[0]['ID'][:8]}"
     return f"{len(resources)} resources"

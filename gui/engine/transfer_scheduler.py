@@ -28,13 +28,13 @@ from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import Peer
 from gui.config.settings import TransferOptions
 from gui.engine import planner, verification
-from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, JobFinished,
+from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, InstanceVerdict, JobFinished,
                                JobProgress, JobState, TransferMode)
 from gui.engine.job_store import JobStore
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.protocol import wire
-from gui.protocol.wire import InstanceInfo
+from gui.protocol.wire import Bucket, InstanceInfo
 
 if TYPE_CHECKING:
     from gui.engine.transfer_engine import Job
@@ -127,20 +127,20 @@ class JobRunner:
             self.running.set()
         self.stop_reason: Optional[str] = None     # "cancel" | "shutdown"
         self.has_slot = False
-        self.task: Optional[asyncio.Task] = None
+        self.task: "Optional[asyncio.Task[Optional[CommitmentReport]]]" = None
         self.ctx: Optional[TransferContext] = None
         self.transport: Optional[Transport] = None
         self.source: Optional[OrthancClient] = None
         self.target: Optional[OrthancClient] = None
         self.started = time.monotonic()
         self._last_progress = 0.0
-        self._samples: collections.deque = collections.deque()
+        self._samples: "collections.deque[Tuple[float, int, int]]" = collections.deque()
         self._bucket_index: Dict[int, BucketProgress] = {}
         self._instances_total = 0
         self._raw_total = 0
         self._planned: List[InstanceInfo] = []
         self._statuses: Dict[str, str] = {}
-        self._buckets: list = []
+        self._buckets: List[Bucket] = []
         # Running totals, updated per bucket event (jobs can have many thousands of buckets).
         self._raw_done = 0
         self._wire_done = 0
@@ -150,7 +150,7 @@ class JobRunner:
 
     # --- control ---------------------------------------------------------------
 
-    def start(self) -> asyncio.Task:
+    def start(self) -> "asyncio.Task[Optional[CommitmentReport]]":
         self.task = asyncio.ensure_future(self.execute())
         return self.task
 
@@ -257,8 +257,8 @@ class JobRunner:
         self._progress(force=event.state is BucketState.FAILED)
 
     async def _checkpoint(self, key: str, value: object) -> None:
-        if key == "bucket-done":
-            self.store.set_bucket_state(self.job.id, int(value), "done")  # type: ignore[arg-type]
+        if key == "bucket-done" and isinstance(value, int):
+            self.store.set_bucket_state(self.job.id, value, "done")
         elif key == "created":
             self.store.mark_created(self.job.id, str(value))
         elif value is None:
@@ -336,6 +336,7 @@ class JobRunner:
     async def _prepare(self, plan_again: bool) -> None:
         """Plan (or reload the plan), choose and set up the transport."""
         job = self.job
+        assert self.target is not None
         options = job.options
         retries = options.MaxHttpRetries
         concurrency = max(2, options.Threads * 2)
@@ -492,7 +493,7 @@ class JobRunner:
         verdicts = verification.unverified(self._planned, statuses, reason)
         return self._report(state, verdicts, reason)
 
-    def _report(self, state: JobState, verdicts: list, error: Optional[str]) -> CommitmentReport:
+    def _report(self, state: JobState, verdicts: List[InstanceVerdict], error: Optional[str]) -> CommitmentReport:
         job = self.job
         if self.ctx is not None and self.ctx.compression_used:
             job.compression = self.ctx.compression_used

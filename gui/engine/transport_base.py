@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Dict, List, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -64,7 +65,7 @@ class TransferContext:
     # The job's resources (Level/ID) on the source, when it has some: every
     # instance lies below them, which lets presence checks list instead of
     # asking one by one (``target_md5``). Empty for local uploads.
-    resources: List[dict] = field(default_factory=list)
+    resources: List[Dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.running.set()
@@ -107,7 +108,7 @@ class TransferContext:
         failures = []
         for instance_id in sorted(self.created_on_target):
             try:
-                await with_retries(lambda i=instance_id: self.target.delete("Instance", i),
+                await with_retries(functools.partial(self.target.delete, "Instance", instance_id),
                                    self.options.MaxHttpRetries)
             except OrthancError as exc:
                 if exc.status != 404:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 __all__ = [
     "WireFormatError", "InstanceInfo", "Chunk", "Bucket", "plan_buckets",
@@ -54,6 +54,10 @@ MAX_PULL_URL_LENGTH = 2000 - 44
 MAX_WIRE_SIZE = 1 << 40
 
 
+# A JSON object as json.loads gives it.
+JsonObject = Dict[str, Any]
+
+
 class WireFormatError(ValueError):
     """A JSON value or URL does not follow the protocol; the text names the field."""
 
@@ -79,9 +83,15 @@ def parse_decimal(value: object, where: str, maximum: int = MAX_WIRE_SIZE) -> in
 
 
 def parse_compression(value: object, where: str = "Compression") -> str:
-    if value not in COMPRESSIONS:
+    if not isinstance(value, str) or value not in COMPRESSIONS:
         raise WireFormatError(f"{where}: unknown compression {str(value)[:20]!r} (use 'gzip' or 'none')")
-    return value  # type: ignore[return-value]
+    return value
+
+
+def _object(obj: object, where: str) -> JsonObject:
+    if not isinstance(obj, dict):
+        raise WireFormatError(f"{where}: expected a JSON object")
+    return obj
 
 
 def _require(obj: object, key: str, where: str) -> Any:
@@ -98,7 +108,7 @@ class InstanceInfo:
     size: int
     md5: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> JsonObject:
         return {"ID": self.id, "Size": str(self.size), "MD5": self.md5}
 
 
@@ -108,7 +118,7 @@ class Chunk:
     offset: int
     size: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> JsonObject:
         return {"ID": self.instance_id, "Offset": str(self.offset), "Size": str(self.size)}
 
 
@@ -137,7 +147,7 @@ class Bucket:
             self._extensible = False
         self.chunks.append(Chunk(instance.id, offset, size))
 
-    def to_json(self) -> list:
+    def to_json(self) -> List[JsonObject]:
         return [c.to_json() for c in self.chunks]
 
     def instance_ids(self) -> List[str]:
@@ -216,7 +226,7 @@ def parse_instance_info(obj: object, where: str = "instance") -> InstanceInfo:
     return InstanceInfo(iid, size, md5)
 
 
-def parse_bucket(obj: object, instances: Optional[dict] = None,
+def parse_bucket(obj: object, instances: Optional[Dict[str, InstanceInfo]] = None,
                  where: str = "bucket") -> Bucket:
     """Parse a bucket; with ``instances`` (id -> InstanceInfo) check every chunk
     lies inside a known instance and that the chunk rules hold."""
@@ -238,7 +248,7 @@ def parse_bucket(obj: object, instances: Optional[dict] = None,
     return bucket
 
 
-def parse_resources(obj: object, where: str = "Resources") -> List[dict]:
+def parse_resources(obj: object, where: str = "Resources") -> List[JsonObject]:
     """A lookup/send body: [{"Level": ..., "ID": ...}]; Level is case-insensitive."""
     if not isinstance(obj, list):
         raise WireFormatError(f"{where}: expected a JSON array")
@@ -254,7 +264,7 @@ def parse_resources(obj: object, where: str = "Resources") -> List[dict]:
     return out
 
 
-def build_lookup_answer(instances: Iterable[InstanceInfo], originator: str) -> dict:
+def build_lookup_answer(instances: Iterable[InstanceInfo], originator: str) -> JsonObject:
     ordered = sorted({i.id: i for i in instances}.values(), key=lambda i: i.id)
     total = sum(i.size for i in ordered)
     return {
@@ -275,13 +285,13 @@ def parse_lookup_answer(obj: object) -> List[InstanceInfo]:
 
 def build_push_request(instances: Sequence[InstanceInfo], buckets: Sequence[Bucket],
                        compression: str, asynchronous_commit: bool = False,
-                       codec: Optional[str] = None) -> dict:
+                       codec: Optional[str] = None) -> JsonObject:
     """``codec``: ask for an extension codec (see "Codecs" below); the
     request then says ``"Compression": "gzip"`` for a server that ignores it."""
     if codec is not None:
         parse_codec(codec)
         compression = "gzip"
-    body: dict = {
+    body: JsonObject = {
         "Instances": [i.to_json() for i in instances],
         "Buckets": [b.to_json() for b in buckets],
         "Compression": parse_compression(compression),
@@ -318,10 +328,10 @@ def parse_push_request(obj: object, max_instances: int = 1_000_000,
     if len(by_id) != len(instances):
         raise WireFormatError("push request: duplicate instance IDs")
     buckets = [parse_bucket(b, by_id, f"Buckets[{n}]") for n, b in enumerate(raw_buckets)]
-    asynchronous = obj.get("AsynchronousCommit", False)  # type: ignore[union-attr]
+    asynchronous = _object(obj, "push request").get("AsynchronousCommit", False)
     if not isinstance(asynchronous, bool):
         raise WireFormatError("push request.AsynchronousCommit: expected true or false")
-    codec = obj.get("Codec")  # type: ignore[union-attr]
+    codec = _object(obj, "push request").get("Codec")
     if codec is not None:
         codec = parse_codec(codec, "push request.Codec")
         if compression != "gzip":
@@ -360,9 +370,9 @@ CODEC_CONTENT_TYPE = {CODEC_SPLIT16: "application/x-transfers-split16-gzip"}
 
 
 def parse_codec(value: object, where: str = "Codec") -> str:
-    if value not in CODECS:
+    if not isinstance(value, str) or value not in CODECS:
         raise WireFormatError(f"{where}: unknown codec {str(value)[:30]!r} (known: {', '.join(CODECS)})")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def split16(data: Any) -> bytes:
@@ -409,17 +419,17 @@ def commit_uri(transaction_id: str) -> str:
 class CommitStatus:
     status: str
     path: str
-    error: Optional[dict] = None
+    error: Optional[JsonObject] = None
 
     @property
     def finished(self) -> bool:
         return self.status in (COMMIT_SUCCESS, COMMIT_FAILURE)
 
 
-def build_commit_status(status: str, transaction_id: str, error: Optional[dict] = None) -> dict:
+def build_commit_status(status: str, transaction_id: str, error: Optional[JsonObject] = None) -> JsonObject:
     if status not in COMMIT_STATUSES:
         raise ValueError(f"unknown commit status {status!r}")
-    body = {"Status": status, "Path": commit_uri(transaction_id)}
+    body: JsonObject = {"Status": status, "Path": commit_uri(transaction_id)}
     if error is not None:
         body["Error"] = error
     return body
@@ -429,8 +439,8 @@ def parse_commit_status(obj: object) -> CommitStatus:
     status = _require(obj, "Status", "commit status")
     if status not in COMMIT_STATUSES:
         raise WireFormatError(f"commit status.Status: unknown value {str(status)[:20]!r}")
-    path = obj.get("Path", "")  # type: ignore[union-attr]
-    error = obj.get("Error")  # type: ignore[union-attr]
+    path = _object(obj, "commit status").get("Path", "")
+    error = _object(obj, "commit status").get("Error")
     if error is not None and not isinstance(error, dict):
         raise WireFormatError("commit status.Error: expected a JSON object")
     return CommitStatus(status, path if isinstance(path, str) else "", error)

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from gui.resource_paths import resource_path
 
@@ -36,7 +36,8 @@ def accelerator_plugin_script() -> Path:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class OrthancStartError(RuntimeError):
@@ -60,15 +61,15 @@ class OrthancProcess:
     dicom_port: int = 0
     workdir: Optional[Path] = None
     keep_storage: bool = False
-    process: Optional[subprocess.Popen] = field(default=None, repr=False)
+    process: Optional["subprocess.Popen[bytes]"] = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
-    def auth(self):
-        return (self.username, self.password) if self.username else None
+    def auth(self) -> Optional[Tuple[str, str]]:
+        return (self.username, self.password or "") if self.username else None
 
     @property
     def storage_dir(self) -> Path:
@@ -80,7 +81,7 @@ class OrthancProcess:
         assert self.workdir is not None
         return self.workdir / "orthanc.log"
 
-    def config(self) -> dict:
+    def config(self) -> Dict[str, Any]:
         cfg: Dict[str, Any] = {
             "Name": self.name,
             "StorageDirectory": str(self.storage_dir),
@@ -217,5 +218,5 @@ class OrthancProcess:
     def __enter__(self) -> "OrthancProcess":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -11,7 +11,6 @@ target's failure says so.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import List
 

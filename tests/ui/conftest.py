@@ -18,6 +18,7 @@ import qasync
 from PySide6.QtCore import QCoreApplication, QEventLoop as _QtEventLoop
 
 from gui.sandbox import synthetic_studies as synth
+from tests.ui.transfers_harness import make_bed  # noqa: F401 - the transfers tests' fixture
 
 
 def _process_until(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -104,7 +104,7 @@ def test_demo_servers_stop_when_the_app_quits(tmp_path):
     result = run_app(tmp_path, "--demo", "--demo-studies", "1", "--demo-slices", "2", "--self-test",
                      timeout=240)
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("Demo servers running"))
+    line = next(text for text in result.stdout.splitlines() if text.startswith("Demo servers running"))
     urls = _demo_urls(line)
     assert len(urls) == 2 and "self-test ok" in result.stdout
     assert not any(_answers(url) for url in urls)

@@ -15,7 +15,7 @@ from gui.engine.events import JobState
 from gui.sandbox import synthetic_studies as synth
 from gui.ui.resource_mime import MIME_TYPE
 from gui.ui.transfers.bucket_model import GroupRole
-from tests.ui.transfers_harness import TransfersBed, make_bed, until  # noqa: F401 - fixture
+from tests.ui.transfers_harness import TransfersBed, until
 
 pytestmark = pytest.mark.timeout(240)
 

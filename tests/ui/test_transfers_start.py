@@ -8,7 +8,7 @@ from PySide6.QtWidgets import QMenu
 
 from gui.engine.events import JobState
 from gui.sandbox import synthetic_studies as synth
-from tests.ui.transfers_harness import TransfersBed, make_bed, until  # noqa: F401 - fixture
+from tests.ui.transfers_harness import TransfersBed, until
 
 pytestmark = pytest.mark.timeout(240)
 

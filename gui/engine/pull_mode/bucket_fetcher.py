@@ -32,7 +32,7 @@ class BadBucket(TransferFailed):
 
 @dataclass
 class Fetched:
-    data: bytes  # or bytearray
+    data: "bytes | bytearray"
     wire_bytes: int
     compression: str
 
@@ -61,6 +61,7 @@ class BucketFetcher:
                                                                   answer_headers=answer),
                                   self.retries, on_retry=on_retry)
         wire_bytes = len(body)
+        data: "bytes | bytearray"  # the answer's buffer itself when not compressed
         if compression == "gzip":
             content_type = answer.get("content-type", "").split(";")[0].strip()
             codec = next((c for c, t in wire.CODEC_CONTENT_TYPE.items() if t == content_type), "gzip")

@@ -51,6 +51,11 @@ class _Staged:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     error: Optional[str] = None
 
+    def file(self) -> Path:
+        """The scratch file of an instance staged on disk (not in memory)."""
+        assert self.path is not None, f"{self.info.id} is staged in memory"
+        return self.path
+
 
 class StagingArea:
     def __init__(self, instances: Sequence[InstanceInfo], cache_bytes: int, directory: Path,
@@ -109,7 +114,7 @@ class StagingArea:
             if entry.buffer is not None:
                 entry.buffer[chunk.offset:chunk.offset + chunk.size] = piece
             else:
-                await asyncio.to_thread(_write_at, entry.path, chunk.offset, bytes(piece))
+                await asyncio.to_thread(_write_at, entry.file(), chunk.offset, bytes(piece))
             entry.received += chunk.size
             if entry.received >= entry.info.size:
                 await self._verify(entry)
@@ -139,11 +144,12 @@ class StagingArea:
 
     async def _verify(self, entry: _Staged) -> None:
         info = entry.info
-        if entry.buffer is not None:
-            digest = await asyncio.to_thread(lambda: hashlib.md5(entry.buffer).hexdigest())
-            size = len(entry.buffer)
+        buffer = entry.buffer
+        if buffer is not None:
+            digest = await asyncio.to_thread(lambda: hashlib.md5(buffer).hexdigest())
+            size = len(buffer)
         else:
-            size, digest = await asyncio.to_thread(_file_md5, entry.path)
+            size, digest = await asyncio.to_thread(_file_md5, entry.file())
         if size != info.size:
             entry.error = f"staged {size} bytes, expected {info.size}"
         elif digest != info.md5:
@@ -191,7 +197,7 @@ class StagingArea:
             if entry.buffer is not None:
                 parts.append(bytes(entry.buffer[chunk.offset:chunk.offset + chunk.size]))
             else:
-                parts.append(await asyncio.to_thread(_read_at, entry.path, chunk.offset, chunk.size))
+                parts.append(await asyncio.to_thread(_read_at, entry.file(), chunk.offset, chunk.size))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def delivered(self, bucket: Bucket) -> None:

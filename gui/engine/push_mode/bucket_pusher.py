@@ -180,8 +180,10 @@ class BucketPusher:
 
     async def _resume(self) -> bool:
         saved = self.ctx.saved_state.get(STATE_KEY)
-        state = TransactionState.from_json(saved.get("Transaction")) if isinstance(saved, dict) else None
-        if state is None or saved.get("Plan") != self._fingerprint:  # type: ignore[union-attr]
+        if not isinstance(saved, dict):
+            saved = {}
+        state = TransactionState.from_json(saved.get("Transaction"))
+        if state is None or saved.get("Plan") != self._fingerprint:
             if state is not None:
                 await self._transaction(state).delete()
             return False
@@ -189,7 +191,7 @@ class BucketPusher:
         # the protocol has no "GET transaction"; a dropped one is recreated.
         self.tx = self._transaction(state)
         self.compression = state.compression
-        self._done = {int(i) for i in saved.get("Done", []) if 0 <= int(i) < len(self.buckets)}  # type: ignore[union-attr]
+        self._done = {int(i) for i in saved.get("Done", []) if 0 <= int(i) < len(self.buckets)}
         self.ctx.compression_used = state.compression
         log.info("resuming push transaction %s (%d of %d buckets already sent)", state.id,
                  len(self._done), len(self.buckets))

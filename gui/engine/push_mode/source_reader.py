@@ -147,7 +147,7 @@ class SourceReader:
             if self._remaining[iid] <= 0:
                 self._forget(iid)
 
-    async def _instance(self, iid: str, at_least: int, on_retry: RetryHook) -> object:
+    async def _instance(self, iid: str, at_least: int, on_retry: RetryHook) -> "bytes | Path":
         """The instance's bytes (cached) or the path of its temporary file."""
         if iid in self._cache:
             self._cache.move_to_end(iid)
@@ -168,7 +168,7 @@ class SourceReader:
             del self._pending[iid]
             done.set_result(None)
 
-    async def _fetch(self, iid: str, at_least: int, on_retry: RetryHook) -> object:
+    async def _fetch(self, iid: str, at_least: int, on_retry: RetryHook) -> "bytes | Path":
         size = max(at_least, self._sizes.get(iid, 0))
         if self._make_room(size):
             self._reserved += size

@@ -4,8 +4,10 @@
 - :mod:`tests.devtools.faults.http_front` an asyncio HTTP front that injects faults in front of a real Orthanc
 - :mod:`tests.devtools.faults.tls`       throw-away certificates and a TLS front
 - :mod:`tests.devtools.faults.scenarios` the scenarios, one function per row of the matrix
-- :mod:`tests.devtools.faults.matrix`    ``python -m tests.devtools.faults.matrix``: run every cell once, write the table
-- :mod:`tests.devtools.faults.soak`      ``python -m tests.devtools.faults.soak --minutes 30``: repeat with random fault timing
+- :mod:`tests.devtools.faults.matrix`    ``python -m tests.devtools.faults.matrix``: run every cell once,
+  write the table
+- :mod:`tests.devtools.faults.soak`      ``python -m tests.devtools.faults.soak --minutes 30``: repeat with
+  random fault timing
 """
 
 from tests.devtools.faults.checker import Outcome, TransferChecker, Verdict
