@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                                f"{'PatientID' if level == 'Patient' else level + ' UID'} (repeatable)")
     send.add_argument("--mode", default="auto", choices=["auto", "push", "pull", "plain", "delegate"])
     send.add_argument("--compression", choices=["gzip", "none", "auto"])
+    send.add_argument("--import-as-it-arrives", action="store_true", default=None,
+                      help="push to a target with this project's plugin: import each instance as soon as it is"
+                           " verified (visible before the end; still removed again if the transfer fails)")
     send.add_argument("--threads", type=int, metavar="N")
     send.add_argument("--bucket-size", type=int, metavar="KB")
     send.add_argument("--retries", type=int, metavar="N", help="MaxHttpRetries")
@@ -126,7 +129,7 @@ def transfer_options(config: AppConfig, args: argparse.Namespace) -> TransferOpt
     values = config.transfers.to_json()
     for attr, name in (("threads", "Threads"), ("bucket_size", "BucketSize"),
                        ("retries", "MaxHttpRetries"), ("timeout", "HttpTimeout"),
-                       ("compression", "Compression")):
+                       ("compression", "Compression"), ("import_as_it_arrives", "ImportAsItArrives")):
         value = getattr(args, attr, None)
         if value is not None:
             values[name] = value

@@ -54,6 +54,10 @@ class TransferOptions:
     PeerCommitTimeout: int = 600    # s
     Compression: str = "auto"       # gzip | none | auto
     MaxConcurrentJobs: int = 2
+    # Push to our plugin: import each instance once its bytes are verified,
+    # before the commit (visible early; still undone on failure). Off: nothing
+    # is imported until everything is verified.
+    ImportAsItArrives: bool = False
 
     LIMITS = {
         "Threads": (1, 64), "BucketSize": (16, 1024 * 1024), "CacheSize": (1, 64 * 1024),
@@ -67,6 +71,10 @@ class TransferOptions:
         if name == "Compression":
             if value not in ("gzip", "none", "auto"):
                 raise ConfigError(f"Compression must be gzip, none or auto, not {value!r}")
+            return value
+        if name == "ImportAsItArrives":
+            if not isinstance(value, bool):
+                raise ConfigError(f"ImportAsItArrives must be true or false, not {value!r}")
             return value
         if name not in cls.LIMITS:
             raise ConfigError(f"unknown transfer option {name!r}")

@@ -285,7 +285,7 @@ def parse_lookup_answer(obj: object) -> List[InstanceInfo]:
 
 def build_push_request(instances: Sequence[InstanceInfo], buckets: Sequence[Bucket],
                        compression: str, asynchronous_commit: bool = False,
-                       codec: Optional[str] = None) -> JsonObject:
+                       codec: Optional[str] = None, import_as_it_arrives: bool = False) -> JsonObject:
     """``codec``: ask for an extension codec (see "Codecs" below); the
     request then says ``"Compression": "gzip"`` for a server that ignores it."""
     if codec is not None:
@@ -301,6 +301,8 @@ def build_push_request(instances: Sequence[InstanceInfo], buckets: Sequence[Buck
         body["AsynchronousCommit"] = True
     if codec is not None:
         body["Codec"] = codec
+    if import_as_it_arrives:
+        body["ImportAsItArrives"] = True  # extension, see docs/server-plugin.md
     return body
 
 
@@ -311,6 +313,7 @@ class PushRequest:
     compression: str
     asynchronous_commit: bool = False
     codec: Optional[str] = None
+    import_as_it_arrives: bool = False
 
 
 def parse_push_request(obj: object, max_instances: int = 1_000_000,
@@ -336,7 +339,10 @@ def parse_push_request(obj: object, max_instances: int = 1_000_000,
         codec = parse_codec(codec, "push request.Codec")
         if compression != "gzip":
             raise WireFormatError("push request.Codec: only with \"Compression\": \"gzip\"")
-    return PushRequest(instances, buckets, compression, asynchronous, codec)
+    early = obj.get("ImportAsItArrives", False)  # type: ignore[union-attr]
+    if not isinstance(early, bool):
+        raise WireFormatError("push request.ImportAsItArrives: expected true or false")
+    return PushRequest(instances, buckets, compression, asynchronous, codec, early)
 
 
 def parse_chunk_ids(path_part: str, max_ids: int = 1000) -> List[str]:

@@ -211,7 +211,7 @@ class BucketPusher:
             self.ctx.target, self.ctx.instances, self.buckets, compression,
             transfer_id=self.ctx.transfer_id, retries=opts.MaxHttpRetries,
             commit_timeout=opts.PeerCommitTimeout, asynchronous_commit=self.asynchronous_commit,
-            codec=codec)
+            codec=codec, import_as_it_arrives=opts.ImportAsItArrives)
         self.compression = compression
         self.ctx.compression_used = compression  # the protocol's name; a codec is a kind of gzip
         self.codec_used = self.tx.state.compression if self.tx.state.compression in CODECS else None

@@ -124,9 +124,10 @@ class PushTransaction:
     async def create(cls, target: OrthancClient, instances: Sequence[InstanceInfo],
                      buckets: Sequence[Bucket], compression: str, *, transfer_id: str,
                      retries: int, commit_timeout: float, asynchronous_commit: bool = False,
-                     on_retry: RetryHook = None, codec: Optional[str] = None) -> "PushTransaction":
+                     on_retry: RetryHook = None, codec: Optional[str] = None,
+                     import_as_it_arrives: bool = False) -> "PushTransaction":
         body = json.dumps(wire.build_push_request(instances, buckets, compression,
-                                                  asynchronous_commit, codec)).encode()
+                                                  asynchronous_commit, codec, import_as_it_arrives)).encode()
         headers = {wire.SENDER_TRANSFER_ID_HEADER: transfer_id, "Content-Type": BODY_CONTENT_TYPE}
         response = await with_retries(
             lambda: target.request("POST", wire.URI_PUSH, content=body, headers=headers),
@@ -147,6 +148,9 @@ class PushTransaction:
             # plugin ignores the request's "Codec" and expects gzip.
             compression = codec if answer.get("Codec") == codec else "gzip"
         state = TransactionState(tid, path, compression, cookie_from(response.headers), asynchronous)
+        if import_as_it_arrives:
+            log.info("push transaction %s: import as it arrives %s", tid,
+                     "honoured" if answer.get("ImportAsItArrives") else "not offered by the target (all at the commit)")
         log.info("push transaction %s created on %s (%d buckets, %s)", tid, target.peer.name,
                  len(buckets), compression)
         return cls(target, state, transfer_id=transfer_id, retries=retries,

@@ -17,7 +17,7 @@ import hashlib
 import http.client
 import json
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import (BAD_FILE_FORMAT, BAD_SEQUENCE_OF_CALLS, CORRUPTED_FILE, PluginError,
                      orthanc_error_kind)
@@ -46,36 +46,44 @@ def _file_md5_size_head(path: str) -> Tuple[str, int, bytes]:
     return digest.hexdigest(), size, head
 
 
+def instance_problem(txn: Any, info: Any) -> Optional[Tuple[Dict[str, str], str]]:
+    """What is wrong with one staged instance, and its kind ("incomplete",
+    "corrupted", "archive"), or None when it is whole with its size and MD5."""
+    missing = txn.missing_buckets(info.id)
+    if missing:
+        shown = ", ".join(str(b) for b in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        return {"ID": info.id, "Problem": "bucket(s) %s not received" % shown}, "incomplete"
+    with txn.lock:
+        known = txn.digests.get(info.id)
+    if info.size == 0:
+        actual_md5, actual_size, head = hashlib.md5(b"").hexdigest(), 0, b""
+    elif known is not None:
+        actual_md5, actual_size, head = known  # hashed when its bucket was written
+    else:
+        try:
+            actual_md5, actual_size, head = _file_md5_size_head(txn.staged_path(info.id))
+        except OSError as exc:
+            return {"ID": info.id, "Problem": "staged file unreadable: %s" % exc.strerror}, "incomplete"
+    if actual_size != info.size:
+        return {"ID": info.id, "Problem": "%d bytes staged, %d announced" % (actual_size, info.size)}, "corrupted"
+    if actual_md5 != info.md5:
+        return {"ID": info.id, "Problem": "MD5 %s, %s announced" % (actual_md5, info.md5)}, "corrupted"
+    if head == ZIP_MAGIC:
+        return {"ID": info.id, "Problem": "a ZIP archive, not a DICOM file"}, "archive"
+    return None
+
+
 def verify(txn: Any) -> None:
     """Raise a PluginError naming every instance that is incomplete or corrupted."""
     problems: List[Dict[str, str]] = []
     corrupted = archive = False
     for info in txn.instances:
-        missing = txn.missing_buckets(info.id)
-        if missing:
-            shown = ", ".join(str(b) for b in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            problems.append({"ID": info.id, "Problem": "bucket(s) %s not received" % shown})
+        found = instance_problem(txn, info)
+        if found is None:
             continue
-        known = txn.digests.get(info.id)
-        if info.size == 0:
-            actual_md5, actual_size, head = hashlib.md5(b"").hexdigest(), 0, b""
-        elif known is not None:
-            actual_md5, actual_size, head = known  # hashed when its bucket was written
-        else:
-            try:
-                actual_md5, actual_size, head = _file_md5_size_head(txn.staged_path(info.id))
-            except OSError as exc:
-                problems.append({"ID": info.id, "Problem": "staged file unreadable: %s" % exc.strerror})
-                continue
-        if actual_size != info.size:
-            problems.append({"ID": info.id, "Problem": "%d bytes staged, %d announced" % (actual_size, info.size)})
-            corrupted = True
-        elif actual_md5 != info.md5:
-            problems.append({"ID": info.id, "Problem": "MD5 %s, %s announced" % (actual_md5, info.md5)})
-            corrupted = True
-        elif head == ZIP_MAGIC:
-            problems.append({"ID": info.id, "Problem": "a ZIP archive, not a DICOM file"})
-            archive = True
+        problems.append(found[0])
+        corrupted = corrupted or found[1] == "corrupted"
+        archive = archive or found[1] == "archive"
     if not problems:
         return
     names = ", ".join(p["ID"] for p in problems[:5]) + (" ..." if len(problems) > 5 else "")
@@ -164,6 +172,16 @@ class _Failure(Exception):
         self.info, self.kind, self.detail, self.refused = info, kind, detail, refused
 
 
+def failure_error(failure: _Failure, removed: int) -> PluginError:
+    if failure.refused:
+        text = ("commit failed: Orthanc refused instance %s (%s); the %d instance(s) this commit had"
+                " imported were removed again" % (failure.info.id, failure.detail, removed))
+    else:
+        text = ("commit failed at instance %s (%s); the %d instance(s) this commit had imported were"
+                " removed again" % (failure.info.id, failure.detail, removed))
+    return PluginError(failure.kind, text, instances=[{"ID": failure.info.id, "Problem": failure.detail}])
+
+
 class Importer:
     """Imports staged files into Orthanc, several at once, undoing its own work on failure."""
 
@@ -218,9 +236,10 @@ class Importer:
             with self.lock:
                 self.running -= 1
 
-    def import_one(self, txn: Any, info: Any) -> Optional[str]:
+    def import_one(self, txn: Any, info: Any, existed: Optional[bool] = None) -> Optional[str]:
         """Import one staged instance; the Orthanc ID it created, None if it was already there."""
-        existed = self.ask_existing and self._exists(info.id)
+        if existed is None:
+            existed = self.ask_existing and self._exists(info.id)
         try:
             if info.size == 0:
                 raise PluginError(CORRUPTED_FILE, "instance %s is empty, which is no DICOM file" % info.id)
@@ -237,10 +256,12 @@ class Importer:
             return None
         return str(answer.get("ID", info.id))
 
-    def import_all(self, txn: Any) -> int:
-        """Import every instance with up to ``threads`` at once; on a failure, none stays imported."""
-        instances = list(txn.instances)
-        created: List[str] = []
+    def import_all(self, txn: Any, instances: Optional[List[Any]] = None,
+                   created_before: Sequence[str] = ()) -> int:
+        """Import every instance (or ``instances``) with up to ``threads`` at
+        once; on a failure, none stays imported, nor ``created_before``."""
+        instances = list(txn.instances) if instances is None else instances
+        created: List[str] = list(created_before)
         failures: List[_Failure] = []
         lock = threading.Lock()
         position = [0]
@@ -282,18 +303,11 @@ class Importer:
         if self.metrics is not None:
             self.metrics.set("transfers_commit_imports_at_once", self.peak)
         if failures:
-            self._roll_back(created)
-            failure = min(failures, key=lambda f: f.info.id)  # the same one whatever the timing
-            if failure.refused:
-                text = ("commit failed: Orthanc refused instance %s (%s); the %d instance(s) this commit had"
-                        " imported were removed again" % (failure.info.id, failure.detail, len(created)))
-            else:
-                text = ("commit failed at instance %s (%s); the %d instance(s) this commit had imported were"
-                        " removed again" % (failure.info.id, failure.detail, len(created)))
-            raise PluginError(failure.kind, text, instances=[{"ID": failure.info.id, "Problem": failure.detail}])
+            self.roll_back(created)
+            raise failure_error(min(failures, key=lambda f: f.info.id), len(created))  # the same whatever the timing
         return len(instances)
 
-    def _roll_back(self, created: List[str]) -> None:
+    def roll_back(self, created: List[str]) -> None:
         for instance_id in reversed(created):
             try:
                 self.api.RestApiDelete("/instances/%s" % instance_id)
@@ -302,25 +316,41 @@ class Importer:
                                  % (instance_id, exc))
 
 
-def commit(store: Any, importer: Importer, txn: Any) -> None:
+def commit(store: Any, importer: Importer, txn: Any, arrival: Any = None) -> None:
     """Verify then import; the transaction is gone after success, kept after failure."""
     store.begin_commit(txn)
-    finish_commit(store, importer, txn)
+    finish_commit(store, importer, txn, arrival)
 
 
-def finish_commit(store: Any, importer: Importer, txn: Any) -> None:
+def finish_commit(store: Any, importer: Importer, txn: Any, arrival: Any = None) -> None:
     """The work of a commit once :meth:`TransactionStore.begin_commit` was called."""
     success = False
     try:
-        verify_and_import(importer, txn)
+        verify_and_import(importer, txn, arrival)
         success = True
     finally:
         store.end_commit(txn, success)
 
 
-def verify_and_import(importer: Importer, txn: Any) -> None:
-    verify(txn)
+def verify_and_import(importer: Importer, txn: Any, arrival: Any = None) -> None:
     capacity = getattr(importer, "capacity", None)   # capacity.py: a commit that cannot fit
-    if capacity is not None:
-        capacity.check_commit(txn, importer._exists)
-    importer.import_all(txn)
+    if arrival is None or not getattr(txn, "import_as_it_arrives", False):
+        verify(txn)
+        if capacity is not None:
+            capacity.check_commit(txn, importer._exists)
+        importer.import_all(txn)
+        return
+    # Some instances are imported already: the rest follow, and any failure
+    # removes both (arrival.undo reads the journal, so nothing is missed).
+    arrival.wait_idle(txn)
+    try:
+        verify(txn)
+        with txn.lock:
+            failure, done = txn.early_failure, set(txn.early_imported)
+        if failure is not None:
+            raise failure_error(failure, len(arrival.created(txn)))
+        rest = [i for i in txn.instances if i.id not in done]
+        importer.import_all(txn, rest)
+    except PluginError:
+        arrival.undo(txn)
+        raise

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict
 
+from .arrival import ArrivalImporter, recover
 from .capacity import Capacity
 from .chunks import ChunkServer
 from .commit import Importer, commit, loopback_from_configuration, verify_and_import
@@ -33,6 +37,10 @@ class TransfersPlugin:
                                  loopback_from_configuration(api, json.loads(api.GetConfiguration())), self.metrics)
         self.capacity = Capacity(api, json.loads(api.GetConfiguration()))
         self.importer.capacity = self.capacity
+        self.arrival = ArrivalImporter(self.importer, options.commit_threads, self.importer.roll_back,
+                                       api.LogWarning)
+        self.store.on_written = self.arrival.bucket_written
+        self.store.on_discard = self.arrival.undo
         self.chunks = ChunkServer(api, wire, options, self.metrics)
         self.lookup = Lookup(api, wire, options, self.originator)
         # Each asynchronous commit imports with CommitThreadsCount threads of its own.
@@ -59,6 +67,8 @@ class TransfersPlugin:
         answer = {"ID": txn.id, "Path": "%s/%s" % (self.wire.URI_PUSH, txn.id)}
         if txn.asynchronous:
             answer["AsynchronousCommit"] = True  # tells the sender the extension is honoured
+        if txn.import_as_it_arrives:
+            answer["ImportAsItArrives"] = True
         if txn.compression != parsed.compression:
             answer["Codec"] = txn.compression  # bucket bodies are expected in this codec
         return Answer(answer)
@@ -99,7 +109,7 @@ class TransfersPlugin:
         txn = self.store.acquire(tid)
         try:
             if not txn.asynchronous:
-                commit(self.store, self.importer, txn)
+                commit(self.store, self.importer, txn, self.arrival)
                 return Answer({})
             try:
                 self.store.begin_commit(txn)  # from here on, PUTs are refused
@@ -118,7 +128,7 @@ class TransfersPlugin:
         success = False
         try:
             try:
-                verify_and_import(self.importer, txn)
+                verify_and_import(self.importer, txn, self.arrival)
                 success = True
                 result = self._status(self.wire.COMMIT_SUCCESS, txn.id)
             except PluginError as exc:
@@ -152,6 +162,19 @@ class TransfersPlugin:
         if result is None:
             raise self.store.not_found(tid)
         return Answer(result)
+
+    def recover(self) -> None:
+        """Undo the early imports of transactions the previous run left, once Orthanc answers."""
+        while True:
+            try:
+                self.api.RestApiGet("/system")
+                break
+            except Exception:  # Orthanc is still starting: its REST API is not served yet
+                time.sleep(0.2)
+        names = self.store.left_by_previous_run
+        recover(self.store.root, names, self.importer.roll_back, self.api.LogWarning)
+        for name in names:
+            shutil.rmtree(os.path.join(self.store.root, name), ignore_errors=True)
 
     def _status(self, status: str, tid: str) -> Dict[str, Any]:
         return self.wire.build_commit_status(status, tid)
@@ -202,6 +225,8 @@ def install(api: Any, wire: Any) -> TransfersPlugin:
                 plugin.jobs.registry.shutdown()
         api.RegisterOnChangeCallback(on_change)
     plugin.register()
+    if plugin.store.left_by_previous_run:
+        threading.Thread(target=plugin.recover, name="transfers-recover", daemon=True).start()
     api.LogWarning("transfers: accelerator protocol served by the Python plugin (staging in %s)"
                    % options.staging_directory)
     return plugin

@@ -23,12 +23,13 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .codec import decode_bucket
 from .errors import (BAD_REQUEST, BAD_SEQUENCE_OF_CALLS, CANNOT_WRITE_FILE, FULL_STORAGE,
                      PARAMETER_OUT_OF_RANGE, UNKNOWN_RESOURCE, PluginError)
 
+JOURNAL = "import-journal"  # arrival.JOURNAL
 TRANSACTION_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 INDEX_RE = re.compile(r"^[0-9]{1,9}$")
 
@@ -72,6 +73,13 @@ class Transaction:
         # read it back; instances written more than once lose theirs.
         self.digests: Dict[str, tuple] = {}
         self.writes: Dict[str, int] = {}
+        # "Import as it arrives" (arrival.py): instances imported before the commit.
+        self.import_as_it_arrives: bool = bool(getattr(request, "import_as_it_arrives", False))
+        self.info_of = {i.id: i for i in self.instances}
+        self.early_started: set = set()
+        self.early_pending = 0
+        self.early_imported: Dict[str, Optional[str]] = {}
+        self.early_failure: Any = None
 
     def staged_path(self, instance_id: str) -> str:
         return os.path.join(self.directory, "%07d.dcm" % self.position[instance_id])
@@ -114,6 +122,12 @@ class TransactionStore:
         self.metrics = metrics
         # Results of asynchronous commits whose transaction is gone, bounded.
         self.results: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+        # Set by the plugin for "import as it arrives": called after a bucket
+        # is staged, and before the directory of a transaction that did not
+        # commit goes (to delete what it imported early).
+        self.on_written: Optional[Callable[[Any, Transaction, int], None]] = None
+        self.on_discard: Optional[Callable[[Transaction], None]] = None
+        self.left_by_previous_run: List[str] = []  # transaction directories with an import journal
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -123,6 +137,11 @@ class TransactionStore:
         for name in os.listdir(self.root):
             # Only our own directories: a misconfigured path must not be wiped.
             if TRANSACTION_ID_RE.match(name):
+                if os.path.exists(os.path.join(self.root, name, JOURNAL)):
+                    # Imported some instances as they arrived: they are removed
+                    # once Orthanc answers (see TransfersPlugin.recover).
+                    self.left_by_previous_run.append(name)
+                    continue
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
     def create(self, request: Any) -> Transaction:
@@ -212,8 +231,19 @@ class TransactionStore:
     def _release_directory(self, txn: Transaction) -> None:
         """Mark discarded; the directory goes when no request uses it any more."""
         with txn.lock:
+            already = txn.discarded
             txn.discarded = True
+            undo = (txn.import_as_it_arrives and txn.state != DONE and self.on_discard is not None
+                    and not already)
+            if undo:
+                txn.users += 1  # keep the journal until the early imports are undone
             remove = txn.users == 0
+        if undo:
+            try:
+                self.on_discard(txn)  # type: ignore[misc]
+            finally:
+                self.release(txn)
+            return
         if remove:
             shutil.rmtree(txn.directory, ignore_errors=True)
 
@@ -300,6 +330,8 @@ class TransactionStore:
             with txn.lock:
                 txn.writers -= 1
                 txn.idle.notify_all()
+        if txn.import_as_it_arrives and self.on_written is not None:
+            self.on_written(self, txn, index)
 
     @staticmethod
     def _write_chunks(txn: Transaction, bucket: Any, data: bytes, where: str) -> None:

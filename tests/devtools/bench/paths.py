@@ -11,7 +11,7 @@ import json
 import time
 import urllib.error
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import httpx
 
@@ -100,7 +100,7 @@ def naive_copy(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
     return Outcome(time.monotonic() - t0)
 
 
-def _engine(mode: str) -> Callable[[BenchBed, str, List[str]], Outcome]:
+def _engine(mode: str, extra: Sequence[str] = ()) -> Callable[[BenchBed, str, List[str]], Outcome]:
     def run(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
         if mode == "plain":
             source, target = bed.stock_source.url, bed.proxies["stock-http"].url  # type: ignore[union-attr]
@@ -109,7 +109,7 @@ def _engine(mode: str) -> Callable[[BenchBed, str, List[str]], Outcome]:
         else:
             source, target = bed.proxies["accel-pull"].url, bed.accel_target.url  # type: ignore[union-attr]
         result = engine_cli.run(["--from", source, "--to", target, "--study", study,
-                                 "--mode", mode, "--json"], timeout=LONG_TIMEOUT_S)
+                                 "--mode", mode, "--json", *extra], timeout=LONG_TIMEOUT_S)
         return Outcome(result.seconds, result.problem, result)
     return run
 
@@ -121,6 +121,8 @@ PATHS: Dict[str, PathSpec] = {p.name: p for p in [
     PathSpec("plain", "engine plain", False, _engine("plain")),
     PathSpec("push", "engine push", True, _engine("push")),
     PathSpec("pull", "engine pull", True, _engine("pull")),
+    # Published beside the targets, which are met (or not) with the default commit.
+    PathSpec("arrive", "engine push, import as it arrives", True, _engine("push", ["--import-as-it-arrives"])),
 ]}
 ENGINE_PATHS = ("plain", "push", "pull")
 
