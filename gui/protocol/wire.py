@@ -339,7 +339,7 @@ def parse_push_request(obj: object, max_instances: int = 1_000_000,
         codec = parse_codec(codec, "push request.Codec")
         if compression != "gzip":
             raise WireFormatError("push request.Codec: only with \"Compression\": \"gzip\"")
-    early = obj.get("ImportAsItArrives", False)  # type: ignore[union-attr]
+    early = _object(obj, "push request").get("ImportAsItArrives", False)
     if not isinstance(early, bool):
         raise WireFormatError("push request.ImportAsItArrives: expected true or false")
     return PushRequest(instances, buckets, compression, asynchronous, codec, early)
