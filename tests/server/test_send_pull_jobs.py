@@ -342,3 +342,23 @@ def test_stopping_orthanc_pauses_a_running_job_at_once(clean):
     assert done["State"] == "Success", done["ErrorDescription"]
     assert done["Content"]["ResumedFromBucket"] == back["Content"]["SentBuckets"]
     assert dst.instance_md5s() == src.instance_md5s()
+
+
+def test_pull_survives_its_staging_transaction_being_discarded(orthanc_factory, clean):
+    """A paused pull's staging transaction may be discarded as least recently used
+    (MaxPushTransactions): on resume the job stages everything again and succeeds."""
+    src = clean["src"]
+    puller = orthanc_factory("puller", with_accelerator=True, extra_config={
+        "OrthancPeers": {"src": {"Url": src.url}}, "Transfers": {"BucketSize": 4, "Threads": 1,
+                                                                    "MaxPushTransactions": 1}})
+    study_id = upload(src, study(34, tiny=80))
+    job_id = post(puller, "/transfers/pull", {"Resources": study_ref(study_id), "Compression": "none",
+                                              "Peer": "src"})["ID"]
+    pause_midway(puller, job_id, "ReceivedBuckets")
+    other = post(puller, "/transfers/push", {"Instances": [], "Buckets": [], "Compression": "none"})
+    assert other["ID"]                    # the only transaction allowed now: ours was discarded
+    post(puller, "/jobs/%s/resume" % job_id, {})
+    done = wait_job(puller, job_id)
+    assert done["State"] == "Success", done["ErrorDescription"]
+    assert done["Content"]["ResumedFromBucket"] == 0
+    assert puller.instance_md5s() == src.instance_md5s()

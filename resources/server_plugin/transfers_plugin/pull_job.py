@@ -85,18 +85,40 @@ class PullRunner:
         cp.setdefault("BucketSize", settings.bucket_size)
         buckets = self.wire.plan_buckets(to_fetch, int(cp["BucketSize"]), pull_base_url=peer.url,
                                          compression=compression)
-        txn = store.lookup(cp["Transaction"]) if cp.get("Transaction") else None
-        if txn is None:
-            # Staged buckets do not survive a restart of Orthanc: those are fetched again.
-            txn = store.create(self.wire.PushRequest(to_fetch, buckets, compression))
-            cp["Transaction"] = txn.id
-            self.plugin.registry.save(job)
+        for attempt in range(2):
+            txn = store.lookup(cp["Transaction"]) if cp.get("Transaction") else None
+            if txn is None:
+                # Staged buckets do not survive a restart of Orthanc: those are fetched again.
+                txn = store.create(self.wire.PushRequest(to_fetch, buckets, compression))
+                cp["Transaction"] = txn.id
+                self.plugin.registry.save(job)
+            try:
+                self._fetch_and_commit(job, peer, buckets, txn)
+                break
+            except PluginError as exc:
+                if attempt == 0 and store.lookup(txn.id) is None and exc.code == UNKNOWN_RESOURCE[0]:
+                    # Our staging transaction was discarded as least recently used
+                    # (MaxPushTransactions): stage everything once more in a new one.
+                    cp.pop("Transaction", None)
+                    continue
+                if exc.instances:
+                    cp["Problems"] = exc.instances[:100]
+                raise
+        cp.pop("Transaction", None)
+        cp["Verified"] = len(to_fetch)
+        job.publish(1.0, Commitment=self._commitment(job, len(infos)), CompletedHttpQueries=peer.queries)
+
+    def _fetch_and_commit(self, job: Job, peer: PeerHttp, buckets: List[Any], txn: Any) -> None:
+        store = self.plugin.store
+        compression = job.request["Compression"]
         total = sum(b.total_size for b in buckets)
         with txn.lock:
             received = set(txn.received)
         done = [sum(buckets[i].total_size for i in received)]
+        count = [len(received)]
         lock = threading.Lock()
         speed = Speed()
+        job.publish(TotalBuckets=len(buckets), ReceivedBuckets=len(received), ResumedFromBucket=len(received))
 
         def fetch(index: int) -> None:
             bucket = buckets[index]
@@ -109,21 +131,15 @@ class PullRunner:
                 store.release(staged)
             with lock:
                 done[0] += bucket.total_size
+                count[0] += 1
                 fraction = done[0] / total if total else 1.0
-            job.publish(UPLOAD_SHARE * fraction, DownloadedSizeMB=speed.bytes // MB,
+            job.publish(UPLOAD_SHARE * fraction, DownloadedSizeMB=speed.bytes // MB, ReceivedBuckets=count[0],
                         NetworkSpeedKBs=speed.kbs(), CompletedHttpQueries=peer.queries)
 
-        parallel([i for i in range(len(buckets)) if i not in received], fetch, settings.threads, job)
+        parallel([i for i in range(len(buckets)) if i not in received], fetch,
+                 self.plugin.job_settings.threads, job)
         job.check_stop()
-        try:
-            commit(store, self.plugin.importer, txn)
-        except PluginError as exc:
-            if exc.instances:
-                cp["Problems"] = exc.instances[:100]
-            raise
-        cp.pop("Transaction", None)
-        cp["Verified"] = len(to_fetch)
-        job.publish(1.0, Commitment=self._commitment(job, len(infos)), CompletedHttpQueries=peer.queries)
+        commit(store, self.plugin.importer, txn)
 
     @staticmethod
     def _commitment(job: Job, total: int) -> dict:
