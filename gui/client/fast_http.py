@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import ssl
 import urllib.request
 import zlib
@@ -157,7 +158,8 @@ class FastHttp:
                      timeout: Optional[float] = None) -> FastResponse:
         """One request; the answer's body (inflated) is handed to ``consume``
         piece by piece, never held whole (only a 2xx answer's: another's is
-        kept in ``content``)."""
+        kept in ``content``); an awaitable it returns is awaited before the
+        next piece is read."""
         if self._closed:
             raise FastHttpError("client closed")
         limit = timeout or self.timeout
@@ -288,16 +290,17 @@ class FastHttp:
         inflater = zlib.decompressobj(31) if encoding == "gzip" else \
             zlib.decompressobj() if encoding == "deflate" else None
 
-        def give(piece: bytes) -> None:
-            if inflater is None:
-                consume(piece)
-            else:
+        async def give(piece: bytes) -> None:
+            if inflater is not None:
                 try:
-                    out = inflater.decompress(piece)
+                    piece = inflater.decompress(piece)
                 except zlib.error as exc:
                     raise FastHttpError(f"corrupt {encoding} answer: {exc}") from None
-                if out:
-                    consume(out)
+                if not piece:
+                    return
+            result = consume(piece)
+            if result is not None and result is not True and inspect.isawaitable(result):
+                await result   # the consumer's backpressure
 
         wire = 0
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -318,7 +321,7 @@ class FastHttp:
                         raise asyncio.IncompleteReadError(b"", left)
                     left -= len(piece)
                     wire += len(piece)
-                    give(piece)
+                    await give(piece)
                 async with asyncio.timeout(limit):
                     await reader.readexactly(2)
         elif "content-length" in headers:
@@ -330,7 +333,7 @@ class FastHttp:
                     raise asyncio.IncompleteReadError(b"", left)
                 left -= len(piece)
                 wire += len(piece)
-                give(piece)
+                await give(piece)
         else:
             headers["connection"] = "close"
             while True:
@@ -339,14 +342,20 @@ class FastHttp:
                 if not piece:
                     break
                 wire += len(piece)
-                give(piece)
+                await give(piece)
         if inflater is not None:
             rest = inflater.flush()
             if rest:
-                consume(rest)
+                await give_raw(rest, consume)
             if not inflater.eof:
                 raise FastHttpError(f"truncated {encoding} answer")
         return wire
+
+
+async def give_raw(piece: bytes, consume: Callable[[bytes], Any]) -> None:
+    result = consume(piece)
+    if result is not None and result is not True and inspect.isawaitable(result):
+        await result
 
 
 class _StaleConnection(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import json
 import logging
 import ssl
@@ -49,6 +50,7 @@ MAX_JSON_BYTES = 256 * 1024 * 1024
 # applies its write timeout to each write, so a 200 MB upload written at once
 # over a 10 Mbit/s link would time out although bytes keep flowing.
 UPLOAD_PIECE = 256 * 1024
+FAST_CONNECTIONS = 40
 
 
 @dataclass
@@ -98,9 +100,12 @@ class OrthancClient:
         # environment routes this server through a proxy.
         self._fast: Optional[FastHttp] = None
         if transport is None and not proxied(peer.url):
+            # Enough connections for a transfer's uploads and MD5 read-backs at
+            # once (plain mode: 8 + 32), well below Orthanc's 50 HTTP threads.
             self._fast = FastHttp(peer.url, headers=headers, ssl_context=self._tls_context(peer),
                                   timeout=self.timeout, connect_timeout=min(self.timeout, 15.0),
-                                  max_connections=max_connections, username=peer.username,
+                                  max_connections=max(max_connections, FAST_CONNECTIONS),
+                                  username=peer.username,
                                   password=peer.password)
 
     @staticmethod
@@ -421,7 +426,10 @@ class OrthancClient:
                 if answer_headers is not None:
                     answer_headers.update({k.lower(): v for k, v in response.headers.items()})
                 async for piece in response.aiter_bytes(piece_size):
-                    if consume(piece) is False:
+                    result = consume(piece)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    if result is False:
                         break
         except httpx.TimeoutException:
             raise self._error(f"no answer within {self.timeout:.0f} s (timeout)", "GET", path) from None
@@ -455,11 +463,12 @@ class OrthancClient:
         path = f"/instances/{wire.check_orthanc_id(instance_id)}/file"
         written = 0
 
-        def write(piece: bytes) -> bool:
+        def write(piece: bytes) -> Any:
             nonlocal written
-            sink.write(piece)
             written += len(piece)
-            return True
+            # An awaitable from the sink (backpressure) is awaited by the reader.
+            result = sink.write(piece)
+            return result if inspect.isawaitable(result) else True
 
         headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
         if self._fast is not None:
@@ -475,6 +484,12 @@ class OrthancClient:
         if content_encoding:
             headers["Content-Encoding"] = content_encoding
         return await self._post_instances(data, headers, timeout)
+
+    async def upload_stream(self, pieces: AsyncIterator[bytes], size: int, *,
+                            timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        """Store one DICOM file of ``size`` bytes given piece by piece."""
+        headers = {"Content-Type": "application/dicom", "Content-Length": str(size)}
+        return await self._post_instances(pieces, headers, timeout)
 
     async def upload_file(self, path: Path, *, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """Store one DICOM file read from disk piece by piece (never whole in memory)."""

@@ -123,6 +123,7 @@ class CommitmentReport:
     seconds: float = 0.0
     error: Optional[str] = None
     compression: Optional[str] = None
+    notes: List[str] = field(default_factory=list)   # what the transport changed on its way
 
     @property
     def planned(self) -> int:
@@ -161,6 +162,7 @@ class CommitmentReport:
             "wire_bytes": self.wire_bytes,
             "seconds": round(self.seconds, 3),
             "error": self.error,
+            "notes": list(self.notes),
             "failures": [{"instance": v.instance_id, "reason": v.reason}
                          for v in self.instances if not v.verified],
             "details": [asdict(v) for v in self.instances],

@@ -1,48 +1,184 @@
 """Plain transport: stock Orthanc on both ends, only its REST API.
 
-Instances are downloaded whole (stock Orthanc ignores ``Range``), with
-``Accept-Encoding: gzip`` only where it pays (``source_download``); the small
-instances of one bucket are uploaded together as one stored ZIP archive
-(``POST /instances`` takes ZIPs). An instance larger than a bucket is
-streamed into a scratch file of the job (hashed on the way) and uploaded
-from it piece by piece. At most ``Threads`` buckets are in flight, so
-memory stays within about ``Threads × 2 × BucketSize`` whatever the
-instance sizes.
+One pipeline, every stage busy at once (nothing waits for a phase to end):
 
-Rollback: before uploading, each instance is looked up on the target; only
-the ones absent then are recorded (durably) as created by this job, and only
-those are deleted on failure or cancel. An instance that was on the target
-before the job is never deleted.
+- **read**: instances are downloaded whole (stock Orthanc ignores
+  ``Range``), several at a time, with ``Accept-Encoding: gzip`` only where
+  it pays (``source_download``); each is checked against the plan's size
+  and MD5;
+- **encode**: the small instances of one unit travel as one ZIP
+  (``POST /instances`` takes ZIPs), *deflated* when compression pays; a
+  single instance goes as itself, with ``Content-Encoding: gzip`` when it
+  pays (Orthanc 1.10.1 refuses a gzip-encoded ZIP, so a ZIP is never sent
+  that way). Whether it pays follows the link (compressed towards a distant
+  target, ``link_probe``) and the data (dropped once it does not shrink,
+  e.g. JPEG transfer syntaxes);
+- **upload**: up to ``UPLOADS`` units at once (Orthanc's ingest scales with
+  concurrent clients; the peer store sends one instance at a time). Units
+  are cut smaller than a bucket (``plan``) so that even a small study keeps
+  that many uploads busy;
+- **read back**: as soon as a unit's upload answered, its instances' MD5s
+  are read back from the target by a pool of ``MD5_READBACKS`` requests,
+  while the next units travel. The scheduler's storage commitment then only
+  asks for what this did not get.
+
+An instance larger than a bucket is piped: its download is uploaded as it
+arrives (hashed on the way; a mismatch fails the job and rolls it back), so
+it is never whole in memory nor on disk. The units held in memory are
+bounded by a byte budget of ``Threads × 2 × BucketSize``.
+
+A server that refuses what this sends falls back and the job says so in its
+notes: a compressed body answered 400/415 is sent again uncompressed and
+that kind of compression stops for the job; an upload or read-back answered
+503/429 halves the number sent at once (down to one).
+
+Rollback: before the first upload, one look at the target (a listing of
+the job's resources there when it has some) says which instances are
+absent; those are recorded (durably) as created by this job, and only those
+are deleted on failure or cancel. An instance that was on the target before
+the job is never deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import io
+import logging
 import zipfile
-from pathlib import Path
-from typing import Any, Awaitable, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from gui.client.errors import OrthancError
+from gui.engine import compression as gz
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.events import BucketState, TransferMode
-from gui.engine.source_download import download_instance, download_instance_to
-from gui.engine.target_md5 import SMALL_GET_CONCURRENCY, md5s_on
+from gui.engine.link_probe import is_distant
 from gui.engine.retry import with_retries
+from gui.engine.source_download import download_instance
+from gui.engine.target_md5 import md5s_on
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.protocol.wire import Bucket, InstanceInfo, plan_buckets
+
+log = logging.getLogger(__name__)
 
 ACCEPTED_STATUSES = ("Success", "AlreadyStored")
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 # Instances of one unit downloaded at once.
 READS_PER_UNIT = 8
+# Uploads in flight at most (Orthanc 1.10.1 on two cores: ingest rises up to
+# about 8 concurrent clients, then flattens).
+UPLOADS = 8
+# MD5 read-backs in flight at most: tiny answers, the round trip is what
+# limits (32 × 1 / 40 ms = 800 per second over a WAN).
+MD5_READBACKS = 32
+# Units are cut so that there are about this many per upload slot, at most
+# MAX_PER_UNIT instances each, and no smaller than MIN_UNIT bytes.
+UNITS_PER_UPLOAD = 4
+MAX_PER_UNIT = 128
+MIN_UNIT = 256 * 1024
+# Answers to a compressed body that mean "not that way".
+REFUSED = (400, 415, 501)
+OVERLOADED = (429, 503)
+# gzip stops once this much data shrank by less than MIN_USEFUL_RATIO.
+RATIO_SAMPLE = 2 * 1024 * 1024
+PIPE_PIECE = 256 * 1024
 
-T = TypeVar("T")
+
+# --- small concurrency tools ----------------------------------------------------------
+
+class AdaptiveGate:
+    """At most ``limit`` holders at once, FIFO; ``shrink`` halves the limit
+    (never below one) when the server says it is overloaded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.active = 0
+        self._waiters: Deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()        # given a place just as it was cancelled
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self) -> None:
+        self.active -= 1
+        while self._waiters and self.active < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.active += 1
+                waiter.set_result(None)
+
+    def shrink(self) -> bool:
+        """Halve the limit; False when it already was one."""
+        if self.limit <= 1:
+            return False
+        self.limit = max(1, self.limit // 2)
+        return True
+
+    async def __aenter__(self) -> "AdaptiveGate":
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
 
 
+class ByteBudget:
+    """Bytes held in memory by units in flight: at most ``limit``, FIFO. A
+    request larger than the whole budget waits until nothing else is held."""
 
-async def _all_or_none(jobs: List[Awaitable[T]]) -> List[T]:
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.held = 0
+        self._waiters: Deque[Tuple[int, asyncio.Future]] = collections.deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.held == 0 or self.held + size <= self.limit
+
+    async def acquire(self, size: int) -> None:
+        if not self._waiters and self._fits(size):
+            self.held += size
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)
+            else:
+                try:
+                    self._waiters.remove(entry)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        while self._waiters and self._fits(self._waiters[0][0]):
+            size, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += size
+                waiter.set_result(None)
+
+
+async def _all_or_none(jobs: List) -> List:
     """Results of every coroutine, in order; the first failure cancels the rest and is raised."""
     tasks = [asyncio.ensure_future(j) for j in jobs]
     try:
@@ -53,6 +189,8 @@ async def _all_or_none(jobs: List[Awaitable[T]]) -> List[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
 
+
+# --- units and bodies -----------------------------------------------------------------
 
 class Unit:
     """Buckets handled together: a group of small instances, or every piece of one
@@ -81,49 +219,113 @@ def group_units(buckets: Sequence[Bucket], by_id: Dict[str, InstanceInfo]) -> Li
     return units
 
 
-def zip_stored(files: Sequence[Tuple[str, bytes]]) -> bytes:
-    """A ZIP archive without compression: DICOM pixel data rarely shrinks, and
-    the CPU is better spent elsewhere."""
+def plain_buckets(instances: Sequence[InstanceInfo], bucket_size: int, threads: int,
+                  uploads: int = UPLOADS) -> List[Bucket]:
+    """The protocol's buckets, with groups of small instances cut finer:
+    about ``UNITS_PER_UPLOAD`` units per upload slot, so that the uploads
+    stay busy and the first one starts early whatever the study's size, and
+    small enough that ``uploads`` of them fit the memory budget at once."""
+    buckets = plan_buckets(instances, bucket_size)
+    total = sum(i.size for i in instances)
+    budget = memory_budget(bucket_size, threads)
+    unit = max(MIN_UNIT, min(bucket_size, total // max(1, uploads * UNITS_PER_UPLOAD),
+                             budget // (2 * uploads)))
+    out: List[Bucket] = []
+    for bucket in buckets:
+        if len(bucket.chunks) <= 1:
+            out.append(bucket)
+            continue
+        current = Bucket()
+        for chunk in bucket.chunks:
+            if current.chunks and (current.total_size + chunk.size > unit or len(current.chunks) >= MAX_PER_UNIT):
+                out.append(current)
+                current = Bucket()
+            current.chunks.append(chunk)
+        out.append(current)
+    return out
+
+
+def memory_budget(bucket_size: int, threads: int) -> int:
+    """Bytes the units in flight may hold: ``Threads × 2 × BucketSize``."""
+    return max(1, threads) * 2 * bucket_size
+
+
+def zip_of(files: Sequence[Tuple[str, bytes]], deflate: bool = False) -> bytes:
+    """A ZIP archive of ``files``: deflated at gzip's fast level, or stored."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+    method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(out, "w", compression=method, compresslevel=gz.GZIP_LEVEL if deflate else None,
+                         allowZip64=True) as archive:
         for name, data in files:
-            archive.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data)
+            info = zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            archive.writestr(info, data)
     return out.getvalue()
 
 
-class _HashingSink:
-    """A file being written that hashes what it is given and reports progress
-    every few megabytes."""
+def zip_stored(files: Sequence[Tuple[str, bytes]]) -> bytes:
+    return zip_of(files, deflate=False)
 
-    REPORT_EVERY = 4 * 1024 * 1024
 
-    def __init__(self, handle: BinaryIO, progress: Callable[[int], None]) -> None:
-        self.handle = handle
-        self.progress = progress
-        self.digest = hashlib.md5()
-        self.done = 0
-        self._reported = 0
+@dataclass
+class Body:
+    data: bytes
+    kind: str                          # "zip" | "zip-deflated" | "dicom" | "dicom-gzip"
+    content_encoding: Optional[str] = None
 
-    def write(self, piece: bytes) -> None:
-        self.handle.write(piece)
-        self.digest.update(piece)
-        self.done += len(piece)
-        if self.done - self._reported >= self.REPORT_EVERY:
-            self._reported = self.done
-            self.progress(self.done)
+    @property
+    def compressed(self) -> bool:
+        return self.kind in ("zip-deflated", "dicom-gzip")
 
+
+class UploadCodec:
+    """Whether the next body is compressed, and how. One per job."""
+
+    def __init__(self, mode: str, distant: bool) -> None:
+        self.wanted = mode == "gzip" or (mode == "auto" and distant)
+        self.zip_refused = False
+        self.gzip_refused = False
+        self.raw = 0
+        self.packed = 0
+        self.why = "" if self.wanted else ("not asked for" if mode == "none" else "near target")
+
+    @property
+    def shrinks(self) -> bool:
+        return self.raw < RATIO_SAMPLE or self.raw >= self.packed * gz.MIN_USEFUL_RATIO
+
+    def observe(self, raw: int, packed: int) -> None:
+        self.raw += raw
+        self.packed += packed
+
+    def use_for(self, many: bool) -> bool:
+        if not self.wanted or not self.shrinks:
+            return False
+        return not (self.zip_refused if many else self.gzip_refused)
+
+    @property
+    def used(self) -> bool:
+        return self.packed > 0
+
+
+# --- the transport ----------------------------------------------------------------------
 
 class PlainTransport(Transport):
     mode = TransferMode.PLAIN
 
     def __init__(self) -> None:
-        self._in_flight: "set[asyncio.Future[Any]]" = set()
+        self._in_flight: "set[asyncio.Future]" = set()
         self._policy: "PullCompressionPolicy | None" = None
+        self._codec: Optional[UploadCodec] = None
+        self._uploads: Optional[AdaptiveGate] = None
+        self._md5_queue: "asyncio.Queue[str] | None" = None
+        self._md5_gate: Optional[AdaptiveGate] = None
+        self._budget: Optional[ByteBudget] = None
+        self._notes_said: set = set()
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
-        return plan_buckets(ctx.instances, ctx.options.bucket_size_bytes)
+        return plain_buckets(ctx.instances, ctx.options.bucket_size_bytes, ctx.options.Threads)
 
-    # --- reading (overridden by the local upload) ------------------------------
+    # --- reading (overridden by the local upload and the pull delivery) -----------------
 
     async def read_instance(self, ctx: TransferContext, info: InstanceInfo) -> Tuple[bytes, int]:
         """The instance's bytes and how many bytes crossed the network for them."""
@@ -145,36 +347,61 @@ class PlainTransport(Transport):
     def source_label(self, ctx: TransferContext) -> str:
         return ctx.source.peer.name
 
-    async def encode_body(self, files: List[Tuple[str, bytes]]) -> bytes:
-        """The upload body: the file itself, or a stored ZIP of several files."""
+    async def encode_body(self, files: List[Tuple[str, bytes]], compress: bool = False) -> Body:
+        """The upload body: the file itself (gzip-encoded or not), or a ZIP of
+        several files (deflated or stored)."""
         if len(files) == 1:
-            return files[0][1]
-        return await asyncio.to_thread(zip_stored, files)
+            data = files[0][1]
+            if compress:
+                return Body(await gz.compress(data), "dicom-gzip", "gzip")
+            return Body(data, "dicom")
+        if compress:
+            return Body(await asyncio.get_running_loop().run_in_executor(gz._POOL, zip_of, files, True),
+                        "zip-deflated")
+        return Body(await asyncio.to_thread(zip_of, files, False), "zip")
 
-    # --- running ----------------------------------------------------------------
+    def note(self, ctx: TransferContext, text: str) -> None:
+        """Say once, in the job's notes, what this transport had to change."""
+        if text in self._notes_said:
+            return
+        self._notes_said.add(text)
+        log.info("job %s: %s", ctx.job_id, text)
+        ctx.notes.append(text)
+
+    # --- running --------------------------------------------------------------------------
 
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
         by_id = {i.id: i for i in ctx.instances}
         units = [u for u in group_units(buckets, by_id)
                  if not all(i in ctx.done_buckets for i in u.indexes)]
-        gate = asyncio.Semaphore(max(1, ctx.options.Threads))
-
-        async def guarded(unit: Unit) -> None:
-            async with gate:
-                await self._unit(ctx, unit)
-
-        tasks = [asyncio.ensure_future(guarded(u)) for u in units]
-        if not tasks:
+        if not units:
             return
+        options = ctx.options
+        self._budget = ByteBudget(memory_budget(options.bucket_size_bytes, options.Threads))
+        self._uploads = AdaptiveGate(UPLOADS)
+        distant = ctx.compression == "auto" and await is_distant(ctx.target)
+        self._codec = UploadCodec(ctx.compression, distant)
+        await self._note_absent(ctx, [i for u in units for i in u.instances])
+
+        self._md5_queue = asyncio.Queue()
+        self._md5_gate = AdaptiveGate(MD5_READBACKS)
+        readers = [asyncio.ensure_future(self._read_back(ctx)) for _ in range(MD5_READBACKS)]
+        tasks = [asyncio.ensure_future(self._unit(ctx, u)) for u in units]
         try:
             done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+            # Every upload answered; the read-backs still queued finish now.
+            await self._md5_queue.join()
         finally:
-            for task in tasks:
+            for task in tasks + readers:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *readers, return_exceptions=True)
+            if self._codec.used:
+                ctx.compression_used = "gzip"
+            elif ctx.compression_used is None:
+                ctx.compression_used = "none"
 
     def _event(self, ctx: TransferContext, unit: Unit, state: BucketState, **extra: object) -> None:
         for index, bucket in zip(unit.indexes, unit.buckets):
@@ -187,47 +414,33 @@ class PlainTransport(Transport):
                         values[key] = values[key] * bucket.total_size // unit.raw_total  # type: ignore[operator]
             ctx.bucket_event(index, bucket, state, **values)
 
-    async def _unit(self, ctx: TransferContext, unit: Unit) -> None:
-        await ctx.wait_running()
-        retries = ctx.options.MaxHttpRetries
-
+    def _retry_hook(self, ctx: TransferContext, unit: Optional[Unit], gate: Optional[AdaptiveGate],
+                    what: str) -> Callable[[int, OrthancError], None]:
         def on_retry(attempt: int, exc: OrthancError) -> None:
-            self._event(ctx, unit, BucketState.RETRYING, retries=attempt, error=str(exc))
+            if gate is not None and exc.status in OVERLOADED and gate.shrink():
+                self.note(ctx, f"{ctx.target.peer.name} answered HTTP {exc.status} to concurrent "
+                               f"{what}: now {gate.limit} at once")
+            if unit is not None:
+                self._event(ctx, unit, BucketState.RETRYING, retries=attempt, error=str(exc))
+        return on_retry
 
+    async def _unit(self, ctx: TransferContext, unit: Unit) -> None:
+        assert self._budget is not None
+        await ctx.wait_running()
+        on_retry = self._retry_hook(ctx, unit, None, "reads")
         try:
             if self.streams(ctx) and len(unit.instances) == 1 \
                     and unit.instances[0].size > ctx.options.bucket_size_bytes:
-                await self._streamed_unit(ctx, unit, on_retry)
+                await self._piped_unit(ctx, unit, on_retry)
                 return
-            raw_done = 0
-            self._event(ctx, unit, BucketState.READING)
-            # The instances of a unit are read a few at a time: a bucket of
-            # small instances read one by one costs one round trip each.
-            gate = asyncio.Semaphore(READS_PER_UNIT)
-
-            async def read(info: InstanceInfo) -> bytes:
-                nonlocal raw_done
-                async with gate:
-                    data, _wire = await with_retries(lambda: self.read_instance(ctx, info),
-                                                     retries, on_retry=on_retry)
-                digest = await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
-                if len(data) != info.size or digest != info.md5:
-                    raise self._changed_on_source(ctx, info, len(data), digest)
-                raw_done += len(data)
-                self._event(ctx, unit, BucketState.READING, raw_done=raw_done)
-                return data
-
-            contents = await _all_or_none([read(info) for info in unit.instances])
-            files: List[Tuple[str, bytes]] = [(f"{info.id}.dcm", data)
-                                              for info, data in zip(unit.instances, contents)]
-            del contents
-
-            await self._note_absent(ctx, unit, on_retry)
-            if len(files) > 1:
-                self._event(ctx, unit, BucketState.COMPRESSING, raw_done=raw_done)
-            body = await self.encode_body(files)
-            files.clear()
-            await self._deliver(ctx, unit, lambda: ctx.target.upload(body), raw_done, len(body), on_retry)
+            # Raw bytes and the body may be held together while encoding.
+            reserved = 2 * unit.raw_total
+            await self._budget.acquire(reserved)
+            try:
+                await ctx.wait_running()     # a pause holds the units not started yet
+                await self._small_unit(ctx, unit, on_retry, reserved)
+            finally:
+                self._budget.release(reserved)
         except asyncio.CancelledError:
             raise
         except TransferFailed as exc:
@@ -237,75 +450,217 @@ class PlainTransport(Transport):
             self._event(ctx, unit, BucketState.FAILED, error=str(exc))
             raise TransferFailed(str(exc), {i.id: str(exc) for i in unit.instances}) from None
 
-    async def _note_absent(self, ctx: TransferContext, unit: Unit, on_retry: RetryHook) -> None:
-        """Look before writing: only what is absent now is ours to delete later.
-        Many instances: one listing of the job's resources on the target
-        answers for all of them (see target_md5)."""
-        many = len(unit.instances) > SMALL_GET_CONCURRENCY
-        befores = await md5s_on(ctx.target, [i.id for i in unit.instances], bulk=False,
-                                concurrency=len(unit.instances), retries=ctx.options.MaxHttpRetries,
-                                resources=ctx.resources if many else None, on_retry=on_retry)
-        for info in unit.instances:
-            before = befores.get(info.id)
-            if isinstance(before, OrthancError):
-                raise before
-            if before is None and info.id not in ctx.created_on_target:
-                await ctx.mark_created(info.id)
+    async def _small_unit(self, ctx: TransferContext, unit: Unit, on_retry: RetryHook, reserved: int) -> None:
+        assert self._codec is not None
+        retries = ctx.options.MaxHttpRetries
+        raw_done = 0
+        self._event(ctx, unit, BucketState.READING)
+        gate = asyncio.Semaphore(READS_PER_UNIT)
+        step = max(1, len(unit.instances) // 4)
+        read_count = 0
 
-    async def _deliver(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[Dict[str, Any]]]],
-                       raw_done: int, wire_total: int, on_retry: RetryHook) -> None:
-        """Upload (``send``, retried), check Orthanc's answers, mark the unit done."""
-        self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=wire_total)
-        # Shielded: a cancel must not leave an upload half-way whose import
-        # lands after the rollback; discard() waits for these first.
-        upload = asyncio.ensure_future(with_retries(send, ctx.options.MaxHttpRetries, on_retry=on_retry))
-        self._in_flight.add(upload)
-        upload.add_done_callback(self._in_flight.discard)
-        answers = await asyncio.shield(upload)
+        async def read(info: InstanceInfo) -> bytes:
+            nonlocal raw_done, read_count
+            async with gate:
+                data, _wire = await with_retries(lambda: self.read_instance(ctx, info),
+                                                 retries, on_retry=on_retry)
+            digest = hashlib.md5(data).hexdigest() if len(data) < 1 << 20 else \
+                await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
+            if len(data) != info.size or digest != info.md5:
+                raise self._changed_on_source(ctx, info, len(data), digest)
+            raw_done += len(data)
+            read_count += 1
+            if read_count % step == 0:
+                self._event(ctx, unit, BucketState.READING, raw_done=raw_done)
+            return data
+
+        contents = await _all_or_none([read(info) for info in unit.instances])
+        files: List[Tuple[str, bytes]] = [(f"{info.id}.dcm", data)
+                                          for info, data in zip(unit.instances, contents)]
+        del contents
+        many = len(files) > 1
+        compress = self._codec.use_for(many)
+        if many or compress:
+            self._event(ctx, unit, BucketState.COMPRESSING, raw_done=raw_done)
+        body = await self.encode_body(files, compress)
+        if body.compressed:
+            self._codec.observe(raw_done, len(body.data))
+            if not self._codec.shrinks:
+                self.note(ctx, "uploads no longer compressed: the data does not shrink "
+                               f"(ratio {self._codec.raw / max(1, self._codec.packed):.2f})")
+        try:
+            answers = await self._deliver(ctx, unit, body, raw_done, on_retry)
+        except OrthancError as exc:
+            if not (body.compressed and exc.status in REFUSED):
+                raise
+            # Refused as compressed: the same files once more as they are.
+            plain = await self.encode_body(files, False)
+            answers = await self._deliver(ctx, unit, plain, raw_done, on_retry)
+            if body.kind == "zip-deflated":
+                self._codec.zip_refused = True
+                what = "a deflated ZIP"
+            else:
+                self._codec.gzip_refused = True
+                what = "a gzip-encoded file"
+            self.note(ctx, f"{ctx.target.peer.name} refused {what} (HTTP {exc.status}): "
+                           "those uploads go uncompressed")
+        files.clear()
+        await self._finish(ctx, unit, answers, raw_done, len(body.data))
+
+    async def _deliver(self, ctx: TransferContext, unit: Unit, body: Body, raw_done: int,
+                       on_retry: RetryHook) -> List[dict]:
+        """Upload one body (retried, at most ``UPLOADS`` at once)."""
+        return await self._send(ctx, unit, lambda: ctx.target.upload(
+            body.data, content_encoding=body.content_encoding), raw_done, len(body.data))
+
+    async def _send(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[dict]]],
+                    raw_done: int, wire_total: int) -> List[dict]:
+        assert self._uploads is not None
+        gate = self._uploads
+        hook = self._retry_hook(ctx, unit, gate, "uploads")
+        await gate.acquire()
+        try:
+            self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=wire_total)
+            # Shielded: a cancel must not leave an upload half-way whose import
+            # lands after the rollback; discard() waits for these first.
+            upload = asyncio.ensure_future(with_retries(send, ctx.options.MaxHttpRetries, on_retry=hook))
+            self._in_flight.add(upload)
+            upload.add_done_callback(self._in_flight.discard)
+            return await asyncio.shield(upload)
+        finally:
+            gate.release()
+
+    async def _finish(self, ctx: TransferContext, unit: Unit, answers: List[dict], raw_done: int,
+                      wire_total: int) -> None:
         self._check_answers(ctx, unit, answers)
         self._event(ctx, unit, BucketState.DONE, raw_done=raw_done, wire_total=wire_total,
                     wire_done=wire_total)
         for index in unit.indexes:
             await ctx.mark_bucket_done(index)
+        assert self._md5_queue is not None
+        for info in unit.instances:
+            self._md5_queue.put_nowait(info.id)
 
-    # --- large instances: through a file, never whole in memory ------------------------
+    # --- MD5 read-backs, overlapped with the transfer -------------------------------------
+
+    async def _read_back(self, ctx: TransferContext) -> None:
+        """One of the read-back workers: the target's MD5 of each uploaded
+        instance, into ``ctx.target_md5s``. A failure leaves the instance to
+        the scheduler's final check."""
+        assert self._md5_queue is not None and self._md5_gate is not None
+        queue, gate = self._md5_queue, self._md5_gate
+        found = ctx.target_md5s
+        hook = self._retry_hook(ctx, None, gate, "MD5 read-backs")
+        while True:
+            instance_id = await queue.get()
+            try:
+                async with gate:
+                    md5 = await with_retries(lambda: ctx.target.instance_md5_or_none(instance_id),
+                                             ctx.options.MaxHttpRetries, on_retry=hook)
+                if md5 is not None:
+                    found[instance_id] = md5
+            except OrthancError as exc:
+                log.debug("job %s: read-back of %s left to the final check: %s", ctx.job_id, instance_id, exc)
+            finally:
+                queue.task_done()
+
+    # --- presence: what the rollback may delete ---------------------------------------------
+
+    async def _note_absent(self, ctx: TransferContext, instances: List[InstanceInfo]) -> None:
+        """Look before writing: only what is absent now is ours to delete later.
+        One listing of the job's resources on the target answers for all of
+        them when the job has resources (see target_md5)."""
+        wanted = [i.id for i in instances if i.id not in ctx.created_on_target]
+        if not wanted:
+            return
+        befores = await md5s_on(ctx.target, wanted, bulk=False, concurrency=MD5_READBACKS,
+                                retries=ctx.options.MaxHttpRetries, resources=ctx.resources or None)
+        for instance_id in wanted:
+            before = befores.get(instance_id)
+            if isinstance(before, OrthancError):
+                raise TransferFailed(str(before), {instance_id: str(before)})
+            if before is None:
+                await ctx.mark_created(instance_id)
+
+    # --- large instances: piped from the source to the target --------------------------------
 
     def streams(self, ctx: TransferContext) -> bool:
-        """Whether instances larger than a bucket go through a scratch file
-        (the memory bound is then ``Threads × 2 × BucketSize``, whatever the
-        instance size): when they are read from the source server, not by a
-        subclass's own reader (local files, pulled data)."""
+        """Whether instances larger than a bucket are piped from the source to
+        the target (never whole in memory): when they are read from the
+        source server, not by a subclass's own reader (local files, pulled data)."""
         return type(self).read_instance is PlainTransport.read_instance
 
-    async def upload_path(self, ctx: TransferContext, path: Path) -> List[Dict[str, Any]]:
-        """Upload one scratch file (streamed) to the target."""
-        return await ctx.target.upload_file(path)
-
-    async def _streamed_unit(self, ctx: TransferContext, unit: Unit, on_retry: RetryHook) -> None:
+    async def _piped_unit(self, ctx: TransferContext, unit: Unit, on_retry: RetryHook) -> None:
+        assert self._budget is not None
         info = unit.instances[0]
-        scratch = ctx.staging_dir / "plain"
-        scratch.mkdir(parents=True, exist_ok=True)
-        path = scratch / f"{info.id}.dcm"
+        # Two pieces in the pipe, whatever the instance's size.
+        reserved = min(info.size, 2 * ctx.options.bucket_size_bytes)
+        await self._budget.acquire(reserved)
         try:
+            await ctx.wait_running()
             self._event(ctx, unit, BucketState.READING)
-            digest = await with_retries(lambda: self._download_to(ctx, unit, path),
-                                        ctx.options.MaxHttpRetries, on_retry=on_retry)
-            size = path.stat().st_size
-            if size != info.size or digest != info.md5:
-                raise self._changed_on_source(ctx, info, size, digest)
-            await self._note_absent(ctx, unit, on_retry)
-            await self._deliver(ctx, unit, lambda: self.upload_path(ctx, path), size, size, on_retry)
+            digests: List[str] = []
+            answers = await self._send(ctx, unit, lambda: self._pipe(ctx, unit, digests),
+                                       0, info.size)
+            digest = digests[-1] if digests else ""
+            if digest != info.md5:
+                raise self._changed_on_source(ctx, info, info.size, digest)
+            await self._finish(ctx, unit, answers, info.size, info.size)
         finally:
-            path.unlink(missing_ok=True)
+            self._budget.release(reserved)
 
-    async def _download_to(self, ctx: TransferContext, unit: Unit, path: Path) -> str:
-        """Stream the unit's instance into ``path``; its MD5, computed on the way."""
-        with open(path, "wb") as handle:
-            sink = _HashingSink(handle, lambda done: self._event(ctx, unit, BucketState.READING, raw_done=done))
-            await download_instance_to(ctx.source, unit.instances[0].id, sink, self._source_policy(ctx))
-        return sink.digest.hexdigest()
+    async def _pipe(self, ctx: TransferContext, unit: Unit, digests: List[str]) -> List[dict]:
+        """One attempt: download the unit's instance and upload it as it comes."""
+        info = unit.instances[0]
+        pipe: "asyncio.Queue[Optional[bytes]]" = asyncio.Queue(maxsize=4)
+        digest = hashlib.md5()
+        done = [0]
 
-    def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[Dict[str, Any]]) -> None:
+        async def fill() -> None:
+            reported = 0
+
+            async def put(piece: bytes) -> None:
+                nonlocal reported
+                digest.update(piece)
+                done[0] += len(piece)
+                await pipe.put(piece)
+                if done[0] - reported >= 8 * PIPE_PIECE:
+                    reported = done[0]
+                    self._event(ctx, unit, BucketState.SENDING, raw_done=done[0], wire_total=info.size)
+
+            await ctx.source.download_instance_to(info.id, _AsyncSink(put), gzip=False)
+            await pipe.put(None)
+
+        async def pieces() -> Any:
+            while True:
+                piece = await pipe.get()
+                if piece is None:
+                    return
+                yield piece
+
+        filler = asyncio.ensure_future(fill())
+        uploader = asyncio.ensure_future(self.upload_pieces(ctx, info, pieces()))
+        try:
+            await asyncio.wait({filler, uploader}, return_when=asyncio.FIRST_EXCEPTION)
+            if filler.done() and filler.exception() is not None:
+                raise filler.exception()  # type: ignore[misc]
+            answers = await uploader
+            await filler
+        finally:
+            for task in (filler, uploader):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(filler, uploader, return_exceptions=True)
+        if done[0] != info.size:
+            raise self._changed_on_source(ctx, info, done[0], digest.hexdigest())
+        digests.append(digest.hexdigest())
+        return answers
+
+    async def upload_pieces(self, ctx: TransferContext, info: InstanceInfo, pieces: Any) -> List[dict]:
+        """Upload one instance given as an async iterator of pieces."""
+        return await ctx.target.upload_stream(pieces, info.size)
+
+    def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[dict]) -> None:
         expected = {i.id for i in unit.instances}
         seen = set()
         for answer in answers:
@@ -329,3 +684,11 @@ class PlainTransport(Transport):
         if self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
         await ctx.delete_created_on_target()
+
+
+class _AsyncSink:
+    """A sink whose ``write`` returns an awaitable (the lean client awaits it:
+    backpressure from the upload down to the download)."""
+
+    def __init__(self, put: Callable[[bytes], Awaitable[None]]) -> None:
+        self.write = put

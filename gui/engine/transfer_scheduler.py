@@ -443,8 +443,11 @@ class JobRunner:
         assert self.target is not None
         concurrency = max(2, job.options.Threads * 2)
         bulk = self.ctx is not None and self.ctx.target_accelerated
-        found = await verification.target_md5s(self.target, [i.id for i in self._planned], concurrency,
-                                               job.options.MaxHttpRetries, bulk=bulk)
+        # MD5s the transport read back after each upload need no second request.
+        known = dict(self.ctx.target_md5s) if self.ctx is not None else {}
+        found = await verification.target_md5s(self.target, [i.id for i in self._planned if i.id not in known],
+                                               concurrency, job.options.MaxHttpRetries, bulk=bulk)
+        found.update(known)
         verdicts = verification.verdicts(self._planned, found, self._statuses)
         if all(v.verified for v in verdicts):
             return self._report(JobState.SUCCESS, verdicts, None)
@@ -504,7 +507,8 @@ class JobRunner:
         return verification.build_report(
             job.id, state=state, mode=job.mode, source=job.source_name, target=job.target_name,
             verdicts_=verdicts, bytes_=raw, wire_bytes=wire_bytes,
-            seconds=time.monotonic() - self.started, error=error, compression=job.compression)
+            seconds=time.monotonic() - self.started, error=error, compression=job.compression,
+            notes=self.ctx.notes if self.ctx is not None else None)
 
     def _finish(self, report: CommitmentReport) -> None:
         job = self.job

@@ -84,6 +84,12 @@ class TransferContext:
     # The compression the transport actually uses ("gzip"/"none"), set by it
     # once decided (``compression`` may be "auto"); None until then.
     compression_used: Optional[str] = None
+    # What the transport had to change on its way (a refused compression, fewer
+    # concurrent uploads...): shown with the job's report.
+    notes: List[str] = field(default_factory=list)
+    # Target MD5s the transport already read back after an upload answered:
+    # the final check asks only for the others.
+    target_md5s: Dict[str, str] = field(default_factory=dict)
 
     # --- helpers for transports (scheduler side; the checkpoint keys below are
     # interpreted by transfer_scheduler: "bucket-done" and "created" are

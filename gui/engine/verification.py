@@ -67,7 +67,8 @@ def unverified(instances: Sequence[InstanceInfo], statuses: Dict[str, str],
 
 def build_report(job_id: str, *, state: JobState, mode: Optional[TransferMode], source: str,
                  target: str, verdicts_: List[InstanceVerdict], bytes_: int, wire_bytes: int,
-                 seconds: float, error: Optional[str], compression: Optional[str]) -> CommitmentReport:
+                 seconds: float, error: Optional[str], compression: Optional[str],
+                 notes: Optional[List[str]] = None) -> CommitmentReport:
     """The final report; ``state`` is downgraded to Failure if anything is unverified."""
     if state is JobState.SUCCESS and any(not v.verified for v in verdicts_):
         state = JobState.FAILURE
@@ -75,4 +76,5 @@ def build_report(job_id: str, *, state: JobState, mode: Optional[TransferMode], 
         error = error or f"{len(bad)} of {len(verdicts_)} instances not verified on the target: {bad[0].reason}"
     return CommitmentReport(job_id=job_id, state=state, mode=mode, source=source, target=target,
                             instances=list(verdicts_), bytes=bytes_, wire_bytes=wire_bytes,
-                            seconds=seconds, error=error, compression=compression)
+                            seconds=seconds, error=error, compression=compression,
+                            notes=list(notes or []))

@@ -90,19 +90,23 @@ class CorruptingTransport(PlainTransport):
 
     corrupted: List[str] = []
 
-    async def encode_body(self, files):
+    async def encode_body(self, files, compress=False):
         if not CorruptingTransport.corrupted:
             name, data = files[0]
             files = [(name, flip_near_end(data))] + list(files[1:])
             CorruptingTransport.corrupted.append(name.split(".")[0])
-        return await super().encode_body(files)
+        return await super().encode_body(files, compress)
 
-    async def upload_path(self, ctx, path):
-        # The streamed path of instances larger than a bucket: same corruption.
-        if not CorruptingTransport.corrupted:
-            path.write_bytes(flip_near_end(path.read_bytes()))
-            CorruptingTransport.corrupted.append(path.stem)
-        return await super().upload_path(ctx, path)
+    async def upload_pieces(self, ctx, info, pieces):
+        # Instances larger than a bucket are piped from the source: same corruption.
+        if CorruptingTransport.corrupted:
+            return await super().upload_pieces(ctx, info, pieces)
+        CorruptingTransport.corrupted.append(info.id)
+        data = b"".join([piece async for piece in pieces])
+
+        async def again():
+            yield flip_near_end(data)
+        return await super().upload_pieces(ctx, info, again())
 
 
 def flip_near_end(data: bytes) -> bytes:
