@@ -45,7 +45,8 @@ def compression_summary(mode: Optional[str], requested: Optional[str], used: Opt
     if mode in ("plain", "upload"):
         if mode == "upload":
             return "none (local files are uploaded as they are)"
-        return "HTTP gzip on downloads where the source offers it; uploads as stored ZIP (plain REST)"
+        return ("HTTP gzip on downloads where it pays; uploads compressed (deflated ZIP or gzip) "
+                "towards a distant target while the data shrinks, else as they are (plain REST)")
     if mode == "delegate":
         return "chosen by the source's transfers plugin"
     requested = requested or "auto"
