@@ -48,7 +48,7 @@ import io
 import logging
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from gui.client.errors import OrthancError
 from gui.engine import compression as gz
@@ -95,7 +95,7 @@ class AdaptiveGate:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.active = 0
-        self._waiters: Deque[asyncio.Future] = collections.deque()
+        self._waiters: Deque["asyncio.Future[None]"] = collections.deque()
 
     async def acquire(self) -> None:
         if self.active < self.limit and not self._waiters:
@@ -145,7 +145,7 @@ class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.held = 0
-        self._waiters: Deque[Tuple[int, asyncio.Future]] = collections.deque()
+        self._waiters: Deque[Tuple[int, "asyncio.Future[None]"]] = collections.deque()
 
     def _fits(self, size: int) -> bool:
         return self.held == 0 or self.held + size <= self.limit
@@ -178,7 +178,10 @@ class ByteBudget:
                 waiter.set_result(None)
 
 
-async def _all_or_none(jobs: List) -> List:
+T = TypeVar("T")
+
+
+async def _all_or_none(jobs: List[Awaitable[T]]) -> List[T]:
     """Results of every coroutine, in order; the first failure cancels the rest and is raised."""
     tasks = [asyncio.ensure_future(j) for j in jobs]
     try:
@@ -313,14 +316,14 @@ class PlainTransport(Transport):
     mode = TransferMode.PLAIN
 
     def __init__(self) -> None:
-        self._in_flight: "set[asyncio.Future]" = set()
+        self._in_flight: "set[asyncio.Future[Any]]" = set()
         self._policy: "PullCompressionPolicy | None" = None
         self._codec: Optional[UploadCodec] = None
         self._uploads: Optional[AdaptiveGate] = None
         self._md5_queue: "asyncio.Queue[str] | None" = None
         self._md5_gate: Optional[AdaptiveGate] = None
         self._budget: Optional[ByteBudget] = None
-        self._notes_said: set = set()
+        self._notes_said: Set[str] = set()
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
         return plain_buckets(ctx.instances, ctx.options.bucket_size_bytes, ctx.options.Threads)
@@ -508,13 +511,13 @@ class PlainTransport(Transport):
         await self._finish(ctx, unit, answers, raw_done, len(body.data))
 
     async def _deliver(self, ctx: TransferContext, unit: Unit, body: Body, raw_done: int,
-                       on_retry: RetryHook) -> List[dict]:
+                       on_retry: RetryHook) -> List[Dict[str, Any]]:
         """Upload one body (retried, at most ``UPLOADS`` at once)."""
         return await self._send(ctx, unit, lambda: ctx.target.upload(
             body.data, content_encoding=body.content_encoding), raw_done, len(body.data))
 
-    async def _send(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[dict]]],
-                    raw_done: int, wire_total: int) -> List[dict]:
+    async def _send(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[Dict[str, Any]]]],
+                    raw_done: int, wire_total: int) -> List[Dict[str, Any]]:
         assert self._uploads is not None
         gate = self._uploads
         hook = self._retry_hook(ctx, unit, gate, "uploads")
@@ -530,7 +533,7 @@ class PlainTransport(Transport):
         finally:
             gate.release()
 
-    async def _finish(self, ctx: TransferContext, unit: Unit, answers: List[dict], raw_done: int,
+    async def _finish(self, ctx: TransferContext, unit: Unit, answers: List[Dict[str, Any]], raw_done: int,
                       wire_total: int) -> None:
         self._check_answers(ctx, unit, answers)
         self._event(ctx, unit, BucketState.DONE, raw_done=raw_done, wire_total=wire_total,
@@ -609,7 +612,7 @@ class PlainTransport(Transport):
         finally:
             self._budget.release(reserved)
 
-    async def _pipe(self, ctx: TransferContext, unit: Unit, digests: List[str]) -> List[dict]:
+    async def _pipe(self, ctx: TransferContext, unit: Unit, digests: List[str]) -> List[Dict[str, Any]]:
         """One attempt: download the unit's instance and upload it as it comes."""
         info = unit.instances[0]
         pipe: "asyncio.Queue[Optional[bytes]]" = asyncio.Queue(maxsize=4)
@@ -656,11 +659,11 @@ class PlainTransport(Transport):
         digests.append(digest.hexdigest())
         return answers
 
-    async def upload_pieces(self, ctx: TransferContext, info: InstanceInfo, pieces: Any) -> List[dict]:
+    async def upload_pieces(self, ctx: TransferContext, info: InstanceInfo, pieces: Any) -> List[Dict[str, Any]]:
         """Upload one instance given as an async iterator of pieces."""
         return await ctx.target.upload_stream(pieces, info.size)
 
-    def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[dict]) -> None:
+    def _check_answers(self, ctx: TransferContext, unit: Unit, answers: List[Dict[str, Any]]) -> None:
         expected = {i.id for i in unit.instances}
         seen = set()
         for answer in answers:
