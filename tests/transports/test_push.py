@@ -110,3 +110,28 @@ def test_split_for_get_keeps_every_url_short_and_the_bytes_in_order():
     assert all(len(p.chunks) <= 100 for p in parts)
     assert [c for p in parts for c in p.chunks] == bucket.chunks
     assert sum(p.total_size for p in parts) == bucket.total_size
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_import_as_it_arrives_is_asked_only_when_chosen(orthanc_factory, ct_study_files, tmp_path, monkeypatch,
+                                                        early):
+    """With ImportAsItArrives the target (our plugin) holds instances before
+    the commit is even sent; by default it holds none until the commit."""
+    import asyncio
+
+    from gui.engine.push_mode.push_transaction import PushTransaction
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    seen_before_commit = []
+    original = PushTransaction.commit
+
+    async def commit(self, *args, **kwargs):
+        seen_before_commit.append(len(await asyncio.to_thread(target.request, "GET", "/instances")))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PushTransaction, "commit", commit)
+    options = TransferOptions(BucketSize=512, ImportAsItArrives=early)
+    instances, recorder, ctx, buckets = push(source, target, ct_study_files, tmp_path, options=options)
+    assert len(buckets) > 2
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert (seen_before_commit[0] > 0) if early else seen_before_commit == [0]
