@@ -25,6 +25,9 @@ from .safe_json import json_too_deep
 FORM = "application/x-www-form-urlencoded"  # what the C++ sender labels every body with
 RETRY_WAIT = 1.0                            # seconds between attempts, as the C++ plugin waits
 RETRYABLE_STATUSES = (502, 503, 504)
+# What a request on a kept-alive connection the peer has closed meanwhile raises.
+STALE_CONNECTION = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
+                    http.client.RemoteDisconnected, http.client.BadStatusLine)
 
 
 # Orthanc error codes a failed job reports (as Orthanc's own HTTP client would).
@@ -106,11 +109,21 @@ class PeerHttp:
     def _once(self, method: str, path: str, body: Optional[bytes], headers: Dict[str, str],
               timeout: float) -> Tuple[int, Dict[str, str], bytes]:
         connection = self._connection(timeout)
+        reused = connection.sock is not None
         try:
             connection.request(method, self.prefix + path, body=body, headers=headers)
             answer = connection.getresponse()
             data = answer.read()
             answer_headers = {k.lower(): v for k, v in answer.getheaders()}
+        except STALE_CONNECTION if reused else ():
+            # The peer closed an idle kept-alive connection before reading this
+            # request: not a failure of the peer, so try once on a new connection.
+            connection.close()
+            with self.lock:
+                stale, self.idle = self.idle, []
+            for other in stale:
+                other.close()
+            return self._once(method, path, body, headers, timeout)
         except BaseException:
             connection.close()
             raise
