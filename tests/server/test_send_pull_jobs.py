@@ -8,7 +8,10 @@ of a few dozen instances has many steps to pause between.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
 import time
 from typing import Any, Dict, Iterator, List
 
@@ -362,3 +365,68 @@ def test_pull_survives_its_staging_transaction_being_discarded(orthanc_factory, 
     assert done["State"] == "Success", done["ErrorDescription"]
     assert done["Content"]["ResumedFromBucket"] == 0
     assert puller.instance_md5s() == src.instance_md5s()
+
+
+# --- what travels: headers, cookies, retries (seen by a front before the peer) --------
+
+@contextlib.contextmanager
+def front_before(upstream: str, handler):
+    """An HttpFront (tests/devtools/faults) on its own event loop thread."""
+    from tests.devtools.faults.http_front import HttpFront
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: Dict[str, Any] = {}
+
+    async def serve() -> None:
+        front = HttpFront(upstream, handler)
+        await front.start()
+        holder["front"], holder["stop"] = front, asyncio.Event()
+        started.set()
+        await holder["stop"].wait()
+        await front.stop()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield holder["front"]
+    finally:
+        loop.call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+        loop.close()
+
+
+def test_send_carries_the_transfer_id_replays_the_cookie_and_retries(orthanc_factory, clean):
+    from tests.devtools.faults.http_front import FrontResponse
+    dst = clean["dst"]
+    seen: List[Any] = []
+    failed: List[str] = []
+
+    async def handler(request, forward):
+        seen.append(request)
+        if request.method == "PUT" and not failed:
+            failed.append(request.path)
+            return FrontResponse.of_json(503, {"Message": "busy"})   # retried (MaxHttpRetries 1)
+        answer = await forward(request)
+        if request.method == "POST" and request.path == "/transfers/push":
+            answer.headers.append(("Set-Cookie", "route=node-2; Path=/; HttpOnly"))
+        return answer
+
+    with front_before(dst.url, handler) as front:
+        src = orthanc_factory("sender", with_accelerator=True, extra_config={
+            "OrthancPeers": {"lb": {"Url": front.url, "HttpHeaders": {"X-Site": "north"}}},
+            "Transfers": {"BucketSize": 4, "Threads": 2, "MaxHttpRetries": 1}})
+        study_id = upload(src, study(35, tiny=6))
+        job = wait_job(src, send(src, "lb", study_ref(study_id), SenderTransferID="tid-35")["ID"])
+    assert job["State"] == "Success", job["ErrorDescription"]
+    assert dst.instance_md5s() == src.instance_md5s()
+    assert failed and sum(1 for r in seen if r.path == failed[0]) == 2
+    creation = next(n for n, r in enumerate(seen) if r.method == "POST" and r.path == "/transfers/push")
+    for request in seen:
+        assert request.header("X-Site") == "north"
+    for request in seen[creation + 1:]:
+        if request.path.startswith("/transfers/push/"):
+            assert request.header("Cookie") == "route=node-2", (request.method, request.path)
+    for request in seen:
+        if request.path in ("/transfers/lookup", "/transfers/push") or request.path.startswith("/transfers/push/"):
+            assert request.header("sender-transfer-id") == "tid-35", request.path
