@@ -217,7 +217,7 @@ def test_asynchronous_commit_reports_success(plugin_server, http):
     assert wire.parse_commit_status(staging).status == wire.COMMIT_STAGING
     answer = http.commit(tid)
     assert answer.status_code == 202
-    assert answer.json() == {"Status": "Pending", "Path": wire.commit_uri(tid)}
+    assert answer.json() == {"Status": "Pending", "Path": wire.commit_uri(tid), "LongPoll": True}
     status = _wait_for_commit(http, tid)
     assert status.status == wire.COMMIT_SUCCESS and status.error is None
     assert _stored_md5s(plugin_server, plan.ids()) == {i.id: i.md5 for i in plan.infos}
@@ -234,6 +234,16 @@ def test_asynchronous_commit_reports_failure_with_the_instances(plugin_server, h
     assert status.error["OrthancStatus"] == 20 and status.error["HttpStatus"] == 500
     assert [i["ID"] for i in status.error["Instances"]] == [first.id]
     assert _stored_md5s(plugin_server, plan.ids()) == {}
+
+
+def test_a_long_poll_of_the_commit_answers_once_the_outcome_is_known(plugin_server, http):
+    plan = plan_push(study(319, tiny=20, ct=2, ct_size=256), BUCKET, asynchronous=True)
+    tid = http.send_all(plan)
+    assert http.commit(tid).json()["LongPoll"] is True
+    answer = http.client.get(wire.commit_uri(tid) + "?wait=10")  # one request, no polling
+    assert answer.status_code == 200
+    assert wire.parse_commit_status(answer.json()).status == wire.COMMIT_SUCCESS
+    assert _stored_md5s(plugin_server, plan.ids()) == {i.id: i.md5 for i in plan.infos}
 
 
 def _wait_for_commit(http, tid, timeout=60.0):

@@ -37,6 +37,8 @@ PIECE_SIZE = 256 * 1024
 # interval is time the transfer may finish late by), then grows.
 POLL_MIN, POLL_MAX = 0.05, 1.0
 POLL_FAST_SECONDS = 3.0
+# A long poll (our plugin) holds the answer at most this long; well under HttpTimeout.
+LONG_POLL_SECONDS = 5.0
 
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 
@@ -215,6 +217,11 @@ class PushTransaction:
         if response.status_code != 202 or not isinstance(answer, dict) or "Status" not in answer:
             return  # a synchronous answer ({}): the import is already done
         path = f"{self.state.path}/commit"
+        # Our plugin can hold the status answer until the outcome is known:
+        # no poll interval (and fewer round trips) added to the commit.
+        long_poll = answer.get("LongPoll") is True
+        if long_poll:
+            path += f"?wait={LONG_POLL_SECONDS:g}"
         started = time.monotonic()
         deadline = started + self.commit_timeout
         delay = POLL_MIN
@@ -234,9 +241,10 @@ class PushTransaction:
                 raise CommitFailed(full_storage_text(str(message), error.get("OrthancStatus")))
             if time.monotonic() > deadline:
                 raise CommitFailed(f"the commit did not finish within {self.commit_timeout:.0f} s")
-            await asyncio.sleep(delay)
-            if time.monotonic() - started > POLL_FAST_SECONDS:
-                delay = min(POLL_MAX, delay * 1.25)
+            if not long_poll:
+                await asyncio.sleep(delay)
+                if time.monotonic() - started > POLL_FAST_SECONDS:
+                    delay = min(POLL_MAX, delay * 1.25)
             try:
                 answer = await with_retries(
                     lambda: self.target.get_json(path, headers=self._headers()), self.retries)

@@ -121,7 +121,9 @@ class TransfersPlugin:
                 self.commits.submit(self._commit_in_background, txn)
         finally:
             self.store.release(txn)
-        return Answer(self._status(self.wire.COMMIT_PENDING, txn.id), status=202)
+        pending = self._status(self.wire.COMMIT_PENDING, txn.id)
+        pending["LongPoll"] = True  # GET .../commit?wait=S answers as soon as the outcome is known
+        return Answer(pending, status=202)
 
     def _commit_in_background(self, txn: Any) -> None:
         path = self.wire.commit_uri(txn.id)
@@ -143,6 +145,7 @@ class TransfersPlugin:
             # client polling in between never sees a 404.
             with txn.lock:
                 txn.commit_result = result
+                txn.idle.notify_all()  # wakes long polls
             self.store.remember_result(txn.id, result)
         finally:
             self.store.end_commit(txn, success)
@@ -150,8 +153,18 @@ class TransfersPlugin:
 
     def get_commit(self, request: Dict[str, Any], tid: str, _commit: str) -> Answer:
         txn = self.store.lookup(tid)
+        wait = _wait_seconds((request.get("get") or {}).get("wait"))
         if txn is not None:
             with txn.lock:
+                # Long poll (extension): hold the answer until the outcome is
+                # known or ``wait`` seconds passed, so the sender learns it
+                # without a poll interval added to every commit.
+                deadline = time.monotonic() + wait
+                while txn.state == COMMITTING and txn.commit_result is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    txn.idle.wait(left)
                 state, result = txn.state, txn.commit_result
             if result is not None:
                 return Answer(result)
@@ -208,6 +221,16 @@ class TransfersPlugin:
         ] + self.jobs.routes()
         for pattern, methods in routes:
             self.api.RegisterRestCallback(pattern, router.callback(methods))
+
+
+MAX_COMMIT_WAIT = 10.0
+
+
+def _wait_seconds(raw: Any) -> float:
+    try:
+        return min(MAX_COMMIT_WAIT, max(0.0, float(raw))) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 def install(api: Any, wire: Any) -> TransfersPlugin:
