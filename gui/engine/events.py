@@ -124,6 +124,8 @@ class CommitmentReport:
     error: Optional[str] = None
     compression: Optional[str] = None
     notes: List[str] = field(default_factory=list)   # what the transport changed on its way
+    # Instances sent again after failing an MD5 check: [{"instance", "attempts", "reasons"}].
+    resent: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
     def planned(self) -> int:
@@ -165,6 +167,7 @@ class CommitmentReport:
             "notes": list(self.notes),
             "failures": [{"instance": v.instance_id, "reason": v.reason}
                          for v in self.instances if not v.verified],
+            "resent": list(self.resent),
             "details": [asdict(v) for v in self.instances],
         }
 

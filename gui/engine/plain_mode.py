@@ -464,13 +464,17 @@ class PlainTransport(Transport):
 
         async def read(info: InstanceInfo) -> bytes:
             nonlocal raw_done, read_count
-            async with gate:
-                data, _wire = await with_retries(lambda: self.read_instance(ctx, info),
-                                                 retries, on_retry=on_retry)
-            digest = hashlib.md5(data).hexdigest() if len(data) < 1 << 20 else \
-                await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
-            if len(data) != info.size or digest != info.md5:
-                raise self._changed_on_source(ctx, info, len(data), digest)
+            while True:
+                async with gate:
+                    data, _wire = await with_retries(lambda: self.read_instance(ctx, info),
+                                                     retries, on_retry=on_retry)
+                digest = hashlib.md5(data).hexdigest() if len(data) < 1 << 20 else \
+                    await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
+                if len(data) == info.size and digest == info.md5:
+                    break
+                # Corrupted on the way, most likely: read it again (resend.py's budget).
+                if not ctx.resends.allow(info.id, f"downloaded with MD5 {digest}, planned {info.md5}"):
+                    raise self._changed_on_source(ctx, info, len(data), digest)
             raw_done += len(data)
             read_count += 1
             if read_count % step == 0:
@@ -602,12 +606,19 @@ class PlainTransport(Transport):
         try:
             await ctx.wait_running()
             self._event(ctx, unit, BucketState.READING)
-            digests: List[str] = []
-            answers = await self._send(ctx, unit, lambda: self._pipe(ctx, unit, digests),
-                                       0, info.size)
-            digest = digests[-1] if digests else ""
-            if digest != info.md5:
-                raise self._changed_on_source(ctx, info, info.size, digest)
+            while True:
+                digests: List[str] = []
+                answers = await self._send(ctx, unit, lambda: self._pipe(ctx, unit, digests),
+                                           0, info.size)
+                digest = digests[-1] if digests else ""
+                if digest == info.md5:
+                    break
+                # Piped on as it came, so the bad copy is on the target: remove
+                # it (if this job created it) and pipe the instance again.
+                if info.id not in ctx.created_on_target or not ctx.resends.allow(
+                        info.id, f"downloaded with MD5 {digest}, planned {info.md5}"):
+                    raise self._changed_on_source(ctx, info, info.size, digest)
+                await with_retries(lambda: ctx.target.delete("Instance", info.id), ctx.options.MaxHttpRetries)
             await self._finish(ctx, unit, answers, info.size, info.size)
         finally:
             self._budget.release(reserved)

@@ -107,7 +107,8 @@ def report_from_json(data: Dict[str, Any]) -> CommitmentReport:
         source=data.get("source", ""), target=data.get("target", ""), instances=verdicts,
         bytes=data.get("bytes", 0), wire_bytes=data.get("wire_bytes", 0),
         seconds=data.get("seconds", 0.0), error=data.get("error"), compression=data.get("compression"),
-        notes=list(data.get("notes") or []))
+        notes=list(data.get("notes") or []),
+        resent=list(data.get("resent") or []))
 
 
 def default_peer_resolver(name: str, url: str) -> Peer:

@@ -31,6 +31,7 @@ from gui.engine import planner, verification
 from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, InstanceVerdict, JobFinished,
                                JobProgress, JobState, TransferMode)
 from gui.engine.job_store import JobStore
+from gui.engine.resend import verify_with_resends
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.protocol import wire
@@ -443,12 +444,10 @@ class JobRunner:
         assert self.target is not None
         concurrency = max(2, job.options.Threads * 2)
         bulk = self.ctx is not None and self.ctx.target_accelerated
-        # MD5s the transport read back after each upload need no second request.
-        known = dict(self.ctx.target_md5s) if self.ctx is not None else {}
-        found = await verification.target_md5s(self.target, [i.id for i in self._planned if i.id not in known],
-                                               concurrency, job.options.MaxHttpRetries, bulk=bulk)
-        found.update(known)
-        verdicts = verification.verdicts(self._planned, found, self._statuses)
+        # MD5s the transport read back after each upload need no second
+        # request; instances that fail the read-back are re-sent first (resend.py).
+        verdicts = await verify_with_resends(self.ctx, self.transport, self._planned, self._statuses,
+                                             concurrency=concurrency, bulk=bulk)
         if all(v.verified for v in verdicts):
             return self._report(JobState.SUCCESS, verdicts, None)
         bad = [v for v in verdicts if not v.verified]
@@ -504,11 +503,14 @@ class JobRunner:
             job.compression = "none"   # ZIP stored; downloads use HTTP gzip transparently
         raw = sum(b.raw_done for b in self._bucket_index.values() if b.state is BucketState.DONE)
         wire_bytes = self._wire_done
-        return verification.build_report(
+        report = verification.build_report(
             job.id, state=state, mode=job.mode, source=job.source_name, target=job.target_name,
             verdicts_=verdicts, bytes_=raw, wire_bytes=wire_bytes,
             seconds=time.monotonic() - self.started, error=error, compression=job.compression,
             notes=self.ctx.notes if self.ctx is not None else None)
+        if self.ctx is not None:
+            report.resent = self.ctx.resends.report()
+        return report
 
     def _finish(self, report: CommitmentReport) -> None:
         job = self.job

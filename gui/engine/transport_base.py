@@ -27,6 +27,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.config.settings import TransferOptions
 from gui.engine.events import BucketProgress, BucketState, TransferMode
+from gui.engine.resend import ResendLog
 from gui.engine.retry import with_retries
 from gui.protocol.wire import Bucket, InstanceInfo
 
@@ -69,6 +70,8 @@ class TransferContext:
 
     def __post_init__(self) -> None:
         self.running.set()
+        if self.resends is None:
+            self.resends = ResendLog(self.options.MaxHttpRetries)
 
     async def wait_running(self) -> None:
         await self.running.wait()
@@ -90,6 +93,9 @@ class TransferContext:
     # Target MD5s the transport already read back after an upload answered:
     # the final check asks only for the others.
     target_md5s: Dict[str, str] = field(default_factory=dict)
+    # Instances sent again after failing an MD5 check, and why (resend.py):
+    # at most MaxHttpRetries times each.
+    resends: ResendLog = field(default=None)  # type: ignore[assignment]
 
     # --- helpers for transports (scheduler side; the checkpoint keys below are
     # interpreted by transfer_scheduler: "bucket-done" and "created" are

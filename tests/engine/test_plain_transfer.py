@@ -124,8 +124,10 @@ def test_md5_mismatch_is_detected_reported_and_rolled_back(stock_pair, tmp_path,
     monkeypatch.setattr(transfer_scheduler, "transport_class",
                         lambda mode: CorruptingTransport if mode is TransferMode.PLAIN else original(mode))
 
+    # No re-send budget (MaxHttpRetries 0): the mismatch stands (with a
+    # budget the instance is sent again, tests/reliability/test_resend.py).
     report, _ = run(transfer(tmp_path, source, target, study_resource(study),
-                             options=small_options(BucketSize=bucket_kb)))
+                             options=small_options(BucketSize=bucket_kb, MaxHttpRetries=0)))
 
     bad = CorruptingTransport.corrupted[0]
     assert report.state is JobState.FAILURE

@@ -86,7 +86,7 @@ class PullTransport(Transport):
             return (await fetcher.fetch(None, bucket)).data
 
         staging = StagingArea(ctx.instances, ctx.options.cache_size_bytes, ctx.staging_dir / "pulled",
-                              buckets, refetch)
+                              buckets, refetch, resend=ctx.resends.allow)
         self.last_staging, self.last_policy = staging, policy
         skip: Set[int] = set()
         if ctx.target_accelerated:

@@ -59,7 +59,8 @@ class _Staged:
 
 class StagingArea:
     def __init__(self, instances: Sequence[InstanceInfo], cache_bytes: int, directory: Path,
-                 buckets: Sequence[Bucket] = (), refetch: Optional[Refetch] = None) -> None:
+                 buckets: Sequence[Bucket] = (), refetch: Optional[Refetch] = None,
+                 resend: Optional[Callable[[str, str], bool]] = None) -> None:
         self._infos: Dict[str, InstanceInfo] = {i.id: i for i in instances}
         self.cache_bytes = cache_bytes
         self.directory = Path(directory)
@@ -72,6 +73,9 @@ class StagingArea:
         self._left: Dict[str, int] = {}
         self.rewind(self._buckets)
         self._refetch = refetch
+        # ``resend(id, reason)``: whether a corrupted instance may be fetched
+        # again (the job's re-send budget, resend.py); None: never.
+        self._resend = resend
         self._restaging: Dict[str, "asyncio.Future[None]"] = {}
         self._room = asyncio.Event()
         self.memory_used = 0
@@ -159,12 +163,20 @@ class StagingArea:
     # --- delivering ---------------------------------------------------------------
 
     async def wait(self, iid: str) -> _Staged:
-        entry = self._entry(iid)
-        if entry.released:
-            await self._restage(iid)
+        while True:
             entry = self._entry(iid)
-        await entry.ready.wait()
-        if entry.error:
+            if entry.released:
+                await self._restage(iid)
+                entry = self._entry(iid)
+            await entry.ready.wait()
+            if not entry.error:
+                break
+            if self._entries.get(iid) is not entry:
+                continue   # another reader already dropped this copy and fetches it again
+            if self._refetch is not None and self._resend is not None \
+                    and self._resend(iid, f"fetched from the source corrupted: {entry.error}"):
+                self.release(iid)   # the bad bytes go; the next turn fetches them again
+                continue
             raise InstanceCorrupted(f"instance {iid} arrived corrupted: {entry.error}", {iid: entry.error})
         if entry.buffer is None and entry.path is None:
             raise RuntimeError(f"instance {iid} was released from the staging area before delivery")

@@ -17,6 +17,7 @@ from gui.client.errors import OrthancError
 from gui.engine import compression as gz
 from gui.engine.events import BucketState
 from gui.engine.link_probe import is_distant
+from gui.engine.resend import commit_problems
 from gui.engine.target_md5 import md5s_on
 from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
                                                    TransactionState)
@@ -166,6 +167,8 @@ class BucketPusher:
                     raise TransferFailed(f"{gone}; gave up after recreating it {self.max_recreate} times")
                 log.warning("%s: recreating it and sending all buckets again", gone)
             except CommitFailed as failed:
+                if self._resend_corrupted(failed):
+                    continue   # the same transaction: only the corrupted instances' buckets again
                 if not resumed:
                     raise TransferFailed(f"{ctx.target.peer.name} refused the commit: {failed.reason}")
                 # A transaction resumed from an earlier run may have lost buckets
@@ -175,6 +178,22 @@ class BucketPusher:
                 await self.tx.delete()  # type: ignore[union-attr]
             resumed = False
             await self._start_over()
+
+    def _resend_corrupted(self, failed: CommitFailed) -> bool:
+        """A commit refused for instances with a wrong MD5 or size (a byte
+        corrupted on the way): mark their buckets to be sent again into the
+        same transaction (the target keeps it after a failed commit and
+        checks a bucket sent twice as written), within the job's re-send
+        budget (resend.py). False: the refusal stands."""
+        problems = commit_problems(failed.instances)
+        if not problems or not self.ctx.resends.allow_all(
+                {i: f"refused by the commit: {p}" for i, p in problems.items()}):
+            return False
+        indexes = [n for n, b in enumerate(self.buckets) if problems.keys() & set(b.instance_ids())]
+        self._done.difference_update(indexes)
+        self.ctx.done_buckets.difference_update(indexes)
+        self.reader.rewind([self.buckets[n] for n in indexes])
+        return True
 
     # --- creating, resuming, discarding the transaction -------------------------------------
 

@@ -50,9 +50,11 @@ class TransactionGone(Exception):
 class CommitFailed(Exception):
     """The target refused the commit; ``reason`` says why (e.g. a bad MD5)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, instances: object = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        # The error's "Instances" list ([{"ID", "Problem"}]) when the target named them.
+        self.instances = instances
 
 
 @dataclass
@@ -197,8 +199,8 @@ class PushTransaction:
                     exc.status is None and "timeout" not in exc.reason)
                 if not unreachable or attempt >= self.retries:
                     if exc.status is not None:
-                        raise CommitFailed(full_storage_text(exc.message or exc.reason,
-                                                             exc.orthanc_status)) from exc
+                        raise CommitFailed(full_storage_text(exc.message or exc.reason, exc.orthanc_status),
+                                           (exc.body or {}).get("Instances")) from exc
                     raise
                 attempt += 1
                 if on_retry is not None:
@@ -238,7 +240,8 @@ class PushTransaction:
                 bad = error.get("Instances")
                 if isinstance(bad, list) and bad:
                     message += f" (instances: {', '.join(str(i) for i in bad[:5])})"
-                raise CommitFailed(full_storage_text(str(message), error.get("OrthancStatus")))
+                raise CommitFailed(full_storage_text(str(message), error.get("OrthancStatus")),
+                                   error.get("Instances"))
             if time.monotonic() > deadline:
                 raise CommitFailed(f"the commit did not finish within {self.commit_timeout:.0f} s")
             if not long_poll:

@@ -117,14 +117,16 @@ async def stall_timeout(lab: Lab, transport: str) -> Verdict:
 @scenario("corrupt-upload", "one corrupted byte in a bucket, upload side", "faults", ALL, NO_DELEGATE)
 async def corrupt_upload(lab: Lab, transport: str) -> Verdict:
     fault = Fault(FaultKind.CORRUPT, Direction.UP, after_bytes=lab.rng.randint(4_000, 250_000))
-    return await transfer_with(lab, transport, target_via=proxied(lab, fault))
+    return require_completion(await transfer_with(lab, transport, target_via=proxied(lab, fault)),
+                              "an instance that fails its MD5 check is sent again (MaxHttpRetries 3)")
 
 
 @scenario("corrupt-download", "one corrupted byte in a bucket, download side", "faults", ALL,
           NO_DELEGATE)
 async def corrupt_download(lab: Lab, transport: str) -> Verdict:
     fault = Fault(FaultKind.CORRUPT, Direction.DOWN, after_bytes=lab.rng.randint(4_000, 250_000))
-    return await transfer_with(lab, transport, source_via=proxied(lab, fault))
+    return require_completion(await transfer_with(lab, transport, source_via=proxied(lab, fault)),
+                              "an instance that fails its MD5 check is sent again (MaxHttpRetries 3)")
 
 
 # --- truncated gzip ---------------------------------------------------------------------
