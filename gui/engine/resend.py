@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.engine.retry import with_retries
@@ -28,6 +28,7 @@ from gui.engine.retry import with_retries
 if TYPE_CHECKING:
     from gui.engine.events import InstanceVerdict
     from gui.engine.transport_base import TransferContext, Transport
+    from gui.protocol.wire import InstanceInfo
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,12 @@ class ResendLog:
             self.allow(instance_id, reason)
         return True
 
-    def report(self) -> List[dict]:
+    def report(self) -> List[Dict[str, Any]]:
         return [{"instance": i, "attempts": len(r), "reasons": list(r)}
                 for i, r in sorted(self.reasons.items()) if r]
 
 
-def _quiet(ctx: "TransferContext", instances: Sequence) -> "TransferContext":
+def _quiet(ctx: "TransferContext", instances: Sequence["InstanceInfo"]) -> "TransferContext":
     """A context for re-sending ``instances`` only: same clients, options and
     rollback list; bucket numbers of its own, so neither its bucket events
     nor its bucket checkpoints may reach the job's (they would mark buckets
@@ -70,7 +71,10 @@ def _quiet(ctx: "TransferContext", instances: Sequence) -> "TransferContext":
             await ctx.checkpoint(key, value)
 
     paused = not ctx.running.is_set()
-    sub = replace(ctx, instances=list(instances), report_bucket=lambda event: None,
+    def ignore(event: object) -> None:
+        pass
+
+    sub = replace(ctx, instances=list(instances), report_bucket=ignore,
                   done_buckets=set(), checkpoint=checkpoint, saved_state={},
                   created_on_target=ctx.created_on_target, running=ctx.running)
     if paused:
@@ -96,9 +100,11 @@ async def resend_unverified(ctx: "TransferContext", transport: "Transport",
         return []
     for instance_id in problems:
         ctx.target_md5s.pop(instance_id, None)   # read back again once re-sent
+
+        async def delete(i: str = instance_id) -> None:
+            await ctx.target.delete("Instance", i)
         try:
-            await with_retries(lambda i=instance_id: ctx.target.delete("Instance", i),
-                               ctx.options.MaxHttpRetries)
+            await with_retries(delete, ctx.options.MaxHttpRetries)
         except OrthancError as exc:
             if exc.status != 404:
                 log.warning("cannot remove the bad copy of %s: %s", instance_id, exc)
@@ -123,7 +129,7 @@ def commit_problems(error_instances: Optional[object]) -> Dict[str, str]:
 
 
 async def verify_with_resends(ctx: Optional["TransferContext"], transport: Optional["Transport"],
-                              planned: Sequence, statuses: Dict[str, str], *, concurrency: int,
+                              planned: Sequence["InstanceInfo"], statuses: Dict[str, str], *, concurrency: int,
                               bulk: bool) -> List["InstanceVerdict"]:
     """The storage commitment's read-back, re-sending what fails while the
     budget allows (the scheduler's one call into this module)."""
