@@ -382,7 +382,16 @@ class PlainTransport(Transport):
         options = ctx.options
         self._budget = ByteBudget(memory_budget(options.bucket_size_bytes, options.Threads))
         self._uploads = AdaptiveGate(UPLOADS)
-        distant = ctx.compression == "auto" and await is_distant(ctx.target)
+        distant = False
+        if ctx.compression == "auto":
+            # Both ends at once: each costs a round trip or three.
+            far_source = self.streams(ctx) and self._policy is None
+            found = await asyncio.gather(is_distant(ctx.target),
+                                         *([is_distant(ctx.source)] if far_source else []))
+            distant = found[0]
+            if far_source and found[1]:
+                # A distant source: downloads start compressed (the policy then measures).
+                self._policy = PullCompressionPolicy(ctx.compression, start_with_gzip=True)
         self._codec = UploadCodec(ctx.compression, distant)
         await self._note_absent(ctx, [i for u in units for i in u.instances])
 

@@ -97,6 +97,8 @@ class BenchBed:
             "HttpTimeout": LONG_TIMEOUT_S,
             "DicomScuTimeout": LONG_TIMEOUT_S,
         })
+        # Retrieve: the engine beside the target, the source across the link.
+        self._proxy("stock-source-http", self.stock_source.http_port)
 
     def _start_accelerated(self) -> None:
         try:

@@ -102,14 +102,19 @@ def naive_copy(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
 
 def _engine(mode: str, extra: Sequence[str] = ()) -> Callable[[BenchBed, str, List[str]], Outcome]:
     def run(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
+        cli_mode = mode
         if mode == "plain":
             source, target = bed.stock_source.url, bed.proxies["stock-http"].url  # type: ignore[union-attr]
+        elif mode == "retrieve":
+            # Plain mode run beside the target, fetching from a far stock source.
+            source, target = bed.proxies["stock-source-http"].url, bed.stock_target.url  # type: ignore[union-attr]
+            cli_mode = "plain"
         elif mode == "push":
             source, target = bed.accel_source.url, bed.proxies["accel-push"].url  # type: ignore[union-attr]
         else:
             source, target = bed.proxies["accel-pull"].url, bed.accel_target.url  # type: ignore[union-attr]
         result = engine_cli.run(["--from", source, "--to", target, "--study", study,
-                                 "--mode", mode, "--json", *extra], timeout=LONG_TIMEOUT_S)
+                                 "--mode", cli_mode, "--json", *extra], timeout=LONG_TIMEOUT_S)
         return Outcome(result.seconds, result.problem, result)
     return run
 
@@ -119,12 +124,13 @@ PATHS: Dict[str, PathSpec] = {p.name: p for p in [
     PathSpec("cstore", "DICOM C-STORE", False, dicom_cstore, rewrites_file_meta=True),
     PathSpec("naive", "naive REST copy", False, naive_copy),
     PathSpec("plain", "engine plain", False, _engine("plain")),
+    PathSpec("retrieve", "engine plain, retrieve", False, _engine("retrieve")),
     PathSpec("push", "engine push", True, _engine("push")),
     PathSpec("pull", "engine pull", True, _engine("pull")),
     # Published beside the targets, which are met (or not) with the default commit.
     PathSpec("arrive", "engine push, import as it arrives", True, _engine("push", ["--import-as-it-arrives"])),
 ]}
-ENGINE_PATHS = ("plain", "push", "pull")
+ENGINE_PATHS = ("plain", "retrieve", "push", "pull")
 
 
 def path(name: str) -> PathSpec:

@@ -106,6 +106,7 @@ def targets(result: BenchResult) -> List[Target]:
     else:
         out.append(Target("Poor WAN, large instances", "completes; RSS ≤ CacheSize + Threads×2×BucketSize",
                           "—", "not measured", "not measured"))
+    out += plain_targets(rows)
     stall = result.stall or {}
     if stall.get("max_ms") is not None:
         out.append(Target("Event loop during a transfer", "no stall above 50 ms", "—",
@@ -114,6 +115,38 @@ def targets(result: BenchResult) -> List[Target]:
     else:
         out.append(Target("Event loop during a transfer", "no stall above 50 ms", "—",
                           f"not measured ({stall.get('note', 'no in-process run')})", "not measured"))
+    return out
+
+
+# Plain mode (two stock servers, nothing installed) against the peer store
+# (issue 16): dataset, link, path, goal.
+PLAIN_GOALS = [("ct", "lan", "plain", 1.5), ("tiny", "lan", "plain", 1.5), ("large", "lan", "plain", 1.0),
+               ("ct", "wan", "plain", 2.8), ("tiny", "wan", "plain", 15.0), ("ct", "wan", "retrieve", 2.5)]
+PLAIN_CPU_GOAL_S = 3.0     # engine CPU seconds for 2,000 tiny instances
+
+
+def plain_targets(rows: List[Measurement]) -> List[Target]:
+    out = []
+    for dataset, link, path, goal in PLAIN_GOALS:
+        name = f"Plain{' retrieve' if path == 'retrieve' else ''}, {dataset}, {link.upper()}"
+        found = [r for r in _find(rows, dataset, link, (path,)) if r.speedup]
+        if not found:
+            out.append(Target(name, f"≥ {goal:g}× the peer store", "—", "not measured", "not measured"))
+            continue
+        row = found[0]
+        out.append(Target(name, f"≥ {goal:g}× the peer store", "—", f"{row.speedup:.2f}×",
+                          "met" if (row.speedup or 0) >= goal else "missed"))
+    tiny = [r for r in rows if r.dataset == "tiny" and r.path == "plain" and r.status == "ok"
+            and r.cpu_seconds is not None]
+    if tiny:
+        worst = max(tiny, key=lambda r: r.cpu_seconds or 0)
+        count = worst.instances or 0
+        scaled = (worst.cpu_seconds or 0) * 2000 / count if count else None
+        text = f"{worst.cpu_seconds:.1f} s for {count} instances ({worst.link})"
+        if scaled is not None and count != 2000:
+            text += f", {scaled:.1f} s per 2,000"
+        out.append(Target("Plain, engine CPU on tiny instances", f"≤ {PLAIN_CPU_GOAL_S:g} s per 2,000", "—",
+                          text, "met" if scaled is not None and scaled <= PLAIN_CPU_GOAL_S else "missed"))
     return out
 
 
