@@ -58,3 +58,30 @@ def test_parallel_commit_failing_midway_removes_everything_it_imported(parallel_
     good = plan_push(files, BUCKET)
     assert http.commit(http.send_all(good)).status_code == 200
     assert sorted(http.instance_ids()) == sorted(good.ids())
+
+
+
+def test_split_instances_sent_out_of_order_or_again_are_checked_as_written(parallel_server, http):
+    """Split instances are hashed while their pieces arrive (in any order);
+    a piece sent again with other bytes is still caught at the commit."""
+    files = study(403, ct=3, ct_size=512)  # 525 KB slices, split in several buckets of 64 KB
+    plan = plan_push(files, BUCKET)
+    assert max(sum(1 for b in plan.buckets if i.id in b.instance_ids()) for i in plan.infos) >= 4
+    tid = http.create(plan)
+    for index in reversed(range(len(plan.buckets))):  # last piece first
+        assert http.put(tid, index, plan.bodies[index]).status_code == 200
+    assert http.commit(tid).status_code == 200
+    assert sorted(http.instance_ids()) == sorted(plan.ids())
+    for iid in plan.ids():
+        parallel_server.request("DELETE", f"/instances/{iid}")
+
+    tid = http.send_all(plan)
+    victim = next(n for n, b in enumerate(plan.buckets) if b.chunks[0].offset > 0)
+    bad = bytearray(plan.bodies[victim])
+    bad[10] ^= 0xFF
+    assert http.put(tid, victim, bytes(bad)).status_code == 200  # a retry with other bytes
+    assert_orthanc_error(http.commit(tid), 500, 20, plan.buckets[victim].chunks[0].instance_id)
+    assert http.instance_ids() == []
+    assert http.put(tid, victim, plan.bodies[victim]).status_code == 200
+    assert http.commit(tid).status_code == 200
+    assert sorted(http.instance_ids()) == sorted(plan.ids())
