@@ -100,6 +100,29 @@ def naive_copy(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
     return Outcome(time.monotonic() - t0)
 
 
+def server_send(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
+    """The source's plugin sends by itself (POST /transfers/send, gzip), server to
+    server: timed from the request to the job's Success (the target's commit
+    having checked every MD5)."""
+    source = bed.accel_source
+    assert source is not None
+    peer = {"Url": bed.proxies["accel-push"].url + "/"}
+    source.request("PUT", "/peers/bench-accel", json.dumps(peer).encode())
+    body = {"Resources": [{"Level": "Study", "ID": study}], "Compression": "gzip", "Peer": "bench-accel"}
+    t0 = time.monotonic()
+    try:
+        job = source.request("POST", "/transfers/send", json.dumps(body).encode())
+        while True:
+            state = source.request("GET", job["Path"])
+            if state["State"] in ("Success", "Failure"):
+                break
+            time.sleep(0.05)
+    except (OSError, ValueError) as exc:
+        return Outcome(time.monotonic() - t0, f"/transfers/send failed: {_orthanc_error(exc)}")
+    seconds = time.monotonic() - t0
+    return Outcome(seconds, None if state["State"] == "Success" else state.get("ErrorDescription"))
+
+
 def _engine(mode: str, extra: Sequence[str] = ()) -> Callable[[BenchBed, str, List[str]], Outcome]:
     def run(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
         cli_mode = mode
@@ -129,6 +152,7 @@ PATHS: Dict[str, PathSpec] = {p.name: p for p in [
     PathSpec("pull", "engine pull", True, _engine("pull")),
     # Published beside the targets, which are met (or not) with the default commit.
     PathSpec("arrive", "engine push, import as it arrives", True, _engine("push", ["--import-as-it-arrives"])),
+    PathSpec("send", "server send job (gzip)", True, server_send),
 ]}
 ENGINE_PATHS = ("plain", "retrieve", "push", "pull")
 
