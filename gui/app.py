@@ -62,6 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     app = QApplication.instance() or QApplication([PROGRAM, *args.qt_args])
     app.setApplicationName("Orthanc Transfers")
+    app.setOrganizationName("orthanc-transfers")   # where QSettings keeps column widths
     app.setApplicationVersion(__version__)
     app.setDesktopFileName(PROGRAM)
     # The window's closed signal ends the app, after the async clean-up.
@@ -83,6 +84,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         session.stop_demo()  # whatever happened, no demo server outlives the app
         if not loop.is_closed():
             loop.close()
+
+
+def settle_heap() -> None:
+    """Move everything alive after start-up (Qt bindings, the HTTP stack, the window) out of
+    the cyclic collector's reach: a full collection over it stalled the loop for 50-100 ms
+    while a large server's list was loading."""
+    import gc
+    gc.collect()
+    gc.freeze()
 
 
 def _apply_look(app: Any) -> None:
@@ -123,6 +133,7 @@ class AppSession:
                 self.window.show_notice(engine_error)
             self.window.closed.connect(self._quit.set)
             self.window.show()
+            settle_heap()
             if self.args.self_test:
                 await self._self_test()
                 self._self_test_passed = True

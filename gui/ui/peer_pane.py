@@ -11,11 +11,12 @@ Drops are not handled here: the transfers UI installs handlers with
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from PySide6.QtCore import QMimeData, QPoint, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QIcon
+from PySide6.QtCore import QByteArray, QMimeData, QPoint, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QDrag, QIcon
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QLineEdit, QMenu, QSizePolicy, QStyle, QTreeView, QVBoxLayout,
                                QWidget)
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeade
 from gui.client import AcceleratorInfo, OrthancClient, OrthancError, Peer, ServerInfo
 from gui.ui.async_tasks import TaskRunner, spawn_detached, user_message
 from gui.ui.resource_mime import MIME_TYPE
+from gui.ui.study_browser import MODALITIES, Search
 from gui.ui.study_tree_model import COL_NAME, COLUMNS, DEFAULT_PAGE_SIZE, StudyTreeModel
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,9 @@ DropHandler = Callable[["PeerPane", QMimeData], bool]
 MenuProvider = Callable[["PeerPane", QMenu], None]
 
 SEARCH_DELAY_MS = 350
+#: Study-date presets of the filter: (label, days back; -1 any date, 0 today).
+DATE_PRESETS = (("Any date", -1), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30),
+                ("Last 12 months", 365))
 PLAIN_HTTP_WARNING = ("Plain HTTP to a remote host: passwords and images travel unencrypted. "
                       "Use https:// for peers outside this computer.")
 
@@ -63,6 +68,16 @@ class PeerTreeView(QTreeView):
         super().__init__(pane)
         self._pane = pane
         self._drag_accepted = False
+
+    def startDrag(self, supported: Qt.DropAction) -> None:  # noqa: N802 - Qt's naming
+        # The model leaves flags() to Qt (a Python flags() costs two calls per loaded row on
+        # every insertion), so Qt sees no draggable rows: start the drag here instead.
+        rows = self.selectionModel().selectedRows(0)
+        if not rows:
+            return
+        drag = QDrag(self)
+        drag.setMimeData(self.model().mimeData(rows))
+        drag.exec(Qt.DropAction.CopyAction)
 
     def dragEnterEvent(self, event: Any) -> None:
         self._drag_accepted = self._pane.accepts_drag(event.mimeData(), source=event.source())
@@ -151,8 +166,33 @@ class PeerPane(QWidget):
         header = self.tree.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
-        for column, width in zip(range(1, len(COLUMNS)), (110, 90, 70, 70, 80)):
+        for column, width in zip(range(1, len(COLUMNS)), (100, 86, 86, 96, 76, 52, 68, 70)):
             header.resizeSection(column, width)
+        # Sorting on a click, not at once: an initial sort would reorder every page as it comes.
+        header.setSectionsClickable(True)
+        header.setSortIndicatorShown(True)
+        header.setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+        header.sortIndicatorChanged.connect(self.model.sort)
+        self._restore_columns()
+        header.sectionResized.connect(lambda *_: self._column_timer.start())
+        self._column_timer = QTimer(self)
+        self._column_timer.setSingleShot(True)
+        self._column_timer.setInterval(500)
+        self._column_timer.timeout.connect(self._save_columns)
+
+        self.date_filter = QComboBox(self)
+        self.date_filter.setObjectName("dateFilter")
+        self.date_filter.setToolTip("Study date")
+        for label, days in DATE_PRESETS:
+            self.date_filter.addItem(label, days)
+        self.modality_filter = QComboBox(self)
+        self.modality_filter.setObjectName("modalityFilter")
+        self.modality_filter.setToolTip("Modality in the study")
+        self.modality_filter.addItem("Any modality", "")
+        for modality in MODALITIES:
+            self.modality_filter.addItem(modality, modality)
+        self.date_filter.currentIndexChanged.connect(lambda _i: self._run_search())
+        self.modality_filter.currentIndexChanged.connect(lambda _i: self._run_search())
 
         self._header_row = QHBoxLayout()
         self._header_row.setContentsMargins(0, 0, 0, 0)
@@ -161,7 +201,12 @@ class PeerPane(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(self._header_row)
         layout.addWidget(self.status_label)
-        layout.addWidget(self.search_box)
+        search_row = QHBoxLayout()
+        search_row.setContentsMargins(0, 0, 0, 0)
+        search_row.addWidget(self.search_box, 1)
+        search_row.addWidget(self.date_filter)
+        search_row.addWidget(self.modality_filter)
+        layout.addLayout(search_row)
         layout.addWidget(self.tree, 1)
 
         self._search_timer = QTimer(self)
@@ -261,13 +306,28 @@ class PeerPane(QWidget):
         else:
             self.model.reload()
 
-    def search(self, text: str) -> None:
-        """Search now (the search box waits for typing to pause)."""
+    def search(self, text: str, *, days: Optional[int] = None, modality: Optional[str] = None) -> None:
+        """Search now (the search box waits for typing to pause). ``days``: studies of the
+        last N days (0: today, -1: any date); ``modality``: "" for any."""
+        for widget, value in ((self.date_filter, days), (self.modality_filter, modality)):
+            if value is not None:
+                widget.blockSignals(True)
+                widget.setCurrentIndex(max(0, widget.findData(value)))
+                widget.blockSignals(False)
         if self.search_box.text() != text:
             self.search_box.blockSignals(True)
             self.search_box.setText(text)
             self.search_box.blockSignals(False)
         self._run_search()
+
+    def current_search(self) -> Search:
+        """What the search box and the filters ask for."""
+        days = self.date_filter.currentData()
+        date_from = ""
+        if isinstance(days, int) and days >= 0:
+            date_from = (datetime.date.today() - datetime.timedelta(days=days)).strftime("%Y%m%d")
+        return Search(text=self.search_box.text().strip(), date_from=date_from,
+                      modality=str(self.modality_filter.currentData() or ""))
 
     def selected_resources(self) -> List[Dict[str, str]]:
         """Selected rows as ``{"Level", "ID"}``, without rows covered by a selected parent."""
@@ -312,6 +372,19 @@ class PeerPane(QWidget):
             await client.aclose()
 
     # --- internals ----------------------------------------------------------------
+
+    def _settings_key(self) -> str:
+        return f"columns/{self.objectName()}/v{len(COLUMNS)}"
+
+    def _restore_columns(self) -> None:
+        """Column widths as the user left them (per pane)."""
+        state = QSettings().value(self._settings_key())
+        if isinstance(state, (bytes, bytearray, QByteArray)):
+            self.tree.header().restoreState(QByteArray(state))
+            self.tree.header().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+
+    def _save_columns(self) -> None:
+        QSettings().setValue(self._settings_key(), self.tree.header().saveState())
 
     def _call_handler(self, handler: DropHandler, mime: QMimeData) -> bool:
         try:
@@ -393,7 +466,7 @@ class PeerPane(QWidget):
             self._server, self._accelerator = result
             self._state = "ok"
             self.model.set_source(client, peer.name)
-            self.model.load(self.search_box.text())
+            self.model.load(self.current_search())
             self._render_status()
 
         def failed(exc: BaseException, _message: str) -> None:
@@ -406,7 +479,7 @@ class PeerPane(QWidget):
     def _run_search(self) -> None:
         self._search_timer.stop()
         if self._client is not None and self._server is not None:
-            self.model.load(self.search_box.text())
+            self.model.load(self.current_search())
 
     def _model_failed(self, message: str) -> None:
         if self.model.error:  # the list itself failed, not a single row
@@ -428,7 +501,7 @@ class PeerPane(QWidget):
             parts.append("accelerator: no (standard REST transfers)")
         count = self.model.top_level_count
         noun = "patient" if count == 1 else "patients"
-        if self.model.search_text:
+        if not self.model.search.empty:
             noun += " matching"
         if self.model.error:
             self._set_status("error", self.model.error)

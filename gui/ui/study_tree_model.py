@@ -1,86 +1,54 @@
-"""One tree model for a peer: Patients → Studies → Series.
+"""The Qt face of a ``StudyBrowser``: Patients → Studies → Series, rendered.
 
-Loading is asynchronous and never blocks the GUI thread:
+All network work (pages, search merge, children, statistics) is the
+browser's (``gui/ui/study_browser.py``, Qt-free); this model turns its news
+into Qt's insert/reset/dataChanged signals, asks it for children when the
+view expands a row (``canFetchMore``/``fetchMore``) and for statistics when
+the view paints a row, and sorts what is loaded.
 
-- the top level comes in pages (``POST /tools/find`` with ``Limit`` and
-  ``Since``); pages keep coming in the background until the server has no
-  more, each page inserted as it arrives, so a server with 10,000 studies
-  fills the tree progressively;
-- children (a patient's studies, a study's series) load when a view asks
-  (``canFetchMore``/``fetchMore``, i.e. on expand);
-- instance counts and sizes (``/statistics``) load only for rows a view
-  actually paints, a few requests at a time.
-
-Rows are only ever appended (until a reset), so a node's row never changes;
-indexes carry an integer node id, never a Python pointer, so a stale index
-can't reach freed memory after a reset.
-
-With a search text the model lists the studies whose patient name, patient
-ID or accession number matches, grouped under their patients.
+Columns follow radiology habits: patient name (or the study / series
+description), patient ID, birth date, study date, accession number,
+modalities, number of series, instances and size.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import itertools
-from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from PySide6.QtCore import QAbstractItemModel, QMimeData, QModelIndex, QObject, Qt, Signal
+from PySide6.QtCore import QAbstractItemModel, QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
 
 from gui.client import OrthancClient
-from gui.ui.async_tasks import TaskRunner, user_message
 from gui.ui.resource_mime import MIME_TYPE, to_mime_data
+from gui.ui.study_browser import (DEFAULT_PAGE_SIZE, STATS_FAILED, STATS_PENDING, Node, Search,
+                                  StudyBrowser)
 
-COLUMNS = ("Name / description", "Patient ID", "Date", "Modality", "Instances", "Size")
-COL_NAME, COL_PATIENT_ID, COL_DATE, COL_MODALITY, COL_INSTANCES, COL_SIZE = range(len(COLUMNS))
+COLUMNS = ("Patient / description", "Patient ID", "Birth date", "Study date", "Accession", "Modalities",
+           "Series", "Instances", "Size")
+(COL_NAME, COL_PATIENT_ID, COL_BIRTH_DATE, COL_STUDY_DATE, COL_ACCESSION, COL_MODALITY, COL_SERIES,
+ COL_INSTANCES, COL_SIZE) = range(len(COLUMNS))
+HEADER_TIPS = ("Patient name; for a study its description, for a series its number and description",
+               "Patient ID", "Patient's birth date", "Study date (series date on a series row)",
+               "Accession number of the study", "Modalities in the study (known once its series are listed)",
+               "Number of series", "Number of instances", "Size on the server (uncompressed)")
 
 LevelRole = int(Qt.ItemDataRole.UserRole) + 1    # "Patient" | "Study" | "Series"
 IdRole = int(Qt.ItemDataRole.UserRole) + 2       # Orthanc ID
 ResourceRole = int(Qt.ItemDataRole.UserRole) + 3  # {"Level": ..., "ID": ...}
 
-DEFAULT_PAGE_SIZE = 200
-MAX_PAGE_GROWTH = 16   # pages grow up to 16 × page_size (3200 rows by default)
-CHILD_LEVEL = {"Patient": "Study", "Study": "Series"}
-
-_STATS_NONE, _STATS_PENDING, _STATS_DONE, _STATS_FAILED = range(4)
-_ITEM_FLAGS = (Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-               | Qt.ItemFlag.ItemIsDragEnabled | Qt.ItemFlag.ItemIsDropEnabled)
-_ROOT_FLAGS = Qt.ItemFlag.ItemIsDropEnabled
-
-
-class Node:
-    """One row. ``tags`` are the resource's MainDicomTags (plus patient tags)."""
-
-    __slots__ = ("uid", "level", "id", "parent", "row", "children", "tags", "fetched",
-                 "loading", "error", "stats", "stats_state", "instances", "modalities",
-                 "search_subset")
-
-    def __init__(self, uid: int, level: str, resource_id: str, parent: Optional["Node"],
-                 tags: Optional[Dict[str, str]] = None) -> None:
-        self.uid = uid
-        self.level = level
-        self.id = resource_id
-        self.parent = parent
-        self.row = 0
-        self.children: List[Node] = []
-        self.tags: Dict[str, str] = tags or {}
-        self.fetched = level == "Series"   # series have no children in this tree
-        self.loading = False
-        self.error: Optional[str] = None
-        self.stats: Dict[str, Any] = {}
-        self.stats_state = _STATS_NONE
-        self.instances: Optional[int] = None
-        self.modalities: str = ""
-        self.search_subset = False         # patient shown with only the matching studies
-
-    @property
-    def resource(self) -> Dict[str, str]:
-        return {"Level": self.level, "ID": self.id}
+# No flags() override: the view asks it twice per loaded row after every insertion, and
+# the C++ default (enabled, selectable) is all the tree needs; PeerTreeView starts drags
+# itself and handles drops.
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole)
+_TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
+_ALIGN = int(Qt.ItemDataRole.TextAlignmentRole)
+_RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+_NUMERIC = (COL_SERIES, COL_INSTANCES, COL_SIZE)
+_COLUMN_COUNT = len(COLUMNS)
+_INVALID = QModelIndex()
 
 
 class StudyTreeModel(QAbstractItemModel):
-    """Patients → Studies → Series of one Orthanc peer."""
+    """Patients → Studies → Series of one Orthanc peer, as a ``StudyBrowser`` knows them."""
 
     #: Top-level pages are loading (True) or done/failed (False).
     loadingChanged = Signal(bool)
@@ -92,188 +60,193 @@ class StudyTreeModel(QAbstractItemModel):
     def __init__(self, parent: Optional[QObject] = None, *,
                  page_size: int = DEFAULT_PAGE_SIZE, stats_concurrency: int = 4) -> None:
         super().__init__(parent)
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
-        self.page_size = page_size
-        self.stats_concurrency = max(1, stats_concurrency)
-        self._runner = TaskRunner(self)
-        self._ids = itertools.count(1)
-        self._root = Node(0, "Root", "", None)
-        self._nodes: Dict[int, Node] = {}
-        self._by_id: Dict[Tuple[str, str], Node] = {}
-        self._client: Optional[OrthancClient] = None
-        self._peer_name = ""
-        self._search = ""
-        self._generation = 0
-        self._loading = False
-        self._complete = False
-        self._error: Optional[str] = None
-        self._stats_queue: Deque[Node] = collections.deque()
-        self._stats_workers = 0
+        self.browser = StudyBrowser(self, page_size=page_size, stats_concurrency=stats_concurrency)
+        self._root = self.browser.root
+        self._nodes = self.browser.nodes
+        self._sort: Optional[Tuple[int, Qt.SortOrder]] = None
+
+    # --- the browser's news (BrowserListener) ------------------------------------
+
+    def browser_reset(self, begin: bool) -> None:
+        if begin:
+            self.beginResetModel()
+        else:
+            self.endResetModel()
+
+    def browser_insert(self, parent: Node, first: int, last: int, begin: bool) -> None:
+        if begin:
+            self.beginInsertRows(self._index_of(parent), first, last)
+        else:
+            self.endInsertRows()
+
+    def browser_changed(self, node: Node, what: str) -> None:
+        if what == "stats":
+            self._changed(node, COL_SERIES, COL_SIZE)
+        elif what == "modalities":
+            self._changed(node, COL_MODALITY, COL_MODALITY)
+        else:
+            self._changed(node, COL_NAME, COL_NAME)
+
+    def browser_loading(self, loading: bool) -> None:
+        if not loading and self._sort is not None and self.browser.is_complete:
+            self.sort(*self._sort)   # pages that came after the sort take their place
+        self.loadingChanged.emit(loading)
+
+    def browser_failed(self, message: str) -> None:
+        self.loadFailed.emit(message)
+
+    def browser_rows(self, count: int) -> None:
+        self.rowsLoaded.emit(count)
 
     # --- public API ---------------------------------------------------------
 
     @property
+    def page_size(self) -> int:
+        return self.browser.page_size
+
+    @property
     def peer_name(self) -> str:
-        return self._peer_name
+        return self.browser.peer_name
 
     @property
     def client(self) -> Optional[OrthancClient]:
-        return self._client
+        return self.browser.client
 
     @property
     def search_text(self) -> str:
-        return self._search
+        return self.browser.search.text
+
+    @property
+    def search(self) -> Search:
+        return self.browser.search
 
     @property
     def is_loading(self) -> bool:
-        return self._loading
+        return self.browser.is_loading
 
     @property
     def is_complete(self) -> bool:
         """Every top-level page has been loaded."""
-        return self._complete
+        return self.browser.is_complete
 
     @property
     def error(self) -> Optional[str]:
-        return self._error
+        return self.browser.error
 
     @property
     def top_level_count(self) -> int:
-        return len(self._root.children)
+        return self.browser.top_level_count
 
     def set_source(self, client: Optional[OrthancClient], peer_name: str) -> None:
         """Point the model at another peer (or none); empties it, loads nothing yet."""
-        self._client = client
-        self._peer_name = peer_name
-        self._search = ""
-        self._reset()
+        self.browser.set_source(client, peer_name)
 
-    def load(self, search: str = "") -> None:
+    def load(self, search: "str | Search" = "") -> None:
         """Empty the tree and load the first page (then the next ones)."""
-        self._search = search.strip()
-        self._reset()
-        if self._client is None:
-            return
-        self._set_loading(True)
-        generation = self._generation
-        self._runner.start(self._load_pages(generation), what="Loading the list",
-                           on_error=lambda exc, msg: self._pages_failed(generation, msg))
+        self.browser.load(search if isinstance(search, Search) else Search(text=search))
 
     def reload(self) -> None:
-        self.load(self._search)
+        self.browser.load(self.browser.search)
 
     def clear(self) -> None:
-        self._reset()
+        self.browser.reset()
 
-    def node(self, index: QModelIndex) -> Optional[Node]:
+    def node(self, index: "QModelIndex | QPersistentModelIndex") -> Optional[Node]:
         if not index.isValid():
             return None
         return self._nodes.get(int(index.internalId()))
 
     def index_of(self, level: str, resource_id: str) -> QModelIndex:
         """The (first) index of a loaded resource, or an invalid index."""
-        node = self._by_id.get((level, resource_id))
+        node = self.browser.find(level, resource_id)
         return self._index_of(node) if node is not None else QModelIndex()
 
     def resources_for(self, indexes: Iterable[QModelIndex]) -> Tuple[List[Dict[str, str]], List[str]]:
         """Resources and labels of the given rows, without rows whose ancestor is
         also given (a selected patient already includes its selected studies)."""
-        chosen: Dict[int, Node] = {}
-        for index in indexes:
-            node = self.node(index)
-            if node is not None:
-                chosen[node.uid] = node
-        out: List[Node] = []
-        for node in chosen.values():
-            ancestor = node.parent
-            covered = False
-            while ancestor is not None and ancestor is not self._root:
-                if ancestor.uid in chosen:
-                    covered = True
-                    break
-                ancestor = ancestor.parent
-            if not covered:
-                out.append(node)
-        out.sort(key=self._path_key)
-        return [n.resource for n in out], [self.label(n) for n in out]
+        nodes = [n for n in (self.node(i) for i in indexes) if n is not None]
+        chosen = self.browser.resources_for(nodes)
+        return [n.resource for n in chosen], [self.label(n) for n in chosen]
 
     def label(self, node: Node) -> str:
-        """A short human-readable name of a row (confirmations, drag text)."""
+        """A short human-readable name of a row (confirmations, drag text, job titles)."""
+        tags = node.tags
         if node.level == "Patient":
-            return f"{_person(node.tags.get('PatientName', ''))} ({node.tags.get('PatientID', '?')})"
+            return f"{_person(tags.get('PatientName', ''))} ({tags.get('PatientID', '?')})"
         if node.level == "Study":
-            parts = [_person(node.tags.get("PatientName", "")), self._name(node),
-                     _date(node.tags.get("StudyDate", ""))]
+            parts = [_person(tags.get("PatientName", "")), tags.get("PatientID", ""), self._name(node),
+                     tags.get("AccessionNumber", ""), _date(tags.get("StudyDate", ""))]
             return " · ".join(p for p in parts if p)
-        parts = [self._name(node), node.tags.get("Modality", "")]
+        parts = [_person(tags.get("PatientName", "")), self._name(node), tags.get("Modality", "")]
         return " · ".join(p for p in parts if p)
 
     # --- Qt model interface -----------------------------------------------------
 
-    def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
-        if column < 0 or column >= len(COLUMNS):
-            return QModelIndex()
-        owner = self.node(parent) if parent.isValid() else self._root
-        if owner is None or row < 0 or row >= len(owner.children):
-            return QModelIndex()
-        return self.createIndex(row, column, owner.children[row].uid)
+    def index(self, row: int, column: int, parent: "QModelIndex | QPersistentModelIndex" = _INVALID
+              ) -> QModelIndex:
+        # The view calls this for every loaded row after each insertion: keep it lean.
+        owner = self._nodes.get(parent.internalId(), self._root) if parent.isValid() else self._root
+        children = owner.children
+        if 0 <= row < len(children) and 0 <= column < _COLUMN_COUNT:
+            return self.createIndex(row, column, children[row].uid)
+        return QModelIndex()
 
     def parent(self, index: Any = None) -> Any:  # type: ignore[override]
         if index is None:
             return QObject.parent(self)  # QObject.parent(), shadowed by the model's
-        node = self.node(index)
+        node = self._nodes.get(index.internalId()) if index.isValid() else None
         if node is None or node.parent is None or node.parent is self._root:
             return QModelIndex()
         return self.createIndex(node.parent.row, 0, node.parent.uid)
 
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        if parent.isValid() and parent.column() != 0:
+    def rowCount(self, parent: "QModelIndex | QPersistentModelIndex" = _INVALID) -> int:
+        if not parent.isValid():
+            return len(self._root.children)
+        if parent.column() != 0:
             return 0
-        owner = self.node(parent) if parent.isValid() else self._root
+        owner = self._nodes.get(parent.internalId())
         return len(owner.children) if owner is not None else 0
 
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
+    def columnCount(self, parent: "QModelIndex | QPersistentModelIndex" = _INVALID) -> int:
         return len(COLUMNS)
 
-    def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
-        if not parent.isValid():
-            return bool(self._root.children)
+    def hasChildren(self, parent: "QModelIndex | QPersistentModelIndex" = _INVALID) -> bool:
+        # Asked for every loaded row after each insertion: one lookup, no more calls into Qt
+        # (the view only asks about column 0; the root's internal id 0 is no node).
         node = self._nodes.get(parent.internalId())
-        if node is None or node.fetched:
-            return node is not None and bool(node.children) and parent.column() == 0
-        return parent.column() == 0  # not fetched yet: expandable
+        if node is None:
+            return not parent.isValid() and bool(self._root.children)
+        return not node.fetched or bool(node.children)
 
-    def canFetchMore(self, parent: QModelIndex) -> bool:
+    def canFetchMore(self, parent: "QModelIndex | QPersistentModelIndex") -> bool:
         node = self.node(parent)
         return node is not None and not node.fetched and not node.loading
 
-    def fetchMore(self, parent: QModelIndex) -> None:
+    def fetchMore(self, parent: "QModelIndex | QPersistentModelIndex") -> None:
         node = self.node(parent)
         if node is not None:
-            self._fetch_children(node)
+            self.browser.fetch_children(node)
 
     def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
+        if orientation == Qt.Orientation.Horizontal:
+            if role == _DISPLAY:
+                return COLUMNS[section]
+            if role == _TOOLTIP:
+                return HEADER_TIPS[section]
         return None
 
-    def flags(self, index: QModelIndex) -> Qt.ItemFlag:
-        # Called for every row on each layout: constants, no enum arithmetic.
-        return _ITEM_FLAGS if index.isValid() else _ROOT_FLAGS
-
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        node = self.node(index)
+    def data(self, index: "QModelIndex | QPersistentModelIndex", role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        node = self._nodes.get(index.internalId()) if index.isValid() else None
         if node is None:
             return None
         column = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
+        if role == _DISPLAY:
             return self._display(node, column)
-        if role == Qt.ItemDataRole.ToolTipRole:
+        if role == _TOOLTIP:
             return self._tooltip(node, column)
-        if role == Qt.ItemDataRole.TextAlignmentRole and column in (COL_INSTANCES, COL_SIZE):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == _ALIGN and column in _NUMERIC:
+            return _RIGHT
         if role == LevelRole:
             return node.level
         if role == IdRole:
@@ -282,6 +255,47 @@ class StudyTreeModel(QAbstractItemModel):
             return node.resource
         return None
 
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Sort what is loaded (every level) by a column; rows loaded later join at the
+        end until the list is complete, then take their place."""
+        if not 0 <= column < len(COLUMNS):
+            return
+        self._sort = (column, order)
+        if not self._root.children:
+            return
+        self.layoutAboutToBeChanged.emit()
+        before = [(i, self.node(i), i.column()) for i in self.persistentIndexList()]
+        key = self._sort_key(column)
+        reverse = order == Qt.SortOrder.DescendingOrder
+        stack = [self._root]
+        while stack:
+            owner = stack.pop()
+            if len(owner.children) > 1:
+                owner.children.sort(key=key, reverse=reverse)
+                for row, child in enumerate(owner.children):
+                    child.row = row
+            stack.extend(c for c in owner.children if c.children)
+        self.changePersistentIndexList(
+            [i for i, _n, _c in before],
+            [self._index_of(n, c) if n is not None else QModelIndex() for _i, n, c in before])
+        self.layoutChanged.emit()
+
+    def _sort_key(self, column: int) -> Callable[[Node], Any]:
+        if column == COL_SIZE:
+            return lambda n: int(n.stats.get("UncompressedSize") or -1)
+        if column == COL_INSTANCES:
+            return lambda n: int(n.stats.get("CountInstances", n.instances) or -1)
+        if column == COL_SERIES:
+            return lambda n: int(n.stats.get("CountSeries") or -1)
+        if column == COL_NAME:
+            def name_key(n: Node) -> Any:
+                if n.level == "Series":
+                    number = n.tags.get("SeriesNumber", "")
+                    return (int(number) if number.isdigit() else 1 << 30, self._name(n).lower())
+                return (0, self._name(n).lower())
+            return name_key
+        return lambda n: self._plain(n, column).lower()
+
     # drag and drop: the model produces the payload; the pane handles drops.
 
     def mimeTypes(self) -> List[str]:
@@ -289,7 +303,7 @@ class StudyTreeModel(QAbstractItemModel):
 
     def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
         resources, labels = self.resources_for(i for i in indexes if i.column() == 0)
-        return to_mime_data(self._peer_name, resources, labels)
+        return to_mime_data(self.browser.peer_name, resources, labels)
 
     def supportedDragActions(self) -> Qt.DropAction:
         return Qt.DropAction.CopyAction
@@ -298,53 +312,77 @@ class StudyTreeModel(QAbstractItemModel):
         return Qt.DropAction.CopyAction
 
     def canDropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,
-                        parent: QModelIndex) -> bool:
+                        parent: "QModelIndex | QPersistentModelIndex") -> bool:
         return False  # drops are the pane's business (its drop handler)
 
     def dropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,
-                     parent: QModelIndex) -> bool:
+                     parent: "QModelIndex | QPersistentModelIndex") -> bool:
         return False
 
     # --- display helpers --------------------------------------------------------
 
-    def _display(self, node: Node, column: int) -> str:
+    def _plain(self, node: Node, column: int) -> str:
+        """Text of a column that needs no request."""
         tags = node.tags
+        level = node.level
         if column == COL_NAME:
-            if node.level == "Patient":
+            if level == "Patient":
                 return _person(tags.get("PatientName", "")) or "(no name)"
             return self._name(node)
         if column == COL_PATIENT_ID:
             return tags.get("PatientID", "")
-        if column == COL_DATE:
-            key = {"Patient": "PatientBirthDate", "Study": "StudyDate", "Series": "SeriesDate"}[node.level]
-            return _date(tags.get(key, ""))
+        if column == COL_BIRTH_DATE:
+            return _date(tags.get("PatientBirthDate", "")) if level != "Series" else ""
+        if column == COL_STUDY_DATE:
+            return _date(tags.get("StudyDate" if level == "Study" else "SeriesDate", "")) \
+                if level != "Patient" else ""
+        if column == COL_ACCESSION:
+            return tags.get("AccessionNumber", "") if level == "Study" else ""
         if column == COL_MODALITY:
-            return tags.get("Modality", "") if node.level == "Series" else node.modalities
-        if column == COL_INSTANCES:
-            count = node.stats.get("CountInstances", node.instances)
-            if count is None:
-                self._want_stats(node)
-                return "…" if node.stats_state == _STATS_PENDING else ""
-            return str(count)
-        if column == COL_SIZE:
-            size = node.stats.get("UncompressedSize")
-            if size is None:
-                self._want_stats(node)
-                return "…" if node.stats_state == _STATS_PENDING else ""
-            return format_size(int(size))
+            return tags.get("Modality", "") if level == "Series" else node.modalities
         return ""
+
+    def _display(self, node: Node, column: int) -> str:
+        if column < COL_SERIES:
+            return self._plain(node, column)
+        if column == COL_SERIES:
+            if node.level == "Series":
+                return ""
+            value = node.stats.get("CountSeries")
+        elif column == COL_INSTANCES:
+            value = node.stats.get("CountInstances", node.instances)
+        else:
+            value = node.stats.get("UncompressedSize")
+        if value is None:
+            self.browser.want_stats(node)
+            return "…" if node.stats_state == STATS_PENDING else ""
+        return format_size(int(value)) if column == COL_SIZE else str(value)
 
     def _tooltip(self, node: Node, column: int) -> Optional[str]:
         if node.error:
             return node.error
-        if column in (COL_INSTANCES, COL_SIZE) and node.stats_state == _STATS_FAILED:
+        if column in _NUMERIC and node.stats_state == STATS_FAILED:
             return "statistics unavailable"
-        if column == COL_NAME:
-            text = f"{node.level} {node.id}"
+        if column != COL_NAME:
+            text = self._plain(node, column)
+            return text or None
+        tags = node.tags
+        lines: List[str] = []
+        if node.level == "Patient":
+            lines.append(f"Patient {_person(tags.get('PatientName', '')) or '(no name)'}")
+            lines.append(f"ID {tags.get('PatientID', '?')}, born {_date(tags.get('PatientBirthDate', '')) or '?'}")
             if node.search_subset:
-                text += "\nOnly the studies matching the search are shown."
-            return text
-        return None
+                lines.append("Only the studies matching the search are shown.")
+        elif node.level == "Study":
+            lines.append(tags.get("StudyDescription") or "(study without description)")
+            lines.append(f"Accession {tags.get('AccessionNumber') or '–'}, "
+                         f"study date {_date(tags.get('StudyDate', '')) or '–'}")
+            lines.append(f"Patient {_person(tags.get('PatientName', ''))} ({tags.get('PatientID', '?')})")
+        else:
+            lines.append(tags.get("SeriesDescription") or "(series without description)")
+            lines.append(f"Series {tags.get('SeriesNumber') or '–'}, {tags.get('Modality') or 'modality ?'}"
+                         + (f", {tags['BodyPartExamined']}" if tags.get("BodyPartExamined") else ""))
+        return "\n".join(lines)
 
     @staticmethod
     def _name(node: Node) -> str:
@@ -354,221 +392,10 @@ class StudyTreeModel(QAbstractItemModel):
         if node.level == "Series":
             text = tags.get("SeriesDescription", "")
             number = tags.get("SeriesNumber", "")
+            if text and number:
+                return f"#{number} {text}"
             return text or (f"Series {number}" if number else "(series without description)")
         return _person(tags.get("PatientName", ""))
-
-    def _path_key(self, node: Node) -> Tuple[int, ...]:
-        rows: List[int] = []
-        while node is not None and node is not self._root:
-            rows.append(node.row)
-            node = node.parent  # type: ignore[assignment]
-        return tuple(reversed(rows))
-
-    # --- loading --------------------------------------------------------------------
-
-    def _reset(self) -> None:
-        self.beginResetModel()
-        self._runner.cancel_all()
-        self._generation += 1
-        self._root.children = []
-        self._nodes.clear()
-        self._by_id.clear()
-        self._stats_queue.clear()
-        self._stats_workers = 0
-        self._complete = False
-        self._error = None
-        self.endResetModel()
-        self._set_loading(False)
-        self.rowsLoaded.emit(0)
-
-    def _set_loading(self, loading: bool) -> None:
-        if loading != self._loading:
-            self._loading = loading
-            self.loadingChanged.emit(loading)
-
-    def _pages_failed(self, generation: int, message: str) -> None:
-        if generation != self._generation:
-            return
-        self._error = message
-        self._set_loading(False)
-        self.loadFailed.emit(message)
-
-    async def _load_pages(self, generation: int) -> None:
-        client = self._client
-        assert client is not None
-        for query in self._queries():
-            since = 0
-            limit = self.page_size
-            while True:
-                page = await query(client, limit, since)
-                if generation != self._generation:
-                    return
-                if self._search:
-                    self._add_matching_studies(page)
-                else:
-                    self._add_patients(page)
-                since += len(page)
-                if len(page) < limit:
-                    break
-                # Each insertion makes the view lay out every top-level row
-                # again: growing pages keep the total work linear on big
-                # servers while the first page still comes quickly.
-                limit = min(limit * 2, self.page_size * MAX_PAGE_GROWTH)
-                # Let the view paint this page before asking for the next one.
-                await asyncio.sleep(0)
-                if generation != self._generation:
-                    return
-        self._complete = True
-        self._set_loading(False)
-
-    def _queries(self) -> List[Any]:
-        text = self._search
-        if not text:
-            return [lambda c, limit, since: c.search_patients("", limit=limit, since=since)]
-        # Orthanc's find is an AND of its fields: one query per field, merged.
-        return [lambda c, limit, since, field=field: c.search_studies(
-                    **{field: text}, limit=limit, since=since)
-                for field in ("patient_name", "patient_id", "accession")]
-
-    def _new_node(self, level: str, resource_id: str, parent: Node, tags: Dict[str, str]) -> Node:
-        node = Node(next(self._ids), level, resource_id, parent, tags)
-        node.row = len(parent.children)
-        self._nodes[node.uid] = node
-        self._by_id.setdefault((level, resource_id), node)
-        return node
-
-    def _append(self, parent: Node, items: List[Tuple[str, str, Dict[str, str]]]) -> List[Node]:
-        """Insert rows under ``parent`` (level, id, tags), skipping ones already loaded."""
-        # A resource has one place in the tree: a page that overlaps the
-        # previous one (the server changed meanwhile) must not duplicate rows.
-        seen = set()
-        fresh = []
-        for level, resource_id, tags in items:
-            if resource_id and (level, resource_id) not in self._by_id and resource_id not in seen:
-                seen.add(resource_id)
-                fresh.append((level, resource_id, tags))
-        if not fresh:
-            return []
-        first = len(parent.children)
-        parent_index = self._index_of(parent)
-        self.beginInsertRows(parent_index, first, first + len(fresh) - 1)
-        nodes = []
-        for level, resource_id, tags in fresh:
-            node = self._new_node(level, resource_id, parent, tags)
-            parent.children.append(node)
-            nodes.append(node)
-        self.endInsertRows()
-        if parent is self._root:
-            self.rowsLoaded.emit(len(self._root.children))
-        return nodes
-
-    def _add_patients(self, page: List[Dict[str, Any]]) -> None:
-        self._append(self._root, [("Patient", str(p.get("ID", "")), _tags(p)) for p in page
-                                  if isinstance(p, dict)])
-
-    def _add_matching_studies(self, page: List[Dict[str, Any]]) -> None:
-        by_patient: Dict[str, List[Dict[str, Any]]] = collections.OrderedDict()
-        for study in page:
-            if isinstance(study, dict) and study.get("ID"):
-                by_patient.setdefault(str(study.get("ParentPatient", "")), []).append(study)
-        new_patients = [("Patient", pid, dict(studies[0].get("PatientMainDicomTags") or {}))
-                        for pid, studies in by_patient.items()
-                        if ("Patient", pid) not in self._by_id]
-        for node in self._append(self._root, new_patients):
-            node.fetched = True
-            node.search_subset = True
-        for pid, studies in by_patient.items():
-            patient = self._by_id.get(("Patient", pid))
-            if patient is not None:
-                self._append(patient, [("Study", str(s["ID"]), _tags(s)) for s in studies])
-
-    def _fetch_children(self, node: Node) -> None:
-        if node.fetched or node.loading or self._client is None or node.level not in CHILD_LEVEL:
-            return
-        node.loading = True
-        generation = self._generation
-        client = self._client
-
-        async def fetch() -> None:
-            children = await client.children(node.level, node.id)
-            if generation != self._generation:
-                return
-            node.loading = False
-            node.fetched = True
-            level = CHILD_LEVEL[node.level]
-            items = []
-            for child in children:
-                if not isinstance(child, dict):
-                    continue
-                tags = _tags(child)
-                tags.setdefault("PatientID", node.tags.get("PatientID", ""))
-                tags.setdefault("PatientName", node.tags.get("PatientName", ""))
-                items.append((level, str(child.get("ID", "")), tags, child))
-            added = self._append(node, [(lvl, cid, tags) for lvl, cid, tags, _ in items])
-            raw = {cid: child for _, cid, _, child in items}
-            for child_node in added:
-                instances = raw[child_node.id].get("Instances")
-                if isinstance(instances, list):
-                    child_node.instances = len(instances)
-            if node.level == "Study":
-                modalities = sorted({c.tags.get("Modality", "") for c in node.children} - {""})
-                node.modalities = "/".join(modalities)
-                self._changed(node, COL_MODALITY, COL_MODALITY)
-                patient = node.parent
-                if patient is not None and patient.level == "Patient":
-                    # What is known so far: the studies whose series are loaded.
-                    known = {m for study in patient.children for m in study.modalities.split("/") if m}
-                    patient.modalities = "/".join(sorted(known))
-                    self._changed(patient, COL_MODALITY, COL_MODALITY)
-
-        def failed(exc: BaseException, message: str) -> None:
-            if generation != self._generation:
-                return
-            # Marked fetched so the view does not retry in a loop; F5 retries.
-            node.loading = False
-            node.fetched = True
-            node.error = message
-            self._changed(node, COL_NAME, COL_NAME)
-            self.loadFailed.emit(message)
-
-        self._runner.start(fetch(), what=f"Loading the {CHILD_LEVEL[node.level].lower()} list",
-                           on_error=failed)
-
-    def _want_stats(self, node: Node) -> None:
-        """Queue a /statistics request for a row a view is painting."""
-        if node.stats_state != _STATS_NONE or self._client is None:
-            return
-        node.stats_state = _STATS_PENDING
-        self._stats_queue.append(node)
-        while self._stats_workers < self.stats_concurrency and self._stats_workers < len(self._stats_queue):
-            self._stats_workers += 1
-            self._runner.start(self._stats_worker(self._generation), what="Loading statistics")
-
-    async def _stats_worker(self, generation: int) -> None:
-        client = self._client
-        try:
-            while self._stats_queue and generation == self._generation and client is not None:
-                node = self._stats_queue.popleft()
-                try:
-                    stats = await client.statistics(node.level, node.id)
-                except Exception as exc:  # noqa: BLE001 - shown as a tooltip on that row
-                    if generation != self._generation:
-                        return
-                    node.stats_state = _STATS_FAILED
-                    node.error = user_message(exc, "statistics")
-                else:
-                    if generation != self._generation:
-                        return
-                    node.stats = stats if isinstance(stats, dict) else {}
-                    node.stats_state = _STATS_DONE
-                    if node.level == "Study":
-                        # The series give the study's modalities (not in its tags
-                        # on Orthanc 1.10) and make expanding it instant.
-                        self._fetch_children(node)
-                self._changed(node, COL_INSTANCES, COL_SIZE)
-        finally:
-            if generation == self._generation:
-                self._stats_workers -= 1
 
     def _index_of(self, node: Node, column: int = 0) -> QModelIndex:
         if node is self._root or node.parent is None:
@@ -578,15 +405,6 @@ class StudyTreeModel(QAbstractItemModel):
     def _changed(self, node: Node, first: int, last: int) -> None:
         if self._nodes.get(node.uid) is node:
             self.dataChanged.emit(self._index_of(node, first), self._index_of(node, last))
-
-
-def _tags(resource: Dict[str, Any]) -> Dict[str, str]:
-    tags: Dict[str, str] = {}
-    for key in ("PatientMainDicomTags", "MainDicomTags"):
-        value = resource.get(key)
-        if isinstance(value, dict):
-            tags.update({str(k): str(v) for k, v in value.items() if isinstance(v, (str, int, float))})
-    return tags
 
 
 def _person(name: str) -> str:

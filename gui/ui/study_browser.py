@@ -1,0 +1,426 @@
+"""What one pane knows about its peer's patients, studies and series — without Qt.
+
+``StudyBrowser`` does the network work of the study tree: the top level in
+pages (``POST /tools/find`` with ``Limit``/``Since``), the search (one query
+per field, merged, grouped under patients), children on demand and
+``/statistics`` for the rows on screen, a few at a time. It tells a listener
+(``BrowserListener``, the Qt model) what changed; the model only renders.
+
+Rows are only ever appended under a parent (until a reset), so a node's row
+never changes; nodes carry an integer ``uid`` for Qt's indexes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set,
+                    Tuple)
+
+from gui.client import OrthancClient
+from gui.client.errors import OrthancError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 200
+MAX_PAGE_GROWTH = 8    # pages grow up to 8 × page_size (1600 rows: a bigger answer takes too long to decode)
+CHILD_LEVEL = {"Patient": "Study", "Study": "Series"}
+MODALITIES = ("CT", "MR", "CR", "DX", "US", "PT", "NM", "MG", "XA", "RF", "OT", "SR", "SEG", "RTSTRUCT")
+
+STATS_NONE, STATS_PENDING, STATS_DONE, STATS_FAILED = range(4)
+
+
+class Node:
+    """One row. ``tags`` are the resource's MainDicomTags (plus its patient's)."""
+
+    __slots__ = ("uid", "level", "id", "parent", "row", "children", "tags", "fetched",
+                 "loading", "error", "stats", "stats_state", "instances", "modalities",
+                 "search_subset")
+
+    def __init__(self, uid: int, level: str, resource_id: str, parent: Optional["Node"],
+                 tags: Optional[Dict[str, str]] = None) -> None:
+        self.uid = uid
+        self.level = level
+        self.id = resource_id
+        self.parent = parent
+        self.row = 0
+        self.children: List[Node] = []
+        self.tags: Dict[str, str] = tags or {}
+        self.fetched = level == "Series"   # series have no children in this tree
+        self.loading = False
+        self.error: Optional[str] = None
+        self.stats: Dict[str, Any] = {}
+        self.stats_state = STATS_NONE
+        self.instances: Optional[int] = None
+        self.modalities: str = ""
+        self.search_subset = False         # patient shown with only the matching studies
+
+    @property
+    def resource(self) -> Dict[str, str]:
+        return {"Level": self.level, "ID": self.id}
+
+
+@dataclass(frozen=True)
+class Search:
+    """Free text (patient name, patient ID or accession; wildcards allowed), a study-date
+    range (``YYYYMMDD``, either end open) and a modality."""
+
+    text: str = ""
+    date_from: str = ""
+    date_to: str = ""
+    modality: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.text or self.date_from or self.date_to or self.modality)
+
+
+class BrowserListener(Protocol):
+    """What the browser tells its view (the Qt model turns these into its signals)."""
+
+    def browser_reset(self, begin: bool) -> None: ...
+    def browser_insert(self, parent: Node, first: int, last: int, begin: bool) -> None: ...
+    def browser_changed(self, node: Node, what: str) -> None: ...   # "stats" | "modalities" | "error"
+    def browser_loading(self, loading: bool) -> None: ...
+    def browser_failed(self, message: str) -> None: ...
+    def browser_rows(self, count: int) -> None: ...
+
+
+def user_text(exc: BaseException, what: str) -> str:
+    reason = str(exc) if isinstance(exc, (OrthancError, OSError, ValueError)) and str(exc) \
+        else (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    return f"{what}: {reason}"
+
+
+class StudyBrowser:
+    def __init__(self, listener: BrowserListener, *, page_size: int = DEFAULT_PAGE_SIZE,
+                 stats_concurrency: int = 4) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.listener = listener
+        self.page_size = page_size
+        self.stats_concurrency = max(1, stats_concurrency)
+        self._ids = itertools.count(1)
+        self.root = Node(0, "Root", "", None)
+        self.nodes: Dict[int, Node] = {}
+        self._by_id: Dict[Tuple[str, str], Node] = {}
+        self._client: Optional[OrthancClient] = None
+        self.peer_name = ""
+        self._search = Search()
+        self._generation = 0
+        self._loading = False
+        self._complete = False
+        self._error: Optional[str] = None
+        self._stats_queue: Deque[Node] = collections.deque()
+        self._stats_workers = 0
+        self._tasks: Set["asyncio.Task[Any]"] = set()
+
+    # --- state ---------------------------------------------------------------------
+
+    @property
+    def client(self) -> Optional[OrthancClient]:
+        return self._client
+
+    @property
+    def search(self) -> Search:
+        return self._search
+
+    @property
+    def is_loading(self) -> bool:
+        return self._loading
+
+    @property
+    def is_complete(self) -> bool:
+        return self._complete
+
+    @property
+    def error(self) -> Optional[str]:
+        return self._error
+
+    @property
+    def top_level_count(self) -> int:
+        return len(self.root.children)
+
+    def find(self, level: str, resource_id: str) -> Optional[Node]:
+        return self._by_id.get((level, resource_id))
+
+    # --- commands ------------------------------------------------------------------
+
+    def set_source(self, client: Optional[OrthancClient], peer_name: str) -> None:
+        self._client = client
+        self.peer_name = peer_name
+        self._search = Search()
+        self.reset()
+
+    def load(self, search: Search) -> None:
+        """Empty the tree and load the first page (then the next ones)."""
+        self._search = Search(search.text.strip(), search.date_from, search.date_to, search.modality)
+        self.reset()
+        if self._client is None:
+            return
+        self._set_loading(True)
+        generation = self._generation
+
+        def failed(exc: BaseException) -> None:
+            if generation == self._generation:
+                self._error = user_text(exc, "Loading the list")
+                self._set_loading(False)
+                self.listener.browser_failed(self._error)
+        self._start(self._load_pages(generation), failed)
+
+    def reset(self) -> None:
+        self.listener.browser_reset(True)
+        self.cancel_all()
+        self._generation += 1
+        # Parent and child point at each other: unlink them so the old rows go at once,
+        # not in a cyclic collection that would stall the loop over every loaded row.
+        for node in self.nodes.values():
+            node.parent = None
+            node.children = []
+        self.root.children = []
+        self.nodes.clear()
+        self._by_id.clear()
+        self._stats_queue.clear()
+        self._stats_workers = 0
+        self._complete = False
+        self._error = None
+        self.listener.browser_reset(False)
+        self._set_loading(False)
+        self.listener.browser_rows(0)
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def resources_for(self, nodes: Iterable[Node]) -> List[Node]:
+        """The given nodes without those whose ancestor is also given, in tree order."""
+        chosen = {node.uid: node for node in nodes}
+        out: List[Node] = []
+        for node in chosen.values():
+            ancestor = node.parent
+            while ancestor is not None and ancestor is not self.root and ancestor.uid not in chosen:
+                ancestor = ancestor.parent
+            if ancestor is None or ancestor is self.root:
+                out.append(node)
+        out.sort(key=_path_key)
+        return out
+
+    def fetch_children(self, node: Node) -> None:
+        if node.fetched or node.loading or self._client is None or node.level not in CHILD_LEVEL:
+            return
+        node.loading = True
+        generation = self._generation
+        client = self._client
+
+        async def fetch() -> None:
+            children = await client.children(node.level, node.id)
+            if generation != self._generation:
+                return
+            node.loading = False
+            node.fetched = True
+            level = CHILD_LEVEL[node.level]
+            items = []
+            raw: Dict[str, Dict[str, Any]] = {}
+            for child in children:
+                if not isinstance(child, dict):
+                    continue
+                tags = _tags(child)
+                for key in ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "AccessionNumber"):
+                    if node.tags.get(key):
+                        tags.setdefault(key, node.tags[key])
+                items.append((level, str(child.get("ID", "")), tags))
+                raw[str(child.get("ID", ""))] = child
+            for child_node in self._append(node, items):
+                instances = raw[child_node.id].get("Instances")
+                if isinstance(instances, list):
+                    child_node.instances = len(instances)
+            if node.level == "Study":
+                self._set_modalities(node, {c.tags.get("Modality", "") for c in node.children})
+
+        def failed(exc: BaseException) -> None:
+            if generation != self._generation:
+                return
+            # Marked fetched so the view does not retry in a loop; F5 retries.
+            node.loading = False
+            node.fetched = True
+            node.error = user_text(exc, f"Loading the {CHILD_LEVEL[node.level].lower()} list")
+            self.listener.browser_changed(node, "error")
+            self.listener.browser_failed(node.error)
+
+        self._start(fetch(), failed)
+
+    def want_stats(self, node: Node) -> None:
+        """Queue a /statistics request for a row the view paints."""
+        if node.stats_state != STATS_NONE or self._client is None:
+            return
+        node.stats_state = STATS_PENDING
+        self._stats_queue.append(node)
+        while self._stats_workers < self.stats_concurrency and self._stats_workers < len(self._stats_queue):
+            self._stats_workers += 1
+            self._start(self._stats_worker(self._generation), lambda exc: None)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _start(self, coro: Awaitable[Any], on_error: Callable[[BaseException], None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: "asyncio.Task[Any]") -> None:
+            self._tasks.discard(t)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is not None:
+                if not isinstance(exc, OrthancError):
+                    log.warning("study list: %s", exc, exc_info=exc)
+                on_error(exc)
+        task.add_done_callback(done)
+
+    def _set_loading(self, loading: bool) -> None:
+        if loading != self._loading:
+            self._loading = loading
+            self.listener.browser_loading(loading)
+
+    async def _load_pages(self, generation: int) -> None:
+        client = self._client
+        assert client is not None
+        for query in self._queries():
+            since = 0
+            limit = self.page_size
+            while True:
+                page = await query(client, limit, since)
+                if generation != self._generation:
+                    return
+                if self._search.empty:
+                    self._append(self.root, [("Patient", str(p.get("ID", "")), _tags(p)) for p in page
+                                             if isinstance(p, dict)])
+                else:
+                    self._add_matching_studies(page)
+                since += len(page)
+                if len(page) < limit:
+                    break
+                # Each insertion costs the view a pass over the rows it holds: growing
+                # pages keep the total work linear while the first page comes quickly.
+                limit = min(limit * 2, self.page_size * MAX_PAGE_GROWTH)
+                await asyncio.sleep(0)   # let the view paint this page first
+                if generation != self._generation:
+                    return
+        self._complete = True
+        self._set_loading(False)
+
+    def _queries(self) -> List[Callable[[OrthancClient, int, int], Awaitable[List[Dict[str, Any]]]]]:
+        search = self._search
+        if search.empty:
+            return [lambda c, limit, since: c.search_patients("", limit=limit, since=since)]
+        common = {"date_from": search.date_from, "date_to": search.date_to, "modality": search.modality}
+        fields = ("patient_name", "patient_id", "accession") if search.text else ("",)
+        # Orthanc's find is an AND of its fields: one query per text field, merged.
+        return [lambda c, limit, since, field=field: c.search_studies(
+                    **({field: search.text} if field else {}), **common, limit=limit, since=since)
+                for field in fields]
+
+    def _new_node(self, level: str, resource_id: str, parent: Node, tags: Dict[str, str]) -> Node:
+        node = Node(next(self._ids), level, resource_id, parent, tags)
+        node.row = len(parent.children)
+        self.nodes[node.uid] = node
+        self._by_id.setdefault((level, resource_id), node)
+        return node
+
+    def _append(self, parent: Node, items: List[Tuple[str, str, Dict[str, str]]]) -> List[Node]:
+        """Insert rows under ``parent`` (level, id, tags), skipping ones already loaded."""
+        # A resource has one place in the tree: a page that overlaps the previous one
+        # (the server changed meanwhile) must not duplicate rows.
+        seen = set()
+        fresh = []
+        for level, resource_id, tags in items:
+            if resource_id and (level, resource_id) not in self._by_id and resource_id not in seen:
+                seen.add(resource_id)
+                fresh.append((level, resource_id, tags))
+        if not fresh:
+            return []
+        first = len(parent.children)
+        self.listener.browser_insert(parent, first, first + len(fresh) - 1, True)
+        nodes = []
+        for level, resource_id, tags in fresh:
+            node = self._new_node(level, resource_id, parent, tags)
+            parent.children.append(node)
+            nodes.append(node)
+        self.listener.browser_insert(parent, first, first + len(fresh) - 1, False)
+        if parent is self.root:
+            self.listener.browser_rows(len(self.root.children))
+        return nodes
+
+    def _add_matching_studies(self, page: List[Dict[str, Any]]) -> None:
+        by_patient: Dict[str, List[Dict[str, Any]]] = collections.OrderedDict()
+        for study in page:
+            if isinstance(study, dict) and study.get("ID"):
+                by_patient.setdefault(str(study.get("ParentPatient", "")), []).append(study)
+        new_patients = [("Patient", pid, dict(studies[0].get("PatientMainDicomTags") or {}))
+                        for pid, studies in by_patient.items() if ("Patient", pid) not in self._by_id]
+        for node in self._append(self.root, new_patients):
+            node.fetched = True
+            node.search_subset = True
+        for pid, studies in by_patient.items():
+            patient = self._by_id.get(("Patient", pid))
+            if patient is not None:
+                self._append(patient, [("Study", str(s["ID"]), _tags(s)) for s in studies])
+
+    def _set_modalities(self, study: Node, found: Iterable[str]) -> None:
+        study.modalities = "/".join(sorted(set(found) - {""}))
+        self.listener.browser_changed(study, "modalities")
+        patient = study.parent
+        if patient is not None and patient.level == "Patient":
+            # What is known so far: the studies whose series are loaded.
+            known = {m for s in patient.children for m in s.modalities.split("/") if m}
+            patient.modalities = "/".join(sorted(known))
+            self.listener.browser_changed(patient, "modalities")
+
+    async def _stats_worker(self, generation: int) -> None:
+        client = self._client
+        try:
+            while self._stats_queue and generation == self._generation and client is not None:
+                node = self._stats_queue.popleft()
+                try:
+                    stats = await client.statistics(node.level, node.id)
+                except Exception as exc:  # noqa: BLE001 - shown as a tooltip on that row
+                    if generation != self._generation:
+                        return
+                    node.stats_state = STATS_FAILED
+                    node.error = user_text(exc, "statistics")
+                else:
+                    if generation != self._generation:
+                        return
+                    node.stats = stats if isinstance(stats, dict) else {}
+                    node.stats_state = STATS_DONE
+                    if node.level == "Study":
+                        # The series give the study's modalities (not in its tags on
+                        # Orthanc 1.10) and make expanding it instant.
+                        self.fetch_children(node)
+                self.listener.browser_changed(node, "stats")
+        finally:
+            if generation == self._generation:
+                self._stats_workers -= 1
+
+
+def _path_key(node: Node) -> Tuple[int, ...]:
+    rows: List[int] = []
+    while node.parent is not None:
+        rows.append(node.row)
+        node = node.parent
+    return tuple(reversed(rows))
+
+
+def _tags(resource: Dict[str, Any]) -> Dict[str, str]:
+    tags: Dict[str, str] = {}
+    for key in ("PatientMainDicomTags", "MainDicomTags"):
+        value = resource.get(key)
+        if isinstance(value, dict):
+            tags.update({str(k): str(v) for k, v in value.items() if isinstance(v, (str, int, float))})
+    return tags
+
+
+__all__ = ["StudyBrowser", "BrowserListener", "Node", "Search", "DEFAULT_PAGE_SIZE", "CHILD_LEVEL",
+           "MODALITIES", "STATS_NONE", "STATS_PENDING", "STATS_DONE", "STATS_FAILED"]

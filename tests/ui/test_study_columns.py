@@ -1,0 +1,83 @@
+"""Studies identified the radiology way: columns, tooltips, sorting, date and modality filters."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from PySide6.QtCore import Qt
+
+from gui.client import Peer
+from gui.config import AppConfig
+from gui.sandbox import synthetic_studies as synth
+from gui.ui.study_tree_model import (COL_ACCESSION, COL_BIRTH_DATE, COL_INSTANCES, COL_MODALITY, COL_NAME,
+                                     COL_PATIENT_ID, COL_SERIES, COL_STUDY_DATE, COLUMNS)
+from tests.conftest import upload_all
+from tests.ui.conftest import wait_loaded
+
+WAIT = 30000
+
+
+def texts(pane, column: int):
+    model = pane.model
+    return [model.index(row, column).data() for row in range(model.rowCount())]
+
+
+def test_study_and_series_rows_read_like_a_worklist(qtbot, make_window, orthanc_factory, tiny_studies,
+                                                     tmp_path):
+    server = orthanc_factory("worklist")
+    for files in tiny_studies(2, first_seed=501):
+        upload_all(server, files)
+    today = datetime.date.today().strftime("%Y%m%d")
+    spec = dataclasses.replace(synth.make_study_spec(510, "CT ABDOMEN WITH CONTRAST"), study_date=today)
+    upload_all(server, list(synth.ct_series(spec, 2, rows=64, cols=64, seed=510)))
+    config = AppConfig(path=tmp_path / "config.json")
+    config.peers = [Peer("Worklist", server.url, local=True)]
+    window = make_window(config)
+    pane = window.panes[0]
+    wait_loaded(qtbot, pane)
+    model = pane.model
+    assert [model.headerData(c, Qt.Orientation.Horizontal) for c in range(len(COLUMNS))] == [
+        "Patient / description", "Patient ID", "Birth date", "Study date", "Accession", "Modalities",
+        "Series", "Instances", "Size"]
+
+    # Sortable by a click on the header: patient ID, descending.
+    pane.tree.header().setSortIndicator(COL_PATIENT_ID, Qt.SortOrder.DescendingOrder)
+    assert texts(pane, COL_PATIENT_ID) == ["PAT00510", "PAT00502", "PAT00501"]
+    patient = model.index(0, 0)
+    assert model.index(0, COL_BIRTH_DATE).data() == "1960-01-01"
+    pane.tree.expand(patient)
+    qtbot.waitUntil(lambda: model.rowCount(patient) == 1, timeout=WAIT)
+    study = model.index(0, 0, patient)
+    row = {c: model.index(0, c, patient).data() for c in range(len(COLUMNS))}
+    assert row[COL_NAME] == "CT ABDOMEN WITH CONTRAST"
+    assert row[COL_PATIENT_ID] == "PAT00510" and row[COL_BIRTH_DATE] == "1960-01-01"
+    assert row[COL_STUDY_DATE] == f"{today[:4]}-{today[4:6]}-{today[6:]}"
+    assert row[COL_ACCESSION] == "ACC000510"
+    qtbot.waitUntil(lambda: model.index(0, COL_SERIES, patient).data() == "1", timeout=WAIT)
+    qtbot.waitUntil(lambda: model.index(0, COL_INSTANCES, patient).data() == "2", timeout=WAIT)
+    qtbot.waitUntil(lambda: model.index(0, COL_MODALITY, patient).data() == "CT", timeout=WAIT)
+    tip = model.index(0, COL_NAME, patient).data(Qt.ItemDataRole.ToolTipRole)
+    assert "CT ABDOMEN WITH CONTRAST" in tip and "ACC000510" in tip
+    pane.tree.expand(study)
+    qtbot.waitUntil(lambda: model.rowCount(study) == 1, timeout=WAIT)
+    series = model.index(0, COL_NAME, study)
+    assert series.data().startswith("#1 ")
+    series_tip = series.data(Qt.ItemDataRole.ToolTipRole)
+    assert model.node(series).tags["SeriesDescription"] in series_tip
+    assert model.node(series).id not in series_tip                 # no UUID for a tooltip
+    assert model.index(0, COL_MODALITY, study).data() == "CT"
+    assert pane.selected_labels() == [] and model.label(model.node(study)).count("ACC000510") == 1
+
+    # Filters: modality, then study date.
+    pane.search("", modality="CT")
+    qtbot.waitUntil(lambda: model.is_complete and texts(pane, COL_PATIENT_ID) == ["PAT00510"], timeout=WAIT)
+    pane.search("", days=-1, modality="OT")
+    qtbot.waitUntil(lambda: model.is_complete and sorted(texts(pane, COL_PATIENT_ID)) == ["PAT00501", "PAT00502"],
+                    timeout=WAIT)
+    pane.search("", days=0, modality="")
+    qtbot.waitUntil(lambda: model.is_complete and texts(pane, COL_PATIENT_ID) == ["PAT00510"], timeout=WAIT)
+    assert pane.date_filter.currentText() == "Today"
+    pane.search("PAT0050*", days=-1)
+    qtbot.waitUntil(lambda: model.is_complete and sorted(texts(pane, COL_PATIENT_ID)) == ["PAT00501", "PAT00502"],
+                    timeout=WAIT)
