@@ -41,6 +41,23 @@ OPTION_LABELS = {
     "PeerCommitTimeout": "Peer commit timeout (s)",
     "MaxConcurrentJobs": "Max concurrent jobs",
     "Compression": "Compression",
+    "ImportAsItArrives": "Import as it arrives",
+}
+
+#: What each option does, as a tooltip (in the words of the docs).
+OPTION_TIPS = {
+    "Threads": "Buckets moved at the same time within one job",
+    "BucketSize": "Small instances are grouped into buckets of about this size; larger ones are split",
+    "CacheSize": "Memory for buckets waiting to be delivered in pull mode",
+    "MaxPushTransactions": "Push transactions a target may have open at once",
+    "MaxHttpRetries": "How often a failed HTTP request is tried again before the job fails",
+    "HttpTimeout": "Seconds without an answer before an HTTP request counts as failed",
+    "PeerCommitTimeout": "Seconds the target may take to import and commit a push transaction",
+    "MaxConcurrentJobs": "Jobs running at once; more wait as Pending",
+    "Compression": "auto: measured on the first bucket (gzip when it pays on this link); "
+                   "plain REST mode uses HTTP gzip on downloads whatever is chosen here",
+    "ImportAsItArrives": "The target imports each verified instance while the other buckets arrive "
+                         "(our plugin only); a failed commit removes them again",
 }
 
 
@@ -187,6 +204,7 @@ class SettingsDialog(QDialog):
         page = QWidget(self)
         grid = QGridLayout()
         self.option_edits: Dict[str, QLineEdit] = {}
+        self.option_checks: Dict[str, QCheckBox] = {}
         self.option_error_labels: Dict[str, QLabel] = {}
         options = self.config.transfers
         row = 0
@@ -200,13 +218,20 @@ class SettingsDialog(QDialog):
                 self.compression_combo = QComboBox(page)
                 self.compression_combo.addItems(["auto", "gzip", "none"])
                 self.compression_combo.setCurrentText(str(options.Compression))
-                self.compression_combo.setToolTip("auto: gzip on slow links, none on fast local ones")
+                self.compression_combo.setToolTip(OPTION_TIPS["Compression"])
                 grid.addWidget(self.compression_combo, row, 1)
+            elif isinstance(getattr(options, name), bool):
+                check = QCheckBox(page)
+                check.setObjectName(f"option:{name}")
+                check.setChecked(bool(getattr(options, name)))
+                check.setToolTip(OPTION_TIPS.get(name, name))
+                self.option_checks[name] = check
+                grid.addWidget(check, row, 1)
             else:
                 edit = QLineEdit(str(getattr(options, name)), page)
                 edit.setObjectName(f"option:{name}")
                 low, high = TransferOptions.LIMITS[name]
-                edit.setToolTip(f"{name}: a whole number from {low} to {high}")
+                edit.setToolTip(f"{OPTION_TIPS.get(name, name)}. A whole number from {low} to {high}.")
                 edit.textChanged.connect(lambda text, n=name: self._option_edited(n, text))
                 self.option_edits[name] = edit
                 grid.addWidget(edit, row, 1)
@@ -320,6 +345,8 @@ class SettingsDialog(QDialog):
         for name in present:
             if name in self.option_edits:
                 self.option_edits[name].setText(str(getattr(options, name)))
+            elif name in self.option_checks:
+                self.option_checks[name].setChecked(bool(getattr(options, name)))
             elif name == "Compression":
                 self.compression_combo.setCurrentText(str(options.Compression))
         self._row = -1
@@ -343,6 +370,7 @@ class SettingsDialog(QDialog):
             return False
         values = {name: parse_option(name, edit.text()) for name, edit in self.option_edits.items()}
         values["Compression"] = self.compression_combo.currentText()
+        values.update({name: check.isChecked() for name, check in self.option_checks.items()})
         backup = (self.config.peers, self.config.transfers, dict(self.config.ui))
         self.config.peers = [copy.deepcopy(p) for p in self._peers]
         self.config.transfers = TransferOptions(**values)

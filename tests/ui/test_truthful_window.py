@@ -48,6 +48,11 @@ def test_saved_transfer_settings_apply_to_the_next_job(make_bed):
         assert first.options.BucketSize == 64
 
         dialog = bed.window.open_settings()
+        # Every option says what it does, the on/off ones included.
+        widgets = {**dialog.option_edits, **dialog.option_checks, "Compression": dialog.compression_combo}
+        assert "ImportAsItArrives" in dialog.option_checks
+        assert all(len(w.toolTip()) > 20 for w in widgets.values()), [n for n, w in widgets.items()
+                                                                      if len(w.toolTip()) <= 20]
         dialog.option_edits["BucketSize"].setText("4096")
         dialog.option_edits["Threads"].setText("3")
         assert dialog.save() is True
