@@ -184,15 +184,8 @@ class AppSession:
             return None, None
         data_dir = self.demo.workdir / "data" if self.demo is not None and self.demo.workdir else None
 
-        def resolve(name: str, url: str) -> Any:
-            from gui.client import Peer
-            for peer in config.peers:
-                if peer.name == name and peer.url == url:
-                    return peer
-            return Peer(name=name, url=url)
-
         try:
-            engine = TransferEngine(config.transfers, data_dir=data_dir, peer_resolver=resolve)
+            engine = TransferEngine(config.transfers, data_dir=data_dir, peer_resolver=config.peer_for)
             await engine.start()
         except Exception as exc:  # noqa: BLE001 - browsing still works without it
             log.warning("the transfer engine failed to start", exc_info=exc)

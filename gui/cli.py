@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import functools
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from gui.client.errors import OrthancError, redact_url
 from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import Peer, PeerConfigError
 from gui.config.settings import AppConfig, ConfigError, TransferOptions, load_config
+from gui.formatting import human_bytes
 
 if TYPE_CHECKING:  # the engine loads only for the commands that need it
     from gui.engine import TransferEngine
@@ -180,14 +182,6 @@ def load(args: argparse.Namespace) -> AppConfig:
 
 # --- progress on stderr -------------------------------------------------------------------
 
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1024 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TB"
-
-
 class ProgressPrinter:
     """A live one-line bar on a terminal, a line every few seconds otherwise."""
 
@@ -327,14 +321,11 @@ class Cli:
 
     # send / resume -------------------------------------------------------------------------
 
-    def _engine(self, options: TransferOptions, extra_peers: Sequence[Peer] = ()) -> "TransferEngine":
+    def _engine(self, config: AppConfig, options: TransferOptions,
+                extra_peers: Sequence[Peer] = ()) -> "TransferEngine":
         from gui.engine import TransferEngine
-        from gui.engine.transfer_engine import default_peer_resolver
-        by_url = {p.url: p for p in extra_peers}
-
-        def resolver(name: str, url: str) -> Peer:
-            return by_url.get(url) or default_peer_resolver(name, url)
-        return TransferEngine(options, max_concurrent_jobs=1, peer_resolver=resolver)
+        return TransferEngine(options, max_concurrent_jobs=1,
+                              peer_resolver=functools.partial(config.peer_for, extra=tuple(extra_peers)))
 
     async def send(self) -> int:
         args = self.args
@@ -349,7 +340,7 @@ class Cli:
                 resources = await resolve_resources(client, args)
             except OrthancError as exc:
                 raise CliError(f"cannot reach the source: {exc}", EXIT_FAILURE) from None
-        engine = self._engine(options, (source, target))
+        engine = self._engine(config, options, (source, target))
         await engine.start()
         try:
             job = None if args.new else engine.find_unfinished(source.url, target.url, resources,
@@ -368,7 +359,7 @@ class Cli:
     async def control(self, command: str) -> int:
         config = load(self.args)
         extra = [resolve_peer(p, config) for p in (self.args.source, self.args.target) if p]
-        engine = self._engine(config.transfers, extra)
+        engine = self._engine(config, config.transfers, extra)
         await engine.start()
         try:
             from gui.engine.transfer_engine import EngineError

@@ -57,10 +57,6 @@ class OrthancError(Exception):
         super().__init__(self.__str__())
 
     @property
-    def is_connection_error(self) -> bool:
-        return self.status is None
-
-    @property
     def storage_full(self) -> bool:
         """Orthanc's FullStorage (19): its storage limits or its disk are full."""
         return self.orthanc_status == FULL_STORAGE or self.status == 507

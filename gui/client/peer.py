@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -36,9 +36,6 @@ class Peer:
     def is_plain_http_to_remote(self) -> bool:
         parts = urlsplit(self.url)
         return parts.scheme == "http" and (parts.hostname or "") not in LOOPBACK_HOSTS
-
-    def with_password(self, password: Optional[str]) -> "Peer":
-        return replace(self, password=password)
 
     # --- OrthancPeers shapes -------------------------------------------------
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from gui.client.peer import Peer, PeerConfigError
 
@@ -121,6 +121,19 @@ class AppConfig:
             if peer.name == name:
                 return peer
         raise ConfigError(f"no peer named {name!r} (configured: {', '.join(p.name for p in self.peers) or 'none'})")
+
+    def peer_for(self, name: str, url: str, extra: Sequence[Peer] = ()) -> Peer:
+        """The peer a stored job names: credentials are never stored with
+        jobs, so it is found again here (one of ``extra``, e.g. given on the
+        command line, with that URL; else the configured one with the same
+        name and URL), else it is the bare URL."""
+        for peer in extra:
+            if peer.url == url:
+                return peer
+        for peer in self.peers:
+            if peer.name == name and peer.url == url:
+                return peer
+        return Peer(name=name, url=url)
 
     def set_peer(self, peer: Peer, old_name: Optional[str] = None) -> None:
         key = old_name or peer.name

@@ -22,6 +22,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import normalise_url
 from gui.engine.events import BucketState, TransferMode
+from gui.engine.journal import DelegatedJobEntry
 from gui.engine.link_probe import is_distant
 from gui.engine.planner import gather_bounded
 from gui.engine.retry import with_retries
@@ -31,7 +32,6 @@ from gui.protocol.wire import Bucket, plan_buckets
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "delegated-job"
 POLL_MIN, POLL_MAX = 0.25, 2.0
 FINISHED = ("Success", "Failure")
 CANCEL_WAIT = 60.0   # seconds a cancelled job may take to stop before we give up
@@ -56,10 +56,10 @@ class DelegatedTransport(Transport):
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
         if not ctx.instances:
             return
-        saved = ctx.saved_state.get(STATE_KEY)
+        saved = ctx.journal.delegated_job()
         job: Optional[Tuple[str, str]] = None
-        if isinstance(saved, dict) and saved.get("Job"):
-            job = (str(saved.get("On", "source")), str(saved["Job"]))
+        if saved is not None:
+            job = (saved.on, saved.job)
             if await self._job_state(ctx, job) is None:
                 log.info("delegated job %s is gone (server restarted?); starting again", job[1])
                 job = None
@@ -67,7 +67,7 @@ class DelegatedTransport(Transport):
             if job is None:
                 await self._record_absent(ctx)
                 job = await self._start(ctx)
-                await ctx.save_state(STATE_KEY, {"On": job[0], "Job": job[1]})
+                await ctx.journal.set_delegated_job(DelegatedJobEntry(job[1], on=job[0]))
             await self._follow(ctx, buckets, job)
         except asyncio.CancelledError:
             # On shutdown the Orthanc job goes on by itself; the resumed job follows it again.
@@ -80,7 +80,7 @@ class DelegatedTransport(Transport):
             raise
         except OrthancError as exc:
             raise TransferFailed(str(exc)) from None
-        await ctx.save_state(STATE_KEY, None)
+        await ctx.journal.set_delegated_job(None)
 
     async def _record_absent(self, ctx: TransferContext) -> None:
         retries = ctx.options.MaxHttpRetries
@@ -209,9 +209,9 @@ class DelegatedTransport(Transport):
     # --- undo -------------------------------------------------------------------------------
 
     async def discard(self, ctx: TransferContext) -> None:
-        saved = ctx.saved_state.get(STATE_KEY)
-        if isinstance(saved, dict) and saved.get("Job"):
-            job = (str(saved.get("On", "source")), str(saved["Job"]))
+        saved = ctx.journal.delegated_job()
+        if saved is not None:
+            job = (saved.on, saved.job)
             state = await self._job_state(ctx, job)
             if state is not None and state.get("State") not in FINISHED:
                 await self._control(ctx, job, "cancel")
@@ -224,7 +224,7 @@ class DelegatedTransport(Transport):
                 await asyncio.sleep(self.poll_interval)
                 state = await self._job_state(ctx, job)
         await ctx.delete_created_on_target()
-        await ctx.save_state(STATE_KEY, None)
+        await ctx.journal.set_delegated_job(None)
 
 
 async def should_delegate(source: OrthancClient, target: OrthancClient, retries: int = 0) -> bool:

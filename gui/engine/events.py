@@ -36,6 +36,24 @@ class BucketState(str, enum.Enum):
     FAILED = "failed"
 
 
+class InstanceStatus(str, enum.Enum):
+    """What a job did with one instance. While it runs the job store keeps
+    PLANNED or SENT; a report's verdicts say one of the last four."""
+    PLANNED = "planned"
+    SENT = "sent"
+    TRANSFERRED = "transferred"
+    SKIPPED_PRESENT = "skipped-present"     # the target held it with the same MD5
+    FAILED = "failed"
+    NOT_SENT = "not-sent"
+
+
+class Compression(str, enum.Enum):
+    """A job's compression setting (the wire format knows the first two)."""
+    GZIP = "gzip"
+    NONE = "none"
+    AUTO = "auto"      # measured on the first buckets
+
+
 class TransferMode(str, enum.Enum):
     PUSH = "push"          # accelerated push to a target that speaks the protocol
     PULL = "pull"          # accelerated pull from a source that speaks the protocol
@@ -104,7 +122,7 @@ class InstanceVerdict:
     source_md5: Optional[str]
     target_md5: Optional[str]
     verified: bool
-    status: str        # "transferred" | "skipped-present" | "failed" | "not-sent"
+    status: InstanceStatus     # TRANSFERRED, SKIPPED_PRESENT, FAILED or NOT_SENT
     reason: str = ""
 
 
@@ -137,11 +155,11 @@ class CommitmentReport:
 
     @property
     def transferred(self) -> int:
-        return sum(1 for v in self.instances if v.status == "transferred")
+        return sum(1 for v in self.instances if v.status == InstanceStatus.TRANSFERRED)
 
     @property
     def skipped(self) -> int:
-        return sum(1 for v in self.instances if v.status == "skipped-present")
+        return sum(1 for v in self.instances if v.status == InstanceStatus.SKIPPED_PRESENT)
 
     @property
     def failed(self) -> int:

@@ -168,10 +168,6 @@ class JobStore:
         rows = self._db.execute("SELECT * FROM jobs ORDER BY created").fetchall()
         return [self._record(row) for row in rows]
 
-    def load_job(self, job_id: str) -> Optional[JobRecord]:
-        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return self._record(row) if row else None
-
     @staticmethod
     def _record(row: sqlite3.Row) -> JobRecord:
         return JobRecord(

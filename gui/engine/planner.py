@@ -40,6 +40,21 @@ class Plan:
         return sum(i.size for i in self.to_send)
 
 
+@dataclass
+class PreparedPlan:
+    """A transfer between two peers planned once: the mode chosen, what each
+    end speaks and what will travel. The confirmation shows it and hands it
+    to ``TransferEngine.submit``, whose first run uses it as it is."""
+    requested_mode: str
+    force: bool
+    resources: List[Dict[str, Any]]
+    mode: TransferMode
+    reason: str
+    plan: Plan
+    source_speaks: bool
+    target_speaks: bool
+
+
 async def gather_bounded(items: Sequence[T], worker: Callable[[T], Awaitable[R]], concurrency: int) -> List[R]:
     """``worker(item)`` for every item, at most ``concurrency`` at a time, results in order."""
     gate = asyncio.Semaphore(max(1, concurrency))

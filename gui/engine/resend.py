@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.engine.retry import with_retries
 
 if TYPE_CHECKING:
-    from gui.engine.events import InstanceVerdict
+    from gui.engine.events import InstanceStatus, InstanceVerdict
     from gui.engine.transport_base import TransferContext, Transport
     from gui.protocol.wire import InstanceInfo
 
@@ -64,18 +64,14 @@ class ResendLog:
 def _quiet(ctx: "TransferContext", instances: Sequence["InstanceInfo"]) -> "TransferContext":
     """A context for re-sending ``instances`` only: same clients, options and
     rollback list; bucket numbers of its own, so neither its bucket events
-    nor its bucket checkpoints may reach the job's (they would mark buckets
+    nor its journal's buckets may reach the job's (they would mark buckets
     of the main plan)."""
-    async def checkpoint(key: str, value: object) -> None:
-        if key == "created" and ctx.checkpoint is not None:
-            await ctx.checkpoint(key, value)
-
     paused = not ctx.running.is_set()
     def ignore(event: object) -> None:
         pass
 
     sub = replace(ctx, instances=list(instances), report_bucket=ignore,
-                  done_buckets=set(), checkpoint=checkpoint, saved_state={},
+                  done_buckets=set(), journal=ctx.journal.for_subrun(),
                   created_on_target=ctx.created_on_target, running=ctx.running)
     if paused:
         ctx.running.clear()   # replace() ran __post_init__, which sets it
@@ -129,7 +125,8 @@ def commit_problems(error_instances: Optional[object]) -> Dict[str, str]:
 
 
 async def verify_with_resends(ctx: Optional["TransferContext"], transport: Optional["Transport"],
-                              planned: Sequence["InstanceInfo"], statuses: Dict[str, str], *, concurrency: int,
+                              planned: Sequence["InstanceInfo"], statuses: Mapping[str, "InstanceStatus"], *,
+                              concurrency: int,
                               bulk: bool) -> List["InstanceVerdict"]:
     """The storage commitment's read-back, re-sending what fails while the
     budget allows (the scheduler's one call into this module)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from gui.client.peer import Peer
 from gui.config.settings import ConfigError, TransferOptions, default_data_dir
 from gui.engine import planner
-from gui.engine.events import (BucketProgress, CommitmentReport, EngineEvent, InstanceVerdict,
-                               JobProgress, JobState, TransferMode)
+from gui.engine.concurrency_gate import ConcurrencyGate
+from gui.engine.events import Compression, EngineEvent, InstanceStatus, JobState, TransferMode
+from gui.engine.job import Job, report_from_json
+from gui.engine.job_runner import JobRunner, StopReason, delegable, make_client, new_transfer_id, probe
 from gui.engine.job_store import JobRecord, JobStore
 from gui.engine.target_capacity import recycling_warning
-from gui.engine.transfer_scheduler import (ConcurrencyGate, JobRunner, available_transports, delegable,
-                                           make_client, new_transfer_id, probe)
+from gui.engine.transport_registry import TransportRegistry, default_transports
 from gui.protocol.wire import plan_buckets
 
 log = logging.getLogger(__name__)
@@ -45,80 +45,17 @@ class PlanSummary:
     # Said before the transfer starts, e.g. that the target would recycle
     # (delete) other patients to make room (target_capacity).
     warnings: List[str] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class Job:
-    id: str
-    source_name: str
-    target_name: str
-    description: str
-    resources: List[Dict[str, Any]]
-    state: JobState
-    mode: Optional[TransferMode] = None
-    progress: Optional[JobProgress] = None
-    buckets: List[BucketProgress] = field(default_factory=list)
-    report: Optional[CommitmentReport] = None
-    # Not part of the UI contract, but useful to it and to the CLI:
-    kind: str = "transfer"
-    source_url: str = ""
-    target_url: str = ""
-    requested_mode: str = "auto"
-    compression_requested: Optional[str] = None
-    compression: Optional[str] = None
-    force: bool = False
-    options: TransferOptions = field(default_factory=TransferOptions)
-    transfer_id: str = ""
-    created: float = field(default_factory=time.time)
-    upload_paths: List[str] = field(default_factory=list)   # local files/folders (upload jobs)
-    _finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.progress is None:
-            self.progress = JobProgress(self.id, self.state, self.mode, None, 0, 0, 0, 0, 0, 0, 0, 0.0)
-        if self.state.finished:
-            self._finished.set()
-
-    async def wait(self) -> CommitmentReport:
-        """Until the job is finished (Success, Failure or Canceled); its report."""
-        while True:
-            await self._finished.wait()
-            if self.report is not None and self.state.finished:
-                return self.report
-            self._finished.clear()
-
-    def record(self) -> JobRecord:
-        return JobRecord(
-            id=self.id, kind=self.kind, source_name=self.source_name, source_url=self.source_url,
-            target_name=self.target_name, target_url=self.target_url,
-            resources=self.upload_paths if self.kind == "upload" else self.resources,
-            options=self.options.to_json(), requested_mode=self.requested_mode,
-            transfer_id=self.transfer_id, state=self.state.value,
-            mode=self.mode.value if self.mode else None, compression=self.compression_requested,
-            force=self.force, description=self.description, created=self.created)
-
-
-def report_from_json(data: Dict[str, Any]) -> CommitmentReport:
-    """Rebuild a stored report (``CommitmentReport.to_json()``)."""
-    verdicts = [InstanceVerdict(**d) for d in data.get("details", [])]
-    return CommitmentReport(
-        job_id=data["job"], state=JobState(data["state"]),
-        mode=TransferMode(data["mode"]) if data.get("mode") else None,
-        source=data.get("source", ""), target=data.get("target", ""), instances=verdicts,
-        bytes=data.get("bytes", 0), wire_bytes=data.get("wire_bytes", 0),
-        seconds=data.get("seconds", 0.0), error=data.get("error"), compression=data.get("compression"),
-        notes=list(data.get("notes") or []),
-        resent=list(data.get("resent") or []))
+    # The plan itself, for submit(..., plan=): a drop is planned once.
+    prepared: Optional[planner.PreparedPlan] = field(default=None, repr=False, compare=False)
 
 
 def default_peer_resolver(name: str, url: str) -> Peer:
-    """Credentials are never stored with jobs: find the peer again in the configuration
-    (same name and URL), else use the bare URL."""
+    """The peer of a stored job, found again in the user's configuration
+    (AppConfig.peer_for); front ends with a configuration of their own pass
+    its ``peer_for`` instead."""
     try:
         from gui.config.settings import load_config
-        for peer in load_config().peers:
-            if peer.name == name and peer.url == url:
-                return peer
+        return load_config().peer_for(name, url)
     except (ConfigError, OSError) as exc:
         log.warning("cannot read the configuration to resume a job: %s", exc)
     return Peer(name=name, url=url)
@@ -127,8 +64,11 @@ def default_peer_resolver(name: str, url: str) -> Peer:
 class TransferEngine:
     def __init__(self, options: Optional[TransferOptions] = None, *, data_dir: Optional[Path] = None,
                  max_concurrent_jobs: Optional[int] = None,
-                 peer_resolver: Callable[[str, str], Peer] = default_peer_resolver) -> None:
+                 peer_resolver: Callable[[str, str], Peer] = default_peer_resolver,
+                 transports: Optional[TransportRegistry] = None) -> None:
         self.options = options or TransferOptions()
+        # The transport class of each mode (default_transports(): this package's).
+        self.transports = transports or default_transports()
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.max_concurrent_jobs = max_concurrent_jobs or self.options.MaxConcurrentJobs
         self.peer_resolver = peer_resolver
@@ -158,7 +98,7 @@ class TransferEngine:
     async def close(self) -> None:
         """Stop running jobs without rolling back: they stay resumable (paused)."""
         for runner in list(self._runners.values()):
-            await runner.stop("shutdown")
+            await runner.stop(StopReason.SHUTDOWN)
         self._runners.clear()
         if self._store is not None:
             self._store.close()
@@ -209,36 +149,44 @@ class TransferEngine:
         async with make_client(source, options, None) as src, make_client(target, options, None) as dst:
             source_speaks = await probe(src, options.MaxHttpRetries)
             target_speaks = await probe(dst, options.MaxHttpRetries)
-            chosen, _why = planner.choose_mode(mode, source_speaks=source_speaks,
+            chosen, why = planner.choose_mode(mode, source_speaks=source_speaks,
                                                target_speaks=target_speaks,
-                                               available=available_transports(),
+                                               available=self.transports.available(),
                                                delegable=await delegable(mode, source_speaks, src, dst,
-                                                                         options.MaxHttpRetries))
+                                                                         options.MaxHttpRetries, self.transports))
             result = await planner.make_plan(src, dst, resources, use_protocol=source_speaks,
                                              concurrency=max(2, options.Threads * 2), force=force,
-                                             retries=options.MaxHttpRetries)
+                                             retries=options.MaxHttpRetries, target_speaks=target_speaks)
             warning = await recycling_warning(src, dst, resources, result.bytes_to_send)
         buckets = plan_buckets(result.to_send, options.bucket_size_bytes)
+        prepared = planner.PreparedPlan(mode, force, resources, chosen, why, result, source_speaks, target_speaks)
         return PlanSummary(chosen, options.Compression, len(result.instances), result.bytes_to_send,
-                           len(result.present), len(buckets), [warning] if warning else [])
+                           len(result.present), len(buckets), [warning] if warning else [], prepared)
 
     async def submit(self, source: Peer, target: Peer, resources: List[Dict[str, Any]],
                      options: Optional[TransferOptions] = None, *, mode: str = "auto",
                      compression: Optional[str] = None, force: bool = False,
-                     description: str = "") -> Job:
+                     description: str = "", plan: Optional[PlanSummary] = None) -> Job:
+        """Start a job. ``plan``: what :meth:`plan` answered for the same peers,
+        resources, mode and force (the confirmation's); the job then starts
+        from it instead of planning again."""
         if mode not in planner.MODE_NAMES:
             raise EngineError(f"unknown mode {mode!r} (use {', '.join(planner.MODE_NAMES)})")
-        if compression is not None and compression not in ("gzip", "none", "auto"):
+        if compression is not None and compression not in {c.value for c in Compression}:
             raise EngineError(f"unknown compression {compression!r} (use gzip, none or auto)")
         try:
             resources = planner.check_resources(resources)
         except planner.PlanningError as exc:
             raise EngineError(str(exc)) from None
+        prepared = plan.prepared if plan is not None else None
+        if prepared is not None and (prepared.requested_mode, prepared.force, prepared.resources) != \
+                (mode, force, resources):
+            raise EngineError("the plan given was made for other resources, mode or force")
         job = Job(id=str(uuid.uuid4()), source_name=source.name, target_name=target.name,
                   description=description or _describe(resources), resources=resources,
                   state=JobState.PENDING, source_url=source.url, target_url=target.url,
                   requested_mode=mode, compression_requested=compression, force=force,
-                  options=options or self.options, transfer_id=new_transfer_id())
+                  options=options or self.options, transfer_id=new_transfer_id(), prepared=prepared)
         self.store.save_job(job.record())
         self._jobs[job.id] = job
         self._peers[job.id] = (source, target)
@@ -260,7 +208,7 @@ class TransferEngine:
                   kind="upload", source_url="file://", target_url=target.url, requested_mode="plain",
                   options=options or self.options, transfer_id=new_transfer_id())
         self.store.save_job(job.record())
-        self.store.save_plan(job.id, [f.info for f in files], "planned")
+        self.store.save_plan(job.id, [f.info for f in files], InstanceStatus.PLANNED)
         self._jobs[job.id] = job
         self._peers[job.id] = (None, target)
         self._uploads[job.id] = {f.info.id: f.path for f in files}
@@ -313,7 +261,7 @@ class TransferEngine:
             return
         runner = self._runners.get(job.id)
         if runner is not None and runner.task is not None and not runner.task.done():
-            await runner.stop("cancel")
+            await runner.stop(StopReason.CANCEL)
             return
         # A paused job from an earlier session: undo what it did on the target.
         runner = self._new_runner(job, cancel_only=True)
@@ -343,7 +291,7 @@ class TransferEngine:
             raise EngineError(f"job {job.id} is {job.state.value.lower()}; cancel or pause it first")
         runner = self._runners.pop(job.id, None)
         if runner is not None:
-            await runner.stop("shutdown")
+            await runner.stop(StopReason.SHUTDOWN)
         self.store.delete_job(job.id)
         self._jobs.pop(job.id, None)
         self._peers.pop(job.id, None)
@@ -372,7 +320,8 @@ class TransferEngine:
     def _new_runner(self, job: Job, cancel_only: bool = False) -> JobRunner:
         source, target = self._peers_of(job)
         assert self._gate is not None
-        runner = JobRunner(job, store=self.store, gate=self._gate, source=source, target=target,
+        runner = JobRunner(job, store=self.store, gate=self._gate, transports=self.transports,
+                           source=source, target=target,
                            emit=self._emit, staging_root=self.data_dir / "staging",
                            upload_files=self._uploads.get(job.id), cancel_only=cancel_only)
         self._runners[job.id] = runner
@@ -418,4 +367,5 @@ def _describe(resources: List[Dict[str, Any]]) -> str:
     return f"{len(resources)} resources"
 
 
-__all__ = ["TransferEngine", "Job", "PlanSummary", "EngineError", "report_from_json", "LOCAL_SOURCE"]
+__all__ = ["TransferEngine", "Job", "PlanSummary", "EngineError", "report_from_json", "LOCAL_SOURCE",
+           "TransportRegistry", "default_transports"]

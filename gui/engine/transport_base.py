@@ -1,6 +1,6 @@
 """The contract between the job scheduler and the transports.
 
-The scheduler (``gui/engine/transfer_scheduler.py``) plans a job, picks a
+The job runner (``gui/engine/job_runner.py``) plans a job, picks a
 transport, and hands it a :class:`TransferContext`. A transport moves the
 instances listed there to the target and returns when the target *holds*
 them (imported); the scheduler then verifies MD5s on the target and writes
@@ -21,13 +21,14 @@ import asyncio
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.config.settings import TransferOptions
 from gui.engine.events import BucketProgress, BucketState, TransferMode
 from gui.engine.resend import ResendLog
+from gui.engine.journal import Journal
 from gui.engine.retry import with_retries
 from gui.protocol.wire import Bucket, InstanceInfo
 
@@ -55,10 +56,10 @@ class TransferContext:
     report_bucket: Callable[[BucketProgress], None]
     # Buckets finished in an earlier run of this job (resume after a crash).
     done_buckets: Set[int] = field(default_factory=set)
-    # Persist that a bucket is done (or other transport state) for resume.
-    checkpoint: Callable[[str, object], Awaitable[None]] = field(default=None)  # type: ignore[assignment]
-    # Saved transport state from an earlier run (e.g. a push transaction ID).
-    saved_state: Dict[str, object] = field(default_factory=dict)
+    # What this job has durably done (buckets, created instances, the push
+    # transaction or delegated job in progress), read back on resume. The
+    # runner's is kept in the job database; the default only in memory.
+    journal: Journal = field(default_factory=Journal)
     # Set while the job may run; cleared to pause (transports wait at bucket boundaries).
     running: asyncio.Event = field(default_factory=asyncio.Event)
     # Instances this job created on the target (plain mode's rollback list).
@@ -97,21 +98,16 @@ class TransferContext:
     # at most MaxHttpRetries times each.
     resends: ResendLog = field(default=None)  # type: ignore[assignment]
 
-    # --- helpers for transports (scheduler side; the checkpoint keys below are
-    # interpreted by transfer_scheduler: "bucket-done" and "created" are
-    # recorded in the job store, any other key is saved as transport state and
-    # comes back in ``saved_state`` on resume; a value of None forgets it).
+    # --- helpers for transports ----------------------------------------------------
 
     async def mark_bucket_done(self, index: int) -> None:
         self.done_buckets.add(index)
-        if self.checkpoint is not None:
-            await self.checkpoint("bucket-done", index)
+        await self.journal.bucket_done(index)
 
     async def mark_created(self, instance_id: str) -> None:
         """Record, durably, that this job created ``instance_id`` on the target."""
         self.created_on_target.add(instance_id)
-        if self.checkpoint is not None:
-            await self.checkpoint("created", instance_id)
+        await self.journal.instance_created(instance_id)
 
     async def delete_created_on_target(self) -> None:
         """Rollback: delete every instance this job created on the target, and
@@ -129,14 +125,6 @@ class TransferContext:
             raise TransferFailed(f"rollback incomplete on {self.target.peer.name}: {len(failures)} "
                                  f"instance(s) could not be deleted ({failures[0]})")
         self.created_on_target.clear()
-
-    async def save_state(self, key: str, value: object) -> None:
-        if value is None:
-            self.saved_state.pop(key, None)
-        else:
-            self.saved_state[key] = value
-        if self.checkpoint is not None:
-            await self.checkpoint(key, value)
 
     def bucket_event(self, index: int, bucket: Bucket, state: BucketState, **extra: object) -> BucketProgress:
         event = BucketProgress(job_id=self.job_id, index=index, state=state,

@@ -6,11 +6,11 @@ the source's MD5 for every planned instance; only then is a job a success.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Mapping, List, Optional, Sequence
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
-from gui.engine.events import CommitmentReport, InstanceVerdict, JobState, TransferMode
+from gui.engine.events import CommitmentReport, InstanceStatus, InstanceVerdict, JobState, TransferMode
 from gui.engine.target_md5 import md5s_on
 from gui.protocol.wire import InstanceInfo
 
@@ -24,44 +24,40 @@ async def target_md5s(target: OrthancClient, ids: Sequence[str], concurrency: in
 
 
 def verdicts(instances: Sequence[InstanceInfo], found: Dict[str, object],
-             statuses: Dict[str, str]) -> List[InstanceVerdict]:
+             statuses: Mapping[str, InstanceStatus]) -> List[InstanceVerdict]:
     """One verdict per planned instance.
 
-    ``statuses`` says what the job did with each instance ("transferred",
-    "skipped-present", "not-sent"); it becomes "failed" when the check fails.
+    ``statuses`` says what the job did with each instance (TRANSFERRED,
+    SKIPPED_PRESENT, NOT_SENT); it becomes FAILED when the check fails.
     """
     out = []
     for info in instances:
-        status = statuses.get(info.id, "transferred")
+        status = statuses.get(info.id, InstanceStatus.TRANSFERRED)
         value = found.get(info.id)
         if isinstance(value, OrthancError):
-            out.append(InstanceVerdict(info.id, info.size, info.md5, None, False, "failed",
+            out.append(InstanceVerdict(info.id, info.size, info.md5, None, False, InstanceStatus.FAILED,
                                        f"cannot read the MD5 on the target: {value}"))
         elif value is None:
-            reason = "not on the target" + (" (never sent)" if status == "not-sent" else "")
+            reason = "not on the target" + (" (never sent)" if status == InstanceStatus.NOT_SENT else "")
+            never_sent = status == InstanceStatus.NOT_SENT
             out.append(InstanceVerdict(info.id, info.size, info.md5, None, False,
-                                       "not-sent" if status == "not-sent" else "failed", reason))
+                                       InstanceStatus.NOT_SENT if never_sent else InstanceStatus.FAILED, reason))
         elif value != info.md5:
-            out.append(InstanceVerdict(info.id, info.size, info.md5, str(value), False, "failed",
+            out.append(InstanceVerdict(info.id, info.size, info.md5, str(value), False, InstanceStatus.FAILED,
                                        f"MD5 mismatch: source {info.md5}, target {value}"))
         else:
             out.append(InstanceVerdict(info.id, info.size, info.md5, str(value), True,
-                                       "skipped-present" if status == "skipped-present" else "transferred"))
+                                       InstanceStatus.SKIPPED_PRESENT if status == InstanceStatus.SKIPPED_PRESENT
+                                       else InstanceStatus.TRANSFERRED))
     return out
 
 
-async def verify(target: OrthancClient, instances: Sequence[InstanceInfo],
-                 statuses: Dict[str, str], concurrency: int, retries: int = 0, *,
-                 bulk: bool = False) -> List[InstanceVerdict]:
-    found = await target_md5s(target, [i.id for i in instances], concurrency, retries, bulk=bulk)
-    return verdicts(instances, found, statuses)
-
-
-def unverified(instances: Sequence[InstanceInfo], statuses: Dict[str, str],
+def unverified(instances: Sequence[InstanceInfo], statuses: Mapping[str, InstanceStatus],
                reason: str) -> List[InstanceVerdict]:
     """Verdicts when the target could not be checked at all (e.g. unreachable)."""
     return [InstanceVerdict(i.id, i.size, i.md5, None, False,
-                            "failed" if statuses.get(i.id) == "transferred" else "not-sent", reason)
+                            InstanceStatus.FAILED if statuses.get(i.id) == InstanceStatus.TRANSFERRED
+                            else InstanceStatus.NOT_SENT, reason)
             for i in instances]
 
 

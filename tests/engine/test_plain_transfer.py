@@ -9,15 +9,15 @@ import pytest
 
 from gui.client.peer import Peer
 from gui.engine import BucketProgress, BucketState, JobFinished, JobProgress, JobState, TransferMode
-from gui.engine import transfer_scheduler
+from gui.engine.transport_registry import default_transports
 from gui.engine.plain_mode import PlainTransport
 from gui.sandbox.orthanc_process import free_port
 from tests.engine.helpers import (make_engine, peer, run, small_options, study_resource, upload_files,
                                   wait_for)
 
 
-async def transfer(tmp_path, source, target, resources, **submit_kwargs):
-    engine = make_engine(tmp_path / "data")
+async def transfer(tmp_path, source, target, resources, transports=None, **submit_kwargs):
+    engine = make_engine(tmp_path / "data", transports=transports)
     await engine.start()
     events: List[object] = []
     engine.subscribe(events.append)
@@ -120,13 +120,11 @@ def test_md5_mismatch_is_detected_reported_and_rolled_back(stock_pair, tmp_path,
     ids = upload_files(source, ct_study_files)
     study = next(iter(ids.values()))
     CorruptingTransport.corrupted = []
-    original = transfer_scheduler.transport_class
-    monkeypatch.setattr(transfer_scheduler, "transport_class",
-                        lambda mode: CorruptingTransport if mode is TransferMode.PLAIN else original(mode))
+    transports = default_transports().replaced(TransferMode.PLAIN, CorruptingTransport)
 
     # No re-send budget (MaxHttpRetries 0): the mismatch stands (with a
     # budget the instance is sent again, tests/reliability/test_resend.py).
-    report, _ = run(transfer(tmp_path, source, target, study_resource(study),
+    report, _ = run(transfer(tmp_path, source, target, study_resource(study), transports=transports,
                              options=small_options(BucketSize=bucket_kb, MaxHttpRetries=0)))
 
     bad = CorruptingTransport.corrupted[0]

@@ -13,6 +13,7 @@ from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import Peer
 from gui.config.settings import TransferOptions
 from gui.engine.events import BucketProgress, BucketState
+from gui.engine.journal import Journal
 from gui.engine.transport_base import TransferContext
 from gui.protocol.wire import InstanceInfo
 from gui.sandbox.orthanc_process import OrthancProcess
@@ -33,23 +34,17 @@ def infos_of(files: Sequence[bytes], server: OrthancProcess) -> List[InstanceInf
 
 
 class Recorder:
-    """Keeps every bucket event, and the checkpoints a scheduler would persist."""
+    """Keeps every bucket event, and the journal a runner would persist."""
 
     def __init__(self) -> None:
         self.events: List[BucketProgress] = []
-        self.checkpoints: Dict[str, object] = {}
+        self.journal = Journal()
         self.hooks: List = []
 
     def __call__(self, event: BucketProgress) -> None:
         self.events.append(event)
         for hook in list(self.hooks):
             hook(event)
-
-    async def checkpoint(self, key: str, value: object) -> None:
-        if value is None:
-            self.checkpoints.pop(key, None)
-        else:
-            self.checkpoints[key] = value
 
     def states(self, index: int) -> List[BucketState]:
         return [e.state for e in self.events if e.index == index]
@@ -69,7 +64,7 @@ def make_ctx(source: OrthancClient, target: OrthancClient, instances: Sequence[I
                           source=source, target=target, instances=list(instances),
                           options=options or TransferOptions(), compression=compression,
                           staging_dir=staging, report_bucket=recorder,
-                          checkpoint=recorder.checkpoint)
+                          journal=recorder.journal)
     ctx.source_accelerated = source_accelerated
     ctx.target_accelerated = target_accelerated
     return ctx

@@ -83,7 +83,7 @@ def test_delegated_push_job_is_followed_to_success(servers, ct_study_files, tmp_
     # The job's progress number showed up as bucket progress.
     assert any(e.state is BucketState.SENDING for e in recorder.events)
     assert set(recorder.final_states().values()) == {BucketState.DONE}
-    assert "delegated-job" not in recorder.checkpoints
+    assert recorder.journal.delegated_job() is None
 
 
 def test_delegated_pull_answer_follows_the_job_on_the_target(servers, ct_study_files, tmp_path):

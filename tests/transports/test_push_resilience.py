@@ -11,7 +11,7 @@ import pytest
 from gui.config.settings import TransferOptions
 from gui.engine.events import BucketState
 from gui.engine.push_mode import PushTransport
-from gui.engine.push_mode.bucket_pusher import STATE_KEY
+from gui.engine.journal import PushTransactionEntry
 from gui.engine.transport_base import TransferFailed
 from tests.transports.helpers import (Recorder, client_for, infos_of, make_ctx, run,
                                       transaction_exists)
@@ -20,7 +20,9 @@ SMALL_BUCKETS = TransferOptions(BucketSize=64, Threads=2)
 
 
 def transaction_id(recorder: Recorder) -> str:
-    return recorder.checkpoints[STATE_KEY]["Transaction"]["ID"]
+    entry = recorder.journal.push_transaction()
+    assert entry is not None
+    return str(entry.transaction["ID"])
 
 
 def test_cancel_mid_push_leaves_target_unchanged(orthanc_factory, ct_study_files, tmp_path):
@@ -52,7 +54,7 @@ def test_cancel_mid_push_leaves_target_unchanged(orthanc_factory, ct_study_files
     assert len(buckets) > 10
     assert target.instance_md5s() == before == {}
     assert not transaction_exists(target, seen["tid"])
-    assert STATE_KEY not in recorder.checkpoints
+    assert recorder.journal.push_transaction() is None
 
 
 def test_transaction_dropped_by_target_restart_is_recreated(orthanc_factory, ct_study_files, tmp_path):
@@ -134,7 +136,7 @@ def test_corrupted_bucket_fails_the_job_and_target_stays_unchanged(orthanc_facto
     assert fault.flipped
     assert "commit" in failure.reason.lower()
     assert target.instance_md5s() == {}
-    assert STATE_KEY not in recorder.checkpoints
+    assert recorder.journal.push_transaction() is None
 
 
 def test_cookie_and_transfer_id_are_sent_on_every_transaction_request(orthanc_factory, ct_study_files,
@@ -208,8 +210,8 @@ def test_resume_continues_a_saved_transaction_or_recreates_it(orthanc_factory, c
                 await tx.put(index, await reader.read(buckets[index]), lambda sent: None)
             if not still_there:
                 await tx.delete()
-            ctx.saved_state[STATE_KEY] = {"Transaction": tx.state.to_json(),
-                                          "Plan": plan_fingerprint(instances, buckets), "Done": [0, 1]}
+            await ctx.journal.set_push_transaction(
+                PushTransactionEntry(tx.state.to_json(), plan_fingerprint(instances, buckets), [0, 1]))
             await transport.run(ctx, buckets)
             return tx.id
 

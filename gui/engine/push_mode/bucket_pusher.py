@@ -16,6 +16,7 @@ from typing import Awaitable, Callable, Dict, Optional, Protocol, Sequence, Set,
 from gui.client.errors import OrthancError
 from gui.engine import compression as gz
 from gui.engine.events import BucketState
+from gui.engine.journal import PushTransactionEntry
 from gui.engine.link_probe import is_distant
 from gui.engine.resend import commit_problems
 from gui.engine.target_md5 import md5s_on
@@ -26,7 +27,6 @@ from gui.protocol.wire import CODECS, Bucket, InstanceInfo
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "push-transaction"
 # The link probe's first PUT must be at least this large to measure bandwidth.
 PROBE_MIN_BYTES = 1024 * 1024
 # A transaction the target keeps dropping is recreated at most this often.
@@ -153,13 +153,13 @@ class BucketPusher:
                 await self._record_absent()
                 self._commit_started = True
                 await self.tx.commit()
-                await ctx.save_state(STATE_KEY, None)
+                await ctx.journal.set_push_transaction(None)
                 self.tx = None
                 return
             except TransactionGone as gone:
                 if self._commit_started and await self._target_has_everything():
                     # The commit went through but its answer was lost.
-                    await ctx.save_state(STATE_KEY, None)
+                    await ctx.journal.set_push_transaction(None)
                     self.tx = None
                     return
                 recreated += 1
@@ -198,11 +198,9 @@ class BucketPusher:
     # --- creating, resuming, discarding the transaction -------------------------------------
 
     async def _resume(self) -> bool:
-        saved = self.ctx.saved_state.get(STATE_KEY)
-        if not isinstance(saved, dict):
-            saved = {}
-        state = TransactionState.from_json(saved.get("Transaction"))
-        if state is None or saved.get("Plan") != self._fingerprint:
+        saved = self.ctx.journal.push_transaction()
+        state = TransactionState.from_json(saved.transaction) if saved is not None else None
+        if saved is None or state is None or saved.plan != self._fingerprint:
             if state is not None:
                 await self._transaction(state).delete()
             return False
@@ -210,7 +208,7 @@ class BucketPusher:
         # the protocol has no "GET transaction"; a dropped one is recreated.
         self.tx = self._transaction(state)
         self.compression = state.compression
-        self._done = {int(i) for i in saved.get("Done", []) if 0 <= int(i) < len(self.buckets)}
+        self._done = {i for i in saved.done if 0 <= i < len(self.buckets)}
         self.ctx.compression_used = state.compression
         log.info("resuming push transaction %s (%d of %d buckets already sent)", state.id,
                  len(self._done), len(self.buckets))
@@ -311,8 +309,8 @@ class BucketPusher:
         """Delete the transaction (current or saved); the target keeps nothing."""
         tx = self.tx
         if tx is None:
-            saved = self.ctx.saved_state.get(STATE_KEY)
-            state = TransactionState.from_json(saved.get("Transaction")) if isinstance(saved, dict) else None
+            saved = self.ctx.journal.push_transaction()
+            state = TransactionState.from_json(saved.transaction) if saved is not None else None
             tx = self._transaction(state) if state is not None else None
         if tx is not None:
             await tx.delete()
@@ -322,7 +320,7 @@ class BucketPusher:
             # imported some instances: remove those this job brought.
             await self.ctx.delete_created_on_target()
         try:
-            await self.ctx.save_state(STATE_KEY, None)
+            await self.ctx.journal.set_push_transaction(None)
         except Exception as exc:  # noqa: BLE001 - cleanup must go on; the job store logs its own errors
             log.warning("could not forget the push transaction state: %s", exc)
 
@@ -331,9 +329,8 @@ class BucketPusher:
         if self.tx is None or (not force and now - self._last_save < SAVE_INTERVAL):
             return
         self._last_save = now
-        await self.ctx.save_state(STATE_KEY, {"Transaction": self.tx.state.to_json(),
-                                              "Plan": self._fingerprint,
-                                              "Done": sorted(self._done)})
+        await self.ctx.journal.set_push_transaction(
+            PushTransactionEntry(self.tx.state.to_json(), self._fingerprint, sorted(self._done)))
 
     async def _record_absent(self) -> None:
         """Before committing, note (durably) which instances the target lacks:

@@ -1,21 +1,13 @@
-"""Human-readable sizes, rates and durations for the transfers views."""
+"""Human-readable sizes, rates and durations for the transfers views
+(``human_bytes`` is gui/formatting.py's, shared with the command line)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-_UNITS = ("B", "KB", "MB", "GB", "TB")
+from gui.formatting import human_bytes
 
-
-def human_bytes(value: Optional[float]) -> str:
-    if value is None:
-        return "–"
-    size = float(value)
-    for unit in _UNITS:
-        if abs(size) < 1024 or unit == _UNITS[-1]:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"  # unreachable, keeps type checkers calm
+__all__ = ["human_bytes", "human_rate", "human_duration", "human_ratio", "compression_summary"]
 
 
 def human_rate(bytes_per_second: Optional[float]) -> str:

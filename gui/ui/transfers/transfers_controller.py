@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QDialog, QMessageBox, QWidget
 
 from gui.client.peer import Peer
 from gui.engine.events import CommitmentReport, JobFinished, JobProgress, JobState
-from gui.engine.transfer_engine import Job, TransferEngine
+from gui.engine.transfer_engine import Job, PlanSummary, TransferEngine
 from gui.ui.async_tasks import user_message
 from gui.ui.peer_pane import PeerPane
 from gui.ui.resource_mime import from_mime_data
@@ -183,14 +183,19 @@ class TransfersController(QObject):
                              labels: Optional[List[str]] = None) -> Optional[Job]:
         engine = self._engine()
         labels = labels or [f"{r['Level']} {r['ID']}" for r in resources]
-        if self._confirm_enabled() and not await self._confirm(source, target, resources, labels):
+        planned: List[PlanSummary] = []
+        if self._confirm_enabled() and not await self._confirm(source, target, resources, labels, planned):
             return None
         description = labels[0] if len(labels) == 1 else f"{len(labels)} items: {labels[0]}, …"
-        job = await engine.submit(source, target, resources, description=description)
+        # The plan the user confirmed is the one the job runs (not planned twice).
+        job = await engine.submit(source, target, resources, description=description,
+                                  plan=planned[0] if planned else None)
         self.track(job)
         return job
 
-    async def _confirm(self, source: Peer, target: Peer, resources: List[dict], labels: List[str]) -> bool:
+    async def _confirm(self, source: Peer, target: Peer, resources: List[dict], labels: List[str],
+                       planned: List[PlanSummary]) -> bool:
+        """Ask the user; the plan shown is appended to ``planned``."""
         dialog = ConfirmDialog(source.name, target.name, labels, self._dialog_parent())
         self.active_confirm = dialog
         answer: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -202,6 +207,7 @@ class TransfersController(QObject):
             except Exception as exc:  # noqa: BLE001 - shown in the dialog, the user decides
                 dialog.set_plan_error(user_message(exc, "Could not plan"))
             else:
+                planned.append(plan)
                 dialog.set_plan(plan)
         planning = asyncio.ensure_future(fill_in())
         dialog.open()

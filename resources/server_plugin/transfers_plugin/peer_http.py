@@ -115,7 +115,7 @@ class PeerHttp:
             answer = connection.getresponse()
             data = answer.read()
             answer_headers = {k.lower(): v for k, v in answer.getheaders()}
-        except STALE_CONNECTION if reused else ():
+        except STALE_CONNECTION if reused else ():  # noqa: B030 - no handler on a fresh connection
             # The peer closed an idle kept-alive connection before reading this
             # request: not a failure of the peer, so try once on a new connection.
             connection.close()

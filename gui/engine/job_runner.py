@@ -1,76 +1,49 @@
 """Running one job: plan → choose a transport → run → verify → report.
 
 A :class:`JobRunner` owns one run of one job: its HTTP clients (every
-request carries the job's ``sender-transfer-id``), the transport, the
-aggregation of bucket events into job progress, the job store updates and
-the final storage-commitment report. :class:`ConcurrencyGate` bounds how
-many jobs move data at once; a paused job gives its place back.
-
-Accelerated transports are imported lazily: an installation without them
-falls back to plain mode in ``auto`` and refuses them when asked for.
+request carries the job's ``sender-transfer-id``), the transport (taken
+from the engine's :class:`TransportRegistry`), the job store updates and
+the final storage-commitment report. Its neighbours do one job each:
+:class:`ConcurrencyGate` (how many jobs move data at once; a paused job
+gives its place back), :class:`ProgressTracker` (bucket events folded into
+job progress and rates).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import hashlib
-import importlib
+import enum
 import logging
 import shutil
-import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Type
+from typing import Callable, Dict, List, Optional
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import Peer
 from gui.config.settings import TransferOptions
 from gui.engine import planner, verification
-from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, InstanceVerdict, JobFinished,
-                               JobProgress, JobState, TransferMode)
+from gui.engine.concurrency_gate import ConcurrencyGate
+from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, InstanceStatus, InstanceVerdict,
+                               JobFinished, JobState, TransferMode)
+from gui.engine.job import Job
+from gui.engine.journal import Journal, plan_key
 from gui.engine.job_store import JobStore
+from gui.engine.progress import ProgressTracker
 from gui.engine.resend import verify_with_resends
 from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
+from gui.engine.transport_registry import TransportRegistry
 from gui.protocol import wire
 from gui.protocol.wire import Bucket, InstanceInfo
 
-if TYPE_CHECKING:
-    from gui.engine.transfer_engine import Job
-
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 0.1     # seconds between two JobProgress events of one job
-RATE_WINDOW = 3.0           # seconds of history for the live rates
 
-TRANSPORTS: Dict[TransferMode, Tuple[str, str]] = {
-    TransferMode.PLAIN: ("gui.engine.plain_mode", "PlainTransport"),
-    TransferMode.PUSH: ("gui.engine.push_mode", "PushTransport"),
-    TransferMode.PULL: ("gui.engine.pull_mode", "PullTransport"),
-    TransferMode.DELEGATE: ("gui.engine.delegated_mode", "DelegatedTransport"),
-}
-
-
-def transport_class(mode: TransferMode) -> Optional[Type[Transport]]:
-    """The transport class of a mode, or None when its module is not installed."""
-    module_name, class_name = TRANSPORTS[mode]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            return None
-        log.warning("%s transport cannot be loaded: %s", mode.value, exc)
-        return None
-    except Exception as exc:  # noqa: BLE001 - a broken optional transport must not break the engine
-        log.warning("%s transport cannot be loaded: %s", mode.value, exc)
-        return None
-    return getattr(module, class_name, None)
-
-
-def available_transports() -> Dict[TransferMode, bool]:
-    return {mode: transport_class(mode) is not None for mode in TRANSPORTS}
+class StopReason(enum.Enum):
+    CANCEL = "cancel"        # the user's: roll back, the job ends Canceled
+    SHUTDOWN = "shutdown"    # the app or engine closes: the job stays resumable (Paused)
 
 
 def make_client(peer: Peer, options: TransferOptions, transfer_id: Optional[str]) -> OrthancClient:
@@ -80,9 +53,9 @@ def make_client(peer: Peer, options: TransferOptions, transfer_id: Optional[str]
 
 
 async def delegable(requested: str, source_speaks: bool, source: OrthancClient, target: OrthancClient,
-                    retries: int) -> bool:
+                    retries: int, transports: TransportRegistry) -> bool:
     """For auto: whether the source should send server to server (delegated_mode.should_delegate)."""
-    if requested != "auto" or not source_speaks or transport_class(TransferMode.DELEGATE) is None:
+    if requested != "auto" or not source_speaks or transports.get(TransferMode.DELEGATE) is None:
         return False
     from gui.engine.delegated_mode import should_delegate
     return await should_delegate(source, target, retries)
@@ -93,29 +66,17 @@ async def probe(client: OrthancClient, retries: int) -> bool:
     return await with_retries(client.speaks_accelerator, retries)
 
 
-class ConcurrencyGate:
-    """At most ``limit`` jobs hold a place; FIFO."""
-
-    def __init__(self, limit: int) -> None:
-        self._semaphore = asyncio.Semaphore(max(1, limit))
-
-    async def acquire(self) -> None:
-        await self._semaphore.acquire()
-
-    def release(self) -> None:
-        self._semaphore.release()
-
-
 class JobRunner:
     """One run of one job. Created by the engine; ``task`` runs :meth:`execute`."""
 
-    def __init__(self, job: "Job", *, store: JobStore, gate: ConcurrencyGate,
+    def __init__(self, job: Job, *, store: JobStore, gate: ConcurrencyGate, transports: TransportRegistry,
                  source: Optional[Peer], target: Peer, emit: Callable[[object], None],
                  staging_root: Path, upload_files: Optional[Dict[str, Path]] = None,
                  start_paused: bool = False, cancel_only: bool = False) -> None:
         self.job = job
         self.store = store
         self.gate = gate
+        self.transports = transports
         self.source_peer = source
         self.target_peer = target
         self.emit = emit
@@ -126,28 +87,17 @@ class JobRunner:
         self.paused = start_paused
         if not start_paused:
             self.running.set()
-        self.stop_reason: Optional[str] = None     # "cancel" | "shutdown"
+        self.stop_reason: Optional[StopReason] = None
         self.has_slot = False
         self.task: "Optional[asyncio.Task[Optional[CommitmentReport]]]" = None
         self.ctx: Optional[TransferContext] = None
         self.transport: Optional[Transport] = None
         self.source: Optional[OrthancClient] = None
         self.target: Optional[OrthancClient] = None
-        self.started = time.monotonic()
-        self._last_progress = 0.0
-        self._samples: "collections.deque[Tuple[float, int, int]]" = collections.deque()
-        self._bucket_index: Dict[int, BucketProgress] = {}
-        self._instances_total = 0
-        self._raw_total = 0
+        self.tracker = ProgressTracker(job.id)
         self._planned: List[InstanceInfo] = []
-        self._statuses: Dict[str, str] = {}
+        self._statuses: Dict[str, InstanceStatus] = {}
         self._buckets: List[Bucket] = []
-        # Running totals, updated per bucket event (jobs can have many thousands of buckets).
-        self._raw_done = 0
-        self._wire_done = 0
-        self._buckets_done = 0
-        self._instances_done = 0
-        self._remaining: Dict[str, int] = {}     # instance -> its buckets not done yet
 
     # --- control ---------------------------------------------------------------
 
@@ -183,11 +133,11 @@ class JobRunner:
             self._set_state(JobState.RUNNING)
             self.running.set()
 
-    async def stop(self, reason: str) -> None:
-        """Cancel the run; ``cancel`` rolls back, ``shutdown`` keeps the job resumable."""
+    async def stop(self, reason: StopReason) -> None:
+        """Cancel the run: CANCEL rolls back, SHUTDOWN keeps the job resumable."""
         self.stop_reason = reason
         if self.ctx is not None:
-            self.ctx.shutting_down = reason == "shutdown"
+            self.ctx.shutting_down = reason is StopReason.SHUTDOWN
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
@@ -203,69 +153,22 @@ class JobRunner:
         self._progress(force=True, error=error)
 
     def _progress(self, force: bool = False, error: Optional[str] = None) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+        if not self.tracker.due(force):
             return
-        self._last_progress = now
-        raw_done, wire_done = self._raw_done, self._wire_done
-        self._samples.append((now, raw_done, wire_done))
-        while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
-            self._samples.popleft()
-        raw_rate = wire_rate = 0.0
-        first = self._samples[0]
-        if now - first[0] > 0.2:
-            raw_rate = (raw_done - first[1]) / (now - first[0])
-            wire_rate = (wire_done - first[2]) / (now - first[0])
-        done_buckets, instances_done = self._buckets_done, self._instances_done
-        progress = JobProgress(
-            job_id=self.job.id, state=self.job.state, mode=self.job.mode,
-            compression=self.job.compression, instances_total=self._instances_total,
-            instances_done=instances_done, raw_total=self._raw_total, raw_done=raw_done,
-            wire_done=wire_done, buckets_total=len(self._bucket_index), buckets_done=done_buckets,
-            elapsed=now - self.started, raw_rate=max(0.0, raw_rate), wire_rate=max(0.0, wire_rate),
-            error=error)
+        progress = self.tracker.snapshot(self.job.state, self.job.mode, self.job.compression, error)
         self.job.progress = progress
         self.emit(progress)
 
-    def _count(self, event: BucketProgress, sign: int) -> None:
-        """Add (sign 1) or remove (sign -1) one bucket event from the running totals."""
-        self._raw_done += sign * event.raw_done
-        self._wire_done += sign * event.wire_done
-        if event.state is BucketState.DONE:
-            self._buckets_done += sign
-            for instance_id in event.instance_ids:
-                before = self._remaining.get(instance_id, 0)
-                after = before - sign
-                self._remaining[instance_id] = after
-                if before > 0 and after == 0:
-                    self._instances_done += 1
-                elif before == 0 and after > 0:
-                    self._instances_done -= 1
-
     def _on_bucket(self, event: BucketProgress) -> None:
-        old = self._bucket_index.get(event.index)
-        if old is not None:
-            self._count(old, -1)
-        self._count(event, 1)
-        self._bucket_index[event.index] = event
+        self.tracker.on_bucket(event)
         buckets = self.job.buckets
         if event.index < len(buckets):
             buckets[event.index] = event
         if event.state is BucketState.DONE:
             self.store.set_bucket_state(self.job.id, event.index, "done")
-            self.store.set_instance_status(self.job.id, event.instance_ids, "sent")
+            self.store.set_instance_status(self.job.id, event.instance_ids, InstanceStatus.SENT)
         self.emit(event)
         self._progress(force=event.state is BucketState.FAILED)
-
-    async def _checkpoint(self, key: str, value: object) -> None:
-        if key == "bucket-done" and isinstance(value, int):
-            self.store.set_bucket_state(self.job.id, value, "done")
-        elif key == "created":
-            self.store.mark_created(self.job.id, str(value))
-        elif value is None:
-            self.store.delete_checkpoint(self.job.id, key)
-        else:
-            self.store.set_checkpoint(self.job.id, key, value)
 
     # --- the run ---------------------------------------------------------------------
 
@@ -274,7 +177,7 @@ class JobRunner:
         try:
             report = await self._execute()
         except asyncio.CancelledError:
-            if self.stop_reason == "shutdown":
+            if self.stop_reason is StopReason.SHUTDOWN:
                 # Quitting: no rollback, the job stays resumable.
                 self._set_state(JobState.PAUSED)
                 await self._close_clients()
@@ -303,7 +206,7 @@ class JobRunner:
         await self.running.wait()
         if not self.paused:
             self._set_state(JobState.RUNNING)
-        self.started = time.monotonic()
+        self.tracker.restart_clock()
         return await self._run()
 
     def _release_slot(self) -> None:
@@ -342,8 +245,8 @@ class JobRunner:
         retries = options.MaxHttpRetries
         concurrency = max(2, options.Threads * 2)
         statuses = self.store.instance_statuses(job.id)
-        sent_before = {i for i, s in statuses.items() if s == "sent"}
-        created = self.store.created_instances(job.id)
+        sent_before = {i for i, s in statuses.items() if s == InstanceStatus.SENT}
+        journal = Journal(self.store, job.id)
         source_speaks = target_speaks = False
 
         if job.kind == "upload":
@@ -364,14 +267,22 @@ class JobRunner:
                 plan = planner.Plan(instances, instances, [])
         else:
             assert self.source is not None
-            if plan_again:
+            prepared, job.prepared = job.prepared, None
+            if plan_again and prepared is not None:
+                # Planned for the confirmation a moment ago: not again.
+                source_speaks, target_speaks = prepared.source_speaks, prepared.target_speaks
+                mode, plan = prepared.mode, prepared.plan
+                log.info("job %s: %s mode (%s), as planned for its confirmation", job.id, mode.value,
+                         prepared.reason)
+            elif plan_again:
                 source_speaks = await probe(self.source, retries)
                 target_speaks = await probe(self.target, retries)
                 mode, why = planner.choose_mode(job.requested_mode, source_speaks=source_speaks,
                                                 target_speaks=target_speaks,
-                                                available=available_transports(),
+                                                available=self.transports.available(),
                                                 delegable=await delegable(job.requested_mode, source_speaks,
-                                                                          self.source, self.target, retries))
+                                                                          self.source, self.target, retries,
+                                                                          self.transports))
                 log.info("job %s: %s mode (%s)", job.id, mode.value, why)
                 plan = await planner.make_plan(
                     self.source, self.target, job.resources, use_protocol=source_speaks,
@@ -381,38 +292,29 @@ class JobRunner:
                 mode = TransferMode(job.mode) if job.mode else TransferMode.PLAIN
                 instances = self.store.planned_instances(job.id)
                 plan = planner.Plan(instances, instances, [])
-            cls = transport_class(mode)
-            if cls is None:
-                raise planner.PlanningError(f"{mode.value} mode is not available in this installation")
-            transport = cls()
+            transport = self.transports.create(mode)
 
         job.mode = mode
         compression = job.compression_requested or options.Compression
         job.compression = compression
         self.store.update_job(job.id, mode=mode.value, compression=compression)
-        self.store.save_plan(job.id, plan.instances, "planned")
+        self.store.save_plan(job.id, plan.instances, InstanceStatus.PLANNED)
         self._planned = plan.instances
         present_ids = {i.id for i in plan.present}
-        self._statuses = {i.id: ("skipped-present" if i.id in present_ids else "transferred")
+        self._statuses = {i.id: (InstanceStatus.SKIPPED_PRESENT if i.id in present_ids
+                                 else InstanceStatus.TRANSFERRED)
                           for i in plan.instances}
 
         # Bucket states of an earlier run only apply to the very same list of instances.
-        plan_key = hashlib.sha1(".".join(i.id for i in plan.to_send).encode()).hexdigest()
-        saved = self.store.checkpoints(job.id)
-        done = self.store.done_buckets(job.id)
-        if saved.get("_plan") != plan_key:
-            self.store.reset_buckets(job.id)
-            done = set()
-            self.store.set_checkpoint(job.id, "_plan", plan_key)
-        saved_state = {k: v for k, v in saved.items() if not k.startswith("_")}
+        done = journal.start_plan(plan_key(plan.to_send))
 
         staging = self.staging_root / job.id
         self.ctx = TransferContext(
             job_id=job.id, transfer_id=job.transfer_id, source=self.source,  # type: ignore[arg-type]
             target=self.target, instances=plan.to_send, options=options,
             compression=compression, staging_dir=staging, report_bucket=self._on_bucket,
-            done_buckets=set(done), checkpoint=self._checkpoint, saved_state=saved_state,
-            running=self.running, created_on_target=set(created),
+            done_buckets=set(done), journal=journal,
+            running=self.running, created_on_target=journal.created_instances(),
             resources=list(job.resources or []) if job.kind != "upload" else [])
         self.ctx.source_accelerated = source_speaks
         self.ctx.target_accelerated = target_speaks
@@ -422,20 +324,8 @@ class JobRunner:
             return
         staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._buckets = transport.plan(self.ctx)
-        self._instances_total = len(plan.to_send)
-        self._raw_total = plan.bytes_to_send
-        self.job.buckets = []
-        for bucket in self._buckets:
-            for instance_id in bucket.instance_ids():
-                self._remaining[instance_id] = self._remaining.get(instance_id, 0) + 1
-        for index, bucket in enumerate(self._buckets):
-            state = BucketState.DONE if index in done else BucketState.QUEUED
-            event = BucketProgress(job_id=job.id, index=index, state=state, chunks=len(bucket.chunks),
-                                   instance_ids=bucket.instance_ids(), raw_total=bucket.total_size,
-                                   raw_done=bucket.total_size if state is BucketState.DONE else 0)
-            self.job.buckets.append(event)
-            self._count(event, 1)
-            self._bucket_index[index] = event
+        self.job.buckets = self.tracker.plan(self._buckets, set(done), len(plan.to_send), plan.bytes_to_send)
+        for event in self.job.buckets:
             self.emit(event)
         self._progress(force=True)
 
@@ -471,11 +361,8 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001
             log.exception("job %s: discard failed", self.job.id)
             return f"rollback failed: {type(exc).__name__}: {exc}"
-        self.store.clear_created(self.job.id)
-        for key in list(self.ctx.saved_state):
-            self.store.delete_checkpoint(self.job.id, key)
-        self.store.reset_buckets(self.job.id)
-        self.store.set_instance_status(self.job.id, [i.id for i in self._planned], "planned")
+        self.ctx.journal.forget_run()
+        self.store.set_instance_status(self.job.id, [i.id for i in self._planned], InstanceStatus.PLANNED)
         return None
 
     async def _rollback_and_report(self, state: JobState, reason: str) -> CommitmentReport:
@@ -491,7 +378,8 @@ class JobRunner:
         rollback_error = await self._discard()
         if rollback_error:
             reason = f"{reason}; {rollback_error}"
-        statuses = {i: ("not-sent" if s == "transferred" else s) for i, s in self._statuses.items()}
+        statuses = {i: (InstanceStatus.NOT_SENT if s == InstanceStatus.TRANSFERRED else s)
+                    for i, s in self._statuses.items()}
         verdicts = verification.unverified(self._planned, statuses, reason)
         return self._report(state, verdicts, reason)
 
@@ -501,12 +389,12 @@ class JobRunner:
             job.compression = self.ctx.compression_used
         elif job.mode in (TransferMode.PLAIN, TransferMode.UPLOAD):
             job.compression = "none"   # ZIP stored; downloads use HTTP gzip transparently
-        raw = sum(b.raw_done for b in self._bucket_index.values() if b.state is BucketState.DONE)
-        wire_bytes = self._wire_done
+        raw = self.tracker.raw_done_in_done_buckets()
+        wire_bytes = self.tracker.wire_done
         report = verification.build_report(
             job.id, state=state, mode=job.mode, source=job.source_name, target=job.target_name,
             verdicts_=verdicts, bytes_=raw, wire_bytes=wire_bytes,
-            seconds=time.monotonic() - self.started, error=error, compression=job.compression,
+            seconds=self.tracker.elapsed(), error=error, compression=job.compression,
             notes=self.ctx.notes if self.ctx is not None else None)
         if self.ctx is not None:
             report.resent = self.ctx.resends.report()
