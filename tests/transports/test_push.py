@@ -135,3 +135,47 @@ def test_import_as_it_arrives_is_asked_only_when_chosen(orthanc_factory, ct_stud
     assert len(buckets) > 2
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
     assert (seen_before_commit[0] > 0) if early else seen_before_commit == [0]
+
+
+def test_a_server_that_does_not_announce_the_asynchronous_commit_gets_a_synchronous_one(
+        orthanc_factory, ct_study_files, tmp_path):
+    """Capabilities come from what the server announces: a target that ignores
+    the extension (as the C++ plugin does: no "AsynchronousCommit" in its
+    creation answer) is taken, and remembered for a resume, as committing
+    synchronously."""
+    import json
+
+    from gui.client.orthanc_client import OrthancClient
+    from gui.client.peer import Peer
+    from gui.engine.push_mode import PushTransaction
+    from gui.engine.push_mode.source_reader import SourceReader
+    from gui.protocol.wire import plan_buckets
+    from tests.devtools.faults.http_front import FrontRequest, HttpFront
+
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(ct_study_files, source)
+
+    async def ignore_extension(request: FrontRequest, forward):
+        if request.method == "POST" and request.path == "/transfers/push":
+            body = json.loads(request.body)
+            body.pop("AsynchronousCommit", None)
+            request.body = json.dumps(body).encode()
+        return await forward(request)
+
+    async def go():
+        async with HttpFront(target.url, ignore_extension) as front, client_for(source) as src, \
+                OrthancClient(Peer(name="dst", url=front.url)) as dst:
+            buckets = plan_buckets(instances, 4 << 20)
+            tx = await PushTransaction.create(dst, instances, buckets, "none", transfer_id="t", retries=0,
+                                              commit_timeout=60, asynchronous_commit=True)
+            reader = SourceReader(src, instances, buckets, use_chunks_endpoint=True,
+                                  cache_bytes=1 << 20, staging_dir=tmp_path, retries=0)
+            for index, bucket in enumerate(buckets):
+                await tx.put(index, await reader.read(bucket), lambda sent: None)
+            await tx.commit()
+            return tx.state
+
+    state = run(go())
+    assert state.asynchronous is False
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}

@@ -146,7 +146,7 @@ class PushTransaction:
                                method="POST", url=target.base_url + wire.URI_PUSH,
                                peer=target.peer.name) from None
         # Only our own plugin honours the extension; it says so in its answer.
-        asynchronous = asynchronous_commit and bool(answer.get("AsynchronousCommit", True))
+        asynchronous = asynchronous_commit and answer.get("AsynchronousCommit") is True
         if codec is not None:
             # Bodies in the codec only when the server confirms it; the C++
             # plugin ignores the request's "Codec" and expects gzip.
