@@ -314,3 +314,36 @@ def test_the_demo_servers_send_server_to_server(tmp_path):
         assert job.verified == len(moved)
     finally:
         demo.stop()
+
+
+def test_auto_job_from_a_far_desk_goes_server_to_server(plugin_servers, ct_study_files, tmp_path, monkeypatch):
+    """The whole engine in ``auto``: far from both servers (the one thing faked), the
+    job runs on the source's plugin, and the app still verifies every MD5 itself."""
+    from gui.engine import JobState, TransferMode, delegated_mode
+    from tests.engine.helpers import make_engine, peer
+
+    async def far(client):
+        return True
+
+    monkeypatch.setattr(delegated_mode, "is_distant", far)
+    source, target = plugin_servers
+    instances = infos_of(ct_study_files, source)
+    study = source.request("GET", "/studies")[0]
+
+    async def go():
+        engine = make_engine(tmp_path / "data")
+        await engine.start()
+        try:
+            summary = await engine.plan(peer(source), peer(target), [{"Level": "Study", "ID": study}])
+            job = await engine.submit(peer(source), peer(target), [{"Level": "Study", "ID": study}])
+            return summary, await job.wait()
+        finally:
+            await engine.close()
+
+    summary, job = run(go())
+    assert summary.mode is TransferMode.DELEGATE
+    assert (job.state, job.mode) == (JobState.SUCCESS, TransferMode.DELEGATE), job.error
+    assert job.verified == len(instances)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    (server_job,) = source.request("GET", "/transfers/jobs")
+    assert server_job["State"] == "Success"
