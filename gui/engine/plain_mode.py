@@ -16,7 +16,8 @@ One pipeline, every stage busy at once (nothing waits for a phase to end):
 - **upload**: up to ``UPLOADS`` units at once (Orthanc's ingest scales with
   concurrent clients; the peer store sends one instance at a time). Units
   are cut smaller than a bucket (``plan``) so that even a small study keeps
-  that many uploads busy;
+  that many uploads busy; an instance of ``ALONE`` bytes or more (a CT
+  slice) is a unit of its own;
 - **read back**: as soon as a unit's upload answered, its instances' MD5s
   are read back from the target by a pool of ``MD5_READBACKS`` requests,
   while the next units travel. The scheduler's storage commitment then only
@@ -78,12 +79,16 @@ MD5_READBACKS = 32
 UNITS_PER_UPLOAD = 4
 MAX_PER_UNIT = 128
 MIN_UNIT = 256 * 1024
+# An instance at least this large is a unit of its own.
+ALONE = 128 * 1024
 # Answers to a compressed body that mean "not that way".
 REFUSED = (400, 415, 501)
 OVERLOADED = (429, 503)
 # gzip stops once this much data shrank by less than MIN_USEFUL_RATIO.
 RATIO_SAMPLE = 2 * 1024 * 1024
 PIPE_PIECE = 256 * 1024
+# Pieces buffered between a piped download and its upload.
+PIPE_DEPTH = 8
 
 
 # --- small concurrency tools ----------------------------------------------------------
@@ -240,11 +245,16 @@ def plain_buckets(instances: Sequence[InstanceInfo], bucket_size: int, threads: 
             continue
         current = Bucket()
         for chunk in bucket.chunks:
+            if chunk.size >= ALONE:
+                # Large enough to travel alone: concurrent requests, no ZIP to build and unpack.
+                out.append(Bucket([chunk]))
+                continue
             if current.chunks and (current.total_size + chunk.size > unit or len(current.chunks) >= MAX_PER_UNIT):
                 out.append(current)
                 current = Bucket()
             current.chunks.append(chunk)
-        out.append(current)
+        if current.chunks:
+            out.append(current)
     return out
 
 
@@ -635,7 +645,7 @@ class PlainTransport(Transport):
     async def _pipe(self, ctx: TransferContext, unit: Unit, digests: List[str]) -> List[Dict[str, Any]]:
         """One attempt: download the unit's instance and upload it as it comes."""
         info = unit.instances[0]
-        pipe: "asyncio.Queue[Optional[bytes]]" = asyncio.Queue(maxsize=4)
+        pipe: "asyncio.Queue[Optional[bytes]]" = asyncio.Queue(maxsize=PIPE_DEPTH)
         digest = hashlib.md5()
         done = [0]
 
@@ -644,7 +654,10 @@ class PlainTransport(Transport):
 
             async def put(piece: bytes) -> None:
                 nonlocal reported
-                digest.update(piece)
+                if len(piece) >= PIPE_PIECE:
+                    await asyncio.to_thread(digest.update, piece)   # hashlib lets go of the GIL
+                else:
+                    digest.update(piece)
                 done[0] += len(piece)
                 await pipe.put(piece)
                 if done[0] - reported >= 8 * PIPE_PIECE:

@@ -21,10 +21,12 @@ class DatasetSize:
     tiny_bytes: int = 8 * 1024
     large_count: int = 2
     large_mb: float = 200.0
+    scale_series: int = 20
+    scale_count: int = 20000      # instances in all, spread over scale_series series
 
 
 FULL = DatasetSize()
-QUICK = DatasetSize(ct_slices=20, tiny_count=100, large_count=2, large_mb=16.0)
+QUICK = DatasetSize(ct_slices=20, tiny_count=100, large_count=2, large_mb=16.0, scale_count=400)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,25 @@ def _large(size: DatasetSize) -> Dataset:
                    files, size.large_count)
 
 
-BUILDERS: Dict[str, Callable[[DatasetSize], Dataset]] = {"ct": _ct, "tiny": _tiny, "large": _large}
+def _scale(size: DatasetSize) -> Dataset:
+    """One patient's study of many small instances in several series (issue 16's scale case)."""
+    spec = synth.make_study_spec(7004, "BENCH SCALE")
+    per_series = -(-size.scale_count // size.scale_series)
+
+    def files() -> Iterator[bytes]:
+        left = size.scale_count
+        for series in range(size.scale_series):
+            count = min(per_series, left)
+            left -= count
+            yield from synth.tiny_instances(spec, count, size=size.tiny_bytes, series_number=100 + series,
+                                            seed=7004 + series)
+    return Dataset("scale", f"{size.scale_count} small instances of about {size.tiny_bytes // 1024} KB "
+                   f"in {size.scale_series} series", files, size.scale_count)
+
+
+# "scale" is only run when asked for (--datasets scale): about 20 minutes of peer store alone.
+BUILDERS: Dict[str, Callable[[DatasetSize], Dataset]] = {"ct": _ct, "tiny": _tiny, "large": _large,
+                                                           "scale": _scale}
 
 
 def dataset(name: str, size: DatasetSize) -> Dataset:

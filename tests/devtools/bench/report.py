@@ -121,7 +121,8 @@ def targets(result: BenchResult) -> List[Target]:
 # Plain mode (two stock servers, nothing installed) against the peer store
 # (issue 16): dataset, link, path, goal.
 PLAIN_GOALS = [("ct", "lan", "plain", 1.5), ("tiny", "lan", "plain", 1.5), ("large", "lan", "plain", 1.0),
-               ("ct", "wan", "plain", 2.8), ("tiny", "wan", "plain", 15.0), ("ct", "wan", "retrieve", 2.5)]
+               ("ct", "wan", "plain", 2.8), ("tiny", "wan", "plain", 15.0), ("ct", "wan", "retrieve", 2.5),
+               ("scale", "lan", "plain", 3.0)]
 PLAIN_CPU_GOAL_S = 3.0     # engine CPU seconds for 2,000 tiny instances
 
 
