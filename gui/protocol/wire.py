@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 __all__ = [
-    "WireFormatError", "InstanceInfo", "Chunk", "Bucket", "plan_buckets",
+    "WIRE_FORMAT_VERSION", "WireFormatError", "InstanceInfo", "Chunk", "Bucket", "plan_buckets",
     "is_orthanc_id", "check_orthanc_id", "parse_decimal", "parse_compression",
     "parse_instance_info", "parse_bucket", "parse_resources",
     "parse_lookup_answer", "parse_push_request", "build_lookup_answer",
@@ -29,6 +29,12 @@ __all__ = [
     "CommitStatus", "commit_uri", "build_commit_status", "parse_commit_status",
     "CODEC_SPLIT16", "CODECS", "CODEC_CONTENT_TYPE", "parse_codec", "split16", "join16",
 ]
+
+# The version of this module's shapes and rules, checked by the server plugin
+# when it loads a copy (transfers_wire.py): raise it with any change the
+# plugin depends on, together with EXPECTED_WIRE_FORMAT in
+# resources/server_plugin/transfers_plugin/wire_loader.py.
+WIRE_FORMAT_VERSION = 2
 
 # Orthanc IDs: SHA-1 as five dash-separated groups of 8 lowercase hex digits.
 ORTHANC_ID_RE = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")

@@ -20,11 +20,13 @@ PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 if PLUGIN_DIR not in sys.path:
     sys.path.insert(0, PLUGIN_DIR)
 
-from transfers_plugin.plugin import install  # noqa: E402
 from transfers_plugin.wire_loader import load_wire  # noqa: E402
 
 try:
-    TRANSFERS = install(orthanc, load_wire(PLUGIN_DIR))
+    # The wire module first: the plugin's modules use it (codec.py) as they load.
+    WIRE = load_wire(PLUGIN_DIR)
+    from transfers_plugin.plugin import install
+    TRANSFERS = install(orthanc, WIRE)
 except Exception as exc:  # say why in Orthanc's log rather than a bare traceback
     orthanc.LogError("transfers: the accelerator plugin could not start: %s" % exc)
     raise

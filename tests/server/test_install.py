@@ -5,6 +5,8 @@ from __future__ import annotations
 import runpy
 import shutil
 
+import pytest
+
 from gui.protocol import wire
 from gui.sandbox.orthanc_process import PYTHON_PLUGIN, OrthancProcess, resource_path
 from tests.server.conftest import study
@@ -66,3 +68,31 @@ def test_bad_option_values_are_logged_and_replaced_by_defaults(orthanc_factory):
     log = server.log_path.read_text(errors="replace")
     for name in ("CacheSize", "GzipLevel", "MaxPushTransactions"):
         assert f"transfers: Transfers.{name}: expected a number" in log
+
+
+def test_a_stale_wire_module_beside_the_plugin_is_refused_with_a_clear_log_line(tmp_path):
+    """An admin updated the plugin but kept an old transfers_wire.py: the
+    plugin must not parse buckets by other rules than the sender's."""
+    target = tmp_path / "transfers"
+    shutil.copytree(resource_path("server_plugin"), target,
+                    ignore=shutil.ignore_patterns("__pycache__", "transfers_wire.py"))
+    stale = WIRE_SOURCE.read_text(encoding="utf-8").replace(
+        f"WIRE_FORMAT_VERSION = {wire.WIRE_FORMAT_VERSION}", "WIRE_FORMAT_VERSION = 1")
+    (target / "transfers_wire.py").write_text(stale, encoding="utf-8")
+    server = OrthancProcess(name="stalewire", extra_config={
+        "Plugins": [PYTHON_PLUGIN], "PythonScript": str(target / "transfers_accelerator.py")})
+    try:
+        try:
+            server.start(timeout=20)
+        except Exception:
+            pass  # Orthanc may refuse to start without its script: either way the log must say why
+        log = server.log_path.read_text(errors="replace")
+        assert "stale copy of the wire-format module (version 1" in log
+        assert "transfers_wire.py" in log
+        if server.process is not None:
+            # Started without the accelerator: it must not answer the protocol.
+            import urllib.error
+            with pytest.raises(urllib.error.HTTPError):
+                server.request("POST", wire.URI_LOOKUP, b"[]")
+    finally:
+        server.stop()

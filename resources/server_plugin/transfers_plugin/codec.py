@@ -1,15 +1,21 @@
 """Bucket bodies: bounded gzip decoding and single-member gzip encoding,
-and the "split16-gzip" codec that this plugin announces (gui/protocol/wire.py)."""
+and the "split16-gzip" codec that this plugin announces. The codec's
+transform is the wire module's (gui/protocol/wire.py, loaded as
+``transfers_wire`` before this module by transfers_accelerator.py)."""
 
 from __future__ import annotations
 
 import zlib
 
+import transfers_wire as wire
+
 from .errors import BAD_FILE_FORMAT, NETWORK_PROTOCOL, PluginError
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
-SPLIT16 = "split16-gzip"  # wire.CODEC_SPLIT16 (the wire module is loaded at run time)
-CODECS = (SPLIT16,)
+SPLIT16 = wire.CODEC_SPLIT16
+CODECS = wire.CODECS
+split16 = wire.split16
+join16 = wire.join16
 
 
 def decode_bucket(body: bytes, compression: str, expected: int, where: str) -> bytes:
@@ -50,19 +56,6 @@ def gzip_bytes(data: bytes, level: int) -> bytes:
     """One gzip member holding ``data``."""
     deflater = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
     return deflater.compress(data) + deflater.flush()
-
-
-def split16(data) -> bytes:
-    """Even bytes then odd bytes: low and high bytes of 16-bit samples apart."""
-    return bytes(data[0::2]) + bytes(data[1::2])
-
-
-def join16(data) -> bytearray:
-    out = bytearray(len(data))
-    half = (len(data) + 1) // 2
-    out[0::2] = data[:half]
-    out[1::2] = data[half:]
-    return out
 
 
 def encode(data, compression: str, level: int) -> bytes:

@@ -24,6 +24,10 @@ from types import ModuleType
 from typing import List
 
 MODULE_NAME = "transfers_wire"
+# The wire format this plugin is written for (gui/protocol/wire.py's
+# WIRE_FORMAT_VERSION): a copy of another version is refused, since a plugin
+# that parses buckets by other rules than the sender would corrupt imports.
+EXPECTED_WIRE_FORMAT = 2
 
 
 def candidates(plugin_dir: str) -> List[str]:
@@ -45,6 +49,13 @@ def load_wire(plugin_dir: str) -> ModuleType:
         # dataclasses look the module up in sys.modules while the file runs.
         sys.modules[MODULE_NAME] = module
         spec.loader.exec_module(module)
+        version = getattr(module, "WIRE_FORMAT_VERSION", None)
+        if version != EXPECTED_WIRE_FORMAT:
+            del sys.modules[MODULE_NAME]
+            raise ImportError("transfers plugin: %s is a stale copy of the wire-format module (version %s,"
+                              " this plugin needs version %d); copy gui/protocol/wire.py there again"
+                              " (python3 install_wire.py)" % (path, version if version is not None else "none",
+                                                              EXPECTED_WIRE_FORMAT))
         return module
     raise ImportError("transfers plugin: the wire-format module was not found; looked for %s. Copy"
                       " gui/protocol/wire.py next to transfers_accelerator.py as transfers_wire.py"
