@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TransferOptions:
-    """Options with the C++ plugin's names and defaults (PROTOCOL.md)."""
+    """Options with the C++ plugin's names and defaults (docs/engine.md, Options)."""
 
     Threads: int = 4
     BucketSize: int = 4096          # KB

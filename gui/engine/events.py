@@ -166,7 +166,7 @@ class CommitmentReport:
         return sum(1 for v in self.instances if not v.verified)
 
     def to_json(self) -> Dict[str, Any]:
-        """The CLI's ``--json`` contract (issue: transfer engine, section 7)."""
+        """The CLI's ``--json`` report (docs/engine.md, Command line)."""
         return {
             "job": self.job_id,
             "state": self.state.value,

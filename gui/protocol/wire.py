@@ -4,7 +4,7 @@ This file is imported by the desktop engine *and* loaded by the server-side
 plugin running inside Orthanc's embedded Python, so it must depend on the
 standard library only and must not use package-relative imports.
 
-Everything here follows ``PROTOCOL.md``: instance infos, chunks and buckets
+Everything here follows ``docs/protocol.md``: instance infos, chunks and buckets
 as JSON, the bucket planner (§2), chunk URLs, and the JSON bodies of the
 push/lookup endpoints.  Parsing is strict: a peer that sends a number where
 the protocol wants a decimal string, or an ID that is not an Orthanc ID, gets
@@ -149,7 +149,7 @@ class Bucket:
         if size == 0:
             return
         if offset != 0 or size != instance.size:
-            # PROTOCOL.md: nothing may follow a chunk that is not a whole instance.
+            # docs/protocol.md: nothing may follow a chunk that is not a whole instance.
             self._extensible = False
         self.chunks.append(Chunk(instance.id, offset, size))
 
@@ -178,7 +178,7 @@ def chunks_uri(bucket: Bucket, compression: str) -> str:
 def plan_buckets(instances: Iterable[InstanceInfo], bucket_size: int,
                  pull_base_url: Optional[str] = None,
                  compression: str = "none") -> List[Bucket]:
-    """Cut instances into buckets exactly as PROTOCOL.md §2 says.
+    """Cut instances into buckets exactly as docs/protocol.md §2 says.
 
     ``bucket_size`` is B in bytes. ``pull_base_url`` is given only for buckets
     fetched with GET, whose URL must stay short.
@@ -414,7 +414,7 @@ def join16(data: Any) -> bytearray:
 #     OrthancStatus, Message, Details, and Instances naming the bad instances).
 # After a failure the transaction is kept (status "Failure" until committed
 # again); after success it is gone and only the status remains, for a while.
-# Without the flag the commit is synchronous and answers {} as in PROTOCOL.md.
+# Without the flag the commit is synchronous and answers {} as in docs/protocol.md.
 
 COMMIT_STAGING = "Staging"
 COMMIT_PENDING = "Pending"

@@ -1,4 +1,4 @@
-"""Property-based tests of the bucket planner (PROTOCOL.md §2)."""
+"""Property-based tests of the bucket planner (docs/protocol.md §2)."""
 
 from __future__ import annotations
 

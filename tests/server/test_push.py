@@ -1,4 +1,4 @@
-"""Push transactions: staging, all-or-nothing commit, errors as PROTOCOL.md says."""
+"""Push transactions: staging, all-or-nothing commit, errors as docs/protocol.md says."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 stock Orthanc (tests.devtools.faults.http_front.HttpFront forwards everything else).
 
 Allowed fake: no server here runs the C++ plugin, and our Python plugin
-implements only the receiving/serving side. The shapes follow PROTOCOL.md:
+implements only the receiving/serving side. The shapes follow docs/protocol.md:
 ``POST /transfers/send`` answers ``{"ID", "Path"}`` (push) or
 ``{"Peer", "RemoteJob", "URL"}`` (pull); ``GET /jobs/{id}`` shows ``State``,
 ``Progress`` and ``Content``; ``/jobs/{id}/pause|resume|cancel`` control it.

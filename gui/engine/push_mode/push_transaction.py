@@ -1,4 +1,4 @@
-"""The client side of one push transaction (PROTOCOL.md §3).
+"""The client side of one push transaction (docs/protocol.md §3).
 
 ``POST /transfers/push`` creates it, ``PUT .../{index}`` sends each bucket,
 ``POST .../commit`` imports everything, ``DELETE`` discards it. Every request
