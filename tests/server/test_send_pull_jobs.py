@@ -114,6 +114,8 @@ def test_send_pushes_to_a_peer_with_the_plugin(clean, compression):
     assert content["Peer"] == "dst" and content["Compression"] == compression
     assert content["Resources"] == study_ref(study_id) and content["TotalInstances"] == 9
     assert content["Mode"] == "push" and content["SenderTransferID"] == "my-transfer"
+    # gzip between two servers with this plugin: the split16-gzip codec, negotiated.
+    assert content.get("Codec") == ("split16-gzip" if compression == "gzip" else None)
     assert content["Commitment"] == {"Verified": 9, "AlreadyOnPeer": 0, "Pending": 0, "Problems": []}
     for key in ("TotalSizeMB", "UploadedSizeMB", "CompletedHttpQueries", "NetworkSpeedKBs"):
         assert isinstance(content[key], int), key
@@ -156,6 +158,7 @@ def test_pull_fetches_chunks_checks_md5s_and_imports(clean, compression):
     job = wait_job(dst, answer["ID"])
     assert job["State"] == "Success", job["ErrorDescription"]
     assert job["Type"] == "PullTransfer" and job["Content"]["Mode"] == "pull"
+    assert job["Content"].get("Codec") == ("split16-gzip" if compression == "gzip" else None)
     assert isinstance(job["Content"]["DownloadedSizeMB"], int)
     assert job["Content"]["Commitment"]["Verified"] == 7
     assert dst.instance_md5s() == src.instance_md5s()
@@ -430,3 +433,16 @@ def test_send_carries_the_transfer_id_replays_the_cookie_and_retries(orthanc_fac
     for request in seen:
         if request.path in ("/transfers/lookup", "/transfers/push") or request.path.startswith("/transfers/push/"):
             assert request.header("sender-transfer-id") == "tid-35", request.path
+
+
+def test_gzip_send_to_a_peer_without_the_codec_sends_plain_gzip(orthanc_factory, clean):
+    """A peer that does not honour the codec (the C++ plugin, or ours with "Codecs": [])
+    gets gzip, as the protocol says."""
+    src = clean["src"]
+    plain_gzip = orthanc_factory("gzip-only", with_accelerator=True, extra_config={"Transfers": {"Codecs": []}})
+    src.request("PUT", "/peers/gzip-only", json.dumps({"Url": plain_gzip.url}).encode())
+    study_id = upload(src, study(36, tiny=2, ct=2, ct_size=200))
+    job = wait_job(src, send(src, "gzip-only", study_ref(study_id), "gzip")["ID"])
+    assert job["State"] == "Success", job["ErrorDescription"]
+    assert job["Content"].get("Codec") is None
+    assert plain_gzip.instance_md5s() == src.instance_md5s()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, List
 
+from .codec import SPLIT16, decode_bucket
 from .commit import commit
 from .errors import NETWORK_PROTOCOL, UNKNOWN_RESOURCE, PluginError
 from .jobs import Job
@@ -89,7 +90,9 @@ class PullRunner:
             txn = store.lookup(cp["Transaction"]) if cp.get("Transaction") else None
             if txn is None:
                 # Staged buckets do not survive a restart of Orthanc: those are fetched again.
-                txn = store.create(self.wire.PushRequest(to_fetch, buckets, compression))
+                # Staged uncompressed: each answer is decoded here, in whichever
+                # encoding the peer chose (gzip, or the codec when it honours it).
+                txn = store.create(self.wire.PushRequest(to_fetch, buckets, "none"))
                 cp["Transaction"] = txn.id
                 self.plugin.registry.save(job)
             try:
@@ -120,13 +123,20 @@ class PullRunner:
         speed = Speed()
         job.publish(TotalBuckets=len(buckets), ReceivedBuckets=len(received), ResumedFromBucket=len(received))
 
+        asked = SPLIT16 if compression == "gzip" and SPLIT16 in self.plugin.options.codecs else compression
+
         def fetch(index: int) -> None:
             bucket = buckets[index]
-            _, _, body = peer.request("GET", self.wire.chunks_uri(bucket, compression))
+            _, headers, body = peer.request("GET", self.wire.chunks_uri(bucket, asked))
             speed.add(len(body))
+            encoding = compression
+            if compression == "gzip" and headers.get("content-type") == self.wire.CODEC_CONTENT_TYPE[SPLIT16]:
+                encoding = SPLIT16
+                job.publish(Codec=SPLIT16)
+            raw = decode_bucket(body, encoding, bucket.total_size, "bucket %d from peer %r" % (index, peer.peer.name))
             staged = store.acquire(txn.id)
             try:
-                store.put_bucket(staged, str(index), body)  # checks the size once inflated
+                store.put_bucket(staged, str(index), bytes(raw))  # its size was checked while decoding
             finally:
                 store.release(staged)
             with lock:

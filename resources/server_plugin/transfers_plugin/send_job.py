@@ -23,7 +23,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from .codec import gzip_bytes
+from .codec import SPLIT16, encode, gzip_bytes
 from .errors import CORRUPTED_FILE, NETWORK_PROTOCOL, PluginError
 from .jobs import Job
 from .peer_http import PeerError, PeerHttp
@@ -157,6 +157,8 @@ class SendRunner:
             tid = cp["Transaction"]
             if cp.get("Cookie"):
                 headers["Cookie"] = cp["Cookie"]
+            if cp.get("Codec"):
+                job.publish(Codec=cp["Codec"])
             sent = set(cp.get("Sent", []))
             job.publish(TotalBuckets=len(buckets), SentBuckets=len(sent), ResumedFromBucket=len(sent))
             lock = threading.Lock()
@@ -166,7 +168,8 @@ class SendRunner:
                 body = self._bucket_bytes(buckets[index])
                 raw = len(body)
                 if compression == "gzip":
-                    body = gzip_bytes(body, self.plugin.options.gzip_level)
+                    # The codec when the peer accepted it at the transaction's creation.
+                    body = encode(body, cp.get("Codec") or "gzip", self.plugin.options.gzip_level)
                 peer.request("PUT", "%s/%s/%d" % (self.wire.URI_PUSH, tid, index), body, headers)
                 speed.add(len(body))
                 with lock:
@@ -206,7 +209,10 @@ class SendRunner:
     def _create_transaction(self, job: Job, peer: PeerHttp, to_send: List[Any], buckets: List[Any],
                             compression: str, headers: Dict[str, str]) -> None:
         cp = job.checkpoint
-        body = self.wire.build_push_request(to_send, buckets, compression, asynchronous_commit=True)
+        # Ask for the split16-gzip codec (an extension of this project, only used
+        # when the peer's answer accepts it), unless this server's Codecs is [].
+        codec = SPLIT16 if compression == "gzip" and SPLIT16 in self.plugin.options.codecs else None
+        body = self.wire.build_push_request(to_send, buckets, compression, asynchronous_commit=True, codec=codec)
         _, answer_headers, data = peer.request("POST", self.wire.URI_PUSH, json.dumps(body).encode(), headers)
         try:
             answer = json.loads(data)
@@ -216,6 +222,7 @@ class SendRunner:
                               % (peer.peer.name, data[:100]))
         cp["Transaction"] = str(tid)
         cp["Asynchronous"] = answer.get("AsynchronousCommit") is True
+        cp["Codec"] = SPLIT16 if codec is not None and answer.get("Codec") == SPLIT16 else None
         cookie = answer_headers.get("set-cookie")
         if cookie:
             # Replayed on this transaction's later requests (sticky load balancers).
