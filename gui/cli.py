@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from gui import __version__
 from gui.client.errors import OrthancError, redact_url
@@ -36,7 +36,7 @@ from gui.formatting import human_bytes
 
 if TYPE_CHECKING:  # the engine loads only for the commands that need it
     from gui.engine import TransferEngine
-    from gui.engine.events import JobState
+    from gui.engine.events import JobPhase, JobState
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -190,7 +190,7 @@ class ProgressPrinter:
         self.job_id = job_id
         self.tty = stream.isatty()
         self.last = 0.0
-        self.last_state: Optional[JobState] = None
+        self.last_state: Optional[Tuple[JobState, Optional[JobPhase]]] = None
         self.drawn = False
         self.planning_said = False
 
@@ -199,11 +199,11 @@ class ProgressPrinter:
         if not isinstance(event, JobProgress) or event.job_id != self.job_id:
             return
         now = time.monotonic()
-        changed = event.state != self.last_state
+        changed = (event.state, event.phase) != self.last_state
         interval = 0.2 if self.tty else 2.0
         if not changed and now - self.last < interval:
             return
-        self.last, self.last_state = now, event.state
+        self.last, self.last_state = now, (event.state, event.phase)
         line = self.format(event)
         if line.startswith("planning"):
             if self.planning_said:
@@ -226,6 +226,10 @@ class ProgressPrinter:
             return f"{verb}{sent}" + (f": {event.error}" if event.error else "")
         if not event.instances_total and not event.state.finished:
             return "planning (listing instances, checking the target)..."
+        if event.phase is not None and event.phase.value in ("committing", "verifying"):
+            what = ("the target imports and commits the buckets" if event.phase.value == "committing"
+                    else "reading every instance's MD5 back from the target")
+            return f"{event.phase.value}: {event.instances_done}/{event.instances_total} instances sent, {what}..."
         width = 24
         filled = int(width * min(1.0, event.fraction))
         bar = "#" * filled + "-" * (width - filled)

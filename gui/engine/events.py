@@ -26,6 +26,15 @@ class JobState(str, enum.Enum):
         return self in (JobState.SUCCESS, JobState.FAILURE, JobState.CANCELED)
 
 
+class JobPhase(str, enum.Enum):
+    """What a running job is doing now (its state says whether it runs at all)."""
+
+    PLANNING = "planning"      # listing instances, asking the target what it has
+    SENDING = "sending"        # buckets on the way
+    COMMITTING = "committing"  # every bucket sent; the target imports them
+    VERIFYING = "verifying"    # reading every instance's MD5 back from the target
+
+
 class BucketState(str, enum.Enum):
     QUEUED = "queued"
     READING = "reading"
@@ -95,6 +104,7 @@ class JobProgress:
     raw_rate: float = 0.0
     wire_rate: float = 0.0
     error: Optional[str] = None
+    phase: Optional[JobPhase] = None
 
     @property
     def fraction(self) -> float:

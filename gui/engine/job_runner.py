@@ -26,7 +26,7 @@ from gui.config.settings import TransferOptions
 from gui.engine import planner, verification
 from gui.engine.concurrency_gate import ConcurrencyGate
 from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, InstanceStatus, InstanceVerdict,
-                               JobFinished, JobState, TransferMode)
+                               JobFinished, JobPhase, JobState, TransferMode)
 from gui.engine.job import Job
 from gui.engine.journal import Journal, plan_key
 from gui.engine.job_store import JobStore
@@ -95,6 +95,7 @@ class JobRunner:
         self.source: Optional[OrthancClient] = None
         self.target: Optional[OrthancClient] = None
         self.tracker = ProgressTracker(job.id)
+        self.phase: Optional[JobPhase] = None
         self._planned: List[InstanceInfo] = []
         self._statuses: Dict[str, InstanceStatus] = {}
         self._buckets: List[Bucket] = []
@@ -155,7 +156,11 @@ class JobRunner:
     def _progress(self, force: bool = False, error: Optional[str] = None) -> None:
         if not self.tracker.due(force):
             return
+        if (self.phase is JobPhase.SENDING and self.job.mode is TransferMode.PUSH
+                and self.tracker.all_buckets_done):
+            self.phase = JobPhase.COMMITTING   # every bucket is on the target: its commit runs
         progress = self.tracker.snapshot(self.job.state, self.job.mode, self.job.compression, error)
+        progress.phase = None if self.job.state.finished else self.phase
         self.job.progress = progress
         self.emit(progress)
 
@@ -168,7 +173,10 @@ class JobRunner:
             self.store.set_bucket_state(self.job.id, event.index, "done")
             self.store.set_instance_status(self.job.id, event.instance_ids, InstanceStatus.SENT)
         self.emit(event)
-        self._progress(force=event.state is BucketState.FAILED)
+        all_done = event.state is BucketState.DONE and self.tracker.all_buckets_done
+        # The last bucket done starts the commit: say so at once, not at the next tick.
+        self._progress(force=event.state is BucketState.FAILED
+                       or (all_done and self.phase is JobPhase.SENDING and self.job.mode is TransferMode.PUSH))
 
     # --- the run ---------------------------------------------------------------------
 
@@ -204,6 +212,7 @@ class JobRunner:
             self.has_slot = True
             self.running.set()       # a pause then resume while waiting cleared it
         await self.running.wait()
+        self.phase = JobPhase.PLANNING
         if not self.paused:
             self._set_state(JobState.RUNNING)
         self.tracker.restart_clock()
@@ -225,6 +234,7 @@ class JobRunner:
             await self.running.wait()
             assert self.transport is not None and self.ctx is not None
             buckets = self._buckets
+            self._enter(JobPhase.SENDING)
             await self.transport.run(self.ctx, buckets)
         except asyncio.CancelledError:
             raise
@@ -235,7 +245,12 @@ class JobRunner:
             log.exception("job %s: unexpected error", job.id)
             return await self._rollback_and_report(JobState.FAILURE,
                                                    f"internal error: {type(exc).__name__}: {exc}")
+        self._enter(JobPhase.VERIFYING)
         return await self._verify_and_report()
+
+    def _enter(self, phase: JobPhase) -> None:
+        self.phase = phase
+        self._progress(force=True)
 
     async def _prepare(self, plan_again: bool) -> None:
         """Plan (or reload the plan), choose and set up the transport."""

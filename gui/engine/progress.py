@@ -71,6 +71,10 @@ class ProgressTracker:
     def wire_done(self) -> int:
         return self._wire_done
 
+    @property
+    def all_buckets_done(self) -> bool:
+        return bool(self._bucket_index) and self._buckets_done == len(self._bucket_index)
+
     def raw_done_in_done_buckets(self) -> int:
         return sum(b.raw_done for b in self._bucket_index.values() if b.state is BucketState.DONE)
 

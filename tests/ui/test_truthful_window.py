@@ -9,10 +9,10 @@ from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtWidgets import QApplication, QDialog
 
 from gui.client.peer import Peer
-from gui.engine.events import JobState
+from gui.engine.events import JobProgress, JobState
 from gui.sandbox import synthetic_studies as synth
 from gui.ui.transfers.bucket_model import StateGroup
-from gui.ui.transfers.jobs_model import COL_PROGRESS, COL_RATIO, BarColourRole, FractionRole
+from gui.ui.transfers.jobs_model import COL_ETA, COL_PROGRESS, COL_RATIO, COL_STATE, BarColourRole, FractionRole
 from tests.ui.transfers_harness import REMOTE, TransfersBed, make_bed, until  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(240)
@@ -253,3 +253,60 @@ def test_one_truthful_compression_everywhere(make_bed):
         assert f"Compression: {said}" in ui.panel.model.index(row, 0).data(Qt.ItemDataRole.ToolTipRole)
 
     bed.run(scenario())
+
+
+def test_a_job_shows_its_phases_as_they_happen(make_bed):
+    bed = make_bed(throttle_mbit=8, bucket_kb=64)
+    study = ct_study(bed, 49, slices=6)
+    ui = bed.ui
+    model = ui.panel.model
+    seen: list = []
+
+    def record(*_args) -> None:
+        for n in range(model.rowCount()):
+            text = model.index(n, COL_STATE).data()
+            if not seen or seen[-1][0] != text:
+                seen.append((text, model.index(n, COL_ETA).data()))
+    model.dataChanged.connect(record)
+
+    phases: list = []
+    bed.engine.subscribe(lambda e: isinstance(e, JobProgress) and e.phase is not None
+                         and (not phases or phases[-1] != e.phase.value) and phases.append(e.phase.value))
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        job = await bed.wait_for_job()
+        assert (await bed.wait_for_report(job.id)).state == JobState.SUCCESS
+        # The engine goes through them in order (plain mode has nothing to commit)...
+        assert phases == ["planning", "sending", "verifying"], phases
+        # ... and the window shows them (a frame keeps the latest, so short ones may merge).
+        states = [text for text, _eta in seen]
+        assert any(t.startswith("Running · sending") for t in states), states
+        # No "ETA 0:00" while the target is read back.
+        assert all(eta == "–" for text, eta in seen if "verifying" in text), seen
+        assert states[-1].startswith("Success")
+
+    bed.run(scenario())
+
+
+def test_a_push_job_says_when_the_target_commits(qtbot, qloop, orthanc_factory, tmp_path):
+    bed = TransfersBed(qtbot, qloop, orthanc_factory("source"), orthanc_factory("target", with_accelerator=True),
+                       tmp_path / "engine-data", tmp_path / "config.json", bucket_kb=64)
+    try:
+        study = ct_study(bed, 50, slices=6)
+        phases: list = []
+        bed.engine.subscribe(lambda e: isinstance(e, JobProgress) and e.phase is not None
+                             and (not phases or phases[-1] != e.phase.value) and phases.append(e.phase.value))
+
+        async def scenario() -> None:
+            await select_study(bed, study)
+            bed.ui.send_action.trigger()
+            job = await bed.wait_for_job()
+            report = await bed.wait_for_report(job.id)
+            assert report.state == JobState.SUCCESS and report.mode.value == "push"
+            assert phases == ["planning", "sending", "committing", "verifying"], phases
+
+        bed.run(scenario())
+    finally:
+        bed.close()

@@ -142,7 +142,9 @@ class JobDetail(QWidget):
 
     def update_title(self, row: JobRow) -> None:
         mode = f" · {row.mode.value}" if row.mode else ""
-        self.title.setText(f"{row.source} → {row.target}: {row.description}{mode} · {row.state.value}"
+        phase = row.progress.phase if row.progress is not None and not row.state.finished else None
+        state = f"{row.state.value}{f' ({phase.value})' if phase else ''}"
+        self.title.setText(f"{row.source} → {row.target}: {row.description}{mode} · {state}"
                            f" · compression: {row.compression}")
 
     def apply_buckets(self, job_id: str, updates: List[BucketProgress]) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor
 
-from gui.engine.events import CommitmentReport, JobProgress, JobState, TransferMode
+from gui.engine.events import CommitmentReport, JobPhase, JobProgress, JobState, TransferMode
 from gui.ui.transfers.formatting import (compression_summary, human_bytes, human_duration, human_rate,
                                          human_ratio)
 
@@ -109,7 +109,7 @@ def progress_text(row: JobRow) -> str:
         return f"{verb}: {verified} of {planned} instances verified"
     if p is None:
         return ""
-    if not p.instances_total and not row.state.finished:
+    if (not p.instances_total and not row.state.finished) or p.phase is JobPhase.PLANNING:
         return "planning…"
     return (f"{p.instances_done}/{p.instances_total} instances, "
             f"{human_bytes(p.raw_done)} of {human_bytes(p.raw_total)}")
@@ -261,6 +261,8 @@ class JobsModel(QAbstractTableModel):
             return row.description
         if col == COL_STATE:
             text = row.state.value
+            if running and p is not None and p.phase is not None:
+                text += f" · {p.phase.value}"
             if row.mode is not None:
                 text += f" ({row.mode.value})"
             return text
@@ -281,7 +283,9 @@ class JobsModel(QAbstractTableModel):
         if col == COL_ELAPSED:
             return human_duration(row.elapsed)
         if col == COL_ETA:
-            return human_duration(p.eta) if p and running else "–"
+            # Only while buckets move: a commit or a read-back has no rate to extrapolate.
+            sending = p is not None and p.phase in (None, JobPhase.SENDING)
+            return human_duration(p.eta) if p and running and sending else "–"
         return ""
 
     @staticmethod
