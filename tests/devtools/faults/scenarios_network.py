@@ -25,8 +25,10 @@ from tests.devtools.faults.registry import scenario
 from tests.devtools.netem.wan_proxy import Direction, Fault, FaultKind
 
 ALL = ("push", "pull", "plain", "delegate")
-NO_DELEGATE = {"delegate": "needs the C++ plugin's /transfers/send on the source; "
-                           "only the Python plugin is installed here"}
+NO_DELEGATE = {"delegate": "not in this matrix: delegated mode's failures (peer gone mid-job, refused "
+                           "credentials, unknown resource, cancel, restart) are tested against the Python "
+                           "plugin's send jobs in tests/server/test_send_pull_jobs.py and "
+                           "tests/transports/test_delegated.py"}
 Via = Callable[[Any], Awaitable[str]]
 
 
