@@ -1,8 +1,9 @@
 """A stand-in for the C++ transfers plugin's job API, in front of a real,
 stock Orthanc (tests.devtools.faults.http_front.HttpFront forwards everything else).
 
-Allowed fake: no server here runs the C++ plugin, and our Python plugin
-implements only the receiving/serving side. The shapes follow docs/protocol.md:
+Allowed fake, for what only the C++ plugin does (its terse failures, its
+jobs lost on restart): no server here runs the C++ plugin. Our Python
+plugin's own send jobs are tested for real in test_delegated.py. The shapes follow docs/protocol.md:
 ``POST /transfers/send`` answers ``{"ID", "Path"}`` (push) or
 ``{"Peer", "RemoteJob", "URL"}`` (pull); ``GET /jobs/{id}`` shows ``State``,
 ``Progress`` and ``Content``; ``/jobs/{id}/pause|resume|cancel`` control it.
