@@ -76,15 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
         send.add_argument(f"--{flag}", action="append", default=[], metavar="ID",
                           help=f"{level.lower()} to send: Orthanc ID or DICOM "
                                f"{'PatientID' if level == 'Patient' else level + ' UID'} (repeatable)")
-    send.add_argument("--mode", default="auto", choices=["auto", "push", "pull", "plain", "delegate"])
-    send.add_argument("--compression", choices=["gzip", "none", "auto"])
+    send.add_argument("--mode", default="auto", choices=["auto", "push", "pull", "plain", "delegate"],
+                      help="auto (default): push when the target has the transfers accelerator, pull when "
+                           "only the source has it, plain REST otherwise; delegate: the source's C++ "
+                           "plugin does the transfer")
+    send.add_argument("--compression", choices=["gzip", "none", "auto"],
+                      help="bucket compression (default: the configuration's, normally auto: measured "
+                           "on the first bucket against the link speed)")
     send.add_argument("--import-as-it-arrives", action="store_true", default=None,
                       help="push to a target with this project's plugin: import each instance as soon as it is"
                            " verified (visible before the end; still removed again if the transfer fails)")
-    send.add_argument("--threads", type=int, metavar="N")
-    send.add_argument("--bucket-size", type=int, metavar="KB")
-    send.add_argument("--retries", type=int, metavar="N", help="MaxHttpRetries")
-    send.add_argument("--timeout", type=int, metavar="S", help="HttpTimeout in seconds")
+    send.add_argument("--threads", type=int, metavar="N", help="buckets moved at the same time (Threads)")
+    send.add_argument("--bucket-size", type=int, metavar="KB",
+                      help="size of a bucket in KB: small instances are grouped, large ones split (BucketSize)")
+    send.add_argument("--retries", type=int, metavar="N",
+                      help="tries again of a failed HTTP request before the job fails (MaxHttpRetries)")
+    send.add_argument("--timeout", type=int, metavar="S",
+                      help="seconds without an answer before a request fails (HttpTimeout)")
     send.add_argument("--force", action="store_true",
                       help="resend instances the target already has with the same MD5")
     send.add_argument("--new", action="store_true",
@@ -116,6 +124,11 @@ def is_url(text: str) -> bool:
 
 
 def resolve_peer(text: str, config: AppConfig) -> Peer:
+    if not is_url(text) and "://" not in text and all(p.name != text for p in config.peers) \
+            and (":" in text or text.startswith(("localhost", "127."))):
+        # "host:8042" or "localhost/...": a URL without its scheme, not a peer name.
+        raise CliError(f"{text!r} is not a configured peer; if it is a server's address, "
+                       f"write it as a URL: http://{text}")
     if is_url(text):
         try:
             return Peer.from_url(redact_url(text).rstrip("/"), text)
@@ -164,6 +177,26 @@ async def resolve_resources(client: OrthancClient, args: argparse.Namespace) -> 
             resources.extend(found)
     unique = {(r["Level"], r["ID"]): r for r in resources}
     return list(unique.values())
+
+
+async def describe(source: Peer, resources: List[Dict[str, Any]], timeout: float) -> str:
+    """What a job moves, the way the desktop app names it: patient name, study description…"""
+    async def one(client: OrthancClient, item: Dict[str, Any]) -> str:
+        fallback = f"{item['Level']} {item['ID'][:8]}"
+        try:
+            data = await client.resource(item["Level"], item["ID"])
+        except OrthancError:
+            return fallback
+        tags = {**(data.get("PatientMainDicomTags") or {}), **(data.get("MainDicomTags") or {})}
+        name = " ".join(p for p in str(tags.get("PatientName", "")).split("^") if p)
+        detail = {"Study": tags.get("StudyDescription"), "Series": tags.get("SeriesDescription")}.get(
+            item["Level"])
+        parts = [name or tags.get("PatientID", ""), detail or "", tags.get("AccessionNumber", "")]
+        return " · ".join(str(p) for p in parts if p) or fallback
+    async with OrthancClient(source, timeout=timeout) as client:
+        labels = [await one(client, r) for r in resources[:3]]
+    more = f" and {len(resources) - 3} more" if len(resources) > 3 else ""
+    return ", ".join(labels) + more
 
 
 def load(args: argparse.Namespace) -> AppConfig:
@@ -301,7 +334,11 @@ class Cli:
             self.stdout.write(json.dumps(rows, indent=2) + "\n")
             return EXIT_OK
         if not rows:
-            self.stdout.write(f"no peers configured in {config.path}\n")
+            self.stdout.write(f"no peers configured in {config.path}\n"
+                              "add one with the desktop app (File > Settings), or there as "
+                              "\"OrthancPeers\": {\"NAME\": [\"http://host:8042/\", \"user\", \"password\"]}\n")
+            return EXIT_OK
+        self.stdout.write(f"{'NAME':<20} {'URL':<40} STATUS\n")
         for row in rows:
             if row["error"]:
                 status = f"error: {row['error']}"
@@ -353,8 +390,10 @@ class Cli:
                 self.stderr.write(f"resuming unfinished job {job.id}\n")
                 await engine.resume(job.id, source=source, target=target)
             else:
+                description = await describe(source, resources, float(options.HttpTimeout))
                 job = await engine.submit(source, target, resources, options, mode=args.mode,
-                                          compression=args.compression, force=args.force)
+                                          compression=args.compression, force=args.force,
+                                          description=description)
                 self.stderr.write(f"job {job.id}\n")
             return await self._follow(engine, job)
         finally:

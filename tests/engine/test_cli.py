@@ -225,3 +225,35 @@ def test_a_failed_send_reads_as_a_failure(orthanc_factory, tmp_path, ct_study_fi
     assert "failed before any instance was sent: " in failed.stderr
     assert failed.stdout.startswith("Failure: nothing was sent to "), failed.stdout
     assert "connection refused" in failed.stdout
+
+
+def test_help_hints_peers_header_and_jobs_named_like_the_app(orthanc_factory, tmp_path, ct_study_files):
+    helped = cli("send", "--help")
+    text = " ".join(helped.stdout.split())
+    for words in ("push when the target has the transfers accelerator", "measured on the first bucket",
+                  "buckets moved at the same time", "small instances are grouped"):
+        assert words in text, words
+
+    hint = cli("send", "--from", "127.0.0.1:8042", "--to", "elsewhere", "--study", "1.2.3")
+    assert hint.returncode == 2
+    assert "write it as a URL: http://127.0.0.1:8042" in hint.stderr
+
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    nothing = cli("--config", str(empty), "peers")
+    assert nothing.returncode == 0 and "no peers configured" in nothing.stdout
+    assert "OrthancPeers" in nothing.stdout and "Settings" in nothing.stdout
+
+    source = orthanc_factory("source", username="u", password="p1")
+    target = orthanc_factory("target", username="u", password="p2")
+    study = next(iter(upload_files(source, ct_study_files).values()))
+    tags = source.request("GET", f"/studies/{study}")
+    name = tags["PatientMainDicomTags"]["PatientName"].replace("^", " ")
+    config = write_config(tmp_path / "cfg.json", src=source, dst=target)
+    peers = cli("--config", str(config), "peers")
+    assert peers.stdout.splitlines()[0].split() == ["NAME", "URL", "STATUS"]
+    sent = cli("send", "--from", "src", "--to", "dst", "--study", study, "--config", str(config))
+    assert sent.returncode == 0, sent.stderr
+    jobs = cli("--config", str(config), "jobs")
+    line = next(row for row in jobs.stdout.splitlines() if "src -> dst" in row)
+    assert f"{name} · {tags['MainDicomTags']['StudyDescription']}" in line, line
