@@ -33,17 +33,25 @@ class PushTransactionEntry:
     transaction: Dict[str, Any]
     plan: str
     done: List[int] = field(default_factory=list)
+    # Bytes per piece when the transaction was planned on smaller pieces of
+    # the job's buckets over a hostile link (piece_size.py); 0: not split.
+    piece: int = 0
 
     def to_json(self) -> Dict[str, Any]:
-        return {"Transaction": self.transaction, "Plan": self.plan, "Done": sorted(self.done)}
+        out = {"Transaction": self.transaction, "Plan": self.plan, "Done": sorted(self.done)}
+        if self.piece:
+            out["Piece"] = self.piece
+        return out
 
     @classmethod
     def from_json(cls, data: object) -> Optional["PushTransactionEntry"]:
         if not isinstance(data, dict) or not isinstance(data.get("Transaction"), dict):
             return None
         done = data.get("Done", [])
+        piece = data.get("Piece", 0)
         return cls(data["Transaction"], str(data.get("Plan", "")),
-                   [int(i) for i in done if isinstance(i, int)] if isinstance(done, list) else [])
+                   [int(i) for i in done if isinstance(i, int)] if isinstance(done, list) else [],
+                   piece if isinstance(piece, int) and piece > 0 else 0)
 
 
 @dataclass(frozen=True)

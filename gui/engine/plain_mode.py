@@ -56,6 +56,7 @@ from gui.engine import compression as gz
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.events import BucketState, TransferMode
 from gui.engine.link_probe import is_distant
+from gui.engine.piece_size import PieceSize, groups_of, is_link_failure
 from gui.engine.retry import with_retries
 from gui.engine.source_download import download_instance
 from gui.engine.target_md5 import md5s_on
@@ -334,6 +335,8 @@ class PlainTransport(Transport):
         self._md5_gate: Optional[AdaptiveGate] = None
         self._budget: Optional[ByteBudget] = None
         self._notes_said: Set[str] = set()
+        # Largest upload body the target's link carries (piece_size.py); None until it broke one.
+        self._piece: Optional[PieceSize] = None
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
         return plain_buckets(ctx.instances, ctx.options.bucket_size_bytes, ctx.options.Threads)
@@ -515,13 +518,13 @@ class PlainTransport(Transport):
                 self.note(ctx, "uploads no longer compressed: the data does not shrink "
                                f"(ratio {self._codec.raw / max(1, self._codec.packed):.2f})")
         try:
-            answers = await self._deliver(ctx, unit, body, raw_done, on_retry)
+            answers = await self._deliver_adaptive(ctx, unit, files, body, raw_done, on_retry)
         except OrthancError as exc:
             if not (body.compressed and exc.status in REFUSED):
                 raise
             # Refused as compressed: the same files once more as they are.
             plain = await self.encode_body(files, False)
-            answers = await self._deliver(ctx, unit, plain, raw_done, on_retry)
+            answers = await self._deliver_adaptive(ctx, unit, files, plain, raw_done, on_retry)
             if body.kind == "zip-deflated":
                 self._codec.zip_refused = True
                 what = "a deflated ZIP"
@@ -532,6 +535,51 @@ class PlainTransport(Transport):
                            "those uploads go uncompressed")
         files.clear()
         await self._finish(ctx, unit, answers, raw_done, len(body.data))
+
+    def _pieces(self, ctx: TransferContext) -> PieceSize:
+        if self._piece is None:
+            self._piece = PieceSize(ctx.options.bucket_size_bytes, key=ctx.target.base_url)
+        return self._piece
+
+    async def _deliver_adaptive(self, ctx: TransferContext, unit: Unit, files: List[Tuple[str, bytes]],
+                                body: Body, raw_done: int, on_retry: RetryHook) -> List[Dict[str, Any]]:
+        """Upload ``body`` (the encoded ``files``); over a link that keeps
+        breaking bodies of that size, the same files as smaller ZIPs."""
+        if len(files) > 1 and self._piece is not None and len(body.data) > self._piece.size:
+            # The link broke larger bodies earlier: smaller ZIPs from the start.
+            return await self._deliver_smaller(ctx, unit, files, raw_done, on_retry)
+        try:
+            answers = await self._deliver(ctx, unit, body, raw_done, on_retry)
+        except OrthancError as exc:
+            if not (is_link_failure(exc) and len(files) > 1):
+                raise
+            # Every retry broke on the way: the same files in smaller ZIPs.
+            self._pieces(ctx).shrink(len(body.data))
+            return await self._deliver_smaller(ctx, unit, files, raw_done, on_retry)
+        if self._piece is not None:
+            self._piece.succeeded()
+        return answers
+
+    async def _deliver_smaller(self, ctx: TransferContext, unit: Unit, files: List[Tuple[str, bytes]],
+                               raw_done: int, on_retry: RetryHook) -> List[Dict[str, Any]]:
+        """``files`` uploaded as several ZIPs of at most the current piece
+        size (piece_size.py), each cut again if the link still breaks it.
+        Storing an instance twice is harmless (``AlreadyStored``)."""
+        piece = self._pieces(ctx)
+        self.note(ctx, f"the link to {ctx.target.peer.name} broke larger uploads: "
+                       "sent as smaller ZIPs")
+        answers: List[Dict[str, Any]] = []
+        for group in groups_of([len(data) for _name, data in files], piece.size):
+            part = [files[n] for n in group]
+            body = await self.encode_body(part, False)
+            try:
+                answers += await self._deliver(ctx, unit, body, raw_done, on_retry)
+                piece.succeeded()
+            except OrthancError as exc:
+                if not (is_link_failure(exc) and len(part) > 1 and piece.shrink(len(body.data))):
+                    raise
+                answers += await self._deliver_smaller(ctx, unit, part, raw_done, on_retry)
+        return answers
 
     async def _deliver(self, ctx: TransferContext, unit: Unit, body: Body, raw_done: int,
                        on_retry: RetryHook) -> List[Dict[str, Any]]:

@@ -100,7 +100,8 @@ def test_corrupted_pulled_bucket_fails_and_target_stays_unchanged(orthanc_factor
     async def go():
         async with client_for(source, transport=fault) as src, client_for(target) as dst:
             ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, compression="none",
-                           options=TransferOptions(BucketSize=256, Threads=2),
+                           # No re-send budget: the corruption stands (re-sending: test_resend.py).
+                           options=TransferOptions(BucketSize=256, Threads=2, MaxHttpRetries=0),
                            target_accelerated=target_accelerated)
             with pytest.raises(TransferFailed) as failure:
                 await transport.run(ctx, transport.plan(ctx))

@@ -125,8 +125,9 @@ def test_corrupted_bucket_fails_the_job_and_target_stays_unchanged(orthanc_facto
 
     async def go():
         async with client_for(source) as src, client_for(target, transport=fault) as dst:
+            # No re-send budget: the corruption stands (re-sending: tests/reliability/test_resend.py).
             ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder,
-                           options=TransferOptions(BucketSize=256, Threads=2))
+                           options=TransferOptions(BucketSize=256, Threads=2, MaxHttpRetries=0))
             transport = PushTransport()
             with pytest.raises(TransferFailed) as failure:
                 await transport.run(ctx, transport.plan(ctx))

@@ -19,6 +19,7 @@ from gui.client.errors import OrthancError
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.link_probe import is_distant
 from gui.engine.events import BucketState, TransferMode
+from gui.engine.piece_size import PieceSize, fetch_adaptive
 from gui.engine.plain_mode import PlainTransport, group_units
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
 from gui.engine.pull_mode.staging_area import StagingArea
@@ -113,6 +114,9 @@ class PullTransport(Transport):
     async def _fetch_all(self, ctx: TransferContext, buckets: List[Bucket], skip: Set[int],
                          fetcher: BucketFetcher, staging: StagingArea) -> None:
         queue = iter([i for i in range(len(buckets)) if i not in skip])
+        # Smaller ranged GETs over a link that breaks whole buckets (piece_size.py).
+        piece = PieceSize(max((b.total_size for b in buckets), default=0), key=ctx.source.base_url)
+        sizes = {i.id: i.size for i in ctx.instances}
 
         async def worker() -> None:
             for index in queue:
@@ -129,7 +133,7 @@ class PullTransport(Transport):
                 await staging.admit(bucket)
                 ctx.bucket_event(index, bucket, BucketState.READING)
                 try:
-                    fetched = await fetcher.fetch(index, bucket, on_retry)
+                    data = await fetch_adaptive(fetcher, index, bucket, on_retry, piece, sizes)
                 except TransferFailed as exc:
                     ctx.bucket_event(index, bucket, BucketState.FAILED, error=exc.reason)
                     raise
@@ -138,7 +142,7 @@ class PullTransport(Transport):
                     raise TransferFailed(f"cannot fetch bucket {index}: {exc}") from None
                 ctx.bucket_event(index, bucket, BucketState.READING, raw_done=bucket.total_size,
                                  retries=retries)
-                await staging.put(bucket, fetched.data)
+                await staging.put(bucket, data)
 
         await run_workers(ctx.options.Threads, worker)
 

@@ -18,6 +18,7 @@ from gui.engine import compression as gz
 from gui.engine.events import BucketState
 from gui.engine.journal import PushTransactionEntry
 from gui.engine.link_probe import is_distant
+from gui.engine.piece_size import PieceSize, SplitPlan, is_link_failure
 from gui.engine.resend import commit_problems
 from gui.engine.target_md5 import md5s_on
 from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
@@ -87,6 +88,14 @@ class BucketPusher:
                  max_recreate: int = MAX_RECREATE, read_ahead: bool = True) -> None:
         self.ctx = ctx
         self.buckets = list(buckets)
+        # The job's buckets as planned; the transaction may be planned on
+        # smaller pieces of them over a hostile link (piece_size.py).
+        self.split = SplitPlan(self.buckets)
+        self.piece = PieceSize(max((b.total_size for b in self.buckets), default=0),
+                               key=ctx.target.base_url)
+        self._sizes = {i.id: i.size for i in ctx.instances}
+        self._part_wire: Dict[int, int] = {}
+        self._failing: Set[int] = set()
         self.reader = reader
         self.link_rate = link_rate
         self.asynchronous_commit = asynchronous_commit
@@ -137,12 +146,21 @@ class BucketPusher:
         if not self.buckets:
             return
         resumed = await self._resume()
+        if not resumed and self.piece.size < self.piece.initial:
+            # This target's link was hostile in an earlier job: start in pieces.
+            self.buckets = self.split.resplit(self.piece.size, self._sizes)
         if not resumed:
             try:
                 await self._open()
             except TransactionGone as gone:
                 # Dropped during the link probe (target restarted): start a new one.
                 log.warning("%s during the link probe; recreating it", gone)
+                await self._start_over()
+            except OrthancError as exc:
+                # The probing first bucket could not cross the link: pieces.
+                if not self._shrink(exc):
+                    raise
+                await self.tx.delete()  # type: ignore[union-attr]
                 await self._start_over()
         recreated = 0
         while True:
@@ -166,6 +184,12 @@ class BucketPusher:
                 if recreated > self.max_recreate:
                     raise TransferFailed(f"{gone}; gave up after recreating it {self.max_recreate} times")
                 log.warning("%s: recreating it and sending all buckets again", gone)
+            except OrthancError as exc:
+                if not self._shrink(exc):
+                    raise
+                await self.tx.delete()  # type: ignore[union-attr]
+                log.warning("%s: a new transaction in pieces of %d KB (the buckets sent so far go again)",
+                            exc, self.piece.size // 1024)
             except CommitFailed as failed:
                 if self._resend_corrupted(failed):
                     continue   # the same transaction: only the corrupted instances' buckets again
@@ -179,6 +203,38 @@ class BucketPusher:
             resumed = False
             await self._start_over()
 
+    def _shrink(self, exc: OrthancError) -> bool:
+        """A bucket failed for good on the link (every retry reset or timed
+        out): plan the transaction again on smaller pieces, if it can shrink."""
+        if not is_link_failure(exc) or self.tx is None or self._commit_started:
+            return False
+        failed = max((self.buckets[i].total_size for i in self._failing), default=0)
+        self._failing.clear()
+        if not self.piece.shrink(failed or None):
+            return False
+        self.buckets = self.split.resplit(self.piece.size, self._sizes)
+        self.ctx.notes.append(f"the link to {self.ctx.target.peer.name} broke every bucket of {failed // 1024} KB: "
+                              f"a new push transaction in pieces of at most {self.piece.size // 1024} KB")
+        return True
+
+    def _event(self, index: int, state: BucketState, **extra: object) -> None:
+        """A bucket event of transaction bucket ``index``, shown on the job's
+        planned bucket it belongs to (the same one unless split)."""
+        split = self.split
+        if not split.piece:
+            self.ctx.bucket_event(index, self.buckets[index], state, **extra)
+            return
+        original = split.owner[index]
+        others = self._done - {index}
+        if state is BucketState.DONE and not split.complete(original, self._done):
+            state = BucketState.SENDING
+        values = dict(extra)
+        values["raw_done"] = split.done_bytes(original, others) + int(extra.get("raw_done") or 0)  # type: ignore[call-overload]
+        values["wire_done"] = sum(self._part_wire.get(n, 0) for n in split.parts_of(original) if n in others) \
+            + int(extra.get("wire_done") or 0)  # type: ignore[call-overload]
+        values.pop("wire_total", None)
+        self.ctx.bucket_event(original, split.originals[original], state, **values)
+
     def _resend_corrupted(self, failed: CommitFailed) -> bool:
         """A commit refused for instances with a wrong MD5 or size (a byte
         corrupted on the way): mark their buckets to be sent again into the
@@ -191,7 +247,7 @@ class BucketPusher:
             return False
         indexes = [n for n, b in enumerate(self.buckets) if problems.keys() & set(b.instance_ids())]
         self._done.difference_update(indexes)
-        self.ctx.done_buckets.difference_update(indexes)
+        self.ctx.done_buckets.difference_update({self.split.owner[n] for n in indexes})
         self.reader.rewind([self.buckets[n] for n in indexes])
         return True
 
@@ -208,6 +264,8 @@ class BucketPusher:
         # the protocol has no "GET transaction"; a dropped one is recreated.
         self.tx = self._transaction(state)
         self.compression = state.compression
+        if saved.piece:
+            self.buckets = self.split.resplit(saved.piece, self._sizes)   # the transaction's own plan
         self._done = {i for i in saved.done if 0 <= i < len(self.buckets)}
         self.ctx.compression_used = state.compression
         log.info("resuming push transaction %s (%d of %d buckets already sent)", state.id,
@@ -238,6 +296,7 @@ class BucketPusher:
         """A new transaction, every bucket to be sent again (the old one is
         gone or discarded); same compression unless another is given."""
         self._done.clear()
+        self._part_wire.clear()
         self.ctx.done_buckets.clear()
         self.reader.rewind(self.buckets)
         await self._create(compression or self.compression or "none")
@@ -254,7 +313,7 @@ class BucketPusher:
         # The round trip is measured while the first bucket is read and sampled.
         distance = asyncio.ensure_future(is_distant(self.ctx.target)) if link is None else None
         try:
-            self.ctx.bucket_event(0, first, BucketState.READING)
+            self._event(0, BucketState.READING)
             raw = await self.reader.read(first, None)
             self._prefetched[0] = raw
             sample = await gz.measure(raw)
@@ -330,7 +389,8 @@ class BucketPusher:
             return
         self._last_save = now
         await self.ctx.journal.set_push_transaction(
-            PushTransactionEntry(self.tx.state.to_json(), self._fingerprint, sorted(self._done)))
+            PushTransactionEntry(self.tx.state.to_json(), self._fingerprint, sorted(self._done),
+                                 self.split.piece))
 
     async def _record_absent(self) -> None:
         """Before committing, note (durably) which instances the target lacks:
@@ -355,11 +415,13 @@ class BucketPusher:
     async def _send_all(self) -> None:
         todo = [i for i in range(len(self.buckets)) if i not in self._done]
         for index in todo:
-            self.ctx.bucket_event(index, self.buckets[index], BucketState.QUEUED)
-        for index in self._done:
+            self._event(index, BucketState.QUEUED)
+        for index in sorted(self._done):
             bucket = self.buckets[index]
-            self.ctx.bucket_event(index, bucket, BucketState.DONE, raw_done=bucket.total_size)
-            self._delivered(bucket)
+            self._event(index, BucketState.DONE, raw_done=bucket.total_size)
+            original = self.split.owner[index]
+            if self.split.complete(original, self._done) and index == self.split.parts_of(original)[-1]:
+                self._delivered(self.split.originals[original])
         queue = iter(todo)
 
         async def worker() -> None:
@@ -393,29 +455,30 @@ class BucketPusher:
         await self._save(force=True)
 
     def _failed(self, index: int, retries: int, exc: BaseException) -> None:
+        if is_link_failure(exc):
+            self._failing.add(index)
         if not isinstance(exc, (TransactionGone, asyncio.CancelledError)):
-            self.ctx.bucket_event(index, self.buckets[index], BucketState.FAILED, retries=retries,
-                                  error=str(exc))
+            self._event(index, BucketState.FAILED, retries=retries, error=str(exc))
 
     async def _prepare(self, index: int) -> "_Prepared":
         """The bucket's body as it will be sent: read, and compressed if the
         transaction says gzip."""
-        ctx, bucket = self.ctx, self.buckets[index]
+        bucket = self.buckets[index]
         assert self.tx is not None
         prepared = _Prepared(b"")
 
         def on_retry(attempt: int, error: OrthancError) -> None:
             prepared.retries += 1
-            ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=prepared.retries,
+            self._event(index, BucketState.RETRYING, retries=prepared.retries,
                              error=str(error))
 
         try:
             body = self._prefetched.pop(index, None)
             if body is None:
-                ctx.bucket_event(index, bucket, BucketState.READING, retries=prepared.retries)
+                self._event(index, BucketState.READING, retries=prepared.retries)
                 body = await self.reader.read(bucket, on_retry)
             if self.tx.state.compression != "none":  # gzip, or the codec the target confirmed
-                ctx.bucket_event(index, bucket, BucketState.COMPRESSING, retries=prepared.retries)
+                self._event(index, BucketState.COMPRESSING, retries=prepared.retries)
                 body = await gz.compress(body, compression=self.tx.state.compression)
         except BaseException as exc:
             self._failed(index, prepared.retries, exc)
@@ -432,7 +495,7 @@ class BucketPusher:
 
         def on_retry(attempt: int, error: OrthancError) -> None:
             prepared.retries += 1
-            ctx.bucket_event(index, bucket, BucketState.RETRYING, retries=prepared.retries,
+            self._event(index, BucketState.RETRYING, retries=prepared.retries,
                              error=str(error))
 
         wire_total = len(body)
@@ -445,7 +508,7 @@ class BucketPusher:
                     return
                 last = sent
                 raw_done = raw_total if sent >= wire_total else (sent * raw_total) // max(wire_total, 1)
-                ctx.bucket_event(index, bucket, BucketState.SENDING, raw_done=raw_done,
+                self._event(index, BucketState.SENDING, raw_done=raw_done,
                                  wire_done=sent, wire_total=wire_total, retries=prepared.retries)
 
             start = time.perf_counter()
@@ -455,11 +518,17 @@ class BucketPusher:
             self._failed(index, prepared.retries, exc)
             raise
         self.wire_bytes += wire_total
-        self._delivered(bucket)
-        ctx.bucket_event(index, bucket, BucketState.DONE, raw_done=raw_total, wire_done=wire_total,
-                         wire_total=wire_total, retries=prepared.retries)
+        self._part_wire[index] = wire_total
         self._done.add(index)
-        await ctx.mark_bucket_done(index)
+        self.piece.succeeded()
+        original = self.split.owner[index]
+        complete = self.split.complete(original, self._done)
+        if complete:
+            self._delivered(self.split.originals[original])
+        self._event(index, BucketState.DONE, raw_done=raw_total, wire_done=wire_total,
+                    wire_total=wire_total, retries=prepared.retries)
+        if complete:
+            await ctx.mark_bucket_done(original)
         await self._save()
 
     def _delivered(self, bucket: Bucket) -> None:
