@@ -38,7 +38,7 @@ class PushTransactionEntry:
     piece: int = 0
 
     def to_json(self) -> Dict[str, Any]:
-        out = {"Transaction": self.transaction, "Plan": self.plan, "Done": sorted(self.done)}
+        out: Dict[str, Any] = {"Transaction": self.transaction, "Plan": self.plan, "Done": sorted(self.done)}
         if self.piece:
             out["Piece"] = self.piece
         return out
