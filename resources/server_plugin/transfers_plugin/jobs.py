@@ -357,7 +357,10 @@ class JobRegistry:
 
     def save(self, job: Job) -> None:
         path = self.path_of(job.id)
-        record = job.to_record()
+        try:
+            record = job.to_record()
+        except RuntimeError:  # a worker changed the checkpoint meanwhile: the next save takes it
+            return
         job.last_save = time.monotonic()
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)

@@ -298,6 +298,9 @@ class SendRunner:
                         NetworkSpeedKBs=speed.kbs(), CompletedHttpQueries=peer.queries)
             self.plugin.registry.save_soon(job)
 
+        # Keys exist before the workers start: they only replace values, so a
+        # save running meanwhile never sees the checkpoint change size.
+        cp["Posted"], cp["Created"] = sorted(posted), sorted(created)
         job.publish(PostedInstances=len(posted), TotalToPost=len(to_send))
         try:
             parallel([i for i in to_send if i.id not in posted], post, settings.threads, job)
