@@ -176,6 +176,11 @@ def decide_push(sample: Optional[Sample], link_rate: Optional[float], workers: i
         return Decision("gzip", f"ratio {sample.ratio:.2f}, link speed unknown")
     if compress_rate <= link_rate:
         return Decision("none", f"link ({_mb(link_rate)}) faster than gzip ({_mb(compress_rate)})")
+    if link_rate >= GZIP_NEVER_FASTER:
+        # One PUT this fast is bound by the receiver (writing, hashing), not
+        # by the wire: gzip would add its inflating to the receiver's work
+        # (docs/benchmark.md: a LAN push of large instances that went gzip).
+        return Decision("none", f"link ({_mb(link_rate)}) too fast for gzip to pay on the receiver")
     return Decision("gzip", f"ratio {sample.ratio:.2f}, gzip ({_mb(compress_rate)}) "
                             f"faster than the link ({_mb(link_rate)})")
 

@@ -259,3 +259,11 @@ def test_codec_sample_prefers_gzip_where_splitting_does_not_pay():
     ct = asyncio.run(gz.measure(b"".join(synth.ct_series(synth.make_study_spec(72, "CT"), 2, seed=72))))
     jpeg = asyncio.run(gz.measure(b"".join(jpeg_like_files(2))))
     assert ct.codec == "split16-gzip" and jpeg.codec is None
+
+
+def test_a_link_faster_than_a_receiver_inflates_gets_no_gzip():
+    """A PUT at 100 MB/s is bound by the receiver, even if the sender could
+    compress faster still: gzip would only add inflating there."""
+    fast_compressor = gz.Sample(raw=4_000_000, compressed=2_000_000, seconds=0.01)  # 400 MB/s, ratio 2
+    assert decide_push(fast_compressor, 100e6, 4).compression == "none"
+    assert decide_push(fast_compressor, 5e6, 4).compression == "gzip"  # a WAN still compresses
