@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Protocol
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHBoxLayout, QHeaderView, QLabel,
-                               QPushButton, QSplitter, QStyle, QStyledItemDelegate, QStyleOptionProgressBar,
-                               QStyleOptionViewItem, QTableView, QVBoxLayout, QWidget)
+from PySide6.QtCore import (QModelIndex, QPersistentModelIndex, QPoint, QSortFilterProxyModel, Qt, QTimer,
+                            Signal)
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox, QHBoxLayout, QHeaderView, QLabel,
+                               QMenu, QMessageBox, QPushButton, QSplitter, QStyle, QStyledItemDelegate,
+                               QStyleOptionProgressBar, QStyleOptionViewItem, QTableView, QVBoxLayout, QWidget)
 from PySide6.QtGui import QColor, QPainter, QPalette
 
 from gui.engine.events import BucketProgress, CommitmentReport, JobProgress, JobState
 from gui.ui.transfers.job_detail import JobDetail
-from gui.ui.transfers.jobs_model import (COL_PROGRESS, COL_WHAT, BarColourRole, FractionRole, JobRow,
-                                         JobsModel)
+from gui.ui.transfers.jobs_model import (COL_PROGRESS, COL_WHAT, BarColourRole, FractionRole, JobIdRole,
+                                         JobRow, JobsModel)
 
 
 class JobActions(Protocol):
@@ -48,6 +49,32 @@ class ProgressDelegate(QStyledItemDelegate):
         style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter, option.widget)
 
 
+class JobsFilter(QSortFilterProxyModel):
+    """Rows of the jobs model whose state is in the chosen group."""
+
+    GROUPS = {
+        "all": None,
+        "active": (JobState.PENDING, JobState.RUNNING, JobState.PAUSED),
+        "failed": (JobState.FAILURE, JobState.CANCELED),
+        "finished": (JobState.SUCCESS,),
+    }
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self._states: Optional[tuple] = None
+
+    def set_group(self, key: str) -> None:
+        self._states = self.GROUPS.get(key)
+        self.invalidate()   # (invalidateFilter is deprecated in this Qt)
+
+    def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:  # noqa: N802
+        if self._states is None:
+            return True
+        model = self.sourceModel()
+        assert isinstance(model, JobsModel)
+        return model.row(row).state in self._states
+
+
 def allowed_actions(state: Optional[JobState]) -> dict:
     """Which buttons make sense for a job in ``state``."""
     return {
@@ -69,9 +96,14 @@ class JobsPanel(QWidget):
         self.setObjectName("transfersPanel")
         self.actions = actions
         self.model = JobsModel(self)
+        # The table shows the model through a filter: all, active, failed or finished jobs.
+        self.proxy = JobsFilter(self)
+        self.proxy.setSourceModel(self.model)
         self.table = QTableView()
         self.table.setObjectName("jobsTable")
-        self.table.setModel(self.model)
+        self.table.setModel(self.proxy)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._context_menu)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -102,9 +134,23 @@ class JobsPanel(QWidget):
             button.clicked.connect(lambda _=False, k=key: self._trigger(k))
             bar.addWidget(button)
             self.buttons[key] = button
+        self.clear_button = QPushButton("Clear finished")
+        self.clear_button.setObjectName("clearFinishedButton")
+        self.clear_button.setToolTip("Forget every successful or canceled job (nothing changes on the servers)")
+        self.clear_button.clicked.connect(self.clear_finished)
+        bar.addWidget(self.clear_button)
         bar.addStretch(1)
         self.summary = QLabel()
         bar.addWidget(self.summary)
+        self.filter_combo = QComboBox()
+        self.filter_combo.setObjectName("jobsFilter")
+        self.filter_combo.setToolTip("Which jobs the table lists")
+        for label, key in (("All jobs", "all"), ("Active", "active"), ("Failed", "failed"),
+                           ("Finished", "finished")):
+            self.filter_combo.addItem(label, key)
+        self.filter_combo.currentIndexChanged.connect(
+            lambda _i: self.set_filter(str(self.filter_combo.currentData())))
+        bar.addWidget(self.filter_combo)
 
         self.detail = JobDetail(buckets_of)
         top = QWidget()
@@ -133,7 +179,7 @@ class JobsPanel(QWidget):
     # --- selection ----------------------------------------------------------
 
     def selected_job_id(self) -> Optional[str]:
-        index = self.table.selectionModel().currentIndex()
+        index = self.proxy.mapToSource(self.table.selectionModel().currentIndex())
         if not index.isValid():
             return None
         return self.model.row(index.row()).job_id
@@ -141,8 +187,12 @@ class JobsPanel(QWidget):
     def select_job(self, job_id: str) -> None:
         n = self.model.row_of(job_id)
         if n >= 0:
-            self.table.selectRow(n)
-            self.table.setCurrentIndex(self.model.index(n, 0))
+            index = self.proxy.mapFromSource(self.model.index(n, 0))
+            if not index.isValid():          # filtered out: show every job again
+                self.filter_combo.setCurrentIndex(0)
+                index = self.proxy.mapFromSource(self.model.index(n, 0))
+            self.table.selectRow(index.row())
+            self.table.setCurrentIndex(index)
 
     def _select_new_row(self, _parent: QModelIndex, first: int, _last: int) -> None:
         # Follow a newly started job, unless the user is looking at a running one.
@@ -152,7 +202,8 @@ class JobsPanel(QWidget):
             self.select_job(self.model.row(first).job_id)
 
     def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
-        row = self.model.row(current.row()) if current.isValid() else None
+        source = self.proxy.mapToSource(current)
+        row = self.model.row(source.row()) if source.isValid() else None
         self.detail.show_job(row)
         self._update_buttons()
         self.selectedJobChanged.emit(row.job_id if row else "")
@@ -200,13 +251,67 @@ class JobsPanel(QWidget):
         return [self.model.row(n).job_id for n in range(self.model.rowCount())
                 if self.model.row(n).state in (JobState.RUNNING, JobState.PENDING)]
 
+    # --- queue ---------------------------------------------------------------
+
+    def set_filter(self, key: str) -> None:
+        """all | active | failed | finished"""
+        n = self.filter_combo.findData(key)
+        if n >= 0 and n != self.filter_combo.currentIndex():
+            self.filter_combo.setCurrentIndex(n)
+            return
+        self.proxy.set_group(key)
+        self._update_buttons()
+
+    def visible_job_ids(self) -> List[str]:
+        return [str(self.proxy.index(n, 0).data(JobIdRole)) for n in range(self.proxy.rowCount())]
+
+    def clear_finished(self) -> None:
+        for n in reversed(range(self.model.rowCount())):
+            row = self.model.row(n)
+            if row.state in (JobState.SUCCESS, JobState.CANCELED) and self.actions is not None:
+                self.actions.remove_job(row.job_id)
+
+    def context_menu_for(self, job_id: str) -> QMenu:
+        """The job's menu: what the buttons do, plus the report (built for a click or a test)."""
+        row = self.model.job_row(job_id)
+        allowed = allowed_actions(row.state if row else None)
+        menu = QMenu(self)
+        for key, label in (("pause", "Pause"), ("resume", "Resume"), ("cancel", "Cancel…"),
+                           ("retry", "Retry"), ("report", "Show report"), ("remove", "Remove")):
+            action = menu.addAction(label)
+            action.setObjectName(f"{key}JobAction")
+            if key == "report":
+                action.setEnabled(row is not None and row.report is not None)
+                action.triggered.connect(lambda _=False, j=job_id: self.show_report(j))
+            else:
+                action.setEnabled(allowed[key])
+                action.triggered.connect(lambda _=False, k=key, j=job_id: self._act(k, j))
+        return menu
+
+    def show_report(self, job_id: str) -> None:
+        self.select_job(job_id)
+        self.detail.commitment.table.setFocus()
+
+    def _context_menu(self, position: QPoint) -> None:
+        index = self.proxy.mapToSource(self.table.indexAt(position))
+        if not index.isValid():
+            return
+        job_id = self.model.row(index.row()).job_id
+        self.select_job(job_id)
+        self.context_menu_for(job_id).popup(self.table.viewport().mapToGlobal(position))
+
     # --- buttons -----------------------------------------------------------
 
     def _trigger(self, key: str) -> None:
         job_id = self.selected_job_id()
         if job_id is None:
             return
+        self._act(key, job_id)
+
+    def _act(self, key: str, job_id: str) -> None:
         if self.actions is None:
+            return
+        if key == "cancel" and not self.confirm_cancel(job_id):
             return
         handlers = {"pause": self.actions.pause_job, "resume": self.actions.resume_job,
                     "cancel": self.actions.cancel_job, "retry": self.actions.retry_job,
@@ -229,3 +334,25 @@ class JobsPanel(QWidget):
         allowed = allowed_actions(row.state if row else None)
         for key, button in self.buttons.items():
             button.setEnabled(allowed[key])
+        self.clear_button.setEnabled(any(self.model.row(n).state in (JobState.SUCCESS, JobState.CANCELED)
+                                         for n in range(self.model.rowCount())))
+
+    #: Cancelling throws away what was sent: ask first once this much is done.
+    CONFIRM_CANCEL_FROM = 0.5
+
+    def confirm_cancel(self, job_id: str) -> bool:
+        """Whether to cancel: asked only for a job that is mostly done."""
+        row = self.model.job_row(job_id)
+        done = row.progress.fraction if row is not None and row.progress is not None else 0.0
+        if done < self.CONFIRM_CANCEL_FROM:
+            return True
+        return self.ask_cancel(f"This transfer is {done * 100:.0f} % done. Cancelling discards it: "
+                               "the target is put back as it was. Cancel it anyway?")
+
+    def ask_cancel(self, text: str) -> bool:
+        """The question itself (tests replace it)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Cancel the transfer?", text, parent=self)
+        discard = box.addButton("Cancel the transfer", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(box.addButton("Keep it running", QMessageBox.ButtonRole.RejectRole))
+        box.exec()
+        return box.clickedButton() is discard
