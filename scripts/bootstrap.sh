@@ -17,6 +17,9 @@ APT_PACKAGES=(
   libwayland-cursor0 fonts-dejavu-core   # Qt's xcb/wayland/offscreen platforms
   openssl                                 # test certificates
 )
+# Only the test suite needs these: a headless browser that clicks the
+# plugin's Orthanc Explorer button.
+TEST_APT_PACKAGES=(chromium)
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
@@ -26,8 +29,9 @@ as_root() {
 }
 
 install_system_packages() {
-  local missing=()
-  for pkg in "${APT_PACKAGES[@]}"; do
+  local missing=() wanted=("${APT_PACKAGES[@]}")
+  if [[ ",${1:-}," == *,test,* ]]; then wanted+=("${TEST_APT_PACKAGES[@]}"); fi
+  for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -53,6 +57,6 @@ install_venv() {
 }
 
 bootstrap() {
-  install_system_packages
+  install_system_packages "${1:-}"
   install_venv "${1:-}"
 }
