@@ -38,8 +38,10 @@ _REMEMBERED: Dict[str, int] = {}
 
 
 def is_link_failure(exc: BaseException) -> bool:
-    """A request that got no answer (reset, timeout): the link, not the server."""
-    return isinstance(exc, OrthancError) and exc.status is None
+    """A request that got no answer (reset, timeout): the link, not the
+    server. A refused connection is a server down (restarting), which
+    smaller pieces would not help."""
+    return isinstance(exc, OrthancError) and exc.status is None and "refused" not in exc.reason.lower()
 
 
 def remembered(key: str, default: int) -> int:

@@ -200,6 +200,7 @@ class Importer:
         self.loopback = loopback
         self.lock = threading.Lock()
         self.running = self.peak = 0  # imports under way; most at once in the last commit
+        self.on_imported: Any = None  # (txn, orthanc id) after each import (recovery.py)
 
     def _exists(self, instance_id: str) -> bool:
         try:
@@ -286,6 +287,8 @@ class Importer:
                 if new_id is not None:
                     with lock:
                         created.append(new_id)
+                    if self.on_imported is not None:   # recovery.py journals it
+                        self.on_imported(txn, new_id)
 
         with self.lock:
             self.peak = self.running

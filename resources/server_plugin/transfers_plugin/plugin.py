@@ -13,6 +13,7 @@ from typing import Any, Dict
 
 from .arrival import ArrivalImporter, recover
 from .capacity import Capacity
+from .recovery import Recovery
 from .chunks import ChunkServer
 from .commit import Importer, commit, loopback_from_configuration, verify_and_import
 from .config import Options, load_options
@@ -41,6 +42,11 @@ class TransfersPlugin:
                                        api.LogWarning)
         self.store.on_written = self.arrival.bucket_written
         self.store.on_discard = self.arrival.undo
+        # Transactions and commits that survive a restart (recovery.py).
+        self.recovery = Recovery(self.store, wire, api.LogWarning)
+        self.store.on_commit_begin = self.recovery.commit_begins
+        self.store.on_commit_end = self.recovery.commit_ends
+        self.importer.on_imported = self.recovery.imported
         self.chunks = ChunkServer(api, wire, options, self.metrics)
         self.lookup = Lookup(api, wire, options, self.originator)
         # Each asynchronous commit imports with CommitThreadsCount threads of its own.
@@ -64,6 +70,7 @@ class TransfersPlugin:
         self._check_counts(body)
         parsed = self.wire.parse_push_request(body, self.options.max_instances, self.options.max_buckets)
         txn = self.store.create(parsed)
+        self.recovery.created(txn, body)
         answer = {"ID": txn.id, "Path": "%s/%s" % (self.wire.URI_PUSH, txn.id)}
         if txn.asynchronous:
             answer["AsynchronousCommit"] = True  # tells the sender the extension is honoured
@@ -88,6 +95,7 @@ class TransfersPlugin:
         txn = self.store.acquire(tid)
         try:
             self.store.put_bucket(txn, index, request.get("body") or b"")
+            self.recovery.bucket_received(txn, index)
         finally:
             self.store.release(txn)
         return Answer({})
@@ -189,6 +197,27 @@ class TransfersPlugin:
         for name in names:
             shutil.rmtree(os.path.join(self.store.root, name), ignore_errors=True)
 
+    def finish_interrupted_commits(self) -> None:
+        """Once Orthanc answers, finish the commits a restart cut short (recovery.py)."""
+        self._wait_for_orthanc()
+
+        def run(txn: Any) -> bool:
+            self.store.begin_commit(txn)
+            with txn.lock:
+                txn.users += 1   # released by the commit
+            self._commit_in_background(txn)
+            result = self.store.result_of(txn.id) or {}
+            return result.get("Status") == self.wire.COMMIT_SUCCESS
+        self.recovery.finish_interrupted(run, self.importer.roll_back)
+
+    def _wait_for_orthanc(self) -> None:
+        while True:
+            try:
+                self.api.RestApiGet("/system")
+                return
+            except Exception:  # Orthanc is still starting: its REST API is not served yet
+                time.sleep(0.2)
+
     def _status(self, status: str, tid: str) -> Dict[str, Any]:
         return self.wire.build_commit_status(status, tid)
 
@@ -239,6 +268,7 @@ def install(api: Any, wire: Any) -> TransfersPlugin:
         api.LogWarning("transfers: " + warning)
     plugin = TransfersPlugin(api, wire, options)
     plugin.store.prepare()
+    plugin.recovery.reload(plugin.store.kept_by_previous_run)
     plugin.jobs.registry.load()
     extend_explorer(api)
     stopped = getattr(getattr(api, "ChangeType", None), "ORTHANC_STOPPED", None)
@@ -250,6 +280,8 @@ def install(api: Any, wire: Any) -> TransfersPlugin:
     plugin.register()
     if plugin.store.left_by_previous_run:
         threading.Thread(target=plugin.recover, name="transfers-recover", daemon=True).start()
+    if plugin.recovery.interrupted:
+        threading.Thread(target=plugin.finish_interrupted_commits, name="transfers-finish", daemon=True).start()
     api.LogWarning("transfers: accelerator protocol served by the Python plugin (staging in %s)"
                    % options.staging_directory)
     return plugin

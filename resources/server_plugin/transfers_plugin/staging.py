@@ -30,6 +30,7 @@ from .errors import (BAD_REQUEST, BAD_SEQUENCE_OF_CALLS, CANNOT_WRITE_FILE, FULL
                      PARAMETER_OUT_OF_RANGE, UNKNOWN_RESOURCE, PluginError)
 
 JOURNAL = "import-journal"  # arrival.JOURNAL
+MANIFEST = "transaction.json"  # recovery.MANIFEST
 TRANSACTION_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 INDEX_RE = re.compile(r"^[0-9]{1,9}$")
 
@@ -142,6 +143,10 @@ class TransactionStore:
         self.on_written: Optional[Callable[[Any, Transaction, int], None]] = None
         self.on_discard: Optional[Callable[[Transaction], None]] = None
         self.left_by_previous_run: List[str] = []  # transaction directories with an import journal
+        self.kept_by_previous_run: List[str] = []  # journaled transactions to reload (recovery.py)
+        # Set by the plugin (recovery.py): a commit begins / ends.
+        self.on_commit_begin: Optional[Callable[[Transaction], None]] = None
+        self.on_commit_end: Optional[Callable[[Transaction, bool], None]] = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -155,6 +160,9 @@ class TransactionStore:
                     # Imported some instances as they arrived: they are removed
                     # once Orthanc answers (see TransfersPlugin.recover).
                     self.left_by_previous_run.append(name)
+                    continue
+                if os.path.exists(os.path.join(self.root, name, MANIFEST)):
+                    self.kept_by_previous_run.append(name)   # reloaded (recovery.py)
                     continue
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
@@ -437,11 +445,15 @@ class TransactionStore:
             txn.commit_result = None  # a new attempt: forget the previous failure
             while txn.writers:
                 txn.idle.wait(1.0)
+        if self.on_commit_begin is not None:
+            self.on_commit_begin(txn)
 
     def end_commit(self, txn: Transaction, success: bool) -> None:
         """After success the transaction is gone; after a failure it can be completed and committed again."""
         if self.metrics is not None:
             self.metrics.add("transfers_commits_succeeded" if success else "transfers_commits_failed")
+        if self.on_commit_end is not None:
+            self.on_commit_end(txn, success)
         if success:
             with txn.lock:
                 txn.state = DONE
