@@ -8,6 +8,7 @@ study with the "Send →" button and grabs the window:
 
     resources/screenshots/transfer-running.png   buckets filling up
     resources/screenshots/transfer-finished.png  the green storage commitment
+    resources/screenshots/transfer-failed.png    the link cut: a job that failed, and says why
 
 Run:  QT_QPA_PLATFORM=offscreen python scripts/take_screenshots.py [--out DIR]
 """
@@ -117,6 +118,26 @@ async def capture(out: Path) -> None:
         await settle(0.6)
         save(window, out / "transfer-finished.png")
         QApplication.processEvents()
+
+        # A failure: the link to "Remote demo" goes down, the next study cannot be sent.
+        proxy.stop()
+        proxy = None
+        config.transfers.MaxHttpRetries = 0
+        other_id, other_patient = min(studies, key=lambda s: s[2])[:2]
+        left.tree.expand(left.model.index_of("Patient", other_patient))
+        await until(lambda: left.model.index_of("Study", other_id).isValid(), 10, "the second study")
+        left.tree.selectionModel().select(left.model.index_of("Study", other_id),
+                                          QItemSelectionModel.SelectionFlag.ClearAndSelect
+                                          | QItemSelectionModel.SelectionFlag.Rows)
+        done = {j.id for j in engine.jobs()}
+        ui.send_action.trigger()
+        await until(lambda: any(j.id not in done for j in engine.jobs()), 20, "the second job")
+        failed = next(j for j in engine.jobs() if j.id not in done)
+        await asyncio.wait_for(failed.wait(), 120)
+        await until(lambda: ui.panel.detail.commitment.report is not None
+                    and ui.panel.detail.job_id == failed.id, 10, "the failure's report")
+        await settle(0.6)
+        save(window, out / "transfer-failed.png")
     finally:
         if window is not None:
             window.force_close()

@@ -33,6 +33,7 @@ DropHandler = Callable[["PeerPane", QMimeData], bool]
 MenuProvider = Callable[["PeerPane", QMenu], None]
 
 SEARCH_DELAY_MS = 350
+NAME_MIN_WIDTH = 180
 #: Study-date presets of the filter: (label, days back; -1 any date, 0 today).
 DATE_PRESETS = (("Any date", -1), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30),
                 ("Last 12 months", 365))
@@ -68,6 +69,10 @@ class PeerTreeView(QTreeView):
         super().__init__(pane)
         self._pane = pane
         self._drag_accepted = False
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's naming
+        super().resizeEvent(event)
+        self._pane._fit_name_column()
 
     def startDrag(self, supported: Qt.DropAction) -> None:  # noqa: N802 - Qt's naming
         # The model leaves flags() to Qt (a Python flags() costs two calls per loaded row on
@@ -165,9 +170,12 @@ class PeerPane(QWidget):
         self.tree.setAlternatingRowColors(True)
         header = self.tree.header()
         header.setStretchLastSection(False)
-        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
-        for column, width in zip(range(1, len(COLUMNS)), (100, 86, 86, 96, 76, 52, 68, 70)):
+        # The name column takes the room the others leave, but never less than NAME_MIN_WIDTH
+        # (a narrow pane scrolls sideways instead of cutting every name to "Ja…").
+        header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Interactive)
+        for column, width in zip(range(1, len(COLUMNS)), (84, 80, 80, 84, 72, 46, 62, 64)):
             header.resizeSection(column, width)
+        header.sectionResized.connect(lambda column, _old, _new: column != COL_NAME and self._fit_name_column())
         # Sorting on a click, not at once: an initial sort would reorder every page as it comes.
         header.setSectionsClickable(True)
         header.setSortIndicatorShown(True)
@@ -373,15 +381,23 @@ class PeerPane(QWidget):
 
     # --- internals ----------------------------------------------------------------
 
+    def _fit_name_column(self) -> None:
+        header = self.tree.header()
+        others = sum(header.sectionSize(c) for c in range(len(COLUMNS)) if c != COL_NAME)
+        header.resizeSection(COL_NAME, max(NAME_MIN_WIDTH, self.tree.viewport().width() - others))
+
     def _settings_key(self) -> str:
-        return f"columns/{self.objectName()}/v{len(COLUMNS)}"
+        return f"columns/{self.objectName()}/{len(COLUMNS)}-columns"
 
     def _restore_columns(self) -> None:
         """Column widths as the user left them (per pane)."""
         state = QSettings().value(self._settings_key())
         if isinstance(state, (bytes, bytearray, QByteArray)):
-            self.tree.header().restoreState(QByteArray(state))
-            self.tree.header().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+            header = self.tree.header()
+            header.restoreState(QByteArray(state))
+            # Widths only: the sort and the name column's mode are the pane's own.
+            header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Interactive)
+            header.setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
 
     def _save_columns(self) -> None:
         QSettings().setValue(self._settings_key(), self.tree.header().saveState())
