@@ -89,13 +89,14 @@ class LinkStats:
     bytes_up: int = 0
     bytes_down: int = 0
     connections: int = 0
+    faults_fired: int = 0    # armed faults that reached their byte (an armed one may never)
 
     @property
     def total(self) -> int:
         return self.bytes_up + self.bytes_down
 
     def copy(self) -> "LinkStats":
-        return LinkStats(self.bytes_up, self.bytes_down, self.connections)
+        return LinkStats(self.bytes_up, self.bytes_down, self.connections, self.faults_fired)
 
 
 class _LinkDirection:
@@ -244,11 +245,13 @@ class _Connection:
                         i = fault.after_bytes - position
                         data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
                         faults.pop(0)
+                        self.proxy.stats.faults_fired += 1
                         continue
                     else:
                         cut = fault.after_bytes - position
                         piece, data = data[:cut], data[cut:]
                         faults.pop(0)
+                        self.proxy.stats.faults_fired += 1
                         if piece:
                             await self._through_link(link, queue, piece)
                             position += len(piece)
