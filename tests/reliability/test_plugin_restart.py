@@ -134,3 +134,40 @@ def test_the_desktop_resumes_a_push_whose_target_restarted_without_resending(tmp
     assert len(creations) == 1, creations          # the same transaction, not a new one
     stored = [a[1] for a in answers if a[0] == "PUT" and a[2] == 200]
     assert len(stored) == len(set(stored)), "a bucket the target had received was sent again"
+
+
+def test_a_desktop_push_whose_target_is_killed_during_the_commit_ends_whole_or_unchanged(tmp_path: Path) -> None:
+    """The target's Orthanc is killed (SIGKILL) just after it accepted the
+    asynchronous commit, then started again: the job must end complete and
+    verified, or failed with the target unchanged — never partial. (This
+    held before the plugin finished interrupted commits too: the desktop
+    then recreated the transaction; the commit-kill test above is the one
+    that needs recovery.py.)"""
+    async def run():
+        lab = Lab(tmp_path, seed=12)
+        try:
+            source, target = await lab.pair("push")
+            resources = await lab.seed_study(source, large=True)
+            checker = await lab.checker(source, target)
+            killed = asyncio.Event()
+
+            def kill_and_start() -> None:
+                os.killpg(target.process.pid, signal.SIGKILL)
+                target.process.wait(10)
+                target.start()
+
+            async def watch(request: FrontRequest, forward: Forward) -> FrontResponse:
+                response = await forward(request)
+                if request.method == "POST" and request.path.endswith("/commit") and not killed.is_set():
+                    killed.set()
+                    await asyncio.to_thread(kill_and_start)
+                return response
+            front = await lab.front(target.url, watch)
+            result = await lab.run_job(lab.peer("source", source.url), lab.peer("target", front.url),
+                                       resources, "push", small_options(MaxHttpRetries=8))
+            return await lab.classify(checker, result), killed.is_set()
+        finally:
+            await lab.aclose()
+    verdict, killed = asyncio.run(run())
+    assert killed
+    assert verdict.outcome.acceptable, verdict.detail
