@@ -368,6 +368,21 @@ class Cli:
         return TransferEngine(options, max_concurrent_jobs=1,
                               peer_resolver=functools.partial(config.peer_for, extra=tuple(extra_peers)))
 
+    async def _plan_and_warn(self, engine: "TransferEngine", source: Peer, target: Peer,
+                             resources: List[Dict[str, Any]], options: TransferOptions) -> Optional[Any]:
+        """Plan first (the job then starts from this plan) to say on stderr what
+        the confirmation would, e.g. that the target would recycle patients.
+        A plan that fails here is left to the job, which reports it as usual."""
+        try:
+            plan = await engine.plan(source, target, resources, options, mode=self.args.mode,
+                                     force=self.args.force)
+        except Exception as exc:  # noqa: BLE001 - the job plans again and reports the failure
+            logging.getLogger(__name__).debug("planning before the job failed (%s); the job plans itself", exc)
+            return None
+        for warning in plan.warnings:
+            self.stderr.write(f"warning: {warning}\n")
+        return plan
+
     async def send(self) -> int:
         args = self.args
         config = load(args)
@@ -391,9 +406,10 @@ class Cli:
                 await engine.resume(job.id, source=source, target=target)
             else:
                 description = await describe(source, resources, float(options.HttpTimeout))
+                plan = await self._plan_and_warn(engine, source, target, resources, options)
                 job = await engine.submit(source, target, resources, options, mode=args.mode,
                                           compression=args.compression, force=args.force,
-                                          description=description)
+                                          description=description, plan=plan)
                 self.stderr.write(f"job {job.id}\n")
             return await self._follow(engine, job)
         finally:

@@ -161,3 +161,26 @@ def test_a_full_stock_target_fails_cleanly_saying_it_is_full(tmp_path: Path, mod
     finally:
         source.stop()
         target.stop()
+
+
+def test_the_command_line_warns_on_stderr_before_a_transfer_that_recycles(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    source, target = servers(tmp_path, source_plugin=False, target_plugin=True,
+                             limits={"MaximumPatientCount": 1})
+    try:
+        upload(target, patient_files(1, 1, side=256))
+        new = upload(source, patient_files(2, 1, side=256))
+        env = dict(os.environ, ORTHANC_TRANSFERS_DATA=str(tmp_path / "cli-data"),
+                   ORTHANC_TRANSFERS_CONFIG=str(tmp_path / "cli-config.json"), ORTHANC_TRANSFERS_KEYRING="0")
+        done = subprocess.run([sys.executable, "-m", "gui.cli", "send", "--from", source.url, "--to", target.url,
+                               "--study", new["study"], "--json"], env=env, capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parents[2])
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "warning:" in done.stderr and "MaximumPatientCount 1" in done.stderr
+        assert json.loads(done.stdout)["state"] == "Success"
+    finally:
+        source.stop()
+        target.stop()
