@@ -205,7 +205,9 @@ class MainWindow(QMainWindow):
         bar = self.menuBar()
         self.file_menu = bar.addMenu("&File")
         self.settings_action = QAction("&Settings…", self)
-        self.settings_action.setShortcut(QKeySequence.StandardKey.Preferences)
+        # Ctrl+, everywhere (the platform's Preferences key is empty on some desktops).
+        self.settings_action.setShortcuts([QKeySequence("Ctrl+,"), *QKeySequence.keyBindings(
+            QKeySequence.StandardKey.Preferences)])
         self.settings_action.triggered.connect(self.open_settings)
         self.file_menu.addAction(self.settings_action)
         self.file_menu.addSeparator()

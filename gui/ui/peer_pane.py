@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from PySide6.QtCore import QByteArray, QMimeData, QPoint, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QDrag, QIcon
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QMenu, QSizePolicy, QStyle, QTreeView, QVBoxLayout,
+                               QLineEdit, QMenu, QSizePolicy, QStyle, QToolButton, QTreeView, QVBoxLayout,
                                QWidget)
 
 from gui.client import AcceleratorInfo, OrthancClient, OrthancError, Peer, ServerInfo
@@ -153,6 +153,12 @@ class PeerPane(QWidget):
         self.search_box.setObjectName("searchBox")
         self.search_box.setPlaceholderText("Search patient name, patient ID or accession number")
         self.search_box.setClearButtonEnabled(True)
+        self.retry_button = QToolButton(self)
+        self.retry_button.setObjectName("retryConnection")
+        self.retry_button.setText("Retry")
+        self.retry_button.setToolTip("Try to reach the server again (F5)")
+        self.retry_button.clicked.connect(self.refresh)
+        self.retry_button.hide()
 
         self.model = StudyTreeModel(self, page_size=page_size)
         self.tree = PeerTreeView(self)
@@ -208,7 +214,11 @@ class PeerPane(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(self._header_row)
-        layout.addWidget(self.status_label)
+        status_row = QHBoxLayout()
+        status_row.setContentsMargins(0, 0, 0, 0)
+        status_row.addWidget(self.status_label, 1)
+        status_row.addWidget(self.retry_button, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(status_row)
         search_row = QHBoxLayout()
         search_row.setContentsMargins(0, 0, 0, 0)
         search_row.addWidget(self.search_box, 1)
@@ -533,6 +543,11 @@ class PeerPane(QWidget):
         self.status_label.setText(text)
         self.status_label.setToolTip(text)
         self.status_label.setProperty("state", state)
+        # A pane that cannot reach its server offers to try again and has nothing to search.
+        failed = state == "error" and self._peer is not None
+        self.retry_button.setVisible(failed)
+        for widget in (self.search_box, self.date_filter, self.modality_filter):
+            widget.setEnabled(not (failed and self._server is None))
         # Re-apply the style sheet so the colour follows the state property.
         self.status_label.style().unpolish(self.status_label)
         self.status_label.style().polish(self.status_label)

@@ -310,3 +310,36 @@ def test_a_push_job_says_when_the_target_commits(qtbot, qloop, orthanc_factory, 
         bed.run(scenario())
     finally:
         bed.close()
+
+
+def test_a_dead_pane_offers_retry_and_no_search_and_exports_are_named(make_bed, closed_port_url, tmp_path):
+    bed = make_bed()
+    study = ct_study(bed, 51, slices=2, size=64)
+    ui = bed.ui
+    target = bed.config.peers[1]
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        job = await bed.wait_for_job()
+        await bed.wait_for_report(job.id)
+        commitment = ui.panel.detail.commitment
+        default = commitment.default_export_path("csv")
+        label = bed.left.selected_labels()[0]
+        assert default.name.endswith("-commitment.csv") and "ACC000051" in default.name
+        assert default.name.startswith(label.split(" · ")[0].replace(" ", "_") + "_")   # the patient first
+        commitment.export(tmp_path / default.name, "csv")
+        assert commitment.saved_label.text() == f"Saved {default.name}"
+        assert (tmp_path / default.name).read_text().count("\n") == 3
+
+        kill_target(bed, closed_port_url)
+        await until(lambda: bed.right.state == "error", what="the dead pane")
+        assert bed.right.retry_button.isVisibleTo(bed.window)
+        assert not bed.right.search_box.isEnabled() and not bed.right.modality_filter.isEnabled()
+        bed.config.peers = [bed.config.peers[0], target]
+        bed.right.set_peers(bed.config.peers)          # the server is back (same name, its URL)
+        await until(lambda: bed.right.state == "ok", what="the pane back")
+        assert not bed.right.retry_button.isVisibleTo(bed.window) and bed.right.search_box.isEnabled()
+        assert "Ctrl+," in [s.toString() for s in bed.window.settings_action.shortcuts()]
+
+    bed.run(scenario())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any, List, Optional
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, QStandardPaths, Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
                                QMessageBox, QPushButton, QTableView, QVBoxLayout, QWidget)
@@ -128,6 +129,11 @@ class CommitmentView(QWidget):
         header.setStretchLastSection(True)
         for col, width in enumerate((330, 70, 262, 262, 60, 110)):
             self.table.setColumnWidth(col, width)
+        #: What the report is about, for the export's file name (the job's description).
+        self.subject = ""
+        self.saved_label = QLabel()
+        self.saved_label.setObjectName("exportSaved")
+        self.saved_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.json_button = QPushButton("Export JSON…")
         self.csv_button = QPushButton("Export CSV…")
         self.json_button.clicked.connect(lambda: self._ask_export("json"))
@@ -137,6 +143,7 @@ class CommitmentView(QWidget):
         buttons.addWidget(QLabel("Storage commitment: every instance's MD5 on the source and as stored "
                                  "on the target"))
         buttons.addStretch(1)
+        buttons.addWidget(self.saved_label)
         buttons.addWidget(self.json_button)
         buttons.addWidget(self.csv_button)
         layout = QVBoxLayout(self)
@@ -146,8 +153,11 @@ class CommitmentView(QWidget):
         layout.addWidget(self.table, 1)
         self.set_report(None)
 
-    def set_report(self, report: Optional[CommitmentReport]) -> None:
+    def set_report(self, report: Optional[CommitmentReport], subject: str = "") -> None:
+        if report is not self.report:
+            self.saved_label.setText("")
         self.report = report
+        self.subject = subject
         self.model.set_report(report)
         if report is None:
             # Stays in place (empty) so the dock does not jump when a job ends.
@@ -174,12 +184,23 @@ class CommitmentView(QWidget):
         if self.report is None:
             raise ValueError("no storage commitment to export yet")
         (export_json if fmt == "json" else export_csv)(self.report, Path(path))
+        self.saved_label.setText(f"Saved {Path(path).name}")
+        self.saved_label.setToolTip(str(path))
         self.exported.emit(str(path))
+
+    def default_export_path(self, fmt: str) -> Path:
+        """Documents/<patient · accession · date>-commitment.<fmt>: a name that says which study."""
+        folder = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation) \
+            or str(Path.home())
+        stem = re.sub(r"[^\w.-]+", "_", self.subject).strip("_.")[:120] if self.subject else ""
+        if not stem and self.report is not None:
+            stem = self.report.job_id[:8]
+        return Path(folder) / f"{stem or 'transfer'}-commitment.{fmt}"
 
     def _ask_export(self, fmt: str) -> None:
         if self.report is None:
             return
-        suggested = f"commitment-{self.report.job_id}.{fmt}"
+        suggested = str(self.default_export_path(fmt))
         path, _ = QFileDialog.getSaveFileName(self, "Export storage commitment", suggested,
                                               "JSON (*.json)" if fmt == "json" else "CSV (*.csv)")
         if path:

@@ -135,7 +135,7 @@ class JobDetail(QWidget):
         else:
             self.model.reset(row.job_id, self._buckets_of(row.job_id))
             self.update_title(row)
-            self.commitment.set_report(row.report)
+            self.commitment.set_report(row.report, row.description)
             if row.report is not None and row.report.state != JobState.SUCCESS:
                 self.model.stop()
         self._update_legend()
@@ -154,14 +154,14 @@ class JobDetail(QWidget):
 
     def set_report(self, report: CommitmentReport) -> None:
         if report.job_id == self.model.job_id:
-            self.commitment.set_report(report)
+            self.commitment.set_report(report, self.commitment.subject)
             if report.state != JobState.SUCCESS:
                 self.model.stop()
             self._update_legend()
 
     def restart(self) -> None:
         """The shown job runs again: no verdict yet, buckets move again."""
-        self.commitment.set_report(None)
+        self.commitment.set_report(None, self.commitment.subject)
         self.model.restart()
         self._update_legend()
 
