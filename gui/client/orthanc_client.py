@@ -11,7 +11,8 @@ import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Set, Tuple)
 
 import httpx
 
@@ -19,6 +20,9 @@ from gui.client.errors import OrthancError
 from gui.client.fast_http import FastHttp, FastHttpError, FastResponse, proxied
 from gui.client.peer import Peer
 from gui.protocol import wire
+
+if TYPE_CHECKING:
+    from gui.client.transfers_api import TransfersApi
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ class OrthancClient:
         self.peer = peer
         self.timeout = peer.timeout or timeout or DEFAULT_TIMEOUT
         self._accelerator: Optional[AcceleratorInfo] = None
+        self._transfers: Optional["TransfersApi"] = None
         headers = dict(peer.http_headers)
         headers.update(extra_headers or {})
         auth = httpx.BasicAuth(peer.username, peer.password or "") if peer.username else None
@@ -522,13 +527,13 @@ class OrthancClient:
 
     # --- accelerator protocol (client side) ---------------------------------------------
 
-    async def transfers_lookup(self, resources: Sequence[Dict[str, str]],
-                               headers: Optional[Mapping[str, str]] = None) -> List[wire.InstanceInfo]:
-        answer = await self.post_json(wire.URI_LOOKUP, list(resources), headers=headers)
-        try:
-            return wire.parse_lookup_answer(answer)
-        except wire.WireFormatError as exc:
-            raise self._error(f"malformed lookup answer: {exc}", "POST", wire.URI_LOOKUP) from None
+    @property
+    def transfers(self) -> "TransfersApi":
+        """This peer's transfers endpoints (gui/client/transfers_api.py)."""
+        if self._transfers is None:
+            from gui.client.transfers_api import TransfersApi
+            self._transfers = TransfersApi(self)
+        return self._transfers
 
 
 # Building an SSL context loads the CA store (100-300 ms): done once per

@@ -97,7 +97,7 @@ class DelegatedTransport(Transport):
         if self.peer_name:
             return self.peer_name
         retries = ctx.options.MaxHttpRetries
-        accelerated = await with_retries(lambda: ctx.source.get_json(wire.URI_PEERS), retries)
+        accelerated = await with_retries(ctx.source.transfers.peers, retries)
         peers = await with_retries(lambda: ctx.source.get_json("/peers?expand"), retries)
         wanted = normalise_url(ctx.target.base_url)
         names = []
@@ -123,8 +123,7 @@ class DelegatedTransport(Transport):
         ctx.compression_used = compression
         body = {"Resources": [{"Level": "Instance", "ID": i.id} for i in ctx.instances],
                 "Compression": compression, "Peer": peer, "SenderTransferID": ctx.transfer_id}
-        headers = {wire.SENDER_TRANSFER_ID_HEADER: ctx.transfer_id}
-        answer = await with_retries(lambda: ctx.source.post_json(wire.URI_SEND, body, headers=headers),
+        answer = await with_retries(lambda: ctx.source.transfers.send(body, ctx.transfer_id),
                                     ctx.options.MaxHttpRetries)
         if isinstance(answer, dict) and isinstance(answer.get("ID"), str):
             log.info("delegated push: job %s on %s", answer["ID"], ctx.source.peer.name)
@@ -238,7 +237,7 @@ async def should_delegate(source: OrthancClient, target: OrthancClient, retries:
     if not (await is_distant(source) and await is_distant(target)):
         return False
     try:
-        accelerated = await with_retries(lambda: source.get_json(wire.URI_PEERS), retries)
+        accelerated = await with_retries(source.transfers.peers, retries)
         peers = await with_retries(lambda: source.get_json("/peers?expand"), retries)
     except OrthancError as exc:
         log.info("not delegating: %s cannot list its peers (%s)", source.peer.name, exc)

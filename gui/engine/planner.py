@@ -85,7 +85,7 @@ async def resolve_instances(source: OrthancClient, resources: Sequence[Dict[str,
             concurrency):
         listed.update(group)
     if use_protocol:
-        found = await with_retries(lambda: source.transfers_lookup(resources, headers=headers), retries)
+        found = await with_retries(lambda: source.transfers.lookup(resources, headers=headers), retries)
         _check_lookup_against_listing(source, found, listed)
         return found
     ids = sorted(listed)

@@ -20,7 +20,6 @@ from gui.client.orthanc_client import OrthancClient
 
 log = logging.getLogger(__name__)
 
-URI_STORAGE = "/transfers/storage"
 MB = 1024 * 1024
 _PLURAL = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
 
@@ -51,7 +50,7 @@ async def storage_status(target: OrthancClient) -> Optional[StorageStatus]:
     try:
         if (await target.accelerator(cached=True)).flavour != "python":
             return None
-        return StorageStatus.from_json(await target.get_json(URI_STORAGE))
+        return StorageStatus.from_json(await target.transfers.storage())
     except OrthancError as exc:
         log.info("%s does not tell its storage limits (%s)", target.peer.name, exc)
         return None

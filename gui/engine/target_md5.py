@@ -100,7 +100,7 @@ async def _lookup(server: OrthancClient, ids: List[str], retries: int) -> Option
     for start in range(0, len(ids), LOOKUP_SLICE):
         resources = [{"Level": "Instance", "ID": i} for i in ids[start:start + LOOKUP_SLICE]]
         try:
-            infos = await with_retries(functools.partial(server.transfers_lookup, resources), retries)
+            infos = await with_retries(functools.partial(server.transfers.lookup, resources), retries)
         except OrthancError:
             return None
         for info in infos:

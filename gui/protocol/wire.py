@@ -24,7 +24,7 @@ __all__ = [
     "parse_lookup_answer", "parse_push_request", "build_lookup_answer",
     "build_push_request", "chunks_uri", "parse_chunk_ids", "COMPRESSIONS",
     "LEVELS", "MAX_PULL_URL_LENGTH", "URI_CHUNKS", "URI_LOOKUP", "URI_PUSH",
-    "URI_PEERS", "URI_SEND", "URI_PULL", "SENDER_TRANSFER_ID_HEADER",
+    "URI_PEERS", "URI_SEND", "URI_PULL", "URI_STORAGE", "SENDER_TRANSFER_ID_HEADER",
     "COMMIT_STAGING", "COMMIT_PENDING", "COMMIT_SUCCESS", "COMMIT_FAILURE",
     "CommitStatus", "commit_uri", "build_commit_status", "parse_commit_status",
     "CODEC_SPLIT16", "CODECS", "CODEC_CONTENT_TYPE", "parse_codec", "split16", "join16",
@@ -50,6 +50,7 @@ URI_PUSH = "/transfers/push"
 URI_PEERS = "/transfers/peers"
 URI_SEND = "/transfers/send"
 URI_PULL = "/transfers/pull"
+URI_STORAGE = "/transfers/storage"     # extension: the target's storage limits and use
 SENDER_TRANSFER_ID_HEADER = "sender-transfer-id"
 
 # 2000 characters minus the length of one Orthanc ID, as the C++ plugin uses.

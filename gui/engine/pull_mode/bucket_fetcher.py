@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
@@ -21,7 +21,6 @@ from gui.engine.transport_base import TransferFailed
 from gui.protocol import wire
 from gui.protocol.wire import Bucket
 
-IDENTITY = {"Accept-Encoding": "identity"}
 
 RetryHook = Optional[Callable[[int, OrthancError], None]]
 
@@ -47,24 +46,20 @@ class BucketFetcher:
     async def fetch(self, index: Optional[int], bucket: Bucket, on_retry: RetryHook = None) -> Fetched:
         expected = bucket.total_size
         compression = self.policy.choose()
-        # Where gzip is chosen, ask for the codec too: our plugin answers in it
-        # when it shrinks this bucket more (its Content-Type says so), other
-        # servers ignore the argument and answer gzip.
-        uri = wire.chunks_uri(bucket, wire.CODEC_SPLIT16 if compression == "gzip" else compression)
         start = time.perf_counter()
         # gzip of incompressible data is slightly larger than the data.
         limit = expected if compression == "none" else expected + expected // 64 + 1024
-        answer: Dict[str, str] = {}
-        # identity: Orthanc would otherwise gzip the answer on the wire by
-        # itself, and "none" would not mean none (nor "gzip" gzip once only).
-        body = await with_retries(lambda: self.source.get_bounded(uri, limit, headers=IDENTITY,
-                                                                  answer_headers=answer),
-                                  self.retries, on_retry=on_retry)
+        # Where gzip is chosen, ask for the codec too: our plugin answers in it
+        # when it shrinks this bucket more (its Content-Type says so), other
+        # servers ignore the argument and answer gzip.
+        answer = await with_retries(
+            lambda: self.source.transfers.chunks(bucket, compression, limit, codec=wire.CODEC_SPLIT16),
+            self.retries, on_retry=on_retry)
+        body = answer.body
         wire_bytes = len(body)
         data: "bytes | bytearray"  # the answer's buffer itself when not compressed
         if compression == "gzip":
-            content_type = answer.get("content-type", "").split(";")[0].strip()
-            codec = next((c for c, t in wire.CODEC_CONTENT_TYPE.items() if t == content_type), "gzip")
+            codec = answer.codec
             self.codec_answers += codec != "gzip"
             try:
                 data = await gz.decompress(body, expected, codec)

@@ -11,7 +11,6 @@ C++ plugin does.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Optional, 
 
 from gui.client.errors import OrthancError, full_storage_text
 from gui.client.orthanc_client import OrthancClient
+from gui.client.transfers_api import BODY_CONTENT_TYPE
 from gui.engine.compression import parse_body_compression
 from gui.engine.retry import backoff_delay, with_retries
 from gui.protocol import wire
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BODY_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Progress is reported at least this often while a body streams out.
 PIECE_SIZE = 256 * 1024
 # Polling interval bounds of an asynchronous commit. It stays short for the
@@ -93,16 +92,6 @@ async def supports_asynchronous_commit(ctx: "TransferContext") -> bool:
         return False
 
 
-def cookie_from(response_headers: Any) -> str:
-    """The ``name=value`` pairs of every Set-Cookie, ready for a Cookie header."""
-    pairs = []
-    for header in response_headers.get_list("set-cookie"):
-        pair = header.split(";", 1)[0].strip()
-        if "=" in pair:
-            pairs.append(pair)
-    return "; ".join(pairs)
-
-
 class PushTransaction:
     def __init__(self, target: OrthancClient, state: TransactionState, *, transfer_id: str,
                  retries: int, commit_timeout: float) -> None:
@@ -130,31 +119,21 @@ class PushTransaction:
                      retries: int, commit_timeout: float, asynchronous_commit: bool = False,
                      on_retry: RetryHook = None, codec: Optional[str] = None,
                      import_as_it_arrives: bool = False) -> "PushTransaction":
-        body = json.dumps(wire.build_push_request(instances, buckets, compression,
-                                                  asynchronous_commit, codec, import_as_it_arrives)).encode()
-        headers = {wire.SENDER_TRANSFER_ID_HEADER: transfer_id, "Content-Type": BODY_CONTENT_TYPE}
-        response = await with_retries(
-            lambda: target.request("POST", wire.URI_PUSH, content=body, headers=headers),
-            retries, on_retry=on_retry)
-        try:
-            answer = json.loads(response.content)
-            tid, path = answer["ID"], answer["Path"]
-            if not isinstance(tid, str) or not isinstance(path, str) or not tid:
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
-            raise OrthancError("malformed answer to the creation of a push transaction",
-                               method="POST", url=target.base_url + wire.URI_PUSH,
-                               peer=target.peer.name) from None
-        # Only our own plugin honours the extension; it says so in its answer.
-        asynchronous = asynchronous_commit and answer.get("AsynchronousCommit") is True
+        request = wire.build_push_request(instances, buckets, compression, asynchronous_commit, codec,
+                                          import_as_it_arrives)
+        created = await with_retries(lambda: target.transfers.push_create(request, transfer_id),
+                                     retries, on_retry=on_retry)
+        tid = created.id
         if codec is not None:
             # Bodies in the codec only when the server confirms it; the C++
             # plugin ignores the request's "Codec" and expects gzip.
-            compression = codec if answer.get("Codec") == codec else "gzip"
-        state = TransactionState(tid, path, compression, cookie_from(response.headers), asynchronous)
+            compression = created.codec or "gzip"
+        # Only our own plugin honours the asynchronous commit; it says so in its answer.
+        state = TransactionState(tid, created.path, compression, created.cookie, created.asynchronous_commit)
         if import_as_it_arrives:
             log.info("push transaction %s: import as it arrives %s", tid,
-                     "honoured" if answer.get("ImportAsItArrives") else "not offered by the target (all at the commit)")
+                     "honoured" if created.import_as_it_arrives
+                     else "not offered by the target (all at the commit)")
         log.info("push transaction %s created on %s (%d buckets, %s)", tid, target.peer.name,
                  len(buckets), compression)
         return cls(target, state, transfer_id=transfer_id, retries=retries,
@@ -163,14 +142,12 @@ class PushTransaction:
     async def put(self, index: int, body: bytes, on_progress: Callable[[int], None],
                   on_retry: RetryHook = None) -> None:
         """Send bucket ``index``; ``on_progress(bytes)`` follows the body on the wire."""
-        path = f"{self.state.path}/{index}"
         headers = self._headers(body=True)
         headers["Content-Length"] = str(len(body))
 
         async def attempt() -> None:
             on_progress(0)
-            await self.target.request("PUT", path, content=_pieces(body, on_progress),
-                                      headers=headers)
+            await self.target.transfers.push_put(self.state.path, index, _pieces(body, on_progress), headers)
 
         try:
             await with_retries(attempt, self.retries, on_retry=on_retry)
@@ -181,15 +158,14 @@ class PushTransaction:
 
     async def commit(self, on_retry: RetryHook = None) -> None:
         """Ask the target to check and import everything; return once imported."""
-        path = f"{self.state.path}/commit"
         attempt = 0
         while True:
             try:
-                response = await self.target.request("POST", path, content=b"",
-                                                     headers=self._headers(True),
-                                                     timeout=self.commit_timeout,
-                                                     expect=(200, 202))
+                started = await self.target.transfers.push_commit(self.state.path, self._headers(True),
+                                                                  self.commit_timeout)
                 break
+            except wire.WireFormatError as exc:
+                raise CommitFailed(f"malformed commit status: {exc}") from None
             except OrthancError as exc:
                 if exc.status == 404:
                     raise TransactionGone(f"the target dropped push transaction {self.id}") from None
@@ -206,32 +182,19 @@ class PushTransaction:
                 if on_retry is not None:
                     on_retry(attempt, exc)
                 await asyncio.sleep(backoff_delay(attempt))
-        if self.state.asynchronous:
-            await self._follow_commit(response)
+        if self.state.asynchronous and started.status is not None:
+            await self._follow_commit(started.status, started.long_poll)
 
-    async def _follow_commit(self, response: Any) -> None:
-        """Poll an asynchronous commit (this project's extension, see wire.py)
+    async def _follow_commit(self, status: wire.CommitStatus, long_poll: bool) -> None:
+        """Follow an asynchronous commit (this project's extension, docs/protocol.md §4)
         until the target says Success or Failure."""
-        try:
-            answer = json.loads(response.content or b"{}")
-        except ValueError:
-            answer = {}
-        if response.status_code != 202 or not isinstance(answer, dict) or "Status" not in answer:
-            return  # a synchronous answer ({}): the import is already done
-        path = f"{self.state.path}/commit"
         # Our plugin can hold the status answer until the outcome is known:
         # no poll interval (and fewer round trips) added to the commit.
-        long_poll = answer.get("LongPoll") is True
-        if long_poll:
-            path += f"?wait={LONG_POLL_SECONDS:g}"
+        wait = LONG_POLL_SECONDS if long_poll else None
         started = time.monotonic()
         deadline = started + self.commit_timeout
         delay = POLL_MIN
         while True:
-            try:
-                status = wire.parse_commit_status(answer)
-            except wire.WireFormatError as exc:
-                raise CommitFailed(f"malformed commit status: {exc}") from None
             if status.status == wire.COMMIT_SUCCESS:
                 return
             if status.status == wire.COMMIT_FAILURE:
@@ -249,8 +212,11 @@ class PushTransaction:
                 if time.monotonic() - started > POLL_FAST_SECONDS:
                     delay = min(POLL_MAX, delay * 1.25)
             try:
-                answer = await with_retries(
-                    lambda: self.target.get_json(path, headers=self._headers()), self.retries)
+                status = await with_retries(
+                    lambda: self.target.transfers.push_commit_status(self.state.path, self._headers(), wait),
+                    self.retries)
+            except wire.WireFormatError as exc:
+                raise CommitFailed(f"malformed commit status: {exc}") from None
             except OrthancError as exc:
                 if exc.status == 404:
                     raise TransactionGone(f"the target forgot push transaction {self.id} "
@@ -260,8 +226,7 @@ class PushTransaction:
     async def delete(self) -> None:
         """Discard the transaction; best effort (it may be gone already)."""
         try:
-            await self.target.request("DELETE", self.state.path, headers=self._headers(),
-                                      expect=(200, 404))
+            await self.target.transfers.push_delete(self.state.path, self._headers())
         except OrthancError as exc:
             log.warning("could not discard push transaction %s: %s", self.id, exc)
 
