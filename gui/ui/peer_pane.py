@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from PySide6.QtCore import QByteArray, QMimeData, QPoint, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import (QByteArray, QItemSelectionModel, QMimeData, QModelIndex, QPoint, QSettings, Qt,
+                            QTimer, Signal)
 from PySide6.QtGui import QAction, QDrag, QIcon
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QLineEdit, QMenu, QSizePolicy, QStyle, QToolButton, QTreeView, QVBoxLayout,
@@ -25,7 +26,7 @@ from gui.client import AcceleratorInfo, OrthancClient, OrthancError, Peer, Serve
 from gui.ui.async_tasks import TaskRunner, spawn_detached, user_message
 from gui.ui.resource_mime import MIME_TYPE
 from gui.ui.study_browser import MODALITIES, Search
-from gui.ui.study_tree_model import COL_NAME, COLUMNS, DEFAULT_PAGE_SIZE, StudyTreeModel
+from gui.ui.study_tree_model import COL_NAME, COLUMNS, DEFAULT_PAGE_SIZE, IdRole, LevelRole, StudyTreeModel
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,9 @@ class PeerPane(QWidget):
         self._drop_handler: Optional[DropHandler] = None
         self._drag_enter_handler: Optional[DropHandler] = None
         self._menu_providers: List[MenuProvider] = []
+        # Rows to expand / select again when they come back after a reload or a search.
+        self._restore_expanded: Set[Tuple[str, str]] = set()
+        self._restore_selected: Set[Tuple[str, str]] = set()
         self._runner = TaskRunner(self)
 
         self.selector = QComboBox(self)
@@ -239,6 +243,7 @@ class PeerPane(QWidget):
         # A reload (F5, a search) drops the selection without selectionChanged: say so anyway.
         self.model.modelReset.connect(lambda: self.selectionChanged.emit())
         self.model.rowsRemoved.connect(lambda *_: self.selectionChanged.emit())
+        self.model.rowsInserted.connect(self._rows_back)
         self.model.loadingChanged.connect(lambda _loading: self._render_status())
         self.model.rowsLoaded.connect(lambda _count: self._render_status())
         self.model.loadFailed.connect(self._model_failed)
@@ -299,6 +304,9 @@ class PeerPane(QWidget):
         """Show another peer: cancel the old one's requests, connect, then load."""
         self._runner.cancel_all()
         self._close_client()
+        if peer is None or self._peer is None or peer.name != self._peer.name:
+            self._restore_expanded.clear()
+            self._restore_selected.clear()
         self._peer = peer
         self._server = None
         self._accelerator = None
@@ -322,6 +330,7 @@ class PeerPane(QWidget):
         if self._state == "error" or self._server is None or self._client is None:
             self.set_peer(self._peer)
         else:
+            self._remember_view()
             self.model.reload()
 
     def search(self, text: str, *, days: Optional[int] = None, modality: Optional[str] = None) -> None:
@@ -390,6 +399,34 @@ class PeerPane(QWidget):
             await client.aclose()
 
     # --- internals ----------------------------------------------------------------
+
+    def _remember_view(self) -> None:
+        """What is expanded and selected now, to be put back as the rows return."""
+        model = self.model
+        for node in list(model.browser.nodes.values()):
+            if node.children and self.tree.isExpanded(model.index_of(node.level, node.id)):
+                self._restore_expanded.add((node.level, node.id))
+        selected = {(str(i.data(LevelRole)), str(i.data(IdRole)))
+                    for i in self.tree.selectionModel().selectedRows(0)}
+        self._restore_selected = selected
+
+    def _rows_back(self, parent: QModelIndex, first: int, last: int) -> None:
+        if not (self._restore_expanded or self._restore_selected):
+            return
+        model = self.model
+        for row in range(first, last + 1):
+            index = model.index(row, 0, parent)
+            node = model.node(index)
+            if node is None:
+                continue
+            key = (node.level, node.id)
+            if key in self._restore_expanded:
+                self._restore_expanded.discard(key)
+                self.tree.expand(index)
+            if key in self._restore_selected:
+                self._restore_selected.discard(key)
+                self.tree.selectionModel().select(
+                    index, QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
 
     def _fit_name_column(self) -> None:
         header = self.tree.header()
@@ -505,6 +542,7 @@ class PeerPane(QWidget):
     def _run_search(self) -> None:
         self._search_timer.stop()
         if self._client is not None and self._server is not None:
+            self._remember_view()
             self.model.load(self.current_search())
 
     def _model_failed(self, message: str) -> None:

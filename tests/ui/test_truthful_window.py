@@ -139,6 +139,8 @@ def test_send_follows_the_selection_through_a_refresh(make_bed):
     async def scenario() -> None:
         await select_study(bed, study)
         assert ui.send_action.isEnabled()
+        bed.source.request("DELETE", f"/studies/{study}")   # gone: its row cannot come back
+        ct_study(bed, 54, slices=1, size=64)
         bed.window.refresh_action.trigger()      # F5
         await until(lambda: bed.left.model.is_complete and bed.left.model.top_level_count > 0,
                     what="the reload")
@@ -341,5 +343,33 @@ def test_a_dead_pane_offers_retry_and_no_search_and_exports_are_named(make_bed, 
         await until(lambda: bed.right.state == "ok", what="the pane back")
         assert not bed.right.retry_button.isVisibleTo(bed.window) and bed.right.search_box.isEnabled()
         assert "Ctrl+," in [s.toString() for s in bed.window.settings_action.shortcuts()]
+
+    bed.run(scenario())
+
+
+def test_expansion_and_selection_survive_refresh_and_search(make_bed):
+    bed = make_bed()
+    study = ct_study(bed, 55, slices=2, size=64)
+    ct_study(bed, 56, slices=1, size=64)
+    left = bed.left
+    model = left.model
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        patient = bed.source.request("GET", f"/studies/{study}")["ParentPatient"]
+
+        def back() -> bool:
+            p, s = model.index_of("Patient", patient), model.index_of("Study", study)
+            return (p.isValid() and s.isValid() and left.tree.isExpanded(p)
+                    and left.selected_resources() == [{"Level": "Study", "ID": study}])
+        assert back()
+        bed.window.refresh_action.trigger()                       # F5
+        await until(lambda: model.is_complete and back(), what="the same rows open and selected")
+        left.search("PAT00055")
+        await until(lambda: model.is_complete and model.top_level_count == 1 and back(), what="the search")
+        left.search("")                                            # cleared
+        await until(lambda: model.is_complete and model.top_level_count == 2 and back(),
+                    what="the whole list, still open and selected")
+        assert bed.ui.send_action.isEnabled()
 
     bed.run(scenario())
