@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeade
 
 from gui.client import AcceleratorInfo, OrthancClient, OrthancError, Peer, ServerInfo
 from gui.ui.async_tasks import TaskRunner, spawn_detached, user_message
-from gui.ui.resource_mime import MIME_TYPE
+from gui.ui.resource_mime import MIME_TYPE, from_mime_data
 from gui.ui.study_browser import MODALITIES, Search
 from gui.ui.study_tree_model import COL_NAME, COLUMNS, DEFAULT_PAGE_SIZE, IdRole, LevelRole, StudyTreeModel
 
@@ -90,6 +90,7 @@ class PeerTreeView(QTreeView):
         if self._drag_accepted:
             event.setDropAction(Qt.DropAction.CopyAction)
             event.accept()
+            self._pane.show_drop_hint(event.mimeData())
         else:
             event.ignore()
 
@@ -103,10 +104,12 @@ class PeerTreeView(QTreeView):
 
     def dragLeaveEvent(self, event: Any) -> None:
         self._drag_accepted = False
+        self._pane.show_drop_hint(None)
         super().dragLeaveEvent(event)
 
     def dropEvent(self, event: Any) -> None:
         self._drag_accepted = False
+        self._pane.show_drop_hint(None)
         if self._pane.handle_drop(event.mimeData()):
             event.setDropAction(Qt.DropAction.CopyAction)
             event.accept()
@@ -163,6 +166,13 @@ class PeerPane(QWidget):
         self.retry_button.setToolTip("Try to reach the server again (F5)")
         self.retry_button.clicked.connect(self.refresh)
         self.retry_button.hide()
+        # While an accepted drag hovers: what the drop will do.
+        self.drop_hint = QLabel(self)
+        self.drop_hint.setObjectName("dropHint")
+        self.drop_hint.setWordWrap(True)
+        self.drop_hint.setStyleSheet("QLabel { background:#e3f2fd; color:#0d47a1; border:2px dashed #1e88e5;"
+                                     " padding:6px; font-weight:bold; }")
+        self.drop_hint.hide()
 
         self.model = StudyTreeModel(self, page_size=page_size)
         self.tree = PeerTreeView(self)
@@ -229,6 +239,7 @@ class PeerPane(QWidget):
         search_row.addWidget(self.date_filter)
         search_row.addWidget(self.modality_filter)
         layout.addLayout(search_row)
+        layout.addWidget(self.drop_hint)
         layout.addWidget(self.tree, 1)
 
         self._search_timer = QTimer(self)
@@ -399,6 +410,26 @@ class PeerPane(QWidget):
             await client.aclose()
 
     # --- internals ----------------------------------------------------------------
+
+    def show_drop_hint(self, mime: Optional[QMimeData]) -> None:
+        """Highlight the pane and say what a drop does (None: the drag left)."""
+        text = self._drop_text(mime) if mime is not None else ""
+        self.drop_hint.setText(text)
+        self.drop_hint.setVisible(bool(text))
+        self.tree.viewport().setStyleSheet("background:#f1f8ff;" if text else "")
+
+    def _drop_text(self, mime: QMimeData) -> str:
+        target = self._peer.name if self._peer else "this server"
+        drag = from_mime_data(mime)
+        if drag is not None:
+            count = len(drag.resources)
+            what = drag.labels[0] if count == 1 and drag.labels else f"{count} items"
+            return f"Drop to send {what} from {drag.peer} to {target}"
+        files = [u for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+        if files:
+            return (f"Drop to upload {len(files)} file{'s' if len(files) != 1 else ''} or folder"
+                    f"{'s' if len(files) != 1 else ''} to {target} (DICOM files only)")
+        return ""
 
     def _remember_view(self) -> None:
         """What is expanded and selected now, to be put back as the rows return."""

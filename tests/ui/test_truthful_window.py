@@ -373,3 +373,32 @@ def test_expansion_and_selection_survive_refresh_and_search(make_bed):
         assert bed.ui.send_action.isEnabled()
 
     bed.run(scenario())
+
+
+def test_the_target_pane_says_what_a_drop_will_do(make_bed):
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QDragEnterEvent, QDragLeaveEvent
+    bed = make_bed()
+    study = ct_study(bed, 57, slices=1, size=64)
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        mime = bed.left.model.mimeData(bed.left.tree.selectionModel().selectedRows(0))
+        label = bed.left.selected_labels()[0]
+        viewport = bed.right.tree.viewport()
+        enter = QDragEnterEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(viewport, enter)
+        assert enter.isAccepted()
+        hint = bed.right.drop_hint
+        assert hint.isVisibleTo(bed.window)
+        assert hint.text() == f"Drop to send {label} from {bed.left.peer.name} to {REMOTE}"
+        QApplication.sendEvent(viewport, QDragLeaveEvent())
+        assert not hint.isVisibleTo(bed.window)
+        # The source pane itself refuses the drag, and says nothing.
+        own = QDragEnterEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                              Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(bed.left.tree.viewport(), own)
+        assert not own.isAccepted() and not bed.left.drop_hint.isVisibleTo(bed.window)
+
+    bed.run(scenario())
