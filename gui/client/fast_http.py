@@ -22,12 +22,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import struct
 import ssl
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
+
+try:  # the kernel's send-queue length, to tell a slow upload from a silent server
+    import fcntl
+    import termios
+    _TIOCOUTQ: Optional[int] = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # not on every platform
+    _TIOCOUTQ = None
 
 Body = Union[None, bytes, bytearray, memoryview, AsyncIterator[bytes]]
 # Longest answer head accepted (status line and headers).
@@ -256,10 +264,8 @@ class FastHttp:
 
     async def _read_head(self, connection: _Connection, limit: float,
                          reused: bool) -> Tuple[int, str, Dict[str, str], bool]:
-        reader = connection.reader
         try:
-            async with asyncio.timeout(limit):
-                head = await reader.readuntil(b"\r\n\r\n")
+            head = await _read_head_while_sending(connection, limit)
         except asyncio.IncompleteReadError as exc:
             if reused and not exc.partial:
                 raise _StaleConnection() from None
@@ -360,6 +366,39 @@ async def give_raw(piece: bytes, consume: Callable[[bytes], Any]) -> None:
     result = consume(piece)
     if result is not None and result is not True and inspect.isawaitable(result):
         await result
+
+
+def _unsent_bytes(connection: _Connection) -> Optional[int]:
+    """Bytes still in the kernel's send queue of the connection (Linux), or None."""
+    sock = connection.writer.get_extra_info("socket")
+    if sock is None or _TIOCOUTQ is None:
+        return None
+    try:
+        queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0"))[0]
+        return queued
+    except (OSError, ValueError):
+        return None
+
+
+async def _read_head_while_sending(connection: _Connection, limit: float) -> bytes:
+    """The answer's head, waiting ``limit`` seconds after the request has
+    left this computer. ``drain()`` returns once the kernel holds the body,
+    which over a slow link can be seconds of data: while that queue keeps
+    shrinking the request is still travelling, so the wait starts over."""
+    reading = asyncio.ensure_future(connection.reader.readuntil(b"\r\n\r\n"))
+    unsent = _unsent_bytes(connection)
+    try:
+        while True:
+            done, _ = await asyncio.wait({reading}, timeout=limit)
+            if done:
+                return reading.result()
+            now = _unsent_bytes(connection)
+            if not (unsent and now is not None and now < unsent):
+                raise TimeoutError()
+            unsent = now
+    finally:
+        if not reading.done():
+            reading.cancel()
 
 
 class _StaleConnection(Exception):
