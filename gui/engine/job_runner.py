@@ -28,11 +28,11 @@ from gui.engine.concurrency_gate import ConcurrencyGate
 from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, InstanceStatus, InstanceVerdict,
                                JobFinished, JobPhase, JobState, TransferMode)
 from gui.engine.job import Job
+from gui.engine.job_source import Planning, source_of
 from gui.engine.journal import Journal, plan_key
 from gui.engine.job_store import JobStore
 from gui.engine.progress import ProgressTracker
 from gui.engine.resend import verify_with_resends
-from gui.engine.retry import with_retries
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.engine.transport_registry import TransportRegistry
 from gui.protocol import wire
@@ -52,20 +52,6 @@ def make_client(peer: Peer, options: TransferOptions, transfer_id: Optional[str]
                          max_connections=max(4, options.Threads * 2 + 2), extra_headers=headers)
 
 
-async def delegable(requested: str, source_speaks: bool, source: OrthancClient, target: OrthancClient,
-                    retries: int, transports: TransportRegistry) -> bool:
-    """For auto: whether the source should send server to server (delegated_mode.should_delegate)."""
-    if requested != "auto" or not source_speaks or transports.get(TransferMode.DELEGATE) is None:
-        return False
-    from gui.engine.delegated_mode import should_delegate
-    return await should_delegate(source, target, retries)
-
-
-async def probe(client: OrthancClient, retries: int) -> bool:
-    """Whether the peer speaks the transfers protocol; unreachable peers raise."""
-    return await with_retries(client.speaks_accelerator, retries)
-
-
 class JobRunner:
     """One run of one job. Created by the engine; ``task`` runs :meth:`execute`."""
 
@@ -81,7 +67,8 @@ class JobRunner:
         self.target_peer = target
         self.emit = emit
         self.staging_root = staging_root
-        self.upload_files = upload_files
+        # Where the instances come from: an Orthanc peer, or files on this computer.
+        self.job_source = source_of(job, upload_files)
         self.cancel_only = cancel_only
         self.running = asyncio.Event()
         self.paused = start_paused
@@ -262,52 +249,12 @@ class JobRunner:
         statuses = self.store.instance_statuses(job.id)
         sent_before = {i for i, s in statuses.items() if s == InstanceStatus.SENT}
         journal = Journal(self.store, job.id)
-        source_speaks = target_speaks = False
 
-        if job.kind == "upload":
-            from gui.engine.local_upload import LocalUploadTransport, scan_files
-            if self.upload_files is None:
-                files, _skipped = await asyncio.to_thread(scan_files, [Path(p) for p in job.upload_paths])
-                self.upload_files = {f.info.id: f.path for f in files}
-                instances = [f.info for f in files]
-            else:
-                known = {i.id: i for i in self.store.planned_instances(job.id)}
-                instances = [known[i] for i in sorted(self.upload_files) if i in known]
-            mode = TransferMode.UPLOAD
-            transport: Transport = LocalUploadTransport(self.upload_files)
-            if plan_again:
-                plan = await planner.split_present(self.target, instances, concurrency=concurrency,
-                                                   force=job.force, keep=sent_before, retries=retries)
-            else:
-                plan = planner.Plan(instances, instances, [])
-        else:
-            assert self.source is not None
-            prepared, job.prepared = job.prepared, None
-            if plan_again and prepared is not None:
-                # Planned for the confirmation a moment ago: not again.
-                source_speaks, target_speaks = prepared.source_speaks, prepared.target_speaks
-                mode, plan = prepared.mode, prepared.plan
-                log.info("job %s: %s mode (%s), as planned for its confirmation", job.id, mode.value,
-                         prepared.reason)
-            elif plan_again:
-                source_speaks = await probe(self.source, retries)
-                target_speaks = await probe(self.target, retries)
-                mode, why = planner.choose_mode(job.requested_mode, source_speaks=source_speaks,
-                                                target_speaks=target_speaks,
-                                                available=self.transports.available(),
-                                                delegable=await delegable(job.requested_mode, source_speaks,
-                                                                          self.source, self.target, retries,
-                                                                          self.transports))
-                log.info("job %s: %s mode (%s)", job.id, mode.value, why)
-                plan = await planner.make_plan(
-                    self.source, self.target, job.resources, use_protocol=source_speaks,
-                    concurrency=concurrency, force=job.force, keep=sent_before, retries=retries,
-                    target_speaks=target_speaks)
-            else:
-                mode = TransferMode(job.mode) if job.mode else TransferMode.PLAIN
-                instances = self.store.planned_instances(job.id)
-                plan = planner.Plan(instances, instances, [])
-            transport = self.transports.create(mode)
+        chosen = await self.job_source.plan_run(Planning(
+            job=job, store=self.store, target=self.target, source=self.source, transports=self.transports,
+            plan_again=plan_again, sent_before=sent_before, concurrency=concurrency, retries=retries))
+        mode, transport, plan = chosen.mode, chosen.transport, chosen.plan
+        source_speaks, target_speaks = chosen.source_speaks, chosen.target_speaks
 
         job.mode = mode
         compression = job.compression_requested or options.Compression
@@ -330,7 +277,7 @@ class JobRunner:
             compression=compression, staging_dir=staging, report_bucket=self._on_bucket,
             done_buckets=set(done), journal=journal,
             running=self.running, created_on_target=journal.created_instances(),
-            resources=list(job.resources or []) if job.kind != "upload" else [])
+            resources=self.job_source.resources(job))
         self.ctx.source_accelerated = source_speaks
         self.ctx.target_accelerated = target_speaks
         self.transport = transport

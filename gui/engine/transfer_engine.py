@@ -19,7 +19,8 @@ from gui.engine import planner
 from gui.engine.concurrency_gate import ConcurrencyGate
 from gui.engine.events import Compression, EngineEvent, InstanceStatus, JobState, TransferMode
 from gui.engine.job import Job, report_from_json
-from gui.engine.job_runner import JobRunner, StopReason, delegable, make_client, new_transfer_id, probe
+from gui.engine.job_runner import JobRunner, StopReason, make_client, new_transfer_id
+from gui.engine.job_source import delegable, probe
 from gui.engine.job_store import JobRecord, JobStore
 from gui.engine.target_capacity import recycling_warning
 from gui.engine.transport_registry import TransportRegistry, default_transports
