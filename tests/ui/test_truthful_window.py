@@ -402,3 +402,25 @@ def test_the_target_pane_says_what_a_drop_will_do(make_bed):
         assert not own.isAccepted() and not bed.left.drop_hint.isVisibleTo(bed.window)
 
     bed.run(scenario())
+
+
+def test_at_1024_by_700_the_empty_dock_leaves_the_room_to_the_panes(make_bed):
+    bed = make_bed()
+    study = ct_study(bed, 58, slices=1, size=64)
+    window = bed.window
+    window.resize(1024, 700)
+    ui = bed.ui
+
+    async def scenario() -> None:
+        await until(lambda: window.width() == 1024 and window.height() == 700, what="the window size")
+        ui._size_dock()
+        await until(lambda: ui.dock.height() <= 220, what="a compact dock")
+        assert bed.left.height() >= 330 and not ui.panel.detail.isVisibleTo(window)
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        job = await bed.wait_for_job()
+        await bed.wait_for_report(job.id)
+        await until(lambda: ui.dock.height() >= 320, what="the dock to make room for the job")
+        assert ui.panel.detail.commitment.isVisibleTo(window) and window.width() == 1024
+
+    bed.run(scenario())

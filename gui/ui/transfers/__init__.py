@@ -44,6 +44,9 @@ class TransfersUi:
         self.bridge.jobsProgressed.connect(self.controller.on_jobs_progressed)
         self.bridge.bucketsProgressed.connect(self.panel.apply_buckets)
         self.bridge.jobFinished.connect(self.controller.on_job_finished)
+        self._had_jobs = False
+        self.panel.model.rowsInserted.connect(lambda *_: self._jobs_count_changed())
+        self.panel.model.rowsRemoved.connect(lambda *_: self._jobs_count_changed())
         self._add_controls()
         for pane in window.panes:
             self._hook_pane(pane)
@@ -53,10 +56,23 @@ class TransfersUi:
             self.bridge.attach(window.engine)
             self.controller.load_existing_jobs()
 
+    #: The dock's height without jobs: the buttons and a few empty rows.
+    EMPTY_DOCK_HEIGHT = 170
+
     def _size_dock(self) -> None:
-        """Give the dock about half the window, so the buckets and the commitment have room."""
-        height = max(320, int(self.window.height() * 0.52))
+        """With jobs, about half the window, so the buckets and the commitment have room;
+        without, only what the empty table needs (the panes get the rest)."""
+        if self.panel.model.rowCount() == 0:
+            height = self.EMPTY_DOCK_HEIGHT
+        else:
+            height = max(320, int(self.window.height() * 0.52))
         self.window.resizeDocks([self.dock], [height], Qt.Orientation.Vertical)
+
+    def _jobs_count_changed(self) -> None:
+        count = self.panel.model.rowCount()
+        if (count > 0) != self._had_jobs:
+            self._had_jobs = count > 0
+            self._size_dock()
 
     # --- engine ------------------------------------------------------------------
 

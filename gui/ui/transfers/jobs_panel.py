@@ -174,7 +174,7 @@ class JobsPanel(QWidget):
         self._clock.setInterval(1000)
         self._clock.timeout.connect(self.model.tick)
         self._clock.start()
-        self._update_buttons()
+        self._after_change()
 
     # --- selection ----------------------------------------------------------
 
@@ -319,6 +319,8 @@ class JobsPanel(QWidget):
         handlers[key](job_id)
 
     def _after_change(self) -> None:
+        # No job, no detail: the dock then needs only its buttons and an empty table.
+        self.detail.setVisible(self.model.rowCount() > 0)
         self._update_buttons()
         states = [self.model.row(n).state for n in range(self.model.rowCount())]
         running = sum(1 for s in states if s == JobState.RUNNING)
