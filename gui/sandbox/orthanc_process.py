@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from gui.resource_paths import resource_path
 
@@ -199,9 +199,12 @@ class OrthancProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def restart(self, timeout: float = 30.0) -> None:
-        """Stop and start again on the same ports with the same storage."""
+    def restart(self, timeout: float = 30.0, while_stopped: Optional[Callable[[], None]] = None) -> None:
+        """Stop and start again on the same ports with the same storage
+        (``while_stopped`` runs in between: a test may damage the storage)."""
         self._kill()
+        if while_stopped is not None:
+            while_stopped()
         self.start(timeout)
 
     # --- conveniences for tests and the demo ------------------------------
