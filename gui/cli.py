@@ -239,7 +239,7 @@ class ProgressPrinter:
         self.last, self.last_state = now, (event.state, event.phase)
         line = self.format(event)
         if line.startswith("planning"):
-            if self.planning_said:
+            if self.planning_said and not event.instances_found:
                 return   # pending, then running, both still planning: once is enough
             self.planning_said = True
         if self.tty:
@@ -258,6 +258,8 @@ class ProgressPrinter:
                     if event.instances_total else " before any instance was sent")
             return f"{verb}{sent}" + (f": {event.error}" if event.error else "")
         if not event.instances_total and not event.state.finished:
+            if event.instances_found:
+                return f"planning... {event.instances_found} instances found"
             return "planning (listing instances, checking the target)..."
         if event.phase is not None and event.phase.value in ("committing", "verifying"):
             what = ("the target imports and commits the buckets" if event.phase.value == "committing"

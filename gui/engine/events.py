@@ -105,6 +105,8 @@ class JobProgress:
     wire_rate: float = 0.0
     error: Optional[str] = None
     phase: Optional[JobPhase] = None
+    # While planning: instances found on the source so far.
+    instances_found: int = 0
 
     @property
     def fraction(self) -> float:

@@ -151,6 +151,15 @@ class JobRunner:
         self.job.progress = progress
         self.emit(progress)
 
+    def _on_found(self, count: int) -> None:
+        """Planning found ``count`` instances so far: say so (once per listed resource, so
+        not throttled: the user sees the count grow however fast planning goes)."""
+        self.tracker.due(force=True)
+        progress = self.tracker.snapshot(self.job.state, self.job.mode, self.job.compression)
+        progress.phase, progress.instances_found = JobPhase.PLANNING, count
+        self.job.progress = progress
+        self.emit(progress)
+
     def _on_bucket(self, event: BucketProgress) -> None:
         self.tracker.on_bucket(event)
         buckets = self.job.buckets
@@ -252,7 +261,8 @@ class JobRunner:
 
         chosen = await self.job_source.plan_run(Planning(
             job=job, store=self.store, target=self.target, source=self.source, transports=self.transports,
-            plan_again=plan_again, sent_before=sent_before, concurrency=concurrency, retries=retries))
+            plan_again=plan_again, sent_before=sent_before, concurrency=concurrency, retries=retries,
+            on_found=self._on_found))
         mode, transport, plan = chosen.mode, chosen.transport, chosen.plan
         source_speaks, target_speaks = chosen.source_speaks, chosen.target_speaks
 

@@ -41,6 +41,7 @@ class Planning:
     sent_before: Set[str]            # instances an earlier run sent
     concurrency: int
     retries: int
+    on_found: planner.FoundHook = None   # count of instances found so far (progress)
 
 
 @dataclass
@@ -88,7 +89,7 @@ class PeerSource(JobSource):
             plan = await planner.make_plan(
                 source, target, job.resources, use_protocol=source_speaks,
                 concurrency=p.concurrency, force=job.force, keep=p.sent_before, retries=p.retries,
-                target_speaks=target_speaks)
+                target_speaks=target_speaks, on_found=p.on_found)
         else:
             mode = TransferMode(job.mode) if job.mode else TransferMode.PLAIN
             instances = p.store.planned_instances(job.id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from gui.client.errors import OrthancError
-from gui.client.orthanc_client import OrthancClient
+from gui.client.orthanc_client import LEVEL_PATHS, OrthancClient
 from gui.engine.events import TransferMode
 from gui.engine.retry import with_retries
 from gui.engine.target_md5 import SMALL_GET_CONCURRENCY, md5s_on
@@ -20,6 +20,8 @@ from gui.protocol import wire
 from gui.protocol.wire import InstanceInfo
 
 T = TypeVar("T")
+# Called with the count of instances found so far while planning (progress).
+FoundHook = Optional[Callable[[int], None]]
 R = TypeVar("R")
 
 MODE_NAMES = ("auto", "push", "pull", "plain", "delegate")
@@ -75,15 +77,27 @@ def check_resources(resources: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]
 
 async def resolve_instances(source: OrthancClient, resources: Sequence[Dict[str, Any]], *,
                             use_protocol: bool, concurrency: int, retries: int = 0,
-                            headers: Optional[Dict[str, str]] = None) -> List[InstanceInfo]:
+                            headers: Optional[Dict[str, str]] = None,
+                            on_found: FoundHook = None) -> List[InstanceInfo]:
     """Instance infos (ID, size, MD5) of everything below ``resources`` on the source.
-    Each query is retried up to ``retries`` times on retryable errors."""
+    Each query is retried up to ``retries`` times on retryable errors; ``on_found``
+    hears the count of instances listed so far."""
     resources = check_resources(resources)
     listed: Dict[str, int] = {}
-    for group in await gather_bounded(
-            resources, lambda r: with_retries(lambda: _instances_below(source, r), retries),
-            concurrency):
-        listed.update(group)
+
+    async def below(part: Dict[str, Any]) -> None:
+        listed.update(await with_retries(lambda: _instances_below(source, part), retries))
+        if on_found is not None:
+            on_found(len(listed))
+
+    parts: List[Dict[str, Any]] = []
+    for resource in resources:
+        if on_found is not None and resource["Level"] in ("Patient", "Study"):
+            # Series by series, so that a large patient's count grows as it is listed.
+            parts += await with_retries(lambda: _series_below(source, resource), retries)
+        else:
+            parts.append(resource)
+    await gather_bounded(parts, below, concurrency)
     if use_protocol:
         found = await with_retries(lambda: source.transfers.lookup(resources, headers=headers), retries)
         _check_lookup_against_listing(source, found, listed)
@@ -111,6 +125,21 @@ def _check_lookup_against_listing(source: OrthancClient, found: Sequence[Instanc
     if missing:
         raise PlanningError(f"{source.peer.name}: its transfers lookup omits {len(missing)} instance(s), "
                             f"e.g. {missing[0]}; refusing the plan")
+
+
+async def _series_below(source: OrthancClient, resource: Dict[str, Any]) -> List[Dict[str, Any]]:
+    path = f"/{LEVEL_PATHS[resource['Level']]}/{wire.check_orthanc_id(resource['ID'])}/series"
+    try:
+        items = await source.get_json(path)
+    except OrthancError as exc:
+        if exc.status == 404:
+            raise PlanningError(f"{resource['Level'].lower()} {resource['ID']} is not on "
+                                f"{source.peer.name}") from None
+        raise
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("ID"), str)
+                                              for i in items):
+        raise PlanningError(f"{source.peer.name}: unexpected answer to GET {path}")
+    return [{"Level": "Series", "ID": i["ID"]} for i in items]
 
 
 async def _instances_below(source: OrthancClient, resource: Dict[str, Any]) -> Dict[str, int]:
@@ -149,14 +178,16 @@ async def present_on_target(target: OrthancClient, instances: Sequence[InstanceI
 async def make_plan(source: OrthancClient, target: OrthancClient, resources: Sequence[Dict[str, Any]], *,
                     use_protocol: bool, concurrency: int, force: bool = False,
                     keep: Optional[Set[str]] = None, retries: int = 0,
-                    headers: Optional[Dict[str, str]] = None, target_speaks: bool = False) -> Plan:
+                    headers: Optional[Dict[str, str]] = None, target_speaks: bool = False,
+                    on_found: FoundHook = None) -> Plan:
     """Resolve, then drop what the target already has with the same MD5.
 
     With ``force`` everything is sent again, except the instances named in
     ``keep`` (already sent by an earlier run of this very job).
     """
     instances = await resolve_instances(source, resources, use_protocol=use_protocol,
-                                        concurrency=concurrency, retries=retries, headers=headers)
+                                        concurrency=concurrency, retries=retries, headers=headers,
+                                        on_found=on_found)
     return await split_present(target, instances, concurrency=concurrency, force=force, keep=keep,
                                retries=retries, target_speaks=target_speaks,
                                resources=check_resources(resources))

@@ -110,7 +110,7 @@ def progress_text(row: JobRow) -> str:
     if p is None:
         return ""
     if (not p.instances_total and not row.state.finished) or p.phase is JobPhase.PLANNING:
-        return "planning…"
+        return f"planning… {p.instances_found} instances found" if p.instances_found else "planning…"
     return (f"{p.instances_done}/{p.instances_total} instances, "
             f"{human_bytes(p.raw_done)} of {human_bytes(p.raw_total)}")
 
