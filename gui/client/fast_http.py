@@ -27,7 +27,7 @@ import ssl
 import urllib.request
 import zlib
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 try:  # the kernel's send-queue length, to tell a slow upload from a silent server
@@ -317,33 +317,18 @@ class FastHttp:
             while True:
                 async with asyncio.timeout(limit):
                     line = await reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                size = _parse_size(line.split(b";", 1)[0].strip(), 16, "chunk size")
                 if size == 0:
                     async with asyncio.timeout(limit):
                         while (await reader.readuntil(b"\r\n")) != b"\r\n":
                             pass   # trailers
                     break
-                left = size
-                while left:
-                    async with asyncio.timeout(limit):
-                        piece = await reader.read(min(left, READ_PIECE))
-                    if not piece:
-                        raise asyncio.IncompleteReadError(b"", left)
-                    left -= len(piece)
-                    wire += len(piece)
-                    await give(piece)
+                wire += await _read_exactly(reader, size, limit, give)
                 async with asyncio.timeout(limit):
                     await reader.readexactly(2)
         elif "content-length" in headers:
-            left = int(headers["content-length"])
-            while left:
-                async with asyncio.timeout(limit):
-                    piece = await reader.read(min(left, READ_PIECE))
-                if not piece:
-                    raise asyncio.IncompleteReadError(b"", left)
-                left -= len(piece)
-                wire += len(piece)
-                await give(piece)
+            wire = await _read_exactly(reader, _parse_size(headers["content-length"].encode(), 10, "Content-Length"),
+                                       limit, give)
         else:
             headers["connection"] = "close"
             while True:
@@ -366,6 +351,31 @@ async def give_raw(piece: bytes, consume: Callable[[bytes], Any]) -> None:
     result = consume(piece)
     if result is not None and result is not True and inspect.isawaitable(result):
         await result
+
+
+def _parse_size(text: bytes, base: int, what: str) -> int:
+    """A size from the answer's framing; a malformed one is the server's fault, said as such."""
+    try:
+        size = int(text, base)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise FastHttpError(f"malformed answer: bad {what} {text[:40]!r}")
+    return size
+
+
+async def _read_exactly(reader: asyncio.StreamReader, size: int, limit: float,
+                        give: Callable[[bytes], Awaitable[None]]) -> int:
+    """Hand ``size`` bytes of the body to ``give`` piece by piece; returns ``size``."""
+    left = size
+    while left:
+        async with asyncio.timeout(limit):
+            piece = await reader.read(min(left, READ_PIECE))
+        if not piece:
+            raise asyncio.IncompleteReadError(b"", left)
+        left -= len(piece)
+        await give(piece)
+    return size
 
 
 def _unsent_bytes(connection: _Connection) -> Optional[int]:

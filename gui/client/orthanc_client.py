@@ -170,15 +170,19 @@ class OrthancClient:
         return response
 
     def _status_error(self, method: str, path: str, response: httpx.Response) -> OrthancError:
-        status = response.status_code
+        return self._answer_error(method, path, response.status_code, response.headers.get("location"),
+                                  response.content, response.reason_phrase)
+
+    def _answer_error(self, method: str, path: str, status: int, location: Optional[str],
+                      content: bytes, reason_phrase: str) -> OrthancError:
+        """The error for an unexpected answer, from either HTTP client."""
         body: Any = None
         try:
-            body = response.json()
+            body = json.loads(content) if content else None
         except (ValueError, UnicodeDecodeError):
             body = None
         if 300 <= status < 400:
-            target = response.headers.get("location", "?")
-            reason = f"the server redirects to {target[:100]}; not followed (check the peer URL)"
+            reason = f"the server redirects to {(location or '?')[:100]}; not followed (check the peer URL)"
         elif status == 401:
             reason = "wrong username or password"
         elif status == 403:
@@ -188,7 +192,7 @@ class OrthancClient:
         elif isinstance(body, dict) and body.get("Message"):
             reason = str(body.get("Message"))
         else:
-            reason = response.reason_phrase or "request failed"
+            reason = reason_phrase or "request failed"
         return self._error(reason, method, path, status, body)
 
     async def fast_request(self, method: str, path: str, *, content: Any = None,
@@ -223,26 +227,8 @@ class OrthancClient:
         return response
 
     def _fast_status_error(self, method: str, path: str, response: FastResponse) -> OrthancError:
-        status = response.status
-        body: Any = None
-        try:
-            body = json.loads(response.content) if response.content else None
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if 300 <= status < 400:
-            target = response.headers.get("location", "?")
-            reason = f"the server redirects to {target[:100]}; not followed (check the peer URL)"
-        elif status == 401:
-            reason = "wrong username or password"
-        elif status == 403:
-            reason = "access forbidden"
-        elif status == 404:
-            reason = "not found"
-        elif isinstance(body, dict) and body.get("Message"):
-            reason = str(body.get("Message"))
-        else:
-            reason = response.reason or "request failed"
-        return self._error(reason, method, path, status, body)
+        return self._answer_error(method, path, response.status, response.headers.get("location"),
+                                  response.content, response.reason)
 
     async def get_json(self, path: str, **kwargs: Any) -> Any:
         return self._json(await self.request("GET", path, **kwargs), "GET", path)

@@ -116,3 +116,37 @@ def test_a_proxy_in_the_environment_leaves_requests_to_httpx(monkeypatch):
     assert OrthancClient(Peer("p", "http://pacs.invalid:8042/"))._fast is None
     monkeypatch.setenv("no_proxy", "pacs.invalid")
     assert not proxied("http://pacs.invalid:8042/")
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+])
+def test_a_malformed_answer_is_an_error_naming_the_server_and_request(answer):
+    """A peer that is not Orthanc (or a broken proxy) answers with bad framing:
+    the request fails with an OrthancError that says so, never a ValueError
+    from deep inside the client, and never a hang."""
+    async def go():
+        async def serve(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with OrthancClient(Peer("broken", f"http://127.0.0.1:{port}"), timeout=5) as client:
+                assert client._fast is not None
+                with pytest.raises(OrthancError) as caught:
+                    await client.instance_md5("0" * 8 + "-" + "0" * 8 + "-" + "0" * 8 + "-" + "0" * 8 + "-" + "0" * 8)
+                return str(caught.value)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    message = run(go())
+    assert "broken" in message and "md5" in message
+    assert "malformed answer" in message or "not an HTTP answer" in message
