@@ -411,6 +411,28 @@ class PeerPane(QWidget):
 
     # --- internals ----------------------------------------------------------------
 
+    @property
+    def unreachable(self) -> bool:
+        """The pane's peer did not answer (its status is an error)."""
+        return self._state == "error" and self._peer is not None
+
+    def _mark_reachability(self, failed: bool, text: str) -> None:
+        """The selector's entry of the current peer says when it cannot be reached."""
+        if self._peer is None:
+            return
+        row = self.selector.findData(self._peer.name)
+        if row < 0:
+            return
+        label = self._peer.name + ("  (local)" if self._peer.local else "")
+        if failed:
+            self.selector.setItemText(row, f"{label}  — unreachable")
+            self.selector.setItemIcon(row, plain_http_icon())
+            self.selector.setItemData(row, text, Qt.ItemDataRole.ToolTipRole)
+        elif self.selector.itemText(row) != label:
+            self.selector.setItemText(row, label)
+            self.selector.setItemIcon(row, plain_http_icon() if self._peer.is_plain_http_to_remote else QIcon())
+            self.selector.setItemData(row, self._peer.url, Qt.ItemDataRole.ToolTipRole)
+
     def show_drop_hint(self, mime: Optional[QMimeData]) -> None:
         """Highlight the pane and say what a drop does (None: the drag left)."""
         text = self._drop_text(mime) if mime is not None else ""
@@ -615,6 +637,7 @@ class PeerPane(QWidget):
         # A pane that cannot reach its server offers to try again and has nothing to search.
         failed = state == "error" and self._peer is not None
         self.retry_button.setVisible(failed)
+        self._mark_reachability(failed, text)
         for widget in (self.search_box, self.date_filter, self.modality_filter):
             widget.setEnabled(not (failed and self._server is None))
         # Re-apply the style sheet so the colour follows the state property.

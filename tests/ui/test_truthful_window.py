@@ -424,3 +424,22 @@ def test_at_1024_by_700_the_empty_dock_leaves_the_room_to_the_panes(make_bed):
         assert ui.panel.detail.commitment.isVisibleTo(window) and window.width() == 1024
 
     bed.run(scenario())
+
+
+def test_unreachable_peers_are_marked_in_the_selector_and_send_to(make_bed, closed_port_url):
+    from PySide6.QtWidgets import QMenu
+    bed = make_bed()
+    study = ct_study(bed, 59, slices=1, size=64)
+
+    async def scenario() -> None:
+        await select_study(bed, study)
+        kill_target(bed, closed_port_url)
+        await until(lambda: bed.right.state == "error", what="the dead pane")
+        selector = bed.right.selector
+        assert selector.currentText() == f"{REMOTE}  — unreachable"
+        assert "connection refused" in selector.itemData(selector.currentIndex(), Qt.ItemDataRole.ToolTipRole)
+        menu = QMenu()
+        sub = bed.ui.extend_context_menu(bed.left, menu)
+        assert [a.text() for a in sub.actions()] == [f"{REMOTE} — unreachable"]
+
+    bed.run(scenario())

@@ -149,8 +149,11 @@ class TransfersUi:
         sub.setObjectName("sendToMenu")
         targets = self.controller.send_menu_targets(pane)
         has_selection = bool(pane.selected_resources())
+        dead = {p.peer.name for p in self.window.panes if p.peer is not None and p.unreachable}
         for peer in targets:
-            action = sub.addAction(peer.name)
+            action = sub.addAction(f"{peer.name} — unreachable" if peer.name in dead else peer.name)
+            if peer.name in dead:
+                action.setToolTip("The pane showing this server could not reach it")
             action.setEnabled(has_selection)
             action.triggered.connect(lambda _=False, target=peer: self.controller.send_to_peer(pane, target))
         sub.setEnabled(bool(targets) and has_selection)
