@@ -9,6 +9,7 @@ import json
 import logging
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional,
@@ -49,6 +50,8 @@ DEFAULT_TIMEOUT = 60.0
 LEVEL_PATHS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
 CHILD_LEVEL = {"Patient": "Study", "Study": "Series", "Series": "Instance"}
 # Cap on JSON answers: a hostile peer must not make us buffer gigabytes of JSON.
+# A request and answer both at most this large take about one round trip.
+SMALL_REQUEST = 16 * 1024
 MAX_JSON_BYTES = 256 * 1024 * 1024
 # Request bodies above this size are written in pieces of this size: httpx
 # applies its write timeout to each write, so a 200 MB upload written at once
@@ -86,6 +89,10 @@ class OrthancClient:
         self.timeout = peer.timeout or timeout or DEFAULT_TIMEOUT
         self._accelerator: Optional[AcceleratorInfo] = None
         self._transfers: Optional["TransfersApi"] = None
+        # Durations of small requests so far (the shortest, how many): a
+        # transfer's link probe reuses them instead of spending round trips.
+        self.fastest_small_request = float("inf")
+        self.small_requests = 0
         headers = dict(peer.http_headers)
         headers.update(extra_headers or {})
         auth = httpx.BasicAuth(peer.username, peer.password or "") if peer.username else None
@@ -150,9 +157,12 @@ class OrthancClient:
             headers = dict(headers or {})
             headers["Content-Length"] = str(len(content))
             content = _in_pieces(content)
+        small = content is None or (isinstance(content, (bytes, bytearray, memoryview))
+                                    and len(content) <= SMALL_REQUEST)
         kwargs: Dict[str, Any] = {"content": content, "params": params, "headers": headers}
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 15.0))
+        started = time.perf_counter()
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
@@ -165,9 +175,15 @@ class OrthancClient:
             raise self._error(f"{type(exc).__name__}: {exc}", method, path) from None
         except ssl.SSLError as exc:
             raise self._error(f"TLS error: {exc}", method, path) from None
+        if small and len(response.content) <= SMALL_REQUEST:
+            self._observe_round_trip(time.perf_counter() - started)
         if response.status_code not in expect:
             raise self._status_error(method, path, response)
         return response
+
+    def _observe_round_trip(self, seconds: float) -> None:
+        self.fastest_small_request = min(self.fastest_small_request, seconds)
+        self.small_requests += 1
 
     def _status_error(self, method: str, path: str, response: httpx.Response) -> OrthancError:
         return self._answer_error(method, path, response.status_code, response.headers.get("location"),
@@ -267,14 +283,21 @@ class OrthancClient:
         than once; over a WAN each asking costs two round trips)."""
         if cached and self._accelerator is not None:
             return self._accelerator
-        plugins = await self.plugins()
-        try:
-            answer = await self.post_json(wire.URI_LOOKUP, [])
-            available = isinstance(answer, dict) and isinstance(answer.get("Instances"), list)
-        except OrthancError as exc:
-            if exc.status is None or exc.status == 401:
-                raise
+        # Both questions at once: over a WAN, one round trip instead of two.
+        results: List[Any] = list(await asyncio.gather(self.plugins(), self.post_json(wire.URI_LOOKUP, []),
+                                                       return_exceptions=True))
+        listed, looked_up = results
+        if isinstance(listed, BaseException):
+            raise listed
+        plugins: List[str] = listed
+        if isinstance(looked_up, OrthancError):
+            if looked_up.status is None or looked_up.status == 401:
+                raise looked_up
             available = False
+        elif isinstance(looked_up, BaseException):
+            raise looked_up
+        else:
+            available = isinstance(looked_up, dict) and isinstance(looked_up.get("Instances"), list)
         flavour = ""
         if available:
             flavour = "transfers" if "transfers" in plugins else "python"

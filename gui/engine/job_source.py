@@ -78,8 +78,9 @@ class PeerSource(JobSource):
             log.info("job %s: %s mode (%s), as planned for its confirmation", job.id, mode.value,
                      prepared.reason)
         elif p.plan_again:
-            source_speaks = await probe(source, p.retries)
-            target_speaks = await probe(target, p.retries)
+            # Both ends at once: one round trip of the job's start, not two.
+            source_speaks, target_speaks = await asyncio.gather(probe(source, p.retries),
+                                                                probe(target, p.retries))
             mode, why = planner.choose_mode(job.requested_mode, source_speaks=source_speaks,
                                             target_speaks=target_speaks,
                                             available=p.transports.available(),

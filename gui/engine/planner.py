@@ -15,7 +15,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import LEVEL_PATHS, OrthancClient
 from gui.engine.events import TransferMode
 from gui.engine.retry import with_retries
-from gui.engine.target_md5 import SMALL_GET_CONCURRENCY, md5s_on
+from gui.engine.target_md5 import ASK, SMALL_GET_CONCURRENCY, held_below, md5s_on
 from gui.protocol import wire
 from gui.protocol.wire import InstanceInfo
 
@@ -90,18 +90,31 @@ async def resolve_instances(source: OrthancClient, resources: Sequence[Dict[str,
         if on_found is not None:
             on_found(len(listed))
 
-    parts: List[Dict[str, Any]] = []
-    for resource in resources:
-        if on_found is not None and resource["Level"] in ("Patient", "Study"):
-            # Series by series, so that a large patient's count grows as it is listed.
-            parts += await with_retries(lambda: _series_below(source, resource), retries)
-        else:
-            parts.append(resource)
-    await gather_bounded(parts, below, concurrency)
+    async def list_all() -> None:
+        parts: List[Dict[str, Any]] = []
+        for resource in resources:
+            if on_found is not None and resource["Level"] in ("Patient", "Study"):
+                # Series by series, so that a large patient's count grows as it is listed.
+                parts.extend(await with_retries(lambda: _series_below(source, resource), retries))
+            else:
+                parts.append(resource)
+        await gather_bounded(parts, below, concurrency)
+
+    listing = list_all()
     if use_protocol:
-        found = await with_retries(lambda: source.transfers.lookup(resources, headers=headers), retries)
+        # The lookup does not need the listing: both at once.
+        lookup = asyncio.ensure_future(
+            with_retries(lambda: source.transfers.lookup(resources, headers=headers), retries))
+        try:
+            await listing
+        except BaseException:
+            lookup.cancel()
+            await asyncio.gather(lookup, return_exceptions=True)
+            raise
+        found = await lookup
         _check_lookup_against_listing(source, found, listed)
         return found
+    await listing
     ids = sorted(listed)
     # Tiny answers: the round trip limits, so more of them in flight.
     md5s = await gather_bounded(ids, lambda i: with_retries(lambda: source.instance_md5(i), retries),
@@ -163,12 +176,13 @@ async def _instances_below(source: OrthancClient, resource: Dict[str, Any]) -> D
 
 async def present_on_target(target: OrthancClient, instances: Sequence[InstanceInfo],
                             concurrency: int, retries: int = 0, *, bulk: bool = False,
-                            resources: Optional[Sequence[Dict[str, Any]]] = None) -> Dict[str, Optional[str]]:
+                            resources: Optional[Sequence[Dict[str, Any]]] = None,
+                            held: object = ASK) -> Dict[str, Optional[str]]:
     """The target's MD5 of each instance, None when absent; the first error
     met is raised. ``bulk``: the target speaks the protocol (one lookup);
     ``resources``: the job's, which hold every instance (see ``target_md5``)."""
     found = await md5s_on(target, [i.id for i in instances], bulk=bulk, concurrency=concurrency,
-                          retries=retries, resources=resources)
+                          retries=retries, resources=resources, held=held)
     for value in found.values():
         if isinstance(value, OrthancError):
             raise value
@@ -185,23 +199,33 @@ async def make_plan(source: OrthancClient, target: OrthancClient, resources: Seq
     With ``force`` everything is sent again, except the instances named in
     ``keep`` (already sent by an earlier run of this very job).
     """
-    instances = await resolve_instances(source, resources, use_protocol=use_protocol,
-                                        concurrency=concurrency, retries=retries, headers=headers,
-                                        on_found=on_found)
+    checked = check_resources(resources)
+    # What the target holds below the job's resources is asked while the
+    # source lists its instances (one round trip to the target fewer).
+    held = None if force else asyncio.ensure_future(held_below(target, checked, retries, None))
+    try:
+        instances = await resolve_instances(source, resources, use_protocol=use_protocol,
+                                            concurrency=concurrency, retries=retries, headers=headers,
+                                            on_found=on_found)
+    except BaseException:
+        if held is not None:
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
+        raise
     return await split_present(target, instances, concurrency=concurrency, force=force, keep=keep,
                                retries=retries, target_speaks=target_speaks,
-                               resources=check_resources(resources))
+                               resources=checked, held=await held if held is not None else ASK)
 
 
 async def split_present(target: OrthancClient, instances: Sequence[InstanceInfo], *,
                         concurrency: int, force: bool = False,
                         keep: Optional[Set[str]] = None, retries: int = 0,
                         target_speaks: bool = False,
-                        resources: Optional[Sequence[Dict[str, Any]]] = None) -> Plan:
+                        resources: Optional[Sequence[Dict[str, Any]]] = None, held: object = ASK) -> Plan:
     instances = sorted(instances, key=lambda i: i.id)
     candidates = [i for i in instances if not force or (keep and i.id in keep)]
-    on_target = await present_on_target(target, candidates, concurrency, retries,
-                                        bulk=target_speaks, resources=resources) if candidates else {}
+    on_target = await present_on_target(target, candidates, concurrency, retries, bulk=target_speaks,
+                                        resources=resources, held=held) if candidates else {}
     present = [i for i in candidates if on_target.get(i.id) == i.md5]
     present_ids = {i.id for i in present}
     to_send = [i for i in instances if i.id not in present_ids]

@@ -31,6 +31,8 @@ from gui.client.orthanc_client import OrthancClient
 from gui.engine.retry import with_retries
 
 SMALL_GET_CONCURRENCY = 16
+# ``held`` not given: ask the server (when ``resources`` are given).
+ASK: object = object()
 # Instances per lookup request (the plugins accept 10,000 resources by default).
 LOOKUP_SLICE = 2000
 
@@ -38,16 +40,19 @@ LOOKUP_SLICE = 2000
 async def md5s_on(server: OrthancClient, ids: Sequence[str], *, bulk: bool, concurrency: int,
                   retries: int = 0,
                   resources: Optional[Sequence[Dict[str, str]]] = None,
-                  on_retry: Optional[Callable[[int, OrthancError], None]] = None) -> Dict[str, object]:
+                  on_retry: Optional[Callable[[int, OrthancError], None]] = None,
+                  held: object = ASK) -> Dict[str, object]:
     """MD5 per instance ID: a string, None when absent, or the OrthancError met
     (after ``retries`` retries of retryable errors, each reported to
     ``on_retry``). ``resources``: the job's resources, every instance of
-    ``ids`` lies below them."""
+    ``ids`` lies below them. ``held``: what :func:`held_below` answered for
+    them already (asked while something else was going on)."""
     ids = list(ids)
     if not ids:
         return {}
-    held = await _held_below(server, resources, retries, on_retry) if resources else None
-    if held is not None:
+    if held is ASK:
+        held = await held_below(server, resources, retries, on_retry) if resources else None
+    if isinstance(held, set):
         found: Dict[str, object] = {i: None for i in ids if i not in held}
         present = [i for i in ids if i in held]
         found.update(await md5s_on(server, present, bulk=bulk, concurrency=concurrency,
@@ -70,7 +75,7 @@ async def md5s_on(server: OrthancClient, ids: Sequence[str], *, bulk: bool, conc
     return dict(zip(ids, await asyncio.gather(*(one(i) for i in ids))))
 
 
-async def _held_below(server: OrthancClient, resources: Sequence[Dict[str, str]], retries: int,
+async def held_below(server: OrthancClient, resources: Sequence[Dict[str, str]], retries: int,
                      on_retry: Optional[Callable[[int, OrthancError], None]]) -> Optional[Set[str]]:
     """IDs of the instances the server holds below ``resources``, or None when
     it cannot tell (an instance-level resource, an unexpected error)."""

@@ -148,8 +148,8 @@ class TransferEngine:
         options = options or self.options
         resources = planner.check_resources(resources)
         async with make_client(source, options, None) as src, make_client(target, options, None) as dst:
-            source_speaks = await probe(src, options.MaxHttpRetries)
-            target_speaks = await probe(dst, options.MaxHttpRetries)
+            source_speaks, target_speaks = await asyncio.gather(probe(src, options.MaxHttpRetries),
+                                                                probe(dst, options.MaxHttpRetries))
             chosen, why = planner.choose_mode(mode, source_speaks=source_speaks,
                                                target_speaks=target_speaks,
                                                available=self.transports.available(),

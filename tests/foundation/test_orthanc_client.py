@@ -256,3 +256,32 @@ def test_first_request_imports_nothing_on_the_event_loop():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_link_probe_reuses_the_round_trips_a_job_already_made(orthanc_factory):
+    """A server already asked a few small questions (a job's probe and
+    look-ups) is judged near or far from those answers: no GET /system."""
+    from gui.engine.link_probe import is_distant
+    from tests.devtools.netem import ThreadedWanProxy
+    server = orthanc_factory("rtt")
+    seen = []
+
+    async def go(port):
+        peer = Peer("rtt", f"http://127.0.0.1:{port}", username=server.username, password=server.password)
+        async with OrthancClient(peer) as client:
+            original = client.request
+
+            async def request(method, path, **kwargs):
+                seen.append(path)
+                return await original(method, path, **kwargs)
+
+            await client.plugins()
+            await client.plugins()
+            await client.system()
+            client.request = request
+            return await is_distant(client)
+
+    assert run(go(server.http_port)) is False
+    with ThreadedWanProxy("127.0.0.1", server.http_port, latency_ms=10) as proxy:
+        assert run(go(proxy.port)) is True
+    assert seen == []

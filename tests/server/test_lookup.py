@@ -57,6 +57,9 @@ def test_lookup_errors(http):
     unknown = "0" * 8 + "-" + "-".join(["1" * 8] * 4)
     assert_orthanc_error(http.post_json(wire.URI_LOOKUP, [{"Level": "Study", "ID": unknown}]),
                          404, 17, unknown)
+    # An unknown instance: the same error as an unknown study.
+    assert_orthanc_error(http.post_json(wire.URI_LOOKUP, [{"Level": "Instance", "ID": unknown}]),
+                         404, 17, unknown)
     assert_orthanc_error(http.post_json(wire.URI_LOOKUP, b"[{"), 400, 28)
     assert_orthanc_error(http.post_json(wire.URI_LOOKUP, [{"Level": "Study"}]), 400, details="ID")
     assert_orthanc_error(http.post_json(wire.URI_LOOKUP, [{"Level": "Galaxy", "ID": unknown}]), 400,

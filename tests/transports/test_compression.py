@@ -267,3 +267,55 @@ def test_a_link_faster_than_a_receiver_inflates_gets_no_gzip():
     fast_compressor = gz.Sample(raw=4_000_000, compressed=2_000_000, seconds=0.01)  # 400 MB/s, ratio 2
     assert decide_push(fast_compressor, 100e6, 4).compression == "none"
     assert decide_push(fast_compressor, 5e6, 4).compression == "gzip"  # a WAN still compresses
+
+
+def _record_puts(monkeypatch):
+    """(bucket index, start, end) of every PUT of a push transaction."""
+    import time
+
+    from gui.engine.push_mode import push_transaction
+    puts = []
+    original = push_transaction.PushTransaction.put
+
+    async def put(self, index, body, on_progress, on_retry=None):
+        start = time.perf_counter()
+        await original(self, index, body, on_progress, on_retry)
+        puts.append((index, start, time.perf_counter()))
+
+    monkeypatch.setattr(push_transaction.PushTransaction, "put", put)
+    return puts
+
+
+def test_auto_push_to_a_distant_target_sends_no_bucket_alone(orthanc_factory, ct_study_files, tmp_path,
+                                                             monkeypatch):
+    """Across a WAN the workers start together with the guessed gzip: a
+    second bucket is on the link before the first one's PUT has ended (no
+    lone first bucket to measure the link), the measurement made on all of
+    them confirms gzip, and nothing is sent twice."""
+    puts = _record_puts(monkeypatch)
+    ctx, pusher, up, instances = _auto_push_through(orthanc_factory, ct_study_files, tmp_path, 256,
+                                                    latency_ms=10, bandwidth_mbit=20)
+    assert ctx.compression_used == "gzip" and not pusher.switched_compression
+    assert "link is being measured" not in pusher.decision_reason   # the measurement was made
+    first = next(p for p in puts if p[0] == 0)
+    assert any(start < first[2] for index, start, _end in puts if index != 0)
+    assert sorted(p[0] for p in puts) == list(range(len(pusher.buckets)))   # each bucket once
+    assert up < 0.75 * sum(i.size for i in instances)
+
+
+def test_auto_push_switches_off_gzip_when_all_buckets_together_show_a_fast_link(orthanc_factory, tmp_path,
+                                                                                monkeypatch):
+    """The round trip says "distant" but the buckets sent at once show a link
+    that gzip cannot help (here: any link, by lowering the threshold): the
+    transaction is made again uncompressed and the study still arrives whole."""
+    from gui.engine.push_mode import bucket_pusher
+
+    async def far(client):
+        return True
+
+    monkeypatch.setattr(bucket_pusher, "is_distant", far)
+    monkeypatch.setattr(gz, "GZIP_NEVER_FASTER", 1.0)
+    files = list(synth.ct_series(synth.make_study_spec(73, "CT SWITCH OFF"), 20, seed=73))
+    ctx, pusher, _up, _instances = _auto_push_through(orthanc_factory, files, tmp_path, 1024)
+    assert len(pusher.buckets) > 2
+    assert pusher.switched_compression and ctx.compression_used == "none"

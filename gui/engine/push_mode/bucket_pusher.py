@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import Awaitable, Callable, Dict, Optional, Protocol, Sequence, Set, Tuple
+from typing import Awaitable, Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
 from gui.client.errors import OrthancError
 from gui.engine import compression as gz
@@ -74,6 +74,32 @@ async def run_workers(count: int, worker: Callable[[], Awaitable[None]]) -> None
             raise task.exception()  # type: ignore[misc]
 
 
+class _SwitchCompression(Exception):
+    """The link measured while the first buckets went says the guessed
+    compression was wrong: the transaction is made again the other way."""
+
+    def __init__(self, compression: str) -> None:
+        super().__init__(compression)
+        self.compression = compression
+
+
+class _LinkProbe:
+    """The link's rate measured on every bucket in flight at once (all the
+    workers send from the first second): wire bytes handed to the link since
+    the first PUT started, over the time since then."""
+
+    def __init__(self, sample: gz.Sample, guess: str) -> None:
+        self.sample = sample
+        self.guess = guess
+        self.started: Optional[float] = None
+        self.wire = 0
+
+    def rate(self) -> Optional[float]:
+        if self.started is None or self.wire < PROBE_MIN_BYTES:
+            return None
+        return self.wire / max(time.perf_counter() - self.started, 1e-6)
+
+
 class _Prepared:
     """A bucket's body ready to PUT, and the retries it took so far."""
 
@@ -108,6 +134,10 @@ class BucketPusher:
         self.decision_reason = ""
         self._done: Set[int] = set()
         self._prefetched: Dict[int, bytes] = {}
+        # Bucket 0 compressed while its transaction was being created: the
+        # compression it was made for, and the body to come.
+        self._encoded: Dict[int, Tuple[str, "asyncio.Future[bytes]"]] = {}
+        self._probe: Optional[_LinkProbe] = None
         self._fingerprint = plan_fingerprint(ctx.instances, self.buckets)
         self._last_save = 0.0
         self._put_rate: Optional[float] = None
@@ -138,6 +168,7 @@ class BucketPusher:
             await asyncio.shield(self.discard())
             raise TransferFailed(str(exc)) from exc
         finally:
+            self._drop_encoded()
             if self._put_rate:
                 _LINK_RATES[self.ctx.target.base_url] = self._put_rate
 
@@ -164,11 +195,21 @@ class BucketPusher:
                 await self._start_over()
         recreated = 0
         while True:
+            # What the target lacks is asked while the buckets travel (one
+            # look-up round trip fewer between the last bucket and the
+            # commit). Not with import as it arrives: our own early imports
+            # would then look like instances the target had before.
+            absent = None if ctx.options.ImportAsItArrives else asyncio.ensure_future(self._find_absent())
             try:
-                await self._send_all()
-                await ctx.wait_running()
-                assert self.tx is not None
-                await self._record_absent()
+                try:
+                    await self._send_all()
+                    await ctx.wait_running()
+                    assert self.tx is not None
+                    await self._record_absent(await absent if absent is not None else None)
+                finally:
+                    if absent is not None:   # no-op once awaited; else its outcome is dropped
+                        absent.cancel()
+                        await asyncio.gather(absent, return_exceptions=True)
                 self._commit_started = True
                 await self.tx.commit()
                 await ctx.journal.set_push_transaction(None)
@@ -190,6 +231,13 @@ class BucketPusher:
                 await self.tx.delete()  # type: ignore[union-attr]
                 log.warning("%s: a new transaction in pieces of %d KB (the buckets sent so far go again)",
                             exc, self.piece.size // 1024)
+            except _SwitchCompression as switch:
+                log.info("auto compression: %s after all (%s); a new transaction", switch.compression,
+                         self.decision_reason)
+                self.switched_compression = True
+                self._probe = None
+                await self.tx.delete()  # type: ignore[union-attr]
+                self.compression = switch.compression
             except CommitFailed as failed:
                 if self._resend_corrupted(failed):
                     continue   # the same transaction: only the corrupted instances' buckets again
@@ -292,9 +340,15 @@ class BucketPusher:
         self.codec_used = self.tx.state.compression if self.tx.state.compression in CODECS else None
         await self._save(force=True)
 
+    def _drop_encoded(self) -> None:
+        for _compression, body in self._encoded.values():
+            body.cancel()
+        self._encoded.clear()
+
     async def _start_over(self, compression: Optional[str] = None) -> None:
         """A new transaction, every bucket to be sent again (the old one is
         gone or discarded); same compression unless another is given."""
+        self._drop_encoded()
         self._done.clear()
         self._part_wire.clear()
         self.ctx.done_buckets.clear()
@@ -316,7 +370,7 @@ class BucketPusher:
             self._event(0, BucketState.READING)
             raw = await self.reader.read(first, None)
             self._prefetched[0] = raw
-            sample = await gz.measure(raw)
+            sample = await gz.measure(raw, limit=gz.QUICK_SAMPLE_BYTES)
             self.codec = sample.codec
             distant = await distance if distance is not None else False
         finally:
@@ -337,7 +391,23 @@ class BucketPusher:
         measures the link; if that says otherwise the transaction is made
         again the other way, and only that one bucket was sent in vain
         (cheaply: the link turned out fast, or the bucket went compressed)."""
-        await self._create(guess)
+        if guess == "gzip":
+            # Compress the first bucket while the creation request travels.
+            want = self.codec or "gzip"
+            self._encoded[0] = (want, asyncio.ensure_future(gz.compress(raw, compression=want)))
+        try:
+            await self._create(guess)
+        except BaseException:
+            self._drop_encoded()
+            raise
+        if guess == "gzip" and len(self.buckets) > 2:
+            # A distant target: every worker starts at once and the link is
+            # measured on all of them together (_deliver); no bucket goes
+            # alone. Only a wrong guess costs the buckets sent until then.
+            self._probe = _LinkProbe(sample, guess)
+            self.decision_reason = f"ratio {sample.ratio:.2f}, distant target; the link is being measured"
+            log.info("auto compression: %s (%s)", guess, self.decision_reason)
+            return
         if len(self.buckets) <= 2:
             self.decision_reason = (f"ratio {sample.ratio:.2f}, {'distant' if guess == 'gzip' else 'near'} "
                                     "target, too few buckets to measure the link")
@@ -392,18 +462,26 @@ class BucketPusher:
             PushTransactionEntry(self.tx.state.to_json(), self._fingerprint, sorted(self._done),
                                  self.split.piece))
 
-    async def _record_absent(self) -> None:
-        """Before committing, note (durably) which instances the target lacks:
-        only those may be deleted if the job is cancelled during the commit."""
+    async def _find_absent(self) -> List[str]:
+        """The instances the target lacks (asked before any of ours is imported)."""
         ids = [i.id for i in self.ctx.instances if i.id not in self.ctx.created_on_target]
         found = await md5s_on(self.ctx.target, ids, bulk=True, concurrency=self.ctx.options.Threads * 2,
                               retries=self.ctx.options.MaxHttpRetries, resources=self.ctx.resources)
+        absent = []
         for instance_id in ids:
             value = found.get(instance_id)
             if isinstance(value, OrthancError):
                 raise value
             if value is None:
-                await self.ctx.mark_created(instance_id)
+                absent.append(instance_id)
+        return absent
+
+    async def _record_absent(self, absent: Optional[List[str]] = None) -> None:
+        """Before committing, note (durably) which instances the target lacks:
+        only those may be deleted if the job is cancelled during the commit.
+        ``absent``: found already (while the buckets travelled)."""
+        for instance_id in (await self._find_absent()) if absent is None else absent:
+            await self.ctx.mark_created(instance_id)
 
     async def _target_has_everything(self) -> bool:
         found = await md5s_on(self.ctx.target, [i.id for i in self.ctx.instances], bulk=True,
@@ -474,10 +552,17 @@ class BucketPusher:
 
         try:
             body = self._prefetched.pop(index, None)
+            early = self._encoded.pop(index, None)
+            if early is not None and early[0] != self.tx.state.compression:
+                early[1].cancel()   # made for a codec the target did not confirm
+                early = None
             if body is None:
                 self._event(index, BucketState.READING, retries=prepared.retries)
                 body = await self.reader.read(bucket, on_retry)
-            if self.tx.state.compression != "none":  # gzip, or the codec the target confirmed
+            if early is not None:
+                self._event(index, BucketState.COMPRESSING, retries=prepared.retries)
+                body = await early[1]   # compressed while the transaction was created
+            elif self.tx.state.compression != "none":  # gzip, or the codec the target confirmed
                 self._event(index, BucketState.COMPRESSING, retries=prepared.retries)
                 body = await gz.compress(body, compression=self.tx.state.compression)
         except BaseException as exc:
@@ -506,12 +591,17 @@ class BucketPusher:
                 nonlocal last
                 if sent == last:
                     return
+                if probe is not None and sent > last:
+                    probe.wire += sent - last
                 last = sent
                 raw_done = raw_total if sent >= wire_total else (sent * raw_total) // max(wire_total, 1)
                 self._event(index, BucketState.SENDING, raw_done=raw_done,
                                  wire_done=sent, wire_total=wire_total, retries=prepared.retries)
 
+            probe = self._probe
             start = time.perf_counter()
+            if probe is not None and probe.started is None:
+                probe.started = start
             await self.tx.put(index, body, on_progress, on_retry)
             self._observe_put(wire_total, time.perf_counter() - start)
         except BaseException as exc:
@@ -530,6 +620,21 @@ class BucketPusher:
         if complete:
             await ctx.mark_bucket_done(original)
         await self._save()
+        self._check_probe()
+
+    def _check_probe(self) -> None:
+        """Once enough bytes crossed, confirm the guessed compression or switch."""
+        probe = self._probe
+        link = probe.rate() if probe is not None else None
+        if probe is None or link is None:
+            return
+        self._probe = None
+        decision = gz.decide_push(probe.sample, link, self.ctx.options.Threads)
+        log.info("auto compression: %s (%s; the first buckets sent %s)", decision.compression,
+                 decision.reason, probe.guess)
+        self.decision_reason = decision.reason
+        if decision.compression != probe.guess:
+            raise _SwitchCompression(decision.compression)
 
     def _delivered(self, bucket: Bucket) -> None:
         # Readers that stage data (pull mode) may free it now.
