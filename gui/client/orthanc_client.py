@@ -93,6 +93,8 @@ class OrthancClient:
         # transfer's link probe reuses them instead of spending round trips.
         self.fastest_small_request = float("inf")
         self.small_requests = 0
+        self._in_flight = 0
+        self._started = 0
         headers = dict(peer.http_headers)
         headers.update(extra_headers or {})
         auth = httpx.BasicAuth(peer.username, peer.password or "") if peer.username else None
@@ -162,6 +164,10 @@ class OrthancClient:
         kwargs: Dict[str, Any] = {"content": content, "params": params, "headers": headers}
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(timeout, 15.0))
+        # Only a request that had the connection to itself measures the round trip.
+        alone, order = self._in_flight == 0, self._started
+        self._in_flight += 1
+        self._started += 1
         started = time.perf_counter()
         try:
             response = await self._http.request(method, path, **kwargs)
@@ -175,7 +181,10 @@ class OrthancClient:
             raise self._error(f"{type(exc).__name__}: {exc}", method, path) from None
         except ssl.SSLError as exc:
             raise self._error(f"TLS error: {exc}", method, path) from None
-        if small and len(response.content) <= SMALL_REQUEST:
+        finally:
+            self._in_flight -= 1
+        alone = alone and self._started == order + 1
+        if alone and small and len(response.content) <= SMALL_REQUEST:
             self._observe_round_trip(time.perf_counter() - started)
         if response.status_code not in expect:
             raise self._status_error(method, path, response)
@@ -223,6 +232,8 @@ class OrthancClient:
                 return httpx.Response(200)
             return await self.request(method, path, content=content, headers=headers, timeout=timeout,
                                       expect=expect)
+        self._in_flight += 1   # not a measurement itself, but it spoils one made meanwhile
+        self._started += 1
         try:
             if consume is None:
                 response = await self._fast.request(method, path, body=content, headers=headers,
@@ -238,6 +249,8 @@ class OrthancClient:
             else:
                 reason = exc.reason
             raise self._error(reason, method, path) from None
+        finally:
+            self._in_flight -= 1
         if response.status not in expect:
             raise self._fast_status_error(method, path, response)
         return response

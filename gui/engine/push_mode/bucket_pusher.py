@@ -400,10 +400,13 @@ class BucketPusher:
         except BaseException:
             self._drop_encoded()
             raise
-        if guess == "gzip" and len(self.buckets) > 2:
+        if guess == "gzip" and len(self.buckets) > 2 and self.read_ahead:
             # A distant target: every worker starts at once and the link is
             # measured on all of them together (_deliver); no bucket goes
-            # alone. Only a wrong guess costs the buckets sent until then.
+            # alone. Only a wrong guess costs the buckets sent until then
+            # (read again from the source; not so from pull mode's staging
+            # area, which frees a bucket once delivered: there the first
+            # bucket still goes alone).
             self._probe = _LinkProbe(sample, guess)
             self.decision_reason = f"ratio {sample.ratio:.2f}, distant target; the link is being measured"
             log.info("auto compression: %s (%s)", guess, self.decision_reason)
