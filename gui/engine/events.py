@@ -156,6 +156,7 @@ class CommitmentReport:
     notes: List[str] = field(default_factory=list)   # what the transport changed on its way
     # Instances sent again after failing an MD5 check: [{"instance", "attempts", "reasons"}].
     resent: List[Dict[str, Any]] = field(default_factory=list)
+    planning_seconds: Optional[float] = None   # this run's planning, None when it planned nothing
 
     @property
     def planned(self) -> int:
@@ -193,6 +194,7 @@ class CommitmentReport:
             "bytes": self.bytes,
             "wire_bytes": self.wire_bytes,
             "seconds": round(self.seconds, 3),
+            "planning_seconds": None if self.planning_seconds is None else round(self.planning_seconds, 3),
             "error": self.error,
             "notes": list(self.notes),
             "failures": [{"instance": v.instance_id, "reason": v.reason}

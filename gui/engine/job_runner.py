@@ -15,6 +15,7 @@ import asyncio
 import enum
 import logging
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -84,6 +85,7 @@ class JobRunner:
         self.tracker = ProgressTracker(job.id)
         self.phase: Optional[JobPhase] = None
         self._planned: List[InstanceInfo] = []
+        self._planning_seconds: Optional[float] = None
         self._statuses: Dict[str, InstanceStatus] = {}
         self._buckets: List[Bucket] = []
 
@@ -226,7 +228,9 @@ class JobRunner:
         if self.source_peer is not None:
             self.source = make_client(self.source_peer, options, job.transfer_id)
         try:
+            started = time.monotonic()
             await self._prepare(plan_again=True)
+            self._planning_seconds = time.monotonic() - started
             await self.running.wait()
             assert self.transport is not None and self.ctx is not None
             buckets = self._buckets
@@ -370,6 +374,7 @@ class JobRunner:
             notes=self.ctx.notes if self.ctx is not None else None)
         if self.ctx is not None:
             report.resent = self.ctx.resends.report()
+        report.planning_seconds = self._planning_seconds
         return report
 
     def _finish(self, report: CommitmentReport) -> None:
@@ -378,6 +383,11 @@ class JobRunner:
         job.state = report.state
         self.store.update_job(job.id, state=report.state.value, error=report.error,
                               report=report.to_json())
+        if report.state is JobState.SUCCESS or not self.store.created_instances(job.id):
+            # The report holds what the export needs; the plan, buckets and
+            # checkpoints only served a resume or a rollback, and a finished job
+            # has neither left (unless a rollback failed: it keeps its list).
+            self.store.clear_run_state(job.id)
         self._progress(force=True, error=report.error)
         # The job's scratch space is only needed to resume; a finished job has none.
         shutil.rmtree(self.staging_root / job.id, ignore_errors=True)

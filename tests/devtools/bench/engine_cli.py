@@ -31,6 +31,7 @@ class EngineRun:
     peak_rss_bytes: int
     cpu_seconds: float
     stderr_tail: str
+    db_bytes: Optional[int] = None     # the engine's job database after the run
 
     @property
     def problem(self) -> Optional[str]:
@@ -143,6 +144,8 @@ def run(args: List[str], timeout: float = 7200.0) -> EngineRun:
         finished.set()
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
+        db = home / "data" / "jobs.sqlite3"
+        db_bytes = sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) if db.exists() else None
         stdout = out_path.read_text(errors="replace").strip()
         stderr = err_path.read_text(errors="replace").strip()
     report = None
@@ -163,7 +166,7 @@ def run(args: List[str], timeout: float = 7200.0) -> EngineRun:
     return EngineRun(report=report, returncode=proc.returncode, seconds=seconds,
                      peak_rss_bytes=peak[0],
                      cpu_seconds=usage.ru_utime + usage.ru_stime,
-                     stderr_tail=" | ".join(stderr.splitlines()[-3:])[:400])
+                     stderr_tail=" | ".join(stderr.splitlines()[-3:])[:400], db_bytes=db_bytes)
 
 
 BASELINE_PROBE = (

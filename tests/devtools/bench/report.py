@@ -19,11 +19,11 @@ def _f(value: Optional[float], fmt: str) -> str:
 
 def table(rows: List[Measurement]) -> str:
     head = ("| dataset | link | path | seconds | process s | MB/s | wire MB | link use | speed-up "
-            "| engine RSS MB | engine CPU s | verified |")
-    lines = [head, "|" + "---|" * 12]
+            "| engine RSS MB | engine CPU s | planning s | job DB MB | verified |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         if r.status == "unavailable":
-            lines.append(f"| {r.dataset} | {r.link} | {r.label} | unavailable | | | | | | | | {r.note} |")
+            lines.append(f"| {r.dataset} | {r.link} | {r.label} | unavailable | | | | | | | | | | {r.note} |")
             continue
         utilization = "n/a" if r.link == "lan" else _f(r.utilization, ".2f")
         verified = ("—" if r.verified_count is None else f"{r.verified_count}/{r.instances}") + \
@@ -35,7 +35,7 @@ def table(rows: List[Measurement]) -> str:
             f"| {_f(r.mb_per_s, '.1f')} "
             f"| {_f(r.wire_bytes / MB if r.wire_bytes is not None else None, '.1f')} | {utilization} "
             f"| {_f(r.speedup, '.2f')} | {_f(r.peak_rss_mb, '.0f')} | {_f(r.cpu_seconds, '.1f')} "
-            f"| {verified} |")
+            f"| {_f(r.planning_seconds, '.2f')} | {_f(r.db_mb, '.2f')} | {verified} |")
     return "\n".join(lines)
 
 

@@ -41,6 +41,8 @@ class Measurement:
     cpu_seconds: Optional[float] = None   # engine paths only
     engine_seconds: Optional[float] = None  # what the engine itself reported
     process_seconds: Optional[float] = None  # engine paths: the send process, start to exit
+    planning_seconds: Optional[float] = None  # engine paths: the job's planning, as it reported
+    db_mb: Optional[float] = None            # engine paths: its job database after the run
     verified: Optional[bool] = None
     verified_count: Optional[int] = None
     note: str = ""
@@ -182,6 +184,10 @@ class Runner:
             row.peak_rss_mb = outcome.engine.peak_rss_bytes / 2**20
             row.cpu_seconds = outcome.engine.cpu_seconds
             row.process_seconds = outcome.seconds
+            planning = (outcome.engine.report or {}).get("planning_seconds")
+            row.planning_seconds = float(planning) if isinstance(planning, (int, float)) else None
+            if outcome.engine.db_bytes is not None:
+                row.db_mb = outcome.engine.db_bytes / MB
             reported = (outcome.engine.report or {}).get("seconds")
             if isinstance(reported, (int, float)) and 0 < reported <= outcome.seconds:
                 # The job from its start to its verified report, as in the
