@@ -21,14 +21,40 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import struct
+import sys
 import ssl
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
+
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # Python 3.10 (Ubuntu 22.04): the same contract, built on cancellation
+    @contextlib.asynccontextmanager
+    async def _timeout(delay: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(delay, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired:
+                raise TimeoutError() from None
+            raise
+        finally:
+            handle.cancel()
 
 try:  # the kernel's send-queue length, to tell a slow upload from a silent server
     import fcntl
@@ -133,7 +159,7 @@ class FastHttp:
 
     async def _open(self) -> _Connection:
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with _timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(
                     self.host, self.port, ssl=self.ssl, limit=READ_PIECE,
                     server_hostname=self.host if self.ssl is not None else None)
@@ -247,7 +273,7 @@ class FastHttp:
                 writer.write(head)
                 for start in range(0, len(view), READ_PIECE):
                     writer.write(view[start:start + READ_PIECE])
-                    async with asyncio.timeout(limit):
+                    async with _timeout(limit):
                         await writer.drain()
         else:
             writer.write(head)
@@ -255,11 +281,11 @@ class FastHttp:
                 if not piece:
                     continue
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-                async with asyncio.timeout(limit):
+                async with _timeout(limit):
                     await writer.drain()
             if chunked:
                 writer.write(b"0\r\n\r\n")
-        async with asyncio.timeout(limit):
+        async with _timeout(limit):
             await writer.drain()
 
     async def _read_head(self, connection: _Connection, limit: float,
@@ -315,16 +341,16 @@ class FastHttp:
         wire = 0
         if "chunked" in headers.get("transfer-encoding", "").lower():
             while True:
-                async with asyncio.timeout(limit):
+                async with _timeout(limit):
                     line = await reader.readuntil(b"\r\n")
                 size = _parse_size(line.split(b";", 1)[0].strip(), 16, "chunk size")
                 if size == 0:
-                    async with asyncio.timeout(limit):
+                    async with _timeout(limit):
                         while (await reader.readuntil(b"\r\n")) != b"\r\n":
                             pass   # trailers
                     break
                 wire += await _read_exactly(reader, size, limit, give)
-                async with asyncio.timeout(limit):
+                async with _timeout(limit):
                     await reader.readexactly(2)
         elif "content-length" in headers:
             wire = await _read_exactly(reader, _parse_size(headers["content-length"].encode(), 10, "Content-Length"),
@@ -332,7 +358,7 @@ class FastHttp:
         else:
             headers["connection"] = "close"
             while True:
-                async with asyncio.timeout(limit):
+                async with _timeout(limit):
                     piece = await reader.read(READ_PIECE)
                 if not piece:
                     break
@@ -369,7 +395,7 @@ async def _read_exactly(reader: asyncio.StreamReader, size: int, limit: float,
     """Hand ``size`` bytes of the body to ``give`` piece by piece; returns ``size``."""
     left = size
     while left:
-        async with asyncio.timeout(limit):
+        async with _timeout(limit):
             piece = await reader.read(min(left, READ_PIECE))
         if not piece:
             raise asyncio.IncompleteReadError(b"", left)
