@@ -164,7 +164,10 @@ def test_restart_brings_jobs_back_paused_and_resume_skips_what_arrived(stock_pai
     report = run(second_session())
     assert report.state is JobState.SUCCESS
     assert report.verified == len(ids)
-    assert report.skipped == arrived and report.transferred == len(ids) - arrived
+    # An upload cut off by the close may still be stored by Orthanc after the
+    # count above, so the resumed job may find one more instance there.
+    assert arrived <= report.skipped <= arrived + 1
+    assert report.transferred == len(ids) - report.skipped
     assert target.instance_md5s() == source.instance_md5s()
 
 
