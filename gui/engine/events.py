@@ -136,6 +136,9 @@ class InstanceVerdict:
     verified: bool
     status: InstanceStatus     # TRANSFERRED, SKIPPED_PRESENT, FAILED or NOT_SENT
     reason: str = ""
+    # DICOM identity (identity.py); empty when the source could not say.
+    sop_instance_uid: str = ""
+    series_id: str = ""            # Orthanc ID, a key of CommitmentReport.series
 
 
 @dataclass
@@ -157,6 +160,9 @@ class CommitmentReport:
     # Instances sent again after failing an MD5 check: [{"instance", "attempts", "reasons"}].
     resent: List[Dict[str, Any]] = field(default_factory=list)
     planning_seconds: Optional[float] = None   # this run's planning, None when it planned nothing
+    # Orthanc series ID -> patient, study and series tags (identity.SERIES_FIELDS), once per series.
+    series: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    finished_at: str = ""      # UTC, ISO 8601, when the report was made
 
     @property
     def planned(self) -> int:
@@ -201,7 +207,30 @@ class CommitmentReport:
                          for v in self.instances if not v.verified],
             "resent": list(self.resent),
             "details": [asdict(v) for v in self.instances],
+            "series": {k: dict(v) for k, v in self.series.items()},
+            "finished_at": self.finished_at,
         }
+
+    def audit_records(self) -> List[Dict[str, Any]]:
+        """One record per instance, named by SOP Instance UID, with its patient,
+        study and series, source, target and time: the export's rows."""
+        out = []
+        for v in self.instances:
+            tags = self.series.get(v.series_id, {})
+            out.append({
+                "sop_instance_uid": v.sop_instance_uid,
+                "patient_name": tags.get("PatientName", ""), "patient_id": tags.get("PatientID", ""),
+                "accession_number": tags.get("AccessionNumber", ""), "study_date": tags.get("StudyDate", ""),
+                "study_description": tags.get("StudyDescription", ""),
+                "study_instance_uid": tags.get("StudyInstanceUID", ""),
+                "series_number": tags.get("SeriesNumber", ""),
+                "series_description": tags.get("SeriesDescription", ""), "modality": tags.get("Modality", ""),
+                "series_instance_uid": tags.get("SeriesInstanceUID", ""),
+                "source": self.source, "target": self.target, "time": self.finished_at,
+                "orthanc_id": v.instance_id, "size": v.size, "source_md5": v.source_md5,
+                "target_md5": v.target_md5, "verified": v.verified, "status": InstanceStatus(v.status).value, "reason": v.reason,
+            })
+        return out
 
 
 @dataclass

@@ -83,4 +83,6 @@ def report_from_json(data: Dict[str, Any]) -> CommitmentReport:
         bytes=data.get("bytes", 0), wire_bytes=data.get("wire_bytes", 0),
         seconds=data.get("seconds", 0.0), error=data.get("error"), compression=data.get("compression"),
         notes=list(data.get("notes") or []),
-        resent=list(data.get("resent") or []))
+        resent=list(data.get("resent") or []),
+        series={str(k): dict(v) for k, v in (data.get("series") or {}).items()},
+        finished_at=str(data.get("finished_at") or ""))

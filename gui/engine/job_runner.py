@@ -12,6 +12,7 @@ job progress and rates).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import enum
 import logging
 import shutil
@@ -24,7 +25,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import Peer
 from gui.config.settings import TransferOptions
-from gui.engine import planner, verification
+from gui.engine import identity, planner, verification
 from gui.engine.concurrency_gate import ConcurrencyGate
 from gui.engine.events import (BucketProgress, BucketState, CommitmentReport, InstanceStatus, InstanceVerdict,
                                JobFinished, JobPhase, JobState, TransferMode)
@@ -81,6 +82,7 @@ class JobRunner:
         self.ctx: Optional[TransferContext] = None
         self.transport: Optional[Transport] = None
         self.source: Optional[OrthancClient] = None
+        self._identity: Optional["asyncio.Future[identity.Identity]"] = None
         self.target: Optional[OrthancClient] = None
         self.tracker = ProgressTracker(job.id)
         self.phase: Optional[JobPhase] = None
@@ -186,6 +188,9 @@ class JobRunner:
             if self.stop_reason is StopReason.SHUTDOWN:
                 # Quitting: no rollback, the job stays resumable.
                 self._set_state(JobState.PAUSED)
+                if self._identity is not None:
+                    self._identity.cancel()
+                    self._identity = None
                 await self._close_clients()
                 self._release_slot()
                 raise
@@ -193,6 +198,7 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - e.g. the job database failing: end the job anyway
             log.exception("job %s: unexpected error", self.job.id)
             report = self._report(JobState.FAILURE, [], f"internal error: {type(exc).__name__}: {exc}")
+        await self._identify(report)
         await self._close_clients()
         self._finish(report)
         # Released only once the job has reported its end, so that observers
@@ -231,6 +237,10 @@ class JobRunner:
             started = time.monotonic()
             await self._prepare(plan_again=True)
             self._planning_seconds = time.monotonic() - started
+            if self.source is not None and job.kind != "upload":
+                # The audit record's names, asked beside the transfer (not before it).
+                self._identity = asyncio.ensure_future(
+                    identity.identify_quietly(self.source, self.job_source.resources(job)))
             await self.running.wait()
             assert self.transport is not None and self.ctx is not None
             buckets = self._buckets
@@ -358,6 +368,22 @@ class JobRunner:
                     for i, s in self._statuses.items()}
         verdicts = verification.unverified(self._planned, statuses, reason)
         return self._report(state, verdicts, reason)
+
+    async def _identify(self, report: CommitmentReport) -> None:
+        """Name the report's instances by SOP Instance UID, with patient, study and series."""
+        report.finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        task, self._identity = self._identity, None
+        if task is None:
+            return
+        if not report.instances:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        found = await task
+        for v in report.instances:
+            v.sop_instance_uid, v.series_id = found.instances.get(v.instance_id, ("", ""))
+        used = {v.series_id for v in report.instances}
+        report.series = {k: tags for k, tags in found.series.items() if k in used}
 
     def _report(self, state: JobState, verdicts: List[InstanceVerdict], error: Optional[str]) -> CommitmentReport:
         job = self.job

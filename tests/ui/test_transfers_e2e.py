@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import time
 from pathlib import Path
 from typing import List
@@ -49,9 +51,10 @@ def drop_on(pane, mime: QMimeData) -> bool:
     return drop.isAccepted()
 
 
-def test_drag_study_to_other_pane_transfers_and_verifies(make_bed):
+def test_drag_study_to_other_pane_transfers_and_verifies(make_bed, tmp_path: Path):
     bed = make_bed()
-    study = bed.load_source(synth.ct_series(synth.make_study_spec(21, "CT DRAG"), 6, rows=256, cols=256, seed=21))
+    spec = synth.make_study_spec(21, "CT DRAG")
+    study = bed.load_source(synth.ct_series(spec, 6, rows=256, cols=256, seed=21))
 
     async def scenario() -> None:
         bucket_states: List[str] = []
@@ -69,7 +72,27 @@ def test_drag_study_to_other_pane_transfers_and_verifies(make_bed):
         assert commitment.banner_kind == "ok"
         assert commitment.banner.text().startswith(f"✔ 6 of 6 instances verified on {bed.right.peer.name}")
         assert commitment.model.rowCount() == 6
-        assert all(commitment.model.index(r, 4).data() == "yes" for r in range(6))
+        assert all(commitment.model.index(r, commitment.model.VERIFIED).data() == "yes" for r in range(6))
+        # The audit record: every instance by its SOP Instance UID with its patient, study and series.
+        sops = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"]
+                for i in bed.source.request("GET", f"/studies/{study}/instances")}
+        series = bed.source.request("GET", f"/studies/{study}/series")[0]["MainDicomTags"]
+        assert {commitment.model.index(r, 0).data() for r in range(6)} == set(sops)
+        assert commitment.model.index(0, 3).data() == spec.accession
+        commitment.export(tmp_path / "proof.json", "json")
+        commitment.export(tmp_path / "proof.csv", "csv")
+        records = json.loads((tmp_path / "proof.json").read_text())["records"]
+        rows = list(csv.DictReader((tmp_path / "proof.csv").open(encoding="utf-8")))
+        for got in (records, rows):
+            assert {r["sop_instance_uid"]: r["orthanc_id"] for r in got} == sops
+            for r in got:
+                assert (r["patient_name"], r["patient_id"]) == (spec.patient_name, spec.patient_id)
+                assert (r["accession_number"], r["study_date"], r["study_description"]) == \
+                    (spec.accession, spec.study_date, "CT DRAG")
+                assert (str(r["series_number"]), r["series_description"], r["modality"]) == \
+                    (series["SeriesNumber"], series.get("SeriesDescription", ""), "CT")
+                assert (r["source"], r["target"]) == (bed.left.peer.name, bed.right.peer.name)
+                assert r["time"].startswith(time.strftime("%Y-", time.gmtime()))
         # The bucket grid saw the buckets progress and ends with all of them done.
         assert model.job_id == job.id and model.rowCount() == len(job.buckets) > 1
         assert model.counts()["done"] == model.rowCount()

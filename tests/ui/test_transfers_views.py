@@ -119,7 +119,7 @@ def test_commitment_banner_table_and_exports(qtbot, tmp_path):
     assert view.banner_kind == "bad"
     assert "2 of 3" in view.banner.text() and "MD5 mismatch on id-0" in view.banner.text()
     assert view.model.index(0, 0).data() == "id-0"          # problems listed first
-    assert view.model.index(0, 4).data() == "no"
+    assert view.model.index(0, view.model.VERIFIED).data() == "no"
     view.export(tmp_path / "c.json", "json")
     view.export(tmp_path / "c.csv", "csv")
     data = json.loads((tmp_path / "c.json").read_text())

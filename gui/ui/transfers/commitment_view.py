@@ -6,7 +6,7 @@ import csv
 import json
 import re
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, QStandardPaths, Qt, Signal
 from PySide6.QtGui import QBrush, QColor
@@ -16,7 +16,12 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHea
 from gui.engine.events import CommitmentReport, InstanceVerdict, JobState
 from gui.ui.transfers.formatting import human_bytes
 
-CSV_FIELDS = ("instance_id", "size", "source_md5", "target_md5", "verified", "status", "reason")
+# The audit record's columns (CommitmentReport.audit_records): the instance by its
+# SOP Instance UID, whose study it is, where it went, when, and the MD5 proof.
+CSV_FIELDS = ("sop_instance_uid", "patient_name", "patient_id", "accession_number", "study_date",
+              "study_description", "study_instance_uid", "series_number", "series_description", "modality",
+              "series_instance_uid", "source", "target", "time", "orthanc_id", "size", "source_md5",
+              "target_md5", "verified", "status", "reason")
 
 BANNER_STYLES = {
     "ok": "background:#e3f4e4; color:#1b5e20; border:1px solid #66bb6a;",
@@ -50,29 +55,37 @@ def banner_kind(report: CommitmentReport) -> str:
 
 
 def export_json(report: CommitmentReport, path: Path) -> None:
-    Path(path).write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+    data = report.to_json()
+    data["records"] = report.audit_records()
+    Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def export_csv(report: CommitmentReport, path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_FIELDS)
-        for v in report.instances:
-            writer.writerow([v.instance_id, v.size, v.source_md5 or "", v.target_md5 or "",
-                             "yes" if v.verified else "no", v.status, v.reason])
+        for record in report.audit_records():
+            record["verified"] = "yes" if record["verified"] else "no"
+            writer.writerow(["" if record[k] is None else record[k] for k in CSV_FIELDS])
 
 
 class CommitmentModel(QAbstractTableModel):
-    HEADERS = ("Instance", "Size", "Source MD5", "Target MD5", "Verified", "Status", "Reason")
+    HEADERS = ("SOP Instance UID", "Patient", "Patient ID", "Accession", "Study date", "Study",
+               "Series", "Modality", "Size", "Source MD5", "Target MD5", "Verified", "Status", "Reason")
+    VERIFIED = 11
+    REASON = 13
 
     def __init__(self, parent: Optional[Any] = None) -> None:
         super().__init__(parent)
         self._rows: List[InstanceVerdict] = []
+        self._series: Dict[str, Dict[str, str]] = {}
 
     def set_report(self, report: Optional[CommitmentReport]) -> None:
         self.beginResetModel()
         # Problems first: they are what the user has to act on.
-        self._rows = sorted(report.instances, key=lambda v: (v.verified, v.instance_id)) if report else []
+        self._rows = sorted(report.instances, key=lambda v: (v.verified, v.series_id, v.sop_instance_uid,
+                                                             v.instance_id)) if report else []
+        self._series = report.series if report else {}
         self.endResetModel()
 
     def verdict(self, row: int) -> InstanceVerdict:
@@ -95,12 +108,19 @@ class CommitmentModel(QAbstractTableModel):
         v = self._rows[index.row()]
         col = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            return (v.instance_id, human_bytes(v.size), v.source_md5 or "–", v.target_md5 or "–",
-                    "yes" if v.verified else "no", v.status, v.reason)[col]
-        if role == Qt.ItemDataRole.ForegroundRole and col == 4:
+            t = self._series.get(v.series_id, {})
+            series = " ".join(x for x in (t.get("SeriesNumber", ""), t.get("SeriesDescription", "")) if x)
+            return (v.sop_instance_uid or v.instance_id, t.get("PatientName", ""), t.get("PatientID", ""),
+                    t.get("AccessionNumber", ""), t.get("StudyDate", ""), t.get("StudyDescription", ""),
+                    series, t.get("Modality", ""), human_bytes(v.size), v.source_md5 or "–",
+                    v.target_md5 or "–", "yes" if v.verified else "no", v.status, v.reason)[col]
+        if role == Qt.ItemDataRole.ForegroundRole and col == self.VERIFIED:
             return QBrush(QColor("#2e7d32" if v.verified else "#c62828"))
-        if role == Qt.ItemDataRole.ToolTipRole and col == 6 and v.reason:
-            return v.reason
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if col == self.REASON and v.reason:
+                return v.reason
+            if col == 0:
+                return f"Orthanc ID {v.instance_id}"
         return None
 
 
@@ -127,7 +147,7 @@ class CommitmentView(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        for col, width in enumerate((330, 70, 262, 262, 60, 110)):
+        for col, width in enumerate((300, 140, 90, 90, 80, 140, 140, 60, 70, 262, 262, 60, 110)):
             self.table.setColumnWidth(col, width)
         #: What the report is about, for the export's file name (the job's description).
         self.subject = ""
