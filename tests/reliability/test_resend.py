@@ -53,7 +53,7 @@ def is_download(request: FrontRequest) -> bool:
                                         or request.path.endswith("/file"))
 
 
-async def scenario(tmp_path: Path, transport: str, side: str) -> tuple:
+async def scenario(tmp_path: Path, transport: str, side: str, compression: str = "none") -> tuple:
     lab = Lab(tmp_path, seed=7)
     try:
         source, target = await lab.pair(transport)
@@ -67,7 +67,7 @@ async def scenario(tmp_path: Path, transport: str, side: str) -> tuple:
             front = await lab.front(source.url, corrupt_once(is_download, side, hits))
             source_url, target_url = front.url, target.url
         result = await lab.run_job(lab.peer("source", source_url), lab.peer("target", target_url),
-                                   resources, transport, small_options(Compression="none",
+                                   resources, transport, small_options(Compression=compression,
                                                                        MaxHttpRetries=3))
         verdict = await lab.classify(checker, result)
         return hits, verdict, result
@@ -87,6 +87,14 @@ def test_a_corrupted_instance_is_sent_again_and_the_report_says_so(tmp_path: Pat
     assert all(r["attempts"] >= 1 and r["reasons"] for r in resent)
     assert any("MD5" in reason or "refused" in reason or "corrupted" in reason
                for r in resent for reason in r["reasons"]), resent
+
+
+def test_a_corrupted_gzip_bucket_is_sent_again(tmp_path: Path) -> None:
+    """One byte flipped in a gzip bucket body: the plugin refuses it (400,
+    Bad file format); the bucket is PUT again and the job completes."""
+    hits, verdict, result = asyncio.run(scenario(tmp_path, "push", "request", compression="gzip"))
+    assert hits, "the fault was not injected"
+    assert verdict.outcome.value == "completed-verified", verdict.detail
 
 
 def test_a_link_that_corrupts_every_time_still_fails_cleanly(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ POLL_FAST_SECONDS = 3.0
 LONG_POLL_SECONDS = 5.0
 
 RetryHook = Optional[Callable[[int, OrthancError], None]]
+BAD_FILE_FORMAT = 15   # Orthanc's error code for a body that is not what it claims
 
 
 class TransactionGone(Exception):
@@ -149,12 +150,24 @@ class PushTransaction:
             on_progress(0)
             await self.target.transfers.push_put(self.state.path, index, _pieces(body, on_progress), headers)
 
-        try:
-            await with_retries(attempt, self.retries, on_retry=on_retry)
-        except OrthancError as exc:
-            if exc.status == 404:
-                raise TransactionGone(f"the target dropped push transaction {self.id}") from None
-            raise
+        refused = 0
+        while True:
+            try:
+                await with_retries(attempt, self.retries, on_retry=on_retry)
+                return
+            except OrthancError as exc:
+                if exc.status == 404:
+                    raise TransactionGone(f"the target dropped push transaction {self.id}") from None
+                # A body we compressed ourselves refused as not valid (Bad
+                # file format, 15): corrupted on the way. Sending it again is
+                # safe (a bucket written twice is checked as written).
+                if exc.status == 400 and exc.orthanc_status == BAD_FILE_FORMAT \
+                        and self.state.compression != "none" and refused < self.retries:
+                    refused += 1
+                    if on_retry is not None:
+                        on_retry(refused, exc)
+                    continue
+                raise
 
     async def commit(self, on_retry: RetryHook = None) -> None:
         """Ask the target to check and import everything; return once imported."""
