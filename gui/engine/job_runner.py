@@ -102,6 +102,7 @@ class JobRunner:
             return
         self.paused = True
         self.running.clear()
+        self.tracker.pause_clock()
         if self.has_slot:
             self.has_slot = False
             self.gate.release()
@@ -122,6 +123,7 @@ class JobRunner:
         else:
             self.has_slot = True
         if self.has_slot and not self.paused and not self.running.is_set():
+            self.tracker.resume_clock()
             self._set_state(JobState.RUNNING)
             self.running.set()
 

@@ -33,9 +33,34 @@ class ProgressTracker:
         self._buckets_done = 0
         self._instances_done = 0
         self._remaining: Dict[str, int] = {}     # instance -> its buckets not done yet
+        # Paused time is not the job's: elapsed and rates run on a clock that
+        # stands still while the job is paused.
+        self._paused_total = 0.0
+        self._paused_at: Optional[float] = None
 
     def restart_clock(self) -> None:
         self.started = time.monotonic()
+        self._paused_total = 0.0
+        self._paused_at = None
+        self._samples.clear()
+
+    def pause_clock(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+
+    def resume_clock(self) -> None:
+        if self._paused_at is not None:
+            self._paused_total += time.monotonic() - self._paused_at
+            self._paused_at = None
+
+    @property
+    def clock_paused(self) -> bool:
+        return self._paused_at is not None
+
+    def _active_now(self) -> float:
+        """Monotonic time minus every pause (frozen while paused)."""
+        now = self._paused_at if self._paused_at is not None else time.monotonic()
+        return now - self._paused_total
 
     def plan(self, buckets: List[Bucket], done: Set[int], instances_total: int,
              raw_total: int) -> List[BucketProgress]:
@@ -65,7 +90,8 @@ class ProgressTracker:
         self._bucket_index[event.index] = event
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds the job ran, pauses excluded."""
+        return self._active_now() - self.started
 
     @property
     def wire_done(self) -> int:
@@ -88,14 +114,14 @@ class ProgressTracker:
 
     def snapshot(self, state: JobState, mode: Optional[TransferMode], compression: Optional[str],
                  error: Optional[str] = None) -> JobProgress:
-        now = time.monotonic()
+        now = self._active_now()
         raw_done, wire_done = self._raw_done, self._wire_done
         self._samples.append((now, raw_done, wire_done))
         while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
             self._samples.popleft()
         raw_rate = wire_rate = 0.0
         first = self._samples[0]
-        if now - first[0] > 0.2:
+        if now - first[0] > 0.2 and self._paused_at is None:   # nothing moves while paused
             raw_rate = (raw_done - first[1]) / (now - first[0])
             wire_rate = (wire_done - first[2]) / (now - first[0])
         return JobProgress(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from typing import List, Set
 
 from gui.engine import BucketProgress, BucketState, JobProgress, JobState
@@ -71,18 +72,25 @@ def test_pause_then_resume_completes(stock_pair, tmp_path, long_study_files):
         paused: List[bool] = []
         engine.subscribe(pause_once)
         try:
+            wall_start = time.monotonic()
             job = await engine.submit(peer(source), peer(target), study_resource(study))
             await wait_for(lambda: job.state is JobState.PAUSED, what="the job to pause")
+            paused_seen = time.monotonic()
             # Paused: no bucket is taken up any more once the ones in flight are done.
             await wait_for(lambda: all(b.state in (BucketState.QUEUED, BucketState.DONE)
                                        for b in job.buckets), what="in-flight buckets to settle")
             done_while_paused = sum(b.state is BucketState.DONE for b in job.buckets)
             assert done_while_paused < len(job.buckets)
             assert job.state is JobState.PAUSED
+            assert job.progress.raw_rate == 0.0
+            resumed = time.monotonic()
             await engine.resume(job.id)
             report = await job.wait()
+            wall = time.monotonic() - wall_start
         finally:
             await engine.close()
+        # The report's seconds (and so its speed) leave the pause out.
+        assert report.seconds <= wall - (resumed - paused_seen)
         return report, states
 
     report, states = run(go())
