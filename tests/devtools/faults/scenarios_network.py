@@ -200,7 +200,8 @@ async def target_500_forever(lab: Lab, transport: str) -> Verdict:
 
 # --- servers going away -----------------------------------------------------------------
 
-@scenario("target-restart", "the target Orthanc restarted mid-transfer (staged transaction lost)",
+@scenario("target-restart", "the target Orthanc restarted mid-transfer (staged transactions reloaded, "
+          "plain uploads retried)",
           "faults", ALL, NO_DELEGATE)
 async def target_restart(lab: Lab, transport: str) -> Verdict:
     source, target = await lab.pair(transport)
@@ -218,7 +219,7 @@ async def target_restart(lab: Lab, transport: str) -> Verdict:
     result = await lab.run_job(lab.peer("source", source.url), lab.peer("target", proxy.url),
                                resources, transport, small_options(MaxHttpRetries=8), during=restart)
     return require_completion(await lab.classify(checker, result),
-                              "a dropped push transaction is recreated and its buckets re-sent")
+                              "the push transaction survives the restart (or is recreated) and the job goes on")
 
 
 @scenario("source-stopped", "the source Orthanc stopped mid-transfer", "faults", ALL, NO_DELEGATE)
