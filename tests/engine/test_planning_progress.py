@@ -39,3 +39,7 @@ def test_planning_reports_instances_found_per_resource(stock_pair, tmp_path):
     assert sorted(found) == found and set(found) <= {3, 5, 8} and found[-1] == 8 and len(found) == 2
     planning = next(e for e in seen if e.instances_found == 8)
     assert ProgressPrinter.format(planning) == "planning... 8 instances found"
+    # The jobs list in the window says the same.
+    from gui.ui.transfers.jobs_model import JobRow, progress_text
+    row = JobRow(planning.job_id, "source", "target", "", JobState.RUNNING, progress=planning)
+    assert progress_text(row) == "planning… 8 instances found"
