@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tries again of a failed HTTP request before the job fails (MaxHttpRetries)")
     send.add_argument("--timeout", type=int, metavar="S",
                       help="seconds without an answer before a request fails (HttpTimeout)")
+    send.add_argument("--limit-rate", type=parse_rate, metavar="RATE",
+                      help="most bytes per second this job moves, all its connections together: a number "
+                           "of bytes with K, M or G (e.g. 500K, 2M; 0 for no limit) (MaxRate)")
     send.add_argument("--force", action="store_true",
                       help="resend instances the target already has with the same MD5")
     send.add_argument("--new", action="store_true",
@@ -140,11 +143,27 @@ def resolve_peer(text: str, config: AppConfig) -> Peer:
         raise CliError(str(exc)) from None
 
 
+def parse_rate(text: str) -> int:
+    """'500K', '2M', '1G' or a byte count, per second: the cap in KB/s (MaxRate)."""
+    units = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+    raw = text.strip().upper().removesuffix("/S").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in units else ""
+    try:
+        value = float(raw[:-1] if unit else raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate such as 500K or 2M") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a rate cannot be negative")
+    rate = value * units[unit]
+    return 0 if rate == 0 else max(1, round(rate / 1024))
+
+
 def transfer_options(config: AppConfig, args: argparse.Namespace) -> TransferOptions:
     values = config.transfers.to_json()
     for attr, name in (("threads", "Threads"), ("bucket_size", "BucketSize"),
                        ("retries", "MaxHttpRetries"), ("timeout", "HttpTimeout"),
-                       ("compression", "Compression"), ("import_as_it_arrives", "ImportAsItArrives")):
+                       ("compression", "Compression"), ("import_as_it_arrives", "ImportAsItArrives"),
+                       ("limit_rate", "MaxRate")):
         value = getattr(args, attr, None)
         if value is not None:
             values[name] = value

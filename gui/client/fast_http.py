@@ -30,6 +30,8 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+from gui.client.rate_limit import RateLimit, spend
 from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
@@ -127,8 +129,11 @@ class FastHttp:
 
     def __init__(self, base_url: str, *, headers: Mapping[str, str], ssl_context: Optional[ssl.SSLContext],
                  timeout: float, connect_timeout: float, max_connections: int = 16,
-                 username: Optional[str] = None, password: Optional[str] = None) -> None:
+                 username: Optional[str] = None, password: Optional[str] = None,
+                 rate_limit: Optional[RateLimit] = None) -> None:
         parts = urlsplit(base_url)
+        # Bandwidth caps (rate_limit.py): body bytes written and read are spent on them.
+        self.rate_limit = rate_limit
         self.scheme = parts.scheme
         self.host = parts.hostname or "localhost"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -263,15 +268,18 @@ class FastHttp:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         writer = connection.writer
         chunked = merged.get("Transfer-Encoding") == "chunked"
+        limit_rate = self.rate_limit if self.rate_limit is not None and self.rate_limit.active else None
         if body is None:
             writer.write(head)
         elif not streamed:
             view = memoryview(body)  # type: ignore[arg-type]
             if len(view) <= READ_PIECE:
+                await spend(limit_rate, len(view))
                 writer.write(head + bytes(view))
             else:
                 writer.write(head)
                 for start in range(0, len(view), READ_PIECE):
+                    await spend(limit_rate, min(READ_PIECE, len(view) - start))
                     writer.write(view[start:start + READ_PIECE])
                     async with _timeout(limit):
                         await writer.drain()
@@ -280,6 +288,7 @@ class FastHttp:
             async for piece in body:  # type: ignore[union-attr]
                 if not piece:
                     continue
+                await spend(limit_rate, len(piece))
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 async with _timeout(limit):
                     await writer.drain()
@@ -326,7 +335,11 @@ class FastHttp:
         inflater = zlib.decompressobj(31) if encoding == "gzip" else \
             zlib.decompressobj() if encoding == "deflate" else None
 
+        limit_rate = self.rate_limit if self.rate_limit is not None and self.rate_limit.active else None
+
         async def give(piece: bytes) -> None:
+            if limit_rate is not None:
+                await limit_rate.spend(len(piece))   # the wire's bytes, before inflating
             if inflater is not None:
                 try:
                     piece = inflater.decompress(piece)

@@ -20,6 +20,7 @@ import httpx
 from gui.client.errors import OrthancError
 from gui.client.fast_http import FastHttp, FastHttpError, FastResponse, proxied
 from gui.client.peer import Peer
+from gui.client.rate_limit import RateLimit
 from gui.protocol import wire
 
 if TYPE_CHECKING:
@@ -84,8 +85,11 @@ class OrthancClient:
 
     def __init__(self, peer: Peer, *, timeout: Optional[float] = None,
                  max_connections: int = 16, transport: Optional[httpx.AsyncBaseTransport] = None,
-                 extra_headers: Optional[Mapping[str, str]] = None) -> None:
+                 extra_headers: Optional[Mapping[str, str]] = None,
+                 rate_limit: Optional[RateLimit] = None) -> None:
         self.peer = peer
+        # Bandwidth caps (rate_limit.py), shared with the lean client.
+        self.rate_limit = rate_limit
         self.timeout = peer.timeout or timeout or DEFAULT_TIMEOUT
         self._accelerator: Optional[AcceleratorInfo] = None
         self._transfers: Optional["TransfersApi"] = None
@@ -120,7 +124,7 @@ class OrthancClient:
                                   timeout=self.timeout, connect_timeout=min(self.timeout, 15.0),
                                   max_connections=max(max_connections, FAST_CONNECTIONS),
                                   username=peer.username,
-                                  password=peer.password)
+                                  password=peer.password, rate_limit=rate_limit)
 
     @staticmethod
     def _tls_context(peer: Peer) -> Any:
@@ -155,10 +159,18 @@ class OrthancClient:
         """Send one request; non-2xx answers and transport failures raise OrthancError."""
         if json_body is not None:
             content = json.dumps(json_body).encode()
+        capped = self.rate_limit if self.rate_limit is not None and self.rate_limit.active else None
+        if capped is not None:
+            if isinstance(content, (bytes, bytearray, memoryview)) and len(content) <= UPLOAD_PIECE:
+                await capped.spend(len(content))
+            elif content is not None and not isinstance(content, (bytes, bytearray, memoryview)):
+                content = _spent_pieces(content, capped)
         if isinstance(content, (bytes, bytearray, memoryview)) and len(content) > UPLOAD_PIECE:
             headers = dict(headers or {})
             headers["Content-Length"] = str(len(content))
             content = _in_pieces(content)
+            if capped is not None:
+                content = _spent_pieces(content, capped)
         small = content is None or (isinstance(content, (bytes, bytearray, memoryview))
                                     and len(content) <= SMALL_REQUEST)
         kwargs: Dict[str, Any] = {"content": content, "params": params, "headers": headers}
@@ -183,6 +195,9 @@ class OrthancClient:
             raise self._error(f"TLS error: {exc}", method, path) from None
         finally:
             self._in_flight -= 1
+        if capped is not None:
+            # httpx read the answer whole: its bytes delay this client's next ones.
+            await capped.spend(int(getattr(response, "num_bytes_downloaded", 0) or len(response.content)))
         alone = alone and self._started == order + 1
         if alone and small and len(response.content) <= SMALL_REQUEST:
             self._observe_round_trip(time.perf_counter() - started)
@@ -452,7 +467,14 @@ class OrthancClient:
                     raise self._status_error("GET", path, response)
                 if answer_headers is not None:
                     answer_headers.update({k.lower(): v for k, v in response.headers.items()})
+                capped = self.rate_limit if self.rate_limit is not None and self.rate_limit.active else None
+                seen = 0
                 async for piece in response.aiter_bytes(piece_size):
+                    if capped is not None:
+                        # The wire's bytes so far (compressed or not), spent as they come.
+                        now = int(response.num_bytes_downloaded)
+                        await capped.spend(now - seen)
+                        seen = now
                     result = consume(piece)
                     if inspect.isawaitable(result):
                         result = await result
@@ -624,3 +646,15 @@ async def _in_pieces(body: Any) -> AsyncIterator[bytes]:
     view = memoryview(body)
     for start in range(0, len(view), UPLOAD_PIECE):
         yield bytes(view[start:start + UPLOAD_PIECE])
+
+
+async def _spent_pieces(pieces: Any, limit: RateLimit) -> AsyncIterator[bytes]:
+    """An upload body's pieces, each spent on the caps before httpx writes it."""
+    if hasattr(pieces, "__aiter__"):
+        async for piece in pieces:
+            await limit.spend(len(piece))
+            yield piece
+    else:
+        for piece in pieces:
+            await limit.spend(len(piece))
+            yield piece

@@ -58,11 +58,16 @@ class TransferOptions:
     # before the commit (visible early; still undone on failure). Off: nothing
     # is imported until everything is verified.
     ImportAsItArrives: bool = False
+    # Bandwidth caps in KB/s, 0 for none (ours, not the C++ plugin's): MaxRate
+    # for each job (all its connections together), MaxTotalRate for all jobs at once.
+    MaxRate: int = 0
+    MaxTotalRate: int = 0
 
     LIMITS = {
         "Threads": (1, 64), "BucketSize": (16, 1024 * 1024), "CacheSize": (1, 64 * 1024),
         "MaxPushTransactions": (1, 1000), "MaxHttpRetries": (0, 100), "HttpTimeout": (1, 86400),
         "PeerCommitTimeout": (1, 86400), "MaxConcurrentJobs": (1, 32),
+        "MaxRate": (0, 100 * 1024 * 1024), "MaxTotalRate": (0, 100 * 1024 * 1024),
     }
 
     @classmethod

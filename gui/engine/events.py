@@ -228,7 +228,8 @@ class CommitmentReport:
                 "series_instance_uid": tags.get("SeriesInstanceUID", ""),
                 "source": self.source, "target": self.target, "time": self.finished_at,
                 "orthanc_id": v.instance_id, "size": v.size, "source_md5": v.source_md5,
-                "target_md5": v.target_md5, "verified": v.verified, "status": InstanceStatus(v.status).value, "reason": v.reason,
+                "target_md5": v.target_md5, "verified": v.verified,
+                "status": InstanceStatus(v.status).value, "reason": v.reason,
             })
         return out
 

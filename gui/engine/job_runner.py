@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.client.peer import Peer
+from gui.client.rate_limit import RateLimit
 from gui.config.settings import TransferOptions
 from gui.engine import identity, planner, verification
 from gui.engine.concurrency_gate import ConcurrencyGate
@@ -48,10 +49,12 @@ class StopReason(enum.Enum):
     SHUTDOWN = "shutdown"    # the app or engine closes: the job stays resumable (Paused)
 
 
-def make_client(peer: Peer, options: TransferOptions, transfer_id: Optional[str]) -> OrthancClient:
+def make_client(peer: Peer, options: TransferOptions, transfer_id: Optional[str],
+                rate_limit: Optional[RateLimit] = None) -> OrthancClient:
     headers = {wire.SENDER_TRANSFER_ID_HEADER: transfer_id} if transfer_id else {}
     return OrthancClient(peer, timeout=float(options.HttpTimeout),
-                         max_connections=max(4, options.Threads * 2 + 2), extra_headers=headers)
+                         max_connections=max(4, options.Threads * 2 + 2), extra_headers=headers,
+                         rate_limit=rate_limit)
 
 
 class JobRunner:
@@ -60,8 +63,11 @@ class JobRunner:
     def __init__(self, job: Job, *, store: JobStore, gate: ConcurrencyGate, transports: TransportRegistry,
                  source: Optional[Peer], target: Peer, emit: Callable[[object], None],
                  staging_root: Path, upload_files: Optional[Dict[str, Path]] = None,
-                 start_paused: bool = False, cancel_only: bool = False) -> None:
+                 start_paused: bool = False, cancel_only: bool = False,
+                 rate_limit: Optional[RateLimit] = None) -> None:
         self.job = job
+        # The job's bandwidth caps (its own and the global one): both clients spend on them.
+        self.rate_limit = rate_limit
         self.store = store
         self.gate = gate
         self.transports = transports
@@ -232,9 +238,9 @@ class JobRunner:
     async def _run(self) -> CommitmentReport:
         job = self.job
         options = job.options
-        self.target = make_client(self.target_peer, options, job.transfer_id)
+        self.target = make_client(self.target_peer, options, job.transfer_id, self.rate_limit)
         if self.source_peer is not None:
-            self.source = make_client(self.source_peer, options, job.transfer_id)
+            self.source = make_client(self.source_peer, options, job.transfer_id, self.rate_limit)
         try:
             started = time.monotonic()
             await self._prepare(plan_again=True)
@@ -357,9 +363,9 @@ class JobRunner:
         if self.cancel_only and self.transport is None:
             # A job loaded from disk: build enough of a context to undo its work.
             try:
-                self.target = make_client(self.target_peer, self.job.options, self.job.transfer_id)
+                self.target = make_client(self.target_peer, self.job.options, self.job.transfer_id, self.rate_limit)
                 if self.source_peer is not None:
-                    self.source = make_client(self.source_peer, self.job.options, self.job.transfer_id)
+                    self.source = make_client(self.source_peer, self.job.options, self.job.transfer_id, self.rate_limit)
                 await self._prepare(plan_again=False)
             except Exception as exc:  # noqa: BLE001
                 reason += f"; cannot roll back: {exc}"

@@ -6,7 +6,9 @@ See ``docs/engine-api.md`` for the contract with the UI, the CLI and tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from gui.client.peer import Peer
+from gui.client.rate_limit import RateLimit, TokenBucket
 from gui.config.settings import ConfigError, TransferOptions, default_data_dir
 from gui.engine import planner
 from gui.engine.concurrency_gate import ConcurrencyGate
@@ -80,6 +83,9 @@ class TransferEngine:
         self._uploads: Dict[str, Dict[str, Path]] = {}
         self._subscribers: List[Callable[[EngineEvent], None]] = []
         self._gate: Optional[ConcurrencyGate] = None
+        # Bandwidth caps (gui/client/rate_limit.py): one for all jobs, one per job.
+        self.global_rate = TokenBucket(self.options.MaxTotalRate * 1024)
+        self._job_rates: Dict[str, TokenBucket] = {}
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -120,8 +126,25 @@ class TransferEngine:
 
     def set_options(self, options: TransferOptions) -> None:
         """Options for the jobs submitted from now on (Settings saved); running and paused
-        jobs keep the options they started with."""
+        jobs keep the options they started with (but the global speed limit is for all)."""
         self.options = options
+        self.global_rate.rate = options.MaxTotalRate * 1024
+
+    def job_rate(self, job_id: str) -> TokenBucket:
+        """The job's own bandwidth cap (its accounting: ``total`` bytes moved through it)."""
+        job = self.job(job_id)
+        bucket = self._job_rates.get(job.id)
+        if bucket is None:
+            bucket = self._job_rates[job.id] = TokenBucket(job.options.MaxRate * 1024)
+        return bucket
+
+    def set_job_rate(self, job_id: str, kb_per_second: int) -> None:
+        """Cap one job at ``kb_per_second`` KB/s (0: no cap of its own), at once if it runs."""
+        job = self.job(job_id)
+        value = TransferOptions.validate_field("MaxRate", kb_per_second)
+        job.options = dataclasses.replace(job.options, MaxRate=value)
+        self.job_rate(job.id).rate = value * 1024
+        self.store.update_job(job.id, options=json.dumps(job.options.to_json()))
 
     # --- events ----------------------------------------------------------------------
 
@@ -324,7 +347,8 @@ class TransferEngine:
         runner = JobRunner(job, store=self.store, gate=self._gate, transports=self.transports,
                            source=source, target=target,
                            emit=self._emit, staging_root=self.data_dir / "staging",
-                           upload_files=self._uploads.get(job.id), cancel_only=cancel_only)
+                           upload_files=self._uploads.get(job.id), cancel_only=cancel_only,
+                           rate_limit=RateLimit([self.job_rate(job.id), self.global_rate]))
         self._runners[job.id] = runner
         return runner
 

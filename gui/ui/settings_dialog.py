@@ -42,6 +42,8 @@ OPTION_LABELS = {
     "MaxConcurrentJobs": "Max concurrent jobs",
     "Compression": "Compression",
     "ImportAsItArrives": "Import as it arrives",
+    "MaxRate": "Speed limit per job (KB/s)",
+    "MaxTotalRate": "Speed limit, all jobs (KB/s)",
 }
 
 #: What each option does, as a tooltip (in the words of the docs).
@@ -58,6 +60,10 @@ OPTION_TIPS = {
                    "plain REST mode uses HTTP gzip on downloads whatever is chosen here",
     "ImportAsItArrives": "The target imports each verified instance while the other buckets arrive "
                          "(our plugin only); a failed commit removes them again",
+    "MaxRate": "Most bytes per second one job moves through this computer, all its connections "
+               "together (0: no limit); a job's context menu changes it for that job",
+    "MaxTotalRate": "Most bytes per second all jobs together move through this computer (0: no limit); "
+                    "applies at once, also to running jobs",
 }
 
 
