@@ -4,6 +4,7 @@ transaction, a corrupted byte on the wire."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import httpx
 import pytest
@@ -93,6 +94,44 @@ def test_transaction_survives_a_target_restart_and_is_continued(orthanc_factory,
     # ... and the buckets it had received before the restart were not sent again.
     assert len([e for e in recorder.events if e.index == 0 and e.state is BucketState.DONE]) == 1
     assert pusher.tx is None
+
+
+def test_transaction_forgotten_by_a_target_restart_is_recreated(orthanc_factory, ct_study_files, tmp_path):
+    """A target that loses its staged transactions when it restarts (the C++
+    plugin does): the push creates a new transaction and completes."""
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(ct_study_files, source)
+    recorder = Recorder()
+    options = TransferOptions(BucketSize=64, Threads=1)
+    ids = []
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, options=options)
+            transport = PushTransport()
+            paused = asyncio.Event()
+
+            def pause_after_two(event):
+                done = [e for e in recorder.events if e.state is BucketState.DONE]
+                if len(done) == 2 and not paused.is_set():
+                    ids.append(transaction_id(recorder))
+                    ctx.running.clear()
+                    paused.set()
+
+            recorder.hooks.append(pause_after_two)
+            task = asyncio.ensure_future(transport.run(ctx, transport.plan(ctx)))
+            await asyncio.wait_for(paused.wait(), 60)
+            await asyncio.to_thread(target.restart, while_stopped=lambda: shutil.rmtree(
+                target.storage_dir / "transfers-staging"))
+            ctx.running.set()
+            await task
+
+    run(go())
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    assert not transaction_exists(target, ids[0])
+    # bucket 0 went twice: once into the lost transaction, once into the new one
+    assert len([e for e in recorder.events if e.index == 0 and e.state is BucketState.DONE]) == 2
 
 
 class FlipOneByte(httpx.AsyncBaseTransport):
