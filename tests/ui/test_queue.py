@@ -42,7 +42,8 @@ def test_filters_context_menu_and_clear_finished(make_bed, closed_port_url):
         menu = panel.context_menu_for(bad.id)
         enabled = {a.objectName(): a.isEnabled() for a in menu.actions()}
         assert enabled == {"pauseJobAction": False, "resumeJobAction": False, "cancelJobAction": False,
-                           "retryJobAction": True, "reportJobAction": True, "removeJobAction": True}
+                           "retryJobAction": True, "reportJobAction": True, "removeJobAction": True,
+                           "limitJobAction": False}
         next(a for a in menu.actions() if a.objectName() == "reportJobAction").trigger()
         assert panel.detail.job_id == bad.id and panel.detail.commitment.banner_kind == "bad"
 
@@ -79,5 +80,44 @@ def test_cancelling_a_mostly_done_transfer_asks_first(make_bed):
         panel.buttons["cancel"].click()
         report = await bed.wait_for_report(job.id)
         assert report.state == JobState.CANCELED and len(asked) == 2
+
+    bed.run(scenario())
+
+
+def test_speed_limits_from_the_job_menu_and_from_settings(make_bed):
+    bed = make_bed(bucket_kb=256)
+    study = ct_study(bed, 63, slices=10)
+    ui = bed.ui
+    panel = ui.panel
+    asked: list = []
+
+    async def scenario() -> None:
+        # Settings ▸ Transfers: the limit for all jobs applies to the engine at once.
+        dialog = bed.window.open_settings()
+        assert "MaxRate" in dialog.option_edits and "MaxTotalRate" in dialog.option_edits
+        dialog.option_edits["MaxTotalRate"].setText("65536")
+        assert dialog.save() is True
+        assert bed.engine.global_rate.rate == 65536 * 1024
+
+        await select_study(bed, study)
+        ui.send_action.trigger()
+        job = await bed.wait_for_job()
+        menu = panel.context_menu_for(job.id)
+        limit = next(a for a in menu.actions() if a.objectName() == "limitJobAction")
+        assert limit.isEnabled()
+        panel.ask_rate = lambda current: asked.append(current) or 2048
+        limit.trigger()
+        assert asked == [0]                                 # no cap of its own before
+        assert bed.engine.job_rate(job.id).rate == 2048 * 1024
+        assert job.options.MaxRate == 2048
+        report = await bed.wait_for_report(job.id)
+        assert report.state == JobState.SUCCESS
+        spent = bed.engine.job_rate(job.id)
+        # The job's bytes went through its cap (and the global one), and the cap made it wait.
+        assert spent.total >= report.bytes and spent.waited > 0
+        assert bed.engine.global_rate.total >= spent.total
+        assert any(m.startswith("Speed limit:") and "2048 KB/s" in m for m in ui.notifier.messages)
+        finished = panel.context_menu_for(job.id)
+        assert not next(a for a in finished.actions() if a.objectName() == "limitJobAction").isEnabled()
 
     bed.run(scenario())

@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Protocol
 from PySide6.QtCore import (QModelIndex, QPersistentModelIndex, QPoint, QSortFilterProxyModel, Qt, QTimer,
                             Signal)
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox, QHBoxLayout, QHeaderView, QLabel,
-                               QMenu, QMessageBox, QPushButton, QSplitter, QStyle, QStyledItemDelegate,
+                               QInputDialog, QMenu, QMessageBox, QPushButton, QSplitter, QStyle, QStyledItemDelegate,
                                QStyleOptionProgressBar, QStyleOptionViewItem, QTableView, QVBoxLayout, QWidget)
 from PySide6.QtGui import QColor, QPainter, QPalette
 
@@ -25,6 +25,8 @@ class JobActions(Protocol):
     def cancel_job(self, job_id: str) -> None: ...
     def retry_job(self, job_id: str) -> None: ...
     def remove_job(self, job_id: str) -> None: ...
+    def job_limit(self, job_id: str) -> int: ...                   # the job's own cap, KB/s (0: none)
+    def set_job_limit(self, job_id: str, kb_per_second: int) -> None: ...
 
 
 class ProgressDelegate(QStyledItemDelegate):
@@ -277,10 +279,15 @@ class JobsPanel(QWidget):
         allowed = allowed_actions(row.state if row else None)
         menu = QMenu(self)
         for key, label in (("pause", "Pause"), ("resume", "Resume"), ("cancel", "Cancel…"),
-                           ("retry", "Retry"), ("report", "Show report"), ("remove", "Remove")):
+                           ("retry", "Retry"), ("report", "Show report"), ("remove", "Remove"),
+                           ("limit", "Speed limit…")):
             action = menu.addAction(label)
             action.setObjectName(f"{key}JobAction")
-            if key == "report":
+            if key == "limit":
+                # Any job not finished yet: a running one slows down (or speeds up) at once.
+                action.setEnabled(row is not None and not row.state.finished)
+                action.triggered.connect(lambda _=False, j=job_id: self._act("limit", j))
+            elif key == "report":
                 action.setEnabled(row is not None and row.report is not None)
                 action.triggered.connect(lambda _=False, j=job_id: self.show_report(j))
             else:
@@ -312,6 +319,11 @@ class JobsPanel(QWidget):
         if self.actions is None:
             return
         if key == "cancel" and not self.confirm_cancel(job_id):
+            return
+        if key == "limit":
+            value = self.ask_rate(self.actions.job_limit(job_id))
+            if value is not None:
+                self.actions.set_job_limit(job_id, value)
             return
         handlers = {"pause": self.actions.pause_job, "resume": self.actions.resume_job,
                     "cancel": self.actions.cancel_job, "retry": self.actions.retry_job,
@@ -350,6 +362,13 @@ class JobsPanel(QWidget):
             return True
         return self.ask_cancel(f"This transfer is {done * 100:.0f} % done. Cancelling discards it: "
                                "the target is put back as it was. Cancel it anyway?")
+
+    def ask_rate(self, current: int) -> Optional[int]:
+        """The job's speed limit in KB/s, asked (tests replace it); None when dismissed."""
+        value, ok = QInputDialog.getInt(
+            self, "Speed limit", "Most KB per second this transfer may move (0: no limit of its own;\n"
+            "the limit for all jobs in Settings ▸ Transfers still applies):", current, 0, 100 * 1024 * 1024, 100)
+        return value if ok else None
 
     def ask_cancel(self, text: str) -> bool:
         """The question itself (tests replace it)."""

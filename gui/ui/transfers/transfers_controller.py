@@ -275,6 +275,18 @@ class TransfersController(QObject):
             self.panel.remove_job(job_id)
         self.run(remove(), "Remove")
 
+    def job_limit(self, job_id: str) -> int:
+        return int(self._engine().job(job_id).options.MaxRate)
+
+    def set_job_limit(self, job_id: str, kb_per_second: int) -> None:
+        try:
+            self._engine().set_job_rate(job_id, kb_per_second)
+        except Exception as exc:  # noqa: BLE001 - e.g. removed meanwhile: say so, keep going
+            self.notifier.say("Speed limit", str(exc), ok=False)
+            return
+        shown = f"{kb_per_second} KB/s" if kb_per_second else "no limit of its own"
+        self.notifier.say("Speed limit", f"{self._engine().job(job_id).description or 'Transfer'}: {shown}")
+
     def _job_action(self, job_id: str, method: str, what: str) -> None:
         async def act() -> None:
             engine = self._engine()
