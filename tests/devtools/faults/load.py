@@ -60,6 +60,7 @@ class Memory:
     def __init__(self, servers: Dict[str, Any]) -> None:
         self.peaks: Dict[str, int] = collections.defaultdict(int)
         self.servers = servers
+        self.curve: List[Dict[str, Any]] = []   # (time, jobs done, RSS MB of each process)
 
     def sample(self) -> None:
         self.peaks["engine"] = max(self.peaks["engine"], psutil.Process().memory_info().rss)
@@ -70,6 +71,18 @@ class Memory:
                 except psutil.Error:
                     continue
                 self.peaks[f"orthanc {name}"] = max(self.peaks[f"orthanc {name}"], rss)
+
+    def point(self, seconds: float, done: int) -> None:
+        """One point of the RSS curve: whether memory follows the job count or levels off."""
+        row: Dict[str, Any] = {"s": round(seconds), "jobs": done,
+                               "engine": round(psutil.Process().memory_info().rss / 2 ** 20)}
+        for name, server in self.servers.items():
+            if server.process is not None:
+                try:
+                    row[name] = round(psutil.Process(server.process.pid).memory_info().rss / 2 ** 20)
+                except psutil.Error:
+                    pass
+        self.curve.append(row)
 
 
 async def run_load(workdir: Path, minutes: float, jobs: int = 10, seed: int = 0,
@@ -98,6 +111,7 @@ async def run_load(workdir: Path, minutes: float, jobs: int = 10, seed: int = 0,
         reasons: collections.Counter = collections.Counter()
         done = 0
         deadline = time.monotonic() + minutes * 60
+        curve_every = max(5, int(minutes * 60 / 30))  # about 30 points whatever the length
 
         async def faults() -> None:
             # Armed on every new connection until one fires (the next
@@ -117,8 +131,13 @@ async def run_load(workdir: Path, minutes: float, jobs: int = 10, seed: int = 0,
                 proxy.clear_faults()
 
         async def sampler() -> None:
+            ticks = 0
             while True:
                 memory.sample()
+                if ticks % curve_every == 0:
+                    memory.point(time.monotonic() - started, done)
+                    log(f"rss {memory.curve[-1]}")
+                ticks += 1
                 await asyncio.sleep(1.0)
 
         async def route(n: int) -> None:
@@ -167,6 +186,7 @@ async def run_load(workdir: Path, minutes: float, jobs: int = 10, seed: int = 0,
                 "per_route": {k: dict(v) for k, v in sorted(outcomes.items())},
                 "clean_failure_reasons": dict(reasons.most_common(8)),
                 "peak_rss_mb": {k: round(v / 2 ** 20, 1) for k, v in sorted(memory.peaks.items())},
+                "rss_curve_mb": memory.curve,
                 "staging_bytes_left": left, "failed": failed}
     finally:
         await lab.aclose()
