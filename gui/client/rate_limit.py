@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 # A bucket idle for a while lets this many seconds' worth through at once:
 # small enough that the cap holds over a few seconds, large enough that a
@@ -33,6 +33,10 @@ class TokenBucket:
         self._stamp = clock()
         self.total = 0          # bytes spent since creation (the accounting tests read)
         self.waited = 0.0       # seconds callers were told to wait
+        # When the first byte was spent and when the last one may move (its
+        # debt paid): the span the cap is measured over.
+        self.first: Optional[float] = None
+        self.until = 0.0
         self.rate = rate
 
     @property
@@ -58,10 +62,22 @@ class TokenBucket:
         if self._rate is None:
             return 0.0
         self._refill()
+        if self.first is None:
+            self.first = self._stamp
         self._tokens -= count
         delay = -self._tokens / self._rate if self._tokens < 0 else 0.0
         self.waited += delay
+        self.until = max(self.until, self._stamp + delay)
         return delay
+
+    def accounting(self) -> Optional[Dict[str, Any]]:
+        """What the cap let through: for the report (None without a cap)."""
+        if self._rate is None or self.first is None:
+            return None
+        span = max(self._clock(), self.until) - self.first
+        return {"cap": round(self._rate), "bytes": self.total, "seconds": round(span, 3),
+                "achieved": round(self.total / span) if span > 0 else None,
+                "waited": round(self.waited, 3)}
 
 
 class RateLimit:

@@ -163,6 +163,8 @@ class CommitmentReport:
     # Orthanc series ID -> patient, study and series tags (identity.SERIES_FIELDS), once per series.
     series: Dict[str, Dict[str, str]] = field(default_factory=dict)
     finished_at: str = ""      # UTC, ISO 8601, when the report was made
+    # The job's own speed limit and what went through it (rate_limit.TokenBucket.accounting).
+    speed_limit: Optional[Dict[str, Any]] = None
 
     @property
     def planned(self) -> int:
@@ -209,6 +211,7 @@ class CommitmentReport:
             "details": [asdict(v) for v in self.instances],
             "series": {k: dict(v) for k, v in self.series.items()},
             "finished_at": self.finished_at,
+            "speed_limit": self.speed_limit,
         }
 
     def audit_records(self) -> List[Dict[str, Any]]:

@@ -85,4 +85,5 @@ def report_from_json(data: Dict[str, Any]) -> CommitmentReport:
         notes=list(data.get("notes") or []),
         resent=list(data.get("resent") or []),
         series={str(k): dict(v) for k, v in (data.get("series") or {}).items()},
-        finished_at=str(data.get("finished_at") or ""))
+        finished_at=str(data.get("finished_at") or ""),
+        speed_limit=data.get("speed_limit"))

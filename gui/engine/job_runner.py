@@ -409,6 +409,8 @@ class JobRunner:
         if self.ctx is not None:
             report.resent = self.ctx.resends.report()
         report.planning_seconds = self._planning_seconds
+        if self.rate_limit is not None and self.rate_limit.buckets:
+            report.speed_limit = self.rate_limit.buckets[0].accounting()   # the job's own bucket
         return report
 
     def _finish(self, report: CommitmentReport) -> None:

@@ -32,6 +32,18 @@ def test_the_bucket_makes_callers_wait_for_the_bytes_over_the_cap() -> None:
     assert bucket.total == 3000 + int(1000 * BURST_SECONDS)
 
 
+def test_the_accounting_measures_the_cap_over_the_span_the_bytes_took() -> None:
+    clock = Clock()
+    bucket = TokenBucket(1000, clock=clock)
+    assert bucket.accounting() is None                   # nothing spent yet
+    for _ in range(10):
+        delay = bucket.take(500)
+        clock.now += delay                               # the caller waits as told
+    record = bucket.accounting()
+    assert record is not None and record["bytes"] == 5000 and record["cap"] == 1000
+    assert record["achieved"] == 1000 and record["seconds"] == pytest.approx(5.0)
+
+
 def test_no_cap_counts_but_never_waits_and_a_new_cap_applies_at_once() -> None:
     clock = Clock()
     bucket = TokenBucket(0, clock=clock)
@@ -85,6 +97,10 @@ def test_a_capped_transfer_spends_every_byte_on_its_caps_and_takes_the_time_they
     # (a lower bound only, so a loaded machine cannot break it).
     rate = cap_kb * 1024
     assert report.seconds >= (job_bucket.total - rate * BURST_SECONDS) / rate * 0.9
+    # The report says what the cap let through; never above it.
+    record = report.to_json()["speed_limit"]
+    assert record["cap"] == rate and record["bytes"] == job_bucket.total
+    assert record["achieved"] <= rate * 1.01
 
 
 def test_a_job_cap_changed_while_it_runs_applies_and_is_kept(stock_pair, tmp_path, ct_study_files) -> None:
