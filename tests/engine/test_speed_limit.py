@@ -140,3 +140,31 @@ def test_the_command_line_takes_a_rate_like_curl() -> None:
     assert transfer_options(AppConfig(), args).MaxRate == 500
     with pytest.raises(SystemExit):
         parser.parse_args(["send", "--from", "a", "--to", "b", "--study", "x", "--limit-rate", "fast"])
+
+
+def test_the_httpx_path_spends_what_it_writes_and_reads(orthanc_factory, ct_study_files) -> None:
+    import httpx
+
+    from gui.client.orthanc_client import OrthancClient
+
+    server = orthanc_factory("httpx-path")
+    data = ct_study_files[0]
+
+    async def go():
+        bucket = TokenBucket(64 * 1024 * 1024)
+        # An injected transport makes the client use httpx for everything (no lean client).
+        async with OrthancClient(peer(server), transport=httpx.AsyncHTTPTransport(),
+                                 rate_limit=RateLimit([bucket])) as client:
+            assert client._fast is None
+            stored = (await client.upload(data))[0]
+            after_upload = bucket.total
+            body = await client.download_instance(stored["ID"], gzip=False)
+            streamed = bytearray()
+            await client.stream_get(f"/instances/{stored['ID']}/file", lambda p: streamed.extend(p) or True,
+                                    headers={"Accept-Encoding": "identity"})
+        return after_upload, bucket.total, body, bytes(streamed)
+
+    after_upload, total, body, streamed = run(go())
+    assert body == streamed == data
+    assert after_upload >= len(data)                   # the upload's body
+    assert total >= after_upload + 2 * len(data)       # and both downloads
