@@ -44,6 +44,10 @@ from gui.protocol.wire import Bucket, InstanceInfo
 log = logging.getLogger(__name__)
 
 
+# Seconds the report waits, once the transfer is over, for the instances' DICOM names.
+IDENTIFY_GRACE = 15.0
+
+
 class StopReason(enum.Enum):
     CANCEL = "cancel"        # the user's: roll back, the job ends Canceled
     SHUTDOWN = "shutdown"    # the app or engine closes: the job stays resumable (Paused)
@@ -387,7 +391,13 @@ class JobRunner:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             return
-        found = await task
+        # Names are worth a short wait, not a report held back by a source that stopped answering.
+        done, _ = await asyncio.wait({task}, timeout=IDENTIFY_GRACE)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        found = task.result()
         for v in report.instances:
             v.sop_instance_uid, v.series_id = found.instances.get(v.instance_id, ("", ""))
         used = {v.series_id for v in report.instances}
