@@ -168,3 +168,30 @@ def test_the_httpx_path_spends_what_it_writes_and_reads(orthanc_factory, ct_stud
     assert body == streamed == data
     assert after_upload >= len(data)                   # the upload's body
     assert total >= after_upload + 2 * len(data)       # and both downloads
+
+
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_a_capped_accelerated_job_spends_its_buckets_on_the_cap(orthanc_factory, tmp_path, ct_study_files,
+                                                                mode) -> None:
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    ids = upload_files(source, ct_study_files)
+    study = next(iter(ids.values()))
+    size = sum(len(f) for f in ct_study_files)
+
+    async def go():
+        engine = make_engine(tmp_path / "data", small_options(MaxRate=8192, Compression="none"))
+        await engine.start()
+        try:
+            job = await engine.submit(peer(source), peer(target), study_resource(study), mode=mode)
+            report = await job.wait()
+            return report, engine.job_rate(job.id)
+        finally:
+            await engine.close()
+
+    report, bucket = run(go())
+    assert report.state is JobState.SUCCESS, report.error
+    # The buckets come from the source and go to the target through this computer's clients,
+    # all their connections spending on the one job bucket.
+    assert bucket.total >= 2 * size
+    assert report.to_json()["speed_limit"]["achieved"] <= 8192 * 1024 * 1.01
