@@ -17,6 +17,7 @@ from gui.engine.events import JobState
 from gui.sandbox import synthetic_studies as synth
 from gui.ui.resource_mime import MIME_TYPE
 from gui.ui.transfers.bucket_model import GroupRole
+from gui.ui.transfers.jobs_model import COL_SPEED
 from tests.ui.transfers_harness import TransfersBed, until
 
 pytestmark = pytest.mark.timeout(240)
@@ -116,19 +117,31 @@ def test_pause_resume_and_cancel_from_the_panel(make_bed):
         grid.dataChanged.connect(lambda a, b, _r: seen_groups.update(
             grid.index(i).data(GroupRole) for i in range(a.row(), b.row() + 1)))
         assert drop_on(bed.right, await drag_study(bed, study))
+        started = time.monotonic()
         job = await bed.wait_for_job()
         panel.select_job(job.id)
         panel.buttons["pause"].click()
         await until(lambda: bed.engine.job(job.id).state == JobState.PAUSED)
         await until(lambda: panel.model.job_row(job.id).state == JobState.PAUSED)
+        paused_seen = time.monotonic()
         assert panel.buttons["resume"].isEnabled() and not panel.buttons["pause"].isEnabled()
+        # Paused time is nobody's: the row's elapsed stands at the engine's (no ticking), no speed.
+        row = panel.model.job_row(job.id)
+        assert row.progress is not None and row.elapsed == row.progress.elapsed
+        assert row.progress.raw_rate == 0.0
+        speed = panel.model.index(panel.model.row_of(job.id), COL_SPEED).data()
+        assert speed == "–"
 
+        resumed = time.monotonic()
         panel.buttons["resume"].click()
         # On the slow link the grid shows buckets at work, then all of them done.
         await until(lambda: grid.rowCount() > 1 and 0 < grid.counts()["done"] < grid.rowCount(),
                     what="some buckets done and some not")
         report = await bed.wait_for_report(job.id)
         assert report.state == JobState.SUCCESS and report.verified == 8
+        # The job's time and speed leave the pause out.
+        assert report.seconds <= time.monotonic() - started - (resumed - paused_seen)
+        assert panel.model.job_row(job.id).elapsed == report.seconds
         await until(lambda: grid.counts()["done"] == grid.rowCount())
         assert {"transferring", "done"} <= seen_groups
 
