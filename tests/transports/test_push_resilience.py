@@ -58,7 +58,10 @@ def test_cancel_mid_push_leaves_target_unchanged(orthanc_factory, ct_study_files
     assert recorder.journal.push_transaction() is None
 
 
-def test_transaction_survives_a_target_restart_and_is_continued(orthanc_factory, ct_study_files, tmp_path):
+def push_restarting_the_target(orthanc_factory, ct_study_files, tmp_path, while_stopped=None):
+    """Push one bucket at a time, restart the target after two buckets
+    (``while_stopped(target)`` may damage its storage meanwhile), let the push go on.
+    Returns (target, instances, recorder, the transaction's first ID, pusher)."""
     source = orthanc_factory("src", with_accelerator=True)
     target = orthanc_factory("dst", with_accelerator=True)
     instances = infos_of(ct_study_files, source)
@@ -82,56 +85,44 @@ def test_transaction_survives_a_target_restart_and_is_continued(orthanc_factory,
             recorder.hooks.append(pause_after_two)
             task = asyncio.ensure_future(transport.run(ctx, transport.plan(ctx)))
             await asyncio.wait_for(paused.wait(), 60)
-            await asyncio.to_thread(target.restart)  # the plugin reloads its transactions (recovery.py)
+            damage = (lambda: while_stopped(target)) if while_stopped else None
+            await asyncio.to_thread(target.restart, while_stopped=damage)
             ctx.running.set()
             await task
             return transport.last_pusher
 
     pusher = run(go())
+    return target, instances, recorder, ids[0], pusher
+
+
+def bucket_zero_sent(recorder: Recorder) -> int:
+    return len([e for e in recorder.events if e.index == 0 and e.state is BucketState.DONE])
+
+
+def test_transaction_survives_a_target_restart_and_is_continued(orthanc_factory, ct_study_files, tmp_path):
+    # the plugin reloads its transactions at start-up (recovery.py)
+    target, instances, recorder, tid, pusher = push_restarting_the_target(orthanc_factory, ct_study_files,
+                                                                          tmp_path)
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
     # The same transaction was committed (its outcome reads Success) ...
-    assert target.request("GET", f"/transfers/push/{ids[0]}/commit")["Status"] == "Success"
+    assert target.request("GET", f"/transfers/push/{tid}/commit")["Status"] == "Success"
     # ... and the buckets it had received before the restart were not sent again.
-    assert len([e for e in recorder.events if e.index == 0 and e.state is BucketState.DONE]) == 1
+    assert bucket_zero_sent(recorder) == 1
     assert pusher.tx is None
 
 
 def test_transaction_forgotten_by_a_target_restart_is_recreated(orthanc_factory, ct_study_files, tmp_path):
     """A target that loses its staged transactions when it restarts (the C++
     plugin does): the push creates a new transaction and completes."""
-    source = orthanc_factory("src", with_accelerator=True)
-    target = orthanc_factory("dst", with_accelerator=True)
-    instances = infos_of(ct_study_files, source)
-    recorder = Recorder()
-    options = TransferOptions(BucketSize=64, Threads=1)
-    ids = []
+    def lose_staging(server) -> None:
+        shutil.rmtree(server.storage_dir / "transfers-staging")
 
-    async def go():
-        async with client_for(source) as src, client_for(target) as dst:
-            ctx = make_ctx(src, dst, instances, tmp_path / "staging", recorder, options=options)
-            transport = PushTransport()
-            paused = asyncio.Event()
-
-            def pause_after_two(event):
-                done = [e for e in recorder.events if e.state is BucketState.DONE]
-                if len(done) == 2 and not paused.is_set():
-                    ids.append(transaction_id(recorder))
-                    ctx.running.clear()
-                    paused.set()
-
-            recorder.hooks.append(pause_after_two)
-            task = asyncio.ensure_future(transport.run(ctx, transport.plan(ctx)))
-            await asyncio.wait_for(paused.wait(), 60)
-            await asyncio.to_thread(target.restart, while_stopped=lambda: shutil.rmtree(
-                target.storage_dir / "transfers-staging"))
-            ctx.running.set()
-            await task
-
-    run(go())
+    target, instances, recorder, tid, _ = push_restarting_the_target(orthanc_factory, ct_study_files, tmp_path,
+                                                                     while_stopped=lose_staging)
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
-    assert not transaction_exists(target, ids[0])
+    assert not transaction_exists(target, tid)
     # bucket 0 went twice: once into the lost transaction, once into the new one
-    assert len([e for e in recorder.events if e.index == 0 and e.state is BucketState.DONE]) == 2
+    assert bucket_zero_sent(recorder) == 2
 
 
 class FlipOneByte(httpx.AsyncBaseTransport):

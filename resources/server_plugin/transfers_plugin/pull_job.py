@@ -20,23 +20,12 @@ from .commit import commit
 from .errors import NETWORK_PROTOCOL, UNKNOWN_RESOURCE, PluginError
 from .jobs import Job
 from .peer_http import PeerError, PeerHttp
-from .send_job import UPLOAD_SHARE, Speed, infos_of, parallel
+from .send_job import UPLOAD_SHARE, PeerJobRunner, Speed, infos_of, parallel
 
 MB = 1024 * 1024
 
 
-class PullRunner:
-    def __init__(self, plugin: Any) -> None:
-        self.plugin = plugin
-        self.wire = plugin.wire
-
-    def run(self, job: Job) -> None:
-        peer = self.plugin.peer_client(job.request["Peer"])
-        try:
-            self._run(job, peer)
-        finally:
-            peer.close()
-
+class PullRunner(PeerJobRunner):
     def _lookup(self, job: Job, peer: PeerHttp) -> List[Any]:
         headers = {self.wire.SENDER_TRANSFER_ID_HEADER: job.request["SenderTransferID"]}
         try:

@@ -86,12 +86,12 @@ class Speed:
         return int(self.bytes / 1024 / elapsed)
 
 
-class SendRunner:
+class PeerJobRunner:
+    """Runs one job against the peer its request names, over one peer client."""
+
     def __init__(self, plugin: Any) -> None:
         self.plugin = plugin
         self.wire = plugin.wire
-
-    # --- the job ---------------------------------------------------------------
 
     def run(self, job: Job) -> None:
         peer = self.plugin.peer_client(job.request["Peer"])
@@ -99,6 +99,13 @@ class SendRunner:
             self._run(job, peer)
         finally:
             peer.close()
+
+    def _run(self, job: Job, peer: PeerHttp) -> None:
+        raise NotImplementedError
+
+
+class SendRunner(PeerJobRunner):
+    # --- the job ---------------------------------------------------------------
 
     def _run(self, job: Job, peer: PeerHttp) -> None:
         cp = job.checkpoint
@@ -151,6 +158,17 @@ class SendRunner:
         headers = {self.wire.SENDER_TRANSFER_ID_HEADER: job.request["SenderTransferID"]}
         total = sum(b.total_size for b in buckets)
         speed = Speed()
+
+        def lost_transaction(exc: PeerError, attempt: int) -> bool:
+            """The peer lost the transaction (restarted, or discarded it as least
+            recently used): the first time, forget it so that a new one is opened
+            and everything is sent once more."""
+            if exc.status != 404 or attempt != 0:
+                return False
+            cp.pop("Transaction", None)
+            cp["Sent"] = []
+            return True
+
         for attempt in range(2):
             if not cp.get("Transaction"):
                 self._create_transaction(job, peer, to_send, buckets, compression, headers)
@@ -184,24 +202,18 @@ class SendRunner:
             try:
                 parallel([i for i in range(len(buckets)) if i not in sent], put, settings.threads, job)
             except PeerError as exc:
-                if exc.status == 404 and attempt == 0:
-                    # The peer lost the transaction (restarted, or discarded it as least
-                    # recently used): open a new one and send everything once more.
-                    cp.pop("Transaction", None)
-                    cp["Sent"] = []
-                    continue
-                raise
+                if not lost_transaction(exc, attempt):
+                    raise
+                continue
             finally:
                 self.plugin.registry.save(job)
             job.check_stop()
             try:
                 self._commit(job, peer, tid, headers)
             except PeerError as exc:
-                if exc.status == 404 and attempt == 0:
-                    cp.pop("Transaction", None)
-                    cp["Sent"] = []
-                    continue
-                raise
+                if not lost_transaction(exc, attempt):
+                    raise
+                continue
             cp.pop("Transaction", None)
             job.publish(CompletedHttpQueries=peer.queries)
             return
