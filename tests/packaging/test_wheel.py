@@ -28,8 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 COPY_IGNORED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
                                       "*.pyc", ".pytest_cache", ".hypothesis", "bench-results")
 
-pytestmark = pytest.mark.skipif(not (os.path.exists(ORTHANC_BINARY) and os.path.exists(PYTHON_PLUGIN)),
-                                reason="needs Orthanc and orthanc-python (scripts/run-tests.sh installs them)")
+
+@pytest.fixture(autouse=True)
+def orthanc_installed() -> None:
+    # Like every test that starts servers: fail, never skip, without them.
+    assert os.path.exists(ORTHANC_BINARY) and os.path.exists(PYTHON_PLUGIN), \
+        "needs Orthanc and orthanc-python (scripts/run-tests.sh installs them)"
 
 
 def _run(command: List[str], env: Dict[str, str], cwd: Path, timeout: float = 300) -> str:
