@@ -140,3 +140,43 @@ def test_bridge_delivers_finished_after_progress(qtbot):
                                 buckets_total=1, buckets_done=1, elapsed=1))
     qtbot.waitUntil(lambda: len(seen) == 2, timeout=2000)
     assert seen == ["progress", "finished"]
+
+
+def test_the_speed_column_shows_the_cap_a_job_runs_under(qtbot):
+    from gui.ui.transfers.jobs_model import COL_SPEED
+    model = JobsModel()
+    model.set_global_limit(8192)
+    capped = job_row()
+    capped.limit_kb = 2048
+    model.upsert(capped)
+    speed = model.index(0, COL_SPEED)
+    assert speed.data() == "≤ 2.0 MB/s"                  # no speed yet, the cap already
+    model.apply_progress([JobProgress(job_id=JOB, state=JobState.RUNNING, mode=TransferMode.PUSH,
+                                      compression="none", instances_total=10, instances_done=4, raw_total=4000,
+                                      raw_done=1000, wire_done=1000, buckets_total=4, buckets_done=1,
+                                      elapsed=2.0, raw_rate=1.5 * 1024 * 1024, wire_rate=1.5 * 1024 * 1024)])
+    assert model.index(0, COL_SPEED).data() == "1.5 MB/s / ≤ 2.0 MB/s"
+    tip = model.index(0, COL_SPEED).data(Qt.ItemDataRole.ToolTipRole)
+    assert "2.0 MB/s for this transfer" in tip and "8.0 MB/s for all transfers together" in tip
+    model.set_limit(JOB, 0)                               # the one for all jobs still holds
+    assert model.index(0, COL_SPEED).data() == "1.5 MB/s / ≤ 8.0 MB/s"
+    model.set_global_limit(0)
+    assert model.index(0, COL_SPEED).data() == "1.5 MB/s"
+    # A delegated job goes server to server: no cap of this computer holds it.
+    model.set_global_limit(8192)
+    model.row(0).mode = TransferMode.DELEGATE
+    assert model.index(0, COL_SPEED).data() == "1.5 MB/s"
+    assert "server to server" in model.index(0, COL_SPEED).data(Qt.ItemDataRole.ToolTipRole)
+
+
+def test_the_commitment_table_names_source_target_and_time(qtbot):
+    view = CommitmentView()
+    qtbot.addWidget(view)
+    r = report(True)
+    r.finished_at = "2026-12-01T23:05:01+00:00"
+    view.set_report(r)
+    m = view.model
+    assert [m.headerData(c, Qt.Orientation.Horizontal) for c in (m.SOURCE, m.TARGET, m.TIME)] == \
+        ["Source", "Target", "Time (UTC)"]
+    assert [m.index(0, c).data() for c in (m.SOURCE, m.TARGET, m.TIME)] == \
+        ["Local demo", "Remote demo", "2026-12-01 23:05:01"]

@@ -39,6 +39,7 @@ class TransfersUi:
         self.panel = JobsPanel(buckets_of=self._buckets_of)
         self.controller = TransfersController(window, self.panel, self.notifier, show_panel=self.show)
         self.panel.actions = self.controller
+        self.panel.set_global_limit(int(window.config.transfers.MaxTotalRate or 0))
         self.dock = window.add_dock(self.panel, "Transfers")
         self._size_dock()
         self.bridge.jobsProgressed.connect(self.controller.on_jobs_progressed)
@@ -89,6 +90,7 @@ class TransfersUi:
         """Saved settings apply to the next job at once (running jobs keep theirs)."""
         if self.window.engine is not None:
             self.window.engine.set_options(config.transfers)
+        self.panel.set_global_limit(int(config.transfers.MaxTotalRate or 0))
 
     # --- window wiring -------------------------------------------------------------
 

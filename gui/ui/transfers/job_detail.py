@@ -97,6 +97,11 @@ class JobDetail(QWidget):
         self.title.setStyleSheet("font-weight:bold;")
         self.legend = QLabel()
         self.legend.setTextFormat(Qt.TextFormat.RichText)
+        # The job's speed limit, apart from the title so that a long title never hides it.
+        self.limit_label = QLabel()
+        self.limit_label.setObjectName("jobSpeedLimit")
+        self.limit_label.setStyleSheet("color:#6d4c41; font-weight:bold;")
+        self.limit_label.hide()
         self.model = BucketModel(self)
         self.grid = BucketGrid()
         self.grid.setModel(self.model)
@@ -105,6 +110,7 @@ class JobDetail(QWidget):
 
         head = QHBoxLayout()
         head.addWidget(self.title, 1)
+        head.addWidget(self.limit_label)
         head.addWidget(self.legend)
         top = QWidget()
         top_layout = QVBoxLayout(top)
@@ -131,6 +137,7 @@ class JobDetail(QWidget):
         if row is None:
             self.model.reset(None)
             self.title.setText("Select a transfer to see its buckets.")
+            self.limit_label.hide()
             self.commitment.set_report(None)
         else:
             self.model.reset(row.job_id, self._buckets_of(row.job_id))
@@ -146,6 +153,9 @@ class JobDetail(QWidget):
         state = f"{row.state.value}{f' ({phase.value})' if phase else ''}"
         self.title.setText(f"{row.source} → {row.target}: {row.description}{mode} · {state}"
                            f" · compression: {row.compression}")
+        self.limit_label.setText(f"speed limit {row.limit_text}" if row.limit_text else "")
+        self.limit_label.setToolTip(row.limit_tooltip)
+        self.limit_label.setVisible(bool(row.limit_text))
 
     def apply_buckets(self, job_id: str, updates: List[BucketProgress]) -> None:
         if job_id == self.model.job_id:

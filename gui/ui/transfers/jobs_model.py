@@ -43,6 +43,44 @@ class JobRow:
     progress_at: float = 0.0
     #: What the job was asked to do ("auto", "gzip", "none").
     compression_requested: Optional[str] = None
+    #: Speed limits in KB/s, 0 for none: the job's own (MaxRate) and the one for all jobs
+    #: together (MaxTotalRate, the model keeps it the same on every row).
+    limit_kb: int = 0
+    global_limit_kb: int = 0
+
+    @property
+    def limited(self) -> bool:
+        """Whether a cap holds this job back (a delegated job moves server to server:
+        its bytes never pass through this computer's buckets)."""
+        return self.mode is not TransferMode.DELEGATE and bool(self.limit_kb or self.global_limit_kb)
+
+    @property
+    def cap_bytes(self) -> Optional[int]:
+        """The tighter of the two caps, bytes per second (None: not capped)."""
+        caps = [kb for kb in (self.limit_kb, self.global_limit_kb) if kb]
+        return min(caps) * 1024 if caps and self.limited else None
+
+    @property
+    def limit_text(self) -> str:
+        """'≤ 2.0 MB/s', or '' without a cap."""
+        cap = self.cap_bytes
+        return f"≤ {human_rate(cap)}" if cap else ""
+
+    @property
+    def limit_tooltip(self) -> str:
+        """Which caps hold the job, and where they are set."""
+        if self.mode is TransferMode.DELEGATE:
+            return ("Speed limit: none here (server to server: the data does not pass through "
+                    "this computer)")
+        parts = []
+        if self.limit_kb:
+            parts.append(f"{human_rate(self.limit_kb * 1024)} for this transfer (its menu ▸ Speed limit…)")
+        if self.global_limit_kb:
+            parts.append(f"{human_rate(self.global_limit_kb * 1024)} for all transfers together "
+                         "(Settings ▸ Transfers)")
+        if not parts:
+            return "Speed limit: none (set one in the job's menu ▸ Speed limit…, or in Settings ▸ Transfers)"
+        return "Speed limit: " + "; ".join(parts)
 
     @property
     def compression(self) -> str:
@@ -60,7 +98,8 @@ class JobRow:
                    description=job.description or describe_resources(job.resources),
                    state=job.state, mode=job.mode, progress=job.progress,
                    report=job.report, progress_at=time.monotonic(),
-                   compression_requested=job.compression_requested or job.options.Compression)
+                   compression_requested=job.compression_requested or job.options.Compression,
+                   limit_kb=int(job.options.MaxRate or 0))
 
     @property
     def elapsed(self) -> Optional[float]:
@@ -115,10 +154,20 @@ def progress_text(row: JobRow) -> str:
             f"{human_bytes(p.raw_done)} of {human_bytes(p.raw_total)}")
 
 
+def speed_limit_outcome(row: JobRow) -> str:
+    """What the job's own cap let through, from its report ('' when there is none)."""
+    spent = row.report.speed_limit if row.report is not None else None
+    if not spent or not spent.get("achieved"):
+        return ""
+    return (f"\nUnder its cap it moved {human_bytes(spent.get('bytes'))} at "
+            f"{human_rate(spent['achieved'])} on average")
+
+
 class JobsModel(QAbstractTableModel):
     def __init__(self, parent: Optional[Any] = None) -> None:
         super().__init__(parent)
         self._rows: List[JobRow] = []
+        self.global_limit_kb = 0
 
     # --- feeding ------------------------------------------------------------
 
@@ -137,6 +186,7 @@ class JobsModel(QAbstractTableModel):
 
     def upsert(self, row: JobRow) -> int:
         """Add a job, or replace it (a resubmitted job keeps its id)."""
+        row.global_limit_kb = self.global_limit_kb
         n = self.row_of(row.job_id)
         if n >= 0:
             self._rows[n] = row
@@ -183,6 +233,20 @@ class JobsModel(QAbstractTableModel):
         n = self.row_of(job_id)
         if n >= 0:
             self._rows[n].state = state
+            self._changed(n)
+
+    def set_limit(self, job_id: str, kb_per_second: int) -> None:
+        """The job's own speed limit changed (its menu ▸ Speed limit…)."""
+        n = self.row_of(job_id)
+        if n >= 0:
+            self._rows[n].limit_kb = kb_per_second
+            self._changed(n)
+
+    def set_global_limit(self, kb_per_second: int) -> None:
+        """The limit for all jobs changed (Settings ▸ Transfers): every row shows it."""
+        self.global_limit_kb = kb_per_second
+        for n, row in enumerate(self._rows):
+            row.global_limit_kb = kb_per_second
             self._changed(n)
 
     def remove(self, job_id: str) -> None:
@@ -235,6 +299,8 @@ class JobsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == COL_RATIO:
                 return f"Compression: {row.compression}"
+            if col == COL_SPEED:
+                return row.limit_tooltip + speed_limit_outcome(row)
             return self._tooltip(row)
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
             return QBrush(QColor(STATE_TEXT_COLOURS.get(row.state, "#000000")))
@@ -270,8 +336,14 @@ class JobsModel(QAbstractTableModel):
             return progress_text(row)
         if col == COL_SPEED:
             if row.report is not None and row.report.seconds > 0:
-                return human_rate(row.report.bytes / row.report.seconds)
-            return human_rate(p.raw_rate) if p and running else "–"
+                speed = human_rate(row.report.bytes / row.report.seconds)
+            else:
+                speed = human_rate(p.raw_rate) if p and running else "–"
+            # The cap beside the speed: a capped job's speed is the user's choice, not a slow link.
+            limit = row.limit_text
+            if not limit:
+                return speed
+            return limit if speed == "–" else f"{speed} / {limit}"
         if col == COL_WIRE:
             if row.report is not None and row.report.seconds > 0:
                 return human_rate(row.report.wire_bytes / row.report.seconds)
@@ -296,6 +368,7 @@ class JobsModel(QAbstractTableModel):
             lines.append(f"Mode: {p.mode.value if p.mode else 'not chosen yet'}")
             lines.append(f"Compression: {row.compression}")
             lines.append(f"Buckets: {p.buckets_done} of {p.buckets_total} done")
+        lines.append(row.limit_tooltip)
         error = (row.report.error if row.report else None) or (p.error if p else None)
         if error:
             lines.append(f"Error: {error}")

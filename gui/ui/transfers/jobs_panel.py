@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox, QHBox
                                QStyleOptionProgressBar, QStyleOptionViewItem, QTableView, QVBoxLayout, QWidget)
 from PySide6.QtGui import QColor, QPainter, QPalette
 
-from gui.engine.events import BucketProgress, CommitmentReport, JobProgress, JobState
+from gui.engine.events import BucketProgress, CommitmentReport, JobProgress, JobState, TransferMode
 from gui.ui.transfers.job_detail import JobDetail
 from gui.ui.transfers.jobs_model import (COL_PROGRESS, COL_WHAT, BarColourRole, FractionRole, JobIdRole,
                                          JobRow, JobsModel)
@@ -114,7 +114,8 @@ class JobsPanel(QWidget):
         self.table.setItemDelegateForColumn(COL_PROGRESS, ProgressDelegate(self.table))
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        for col, width in enumerate((210, 260, 120, 280, 90, 90, 60, 60, 60)):
+        # Speed is wide enough for "12.3 MB/s / ≤ 2.0 MB/s" (a capped job).
+        for col, width in enumerate((190, 260, 120, 250, 150, 90, 60, 60, 60)):
             self.table.setColumnWidth(col, width)
         header.setSectionResizeMode(COL_WHAT, QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
@@ -249,6 +250,22 @@ class JobsPanel(QWidget):
             self.detail.show_job(None)
         self._after_change()
 
+    def set_job_limit(self, job_id: str, kb_per_second: int) -> None:
+        """The job's own cap changed: its row and, when shown, its header say so."""
+        self.model.set_limit(job_id, kb_per_second)
+        self._refresh_title(job_id)
+
+    def set_global_limit(self, kb_per_second: int) -> None:
+        """The cap for all jobs changed (Settings ▸ Transfers)."""
+        self.model.set_global_limit(kb_per_second)
+        if self.detail.job_id:
+            self._refresh_title(self.detail.job_id)
+
+    def _refresh_title(self, job_id: str) -> None:
+        row = self.model.job_row(job_id)
+        if row is not None and job_id == self.detail.job_id:
+            self.detail.update_title(row)
+
     def running_job_ids(self) -> List[str]:
         return [self.model.row(n).job_id for n in range(self.model.rowCount())
                 if self.model.row(n).state in (JobState.RUNNING, JobState.PENDING)]
@@ -278,14 +295,20 @@ class JobsPanel(QWidget):
         row = self.model.job_row(job_id)
         allowed = allowed_actions(row.state if row else None)
         menu = QMenu(self)
+        menu.setToolTipsVisible(True)
         for key, label in (("pause", "Pause"), ("resume", "Resume"), ("cancel", "Cancel…"),
                            ("retry", "Retry"), ("report", "Show report"), ("remove", "Remove"),
                            ("limit", "Speed limit…")):
             action = menu.addAction(label)
             action.setObjectName(f"{key}JobAction")
             if key == "limit":
-                # Any job not finished yet: a running one slows down (or speeds up) at once.
-                action.setEnabled(row is not None and not row.state.finished)
+                # Any job not finished yet: a running one slows down (or speeds up) at once;
+                # not a delegated one, whose bytes go server to server.
+                delegated = row is not None and row.mode is TransferMode.DELEGATE
+                action.setEnabled(row is not None and not row.state.finished and not delegated)
+                if row is not None and row.limit_text:
+                    action.setText(f"Speed limit… ({row.limit_text})")
+                action.setToolTip(row.limit_tooltip if row is not None else "")
                 action.triggered.connect(lambda _=False, j=job_id: self._act("limit", j))
             elif key == "report":
                 action.setEnabled(row is not None and row.report is not None)

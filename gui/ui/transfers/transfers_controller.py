@@ -284,6 +284,7 @@ class TransfersController(QObject):
         except Exception as exc:  # noqa: BLE001 - e.g. removed meanwhile: say so, keep going
             self.notifier.say("Speed limit", str(exc), ok=False)
             return
+        self.panel.set_job_limit(job_id, int(self._engine().job(job_id).options.MaxRate))
         shown = f"{kb_per_second} KB/s" if kb_per_second else "no limit of its own"
         self.notifier.say("Speed limit", f"{self._engine().job(job_id).description or 'Transfer'}: {shown}")
 
