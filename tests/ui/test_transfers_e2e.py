@@ -80,6 +80,15 @@ def test_drag_study_to_other_pane_transfers_and_verifies(make_bed, tmp_path: Pat
         series = bed.source.request("GET", f"/studies/{study}/series")[0]["MainDicomTags"]
         assert {commitment.model.index(r, 0).data() for r in range(6)} == set(sops)
         assert commitment.model.index(0, 3).data() == spec.accession
+        # The table itself names where each instance went, from where, and when.
+        headers = [commitment.model.headerData(c, Qt.Orientation.Horizontal) for c in
+                   range(commitment.model.columnCount())]
+        assert headers[8:11] == ["Source", "Target", "Time (UTC)"]
+        for r in range(6):
+            assert [commitment.model.index(r, c).data() for c in (8, 9)] == [bed.left.peer.name,
+                                                                             bed.right.peer.name]
+            assert commitment.model.index(r, 10).data() == report.finished_at.replace("T", " ")[:19]
+        assert commitment.model.index(0, 10).data().startswith(time.strftime("%Y-", time.gmtime()))
         commitment.export(tmp_path / "proof.json", "json")
         commitment.export(tmp_path / "proof.csv", "csv")
         records = json.loads((tmp_path / "proof.json").read_text())["records"]

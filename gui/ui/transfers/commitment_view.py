@@ -69,16 +69,26 @@ def export_csv(report: CommitmentReport, path: Path) -> None:
             writer.writerow(["" if record[k] is None else record[k] for k in CSV_FIELDS])
 
 
+def utc_text(iso: str) -> str:
+    """'2026-12-01T23:05:01+00:00' -> '2026-12-01 23:05:01' (the column says UTC)."""
+    return iso.replace("T", " ")[:19] if iso else ""
+
+
 class CommitmentModel(QAbstractTableModel):
+    # The audit record's columns in the export's order: the instance, whose study it is,
+    # where it went and when, then the MD5 proof.
     HEADERS = ("SOP Instance UID", "Patient", "Patient ID", "Accession", "Study date", "Study",
-               "Series", "Modality", "Size", "Source MD5", "Target MD5", "Verified", "Status", "Reason")
-    VERIFIED = 11
-    REASON = 13
+               "Series", "Modality", "Source", "Target", "Time (UTC)", "Size", "Source MD5", "Target MD5",
+               "Verified", "Status", "Reason")
+    SOURCE, TARGET, TIME = 8, 9, 10
+    VERIFIED = 14
+    REASON = 16
 
     def __init__(self, parent: Optional[Any] = None) -> None:
         super().__init__(parent)
         self._rows: List[InstanceVerdict] = []
         self._series: Dict[str, Dict[str, str]] = {}
+        self._report: Optional[CommitmentReport] = None
 
     def set_report(self, report: Optional[CommitmentReport]) -> None:
         self.beginResetModel()
@@ -86,6 +96,7 @@ class CommitmentModel(QAbstractTableModel):
         self._rows = sorted(report.instances, key=lambda v: (v.verified, v.series_id, v.sop_instance_uid,
                                                              v.instance_id)) if report else []
         self._series = report.series if report else {}
+        self._report = report
         self.endResetModel()
 
     def verdict(self, row: int) -> InstanceVerdict:
@@ -110,9 +121,11 @@ class CommitmentModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             t = self._series.get(v.series_id, {})
             series = " ".join(x for x in (t.get("SeriesNumber", ""), t.get("SeriesDescription", "")) if x)
+            r = self._report
             return (v.sop_instance_uid or v.instance_id, t.get("PatientName", ""), t.get("PatientID", ""),
                     t.get("AccessionNumber", ""), t.get("StudyDate", ""), t.get("StudyDescription", ""),
-                    series, t.get("Modality", ""), human_bytes(v.size), v.source_md5 or "–",
+                    series, t.get("Modality", ""), r.source if r else "", r.target if r else "",
+                    utc_text(r.finished_at if r else ""), human_bytes(v.size), v.source_md5 or "–",
                     v.target_md5 or "–", "yes" if v.verified else "no", v.status, v.reason)[col]
         if role == Qt.ItemDataRole.ForegroundRole and col == self.VERIFIED:
             return QBrush(QColor("#2e7d32" if v.verified else "#c62828"))
@@ -121,6 +134,8 @@ class CommitmentModel(QAbstractTableModel):
                 return v.reason
             if col == 0:
                 return f"Orthanc ID {v.instance_id}"
+            if col == self.TIME:
+                return "When the storage commitment was made (the MD5s read back), in UTC"
         return None
 
 
@@ -147,7 +162,7 @@ class CommitmentView(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        for col, width in enumerate((300, 140, 90, 90, 80, 140, 140, 60, 70, 262, 262, 60, 110)):
+        for col, width in enumerate((300, 140, 90, 90, 80, 140, 140, 60, 100, 100, 130, 70, 262, 262, 60, 110)):
             self.table.setColumnWidth(col, width)
         #: What the report is about, for the export's file name (the job's description).
         self.subject = ""
