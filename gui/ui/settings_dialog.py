@@ -169,21 +169,23 @@ class SettingsDialog(QDialog):
         self.test_result.setWordWrap(True)
         self.test_result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
+        # Messages that come and go (the plain-HTTP warning, an error, a test's result) are
+        # below every field and button, and grow downwards: what the pointer is on stays put.
         form = QFormLayout()
         form.addRow("Name", self.name_edit)
         form.addRow("URL", self.url_edit)
-        form.addRow("", self.url_warning)
         form.addRow("Username", self.username_edit)
         form.addRow("Password", self.password_edit)
         form.addRow("Timeout (s)", self.timeout_edit)
         form.addRow("CA bundle", self.ca_bundle_edit)
         form.addRow("", self.verify_tls_check)
         form.addRow("", self.local_check)
-        form.addRow("", self.peer_error_label)
         test_row = QHBoxLayout()
-        test_row.addWidget(self.test_button)
+        test_row.addWidget(self.test_button, 0, Qt.AlignmentFlag.AlignTop)
         test_row.addWidget(self.test_result, 1)
         form.addRow("", test_row)
+        form.addRow("", self.url_warning)
+        form.addRow("", self.peer_error_label)
         self.peer_form = QGroupBox("Peer", page)
         self.peer_form.setLayout(form)
         for edit in (self.name_edit, self.url_edit, self.username_edit, self.password_edit,
@@ -248,6 +250,8 @@ class SettingsDialog(QDialog):
         self.confirm_check = QCheckBox("Confirm before each transfer", page)
         self.confirm_check.setObjectName("confirmTransfers")
         self.confirm_check.setChecked(bool(self.config.ui.get("ConfirmTransfers", True)))
+        self.confirm_check.setToolTip("Before a transfer starts, show what it will move (instances, size, what the "
+                                      "target already has, mode, compression) and wait for Start transfer")
         layout = QVBoxLayout(page)
         layout.addLayout(grid)
         layout.addWidget(self.confirm_check)

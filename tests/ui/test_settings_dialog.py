@@ -207,3 +207,48 @@ def test_saving_settings_updates_the_window(qtbot, make_window, orthanc_factory,
     pane = window.panes[0]
     assert pane.peer is not None and pane.peer.name == "Added"
     qtbot.waitUntil(lambda: pane.state == "ok", timeout=WAIT)
+
+
+def test_the_form_does_not_shift_under_the_pointer_while_typing(qtbot, qloop, tmp_path):
+    """A warning or an error appearing must not move the fields and buttons around it (the user
+    is about to click "Test connection" or the next field)."""
+    config = AppConfig(path=tmp_path / "config.json", peers=[Peer("Local", "http://127.0.0.1:8042/")])
+    dialog = make_dialog(qtbot, config)
+    dialog.resize(900, 560)
+    peer_widgets = [dialog.name_edit, dialog.url_edit, dialog.username_edit, dialog.password_edit,
+                    dialog.timeout_edit, dialog.ca_bundle_edit, dialog.verify_tls_check, dialog.local_check,
+                    dialog.test_button]
+
+    def places(widgets) -> list:
+        qtbot.wait(50)   # let the layouts settle
+        return [(w.mapTo(dialog, w.rect().topLeft()), w.size()) for w in widgets]
+
+    before = places(peer_widgets)
+    retype(qtbot, dialog.url_edit, "http://pacs.example.org:8042/")     # plain HTTP to a remote host
+    assert dialog.url_warning.isVisible() and dialog.url_warning.text()
+    assert places(peer_widgets) == before
+    retype(qtbot, dialog.name_edit, "")                                  # an error under the fields
+    assert dialog.peer_error_label.text()
+    assert places(peer_widgets) == before
+
+    dialog.tabs.setCurrentIndex(1)
+    option_widgets = list(dialog.option_edits.values()) + list(dialog.option_checks.values())
+    before = places(option_widgets)
+    size = dialog.size()
+    retype(qtbot, dialog.option_edits["Threads"], "0")
+    retype(qtbot, dialog.option_edits["HttpTimeout"], "nothing")
+    assert dialog.option_error("Threads") and dialog.option_error("HttpTimeout")
+    assert places(option_widgets) == before and dialog.size() == size
+
+
+def test_every_transfer_option_says_what_it_does(qtbot, qloop, tmp_path):
+    import dataclasses
+
+    from gui.config.settings import TransferOptions
+    dialog = make_dialog(qtbot, AppConfig(path=tmp_path / "config.json"))
+    widgets = {**dialog.option_edits, **dialog.option_checks, "Compression": dialog.compression_combo,
+               "ConfirmTransfers": dialog.confirm_check}
+    assert set(widgets) == {f.name for f in dataclasses.fields(TransferOptions)} | {"ConfirmTransfers"}
+    for name, widget in widgets.items():
+        tip = widget.toolTip()
+        assert tip and tip != name and len(tip) > 20, (name, tip)
