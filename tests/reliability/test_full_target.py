@@ -44,9 +44,10 @@ def servers(tmp_path: Path, *, source_plugin: bool, target_plugin: bool, limits:
     return source, target
 
 
-def transfer(tmp_path: Path, source: OrthancProcess, target: OrthancProcess, study: str, mode: str):
+def transfer(tmp_path: Path, source: OrthancProcess, target: OrthancProcess, study: str, mode: str,
+             **options: object):
     async def go():
-        engine = make_engine(tmp_path / "engine", small_options(BucketSize=1024, MaxHttpRetries=2))
+        engine = make_engine(tmp_path / "engine", small_options(BucketSize=1024, MaxHttpRetries=2, **options))
         await engine.start()
         try:
             plan = await engine.plan(peer(source), peer(target), study_resource(study), mode=mode)
@@ -135,6 +136,31 @@ def test_a_commit_that_cannot_fit_is_refused_before_anything_is_deleted(tmp_path
         assert plan.warnings and "cannot hold this transfer" in plan.warnings[0]
         assert report.state.value == "Failure"
         assert "the target is full" in report.error
+        assert target.instance_md5s() == before
+        assert target.request("GET", "/patients") == [old["patient"]]
+    finally:
+        source.stop()
+        target.stop()
+
+
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_import_as_it_arrives_that_cannot_fit_is_refused_before_anything_is_deleted(tmp_path: Path,
+                                                                                     mode: str) -> None:
+    """The same full target with "import as it arrives": without a check at
+    the transaction's creation, the instances imported as their buckets
+    arrive make Orthanc recycle the old patient before the commit's check
+    runs. With it, the push request is refused (507, the target is full):
+    nothing imported, nothing deleted."""
+    source, target = servers(tmp_path, source_plugin=mode == "pull", target_plugin=True,
+                             limits={"MaximumStorageSize": 3})
+    try:
+        old = upload(target, patient_files(1, 3))
+        before = target.instance_md5s()
+        new = upload(source, patient_files(2, 7))
+        plan, report = transfer(tmp_path, source, target, new["study"], mode, ImportAsItArrives=True)
+        assert plan.warnings and "cannot hold this transfer" in plan.warnings[0]
+        assert report.state.value == "Failure"
+        assert "the target is full" in report.error, report.error
         assert target.instance_md5s() == before
         assert target.request("GET", "/patients") == [old["patient"]]
     finally:

@@ -19,7 +19,9 @@ extension, asked only of servers running this plugin) with the limits and
 the current use, which lets the desktop warn before a transfer that would
 recycle, and (b) refuses, before importing anything, a commit whose new
 instances alone exceed ``MaximumStorageSize``: such a commit could only
-delete other patients and then fail.
+delete other patients and then fail. A push request that asks to import as
+it arrives is checked the same way when it is created, since its first
+instances are imported long before the commit.
 """
 
 from __future__ import annotations

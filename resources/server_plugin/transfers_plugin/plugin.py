@@ -69,6 +69,11 @@ class TransfersPlugin:
         body = parse_json_body(request, self.options.max_request_size, "push request")
         self._check_counts(body)
         parsed = self.wire.parse_push_request(body, self.options.max_instances, self.options.max_buckets)
+        if parsed.import_as_it_arrives:
+            # The commit's capacity check comes too late here: the first
+            # early import would already make Orthanc recycle other patients
+            # (capacity.py). Refused before anything is staged or imported.
+            self.capacity.check_commit(parsed, self.importer._exists)
         txn = self.store.create(parsed)
         self.recovery.created(txn, body)
         answer = {"ID": txn.id, "Path": "%s/%s" % (self.wire.URI_PUSH, txn.id)}
