@@ -121,6 +121,7 @@ class Sample:
     compressed: int
     seconds: float
     split16_compressed: int = 0  # the same sample in wire.CODEC_SPLIT16 (0: not measured)
+    split16_seconds: float = 0.0  # and how long that took (split included)
 
     @property
     def ratio(self) -> float:
@@ -141,6 +142,12 @@ class Sample:
         """Compression throughput of one thread, raw bytes per second."""
         return self.raw / self.seconds if self.seconds > 0 else float("inf")
 
+    def merged(self, other: "Sample") -> "Sample":
+        """Both samples as one (the data seen so far, weighted by size)."""
+        return Sample(self.raw + other.raw, self.compressed + other.compressed, self.seconds + other.seconds,
+                      self.split16_compressed + other.split16_compressed,
+                      self.split16_seconds + other.split16_seconds)
+
 
 async def measure(data: bytes, level: int = GZIP_LEVEL, limit: int = SAMPLE_BYTES) -> Sample:
     """Compress (up to ``limit`` bytes of) ``data`` off the loop and time it,
@@ -148,16 +155,16 @@ async def measure(data: bytes, level: int = GZIP_LEVEL, limit: int = SAMPLE_BYTE
     costs the time of one compression, not two)."""
     piece = data[:limit]
 
-    def timed_gzip() -> "tuple[bytes, float]":
+    def timed(compression: str) -> "tuple[int, float]":
         start = time.perf_counter()
-        body = gzip_bytes(piece, level)
-        return body, time.perf_counter() - start
+        body = encode(piece, compression, level)
+        return len(body), time.perf_counter() - start
 
     loop = asyncio.get_running_loop()
-    (gzipped, seconds), split = await asyncio.gather(
-        loop.run_in_executor(_POOL, timed_gzip),
-        loop.run_in_executor(_POOL, encode, piece, wire.CODEC_SPLIT16, level))
-    return Sample(len(piece), len(gzipped), seconds, len(split))
+    (gzipped, seconds), (split, split_seconds) = await asyncio.gather(
+        loop.run_in_executor(_POOL, timed, "gzip"),
+        loop.run_in_executor(_POOL, timed, wire.CODEC_SPLIT16))
+    return Sample(len(piece), gzipped, seconds, split, split_seconds)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Accelerated pull: the source speaks the protocol.
 
-Fetch workers GET the buckets from the source (gzip chosen per bucket by
-the auto policy) into the staging area, which verifies each instance's size
+Fetch workers GET the buckets from the source (the encoding of each GET,
+none, gzip or our codec, chosen from the data and the link by
+:class:`ChunkCodecPolicy`) into the staging area, which verifies each instance's size
 and MD5 as soon as it is whole, frees it once delivered, and holds the
 fetch back while it is full (see :mod:`staging_area`). At the same time the delivery moves verified
 instances to the target: into one push transaction when the target speaks
@@ -16,17 +17,17 @@ import logging
 from typing import Awaitable, Dict, List, Optional, Set, Tuple
 
 from gui.client.errors import OrthancError
-from gui.engine.compression import PullCompressionPolicy
-from gui.engine.link_probe import is_distant
+from gui.engine.link_probe import DISTANT_ROUND_TRIP, round_trip
 from gui.engine.events import BucketState, TransferMode
 from gui.engine.piece_size import PieceSize, fetch_adaptive
 from gui.engine.plain_mode import PlainTransport, group_units
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
+from gui.engine.pull_mode.codec_choice import ChunkCodecPolicy
 from gui.engine.pull_mode.staging_area import StagingArea
 from gui.engine.push_mode.bucket_pusher import BucketPusher, run_workers
 from gui.engine.push_mode.push_transaction import supports_asynchronous_commit
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
-from gui.protocol.wire import CODEC_SPLIT16, Bucket, InstanceInfo, plan_buckets
+from gui.protocol.wire import CODEC_SPLIT16, CODECS, Bucket, InstanceInfo, plan_buckets
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class PullTransport(Transport):
         self.link_rate = link_rate
         self._deliveries: Dict[str, object] = {}
         self.last_staging: Optional[StagingArea] = None
-        self.last_policy: Optional[PullCompressionPolicy] = None
+        self.last_policy: Optional[ChunkCodecPolicy] = None
         self.last_fetcher: Optional[BucketFetcher] = None
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
@@ -79,8 +80,7 @@ class PullTransport(Transport):
                             pull_base_url=ctx.source.base_url, compression=CODEC_SPLIT16)
 
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
-        distant = ctx.compression == "auto" and await is_distant(ctx.source)
-        policy = PullCompressionPolicy(ctx.compression, start_with_gzip=distant)
+        policy = await self._policy(ctx)
         fetcher = self.last_fetcher = BucketFetcher(ctx.source, policy, ctx.options.MaxHttpRetries)
 
         async def refetch(bucket: Bucket) -> bytes:
@@ -108,12 +108,41 @@ class PullTransport(Transport):
             await first_failure(self._fetch_all(ctx, buckets, skip, fetcher, staging), delivery)
         finally:
             staging.close()
+            log.info("pull from %s: chunk answers %s (last choice: %s)", ctx.source.peer.name,
+                     policy.answers, policy.reason)
             if not ctx.target_accelerated:
                 ctx.compression_used = "gzip" if policy.ratio is not None else "none"
 
+    async def _policy(self, ctx: TransferContext) -> ChunkCodecPolicy:
+        """The per-GET choice, knowing how far the source is and whether it
+        may honour our codec (only this project's plugin: flavour python)."""
+        seconds = 0.0
+        if ctx.compression == "auto":
+            try:
+                seconds = await round_trip(ctx.source)
+                log.info("round trip to %s: %.1f ms", ctx.source.peer.name, seconds * 1000)
+            except OrthancError as exc:  # counts as near: the fetch will say what is wrong
+                log.debug("round trip to %s not measured: %s", ctx.source.peer.name, exc)
+        codecs: Tuple[str, ...] = ()
+        if ctx.compression != "none":
+            try:
+                if (await ctx.source.accelerator(cached=True)).flavour == "python":
+                    codecs = CODECS
+            except OrthancError as exc:
+                log.debug("plugin of %s unknown (%s): no codec asked for", ctx.source.peer.name, exc)
+        return ChunkCodecPolicy(ctx.compression, distant=seconds >= DISTANT_ROUND_TRIP, round_trip=seconds,
+                                codecs=codecs, threads=ctx.options.Threads)
+
     async def _fetch_all(self, ctx: TransferContext, buckets: List[Bucket], skip: Set[int],
                          fetcher: BucketFetcher, staging: StagingArea) -> None:
-        queue = iter([i for i in range(len(buckets)) if i not in skip])
+        todo = [i for i in range(len(buckets)) if i not in skip]
+        policy = fetcher.policy
+        if todo and (policy.mode == "gzip" or (policy.mode == "auto" and policy.distant)):
+            # The first GETs would be compressed: know the data before
+            # (a JPEG study is then never compressed, the codec asked for
+            # from the first bucket on where it pays).
+            await fetcher.sample_first(buckets[todo[0]])
+        queue = iter(todo)
         # Smaller ranged GETs over a link that breaks whole buckets (piece_size.py).
         piece = PieceSize(max((b.total_size for b in buckets), default=0), key=ctx.source.base_url)
         sizes = {i.id: i.size for i in ctx.instances}

@@ -27,6 +27,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
+from gui.engine.pull_mode.codec_choice import ChunkCodecPolicy
 from gui.engine.retry import with_retries
 from gui.engine.source_download import download_instance, download_instance_to
 from gui.engine.transport_base import TransferFailed
@@ -83,9 +84,12 @@ class SourceReader:
         self.cache_bytes = cache_bytes
         self.staging_dir = Path(staging_dir)
         self.retries = retries
-        # From a source that speaks the protocol, gzip on this leg is chosen
-        # per bucket like in pull mode ("auto" measures, else as asked).
-        self._fetcher = BucketFetcher(source, PullCompressionPolicy(compression), retries)
+        # From a source that speaks the protocol, the encoding on this leg is
+        # chosen per bucket like in pull mode ("auto" measures, else as
+        # asked); the codec is used only where an answer says so.
+        self._fetcher = BucketFetcher(source, ChunkCodecPolicy(compression, codecs=wire.CODECS), retries)
+        # Whole files from a stock source: gzip on the wire where it pays.
+        self._download_policy = PullCompressionPolicy(compression)
         # Chunks still to read per split instance: its temp file goes when 0.
         self._remaining: Dict[str, int] = collections.Counter(
             c.instance_id for b in buckets for c in b.chunks)
@@ -124,7 +128,7 @@ class SourceReader:
 
     async def _download(self, iid: str) -> bytes:
         # gzip from a stock source only where it pays (it compresses slowly).
-        return (await download_instance(self.source, iid, self._fetcher.policy))[0]
+        return (await download_instance(self.source, iid, self._download_policy))[0]
 
     async def _read_chunk(self, chunk: Chunk, on_retry: RetryHook) -> bytes:
         iid = chunk.instance_id
@@ -187,7 +191,7 @@ class SourceReader:
         async def download() -> int:
             # Same gzip-or-not choice as for whole files kept in memory.
             with open(path, "wb") as sink:
-                return await download_instance_to(self.source, iid, sink, self._fetcher.policy)
+                return await download_instance_to(self.source, iid, sink, self._download_policy)
 
         await with_retries(download, self.retries, on_retry=on_retry)
         self._files[iid] = path
