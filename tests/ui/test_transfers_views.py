@@ -14,7 +14,8 @@ from gui.ui.transfers.bucket_model import BucketModel, StateGroup, StateRole
 from gui.ui.transfers.commitment_view import CommitmentView
 from gui.ui.transfers.event_bridge import EngineEventBridge
 from gui.ui.transfers.job_detail import JobDetail
-from gui.ui.transfers.jobs_model import COL_STATE, JobRow, JobsModel
+from gui.ui.transfers.jobs_model import (COL_ETA, COL_LIMIT, COL_RATIO, COL_SPEED, COL_STATE, COL_WIRE, JobRow,
+                                         JobsModel)
 from gui.ui.transfers.jobs_panel import allowed_actions
 
 JOB = "job-1"
@@ -100,8 +101,9 @@ def test_jobs_model_follows_progress_and_report(qtbot):
     assert texts[0] == "Local demo → Remote demo"
     assert texts[COL_STATE] == "Running (push)"
     assert "4/10 instances" in texts[3]
-    assert texts[4] == "500 B/s" and texts[5] == "250 B/s" and texts[6] == "2.00×"
-    assert texts[8] == "0:06"   # 3000 bytes left at 500 B/s
+    assert texts[COL_SPEED] == "500 B/s" and texts[COL_WIRE] == "250 B/s" and texts[COL_RATIO] == "2.00×"
+    assert texts[COL_LIMIT] == "–"
+    assert texts[COL_ETA] == "0:06"   # 3000 bytes left at 500 B/s
     model.apply_report(report(True))
     assert model.index(0, COL_STATE).data() == "Success (push)"
     assert allowed_actions(JobState.SUCCESS) == {"pause": False, "resume": False, "cancel": False,
@@ -142,31 +144,38 @@ def test_bridge_delivers_finished_after_progress(qtbot):
     assert seen == ["progress", "finished"]
 
 
-def test_the_speed_column_shows_the_cap_a_job_runs_under(qtbot):
-    from gui.ui.transfers.jobs_model import COL_SPEED
+def test_the_limit_column_shows_the_cap_a_job_runs_under(qtbot):
     model = JobsModel()
     model.set_global_limit(8192)
     capped = job_row()
     capped.limit_kb = 2048
     model.upsert(capped)
-    speed = model.index(0, COL_SPEED)
-    assert speed.data() == "≤ 2.0 MB/s"                  # no speed yet, the cap already
+    assert model.index(0, COL_LIMIT).data() == "≤ 2.0 MB/s"      # the tighter of the two
     model.apply_progress([JobProgress(job_id=JOB, state=JobState.RUNNING, mode=TransferMode.PUSH,
-                                      compression="none", instances_total=10, instances_done=4, raw_total=4000,
-                                      raw_done=1000, wire_done=1000, buckets_total=4, buckets_done=1,
-                                      elapsed=2.0, raw_rate=1.5 * 1024 * 1024, wire_rate=1.5 * 1024 * 1024)])
-    assert model.index(0, COL_SPEED).data() == "1.5 MB/s / ≤ 2.0 MB/s"
-    tip = model.index(0, COL_SPEED).data(Qt.ItemDataRole.ToolTipRole)
+                                      compression="gzip", instances_total=10, instances_done=4, raw_total=4000,
+                                      raw_done=1000, wire_done=500, buckets_total=4, buckets_done=1,
+                                      elapsed=2.0, raw_rate=3 * 1024 * 1024, wire_rate=1024 * 1024)])
+    assert model.index(0, COL_SPEED).data() == "3.0 MB/s" and model.index(0, COL_LIMIT).data() == "≤ 2.0 MB/s"
+    tip = model.index(0, COL_LIMIT).data(Qt.ItemDataRole.ToolTipRole)
     assert "2.0 MB/s for this transfer" in tip and "8.0 MB/s for all transfers together" in tip
+    assert "reads from the source and writes to the target" in tip
     model.set_limit(JOB, 0)                               # the one for all jobs still holds
-    assert model.index(0, COL_SPEED).data() == "1.5 MB/s / ≤ 8.0 MB/s"
+    assert model.index(0, COL_LIMIT).data() == "≤ 8.0 MB/s"
     model.set_global_limit(0)
-    assert model.index(0, COL_SPEED).data() == "1.5 MB/s"
+    assert model.index(0, COL_LIMIT).data() == "–"
     # A delegated job goes server to server: no cap of this computer holds it.
     model.set_global_limit(8192)
     model.row(0).mode = TransferMode.DELEGATE
-    assert model.index(0, COL_SPEED).data() == "1.5 MB/s"
-    assert "server to server" in model.index(0, COL_SPEED).data(Qt.ItemDataRole.ToolTipRole)
+    assert model.index(0, COL_LIMIT).data() == "–"
+    assert "server to server" in model.index(0, COL_LIMIT).data(Qt.ItemDataRole.ToolTipRole)
+    # Finished: what went through the cap.
+    model.row(0).mode = TransferMode.PUSH
+    done = report(True)
+    done.speed_limit = {"cap": 8192 * 1024, "bytes": 3 * 1024 * 1024, "seconds": 1.5, "achieved": 2 * 1024 * 1024,
+                        "waited": 0.4}
+    model.apply_report(done)
+    assert "Through its cap: 3.0 MB at 2.0 MB/s on average" in model.index(0, COL_LIMIT).data(
+        Qt.ItemDataRole.ToolTipRole)
 
 
 def test_the_commitment_table_names_source_target_and_time(qtbot):
@@ -174,8 +183,15 @@ def test_the_commitment_table_names_source_target_and_time(qtbot):
     qtbot.addWidget(view)
     r = report(True)
     r.finished_at = "2026-12-01T23:05:01+00:00"
+    for v in r.instances:
+        v.series_id = "series-1"
+    r.series = {"series-1": {"PatientName": "Janssens^Tom", "PatientID": "PAT1", "StudyDate": "20250423",
+                             "AccessionNumber": "ACC1", "StudyDescription": "CT ABDOMEN"}}
     view.set_report(r)
     m = view.model
+    # Names and dates read as in the panes (the export keeps the DICOM values).
+    assert [m.index(0, c).data() for c in range(1, 6)] == ["Janssens Tom", "PAT1", "ACC1", "2025-04-23",
+                                                            "CT ABDOMEN"]
     assert [m.headerData(c, Qt.Orientation.Horizontal) for c in (m.SOURCE, m.TARGET, m.TIME)] == \
         ["Source", "Target", "Time (UTC)"]
     assert [m.index(0, c).data() for c in (m.SOURCE, m.TARGET, m.TIME)] == \

@@ -20,8 +20,9 @@ JobIdRole = Qt.ItemDataRole.UserRole + 11
 FractionRole = Qt.ItemDataRole.UserRole + 12
 JobStateRole = Qt.ItemDataRole.UserRole + 13
 
-COLUMNS = ("Transfer", "What", "State", "Progress", "Speed", "On the wire", "Ratio", "Elapsed", "ETA")
-COL_TRANSFER, COL_WHAT, COL_STATE, COL_PROGRESS, COL_SPEED, COL_WIRE, COL_RATIO, COL_ELAPSED, COL_ETA = range(9)
+COLUMNS = ("Transfer", "What", "State", "Progress", "Speed", "On the wire", "Limit", "Ratio", "Elapsed", "ETA")
+(COL_TRANSFER, COL_WHAT, COL_STATE, COL_PROGRESS, COL_SPEED, COL_WIRE, COL_LIMIT, COL_RATIO, COL_ELAPSED,
+ COL_ETA) = range(10)
 
 STATE_TEXT_COLOURS = {
     JobState.SUCCESS: "#2e7d32", JobState.FAILURE: "#c62828", JobState.CANCELED: "#8d6e63",
@@ -154,13 +155,18 @@ def progress_text(row: JobRow) -> str:
             f"{human_bytes(p.raw_done)} of {human_bytes(p.raw_total)}")
 
 
+LIMIT_EXPLAINED = ("\nThe cap counts the bytes this computer reads from the source and writes to the target, "
+                   "together, as they cross the network: compressed data carries more DICOM per second "
+                   "than the cap, and a plain-mode job counts its bytes twice (down and up).")
+
+
 def speed_limit_outcome(row: JobRow) -> str:
     """What the job's own cap let through, from its report ('' when there is none)."""
     spent = row.report.speed_limit if row.report is not None else None
     if not spent or not spent.get("achieved"):
         return ""
-    return (f"\nUnder its cap it moved {human_bytes(spent.get('bytes'))} at "
-            f"{human_rate(spent['achieved'])} on average")
+    return (f"\nThrough its cap: {human_bytes(spent.get('bytes'))} at {human_rate(spent['achieved'])} "
+            "on average")
 
 
 class JobsModel(QAbstractTableModel):
@@ -299,8 +305,8 @@ class JobsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             if col == COL_RATIO:
                 return f"Compression: {row.compression}"
-            if col == COL_SPEED:
-                return row.limit_tooltip + speed_limit_outcome(row)
+            if col == COL_LIMIT:
+                return row.limit_tooltip + LIMIT_EXPLAINED + speed_limit_outcome(row)
             return self._tooltip(row)
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_STATE:
             return QBrush(QColor(STATE_TEXT_COLOURS.get(row.state, "#000000")))
@@ -336,14 +342,12 @@ class JobsModel(QAbstractTableModel):
             return progress_text(row)
         if col == COL_SPEED:
             if row.report is not None and row.report.seconds > 0:
-                speed = human_rate(row.report.bytes / row.report.seconds)
-            else:
-                speed = human_rate(p.raw_rate) if p and running else "–"
-            # The cap beside the speed: a capped job's speed is the user's choice, not a slow link.
-            limit = row.limit_text
-            if not limit:
-                return speed
-            return limit if speed == "–" else f"{speed} / {limit}"
+                return human_rate(row.report.bytes / row.report.seconds)
+            return human_rate(p.raw_rate) if p and running else "–"
+        if col == COL_LIMIT:
+            # Its own column, not beside the speed: the cap counts network bytes both ways,
+            # the speed DICOM bytes (2 MB/s of gzip-compressed traffic can carry 4 MB/s of DICOM).
+            return row.limit_text or "–"
         if col == COL_WIRE:
             if row.report is not None and row.report.seconds > 0:
                 return human_rate(row.report.wire_bytes / row.report.seconds)

@@ -114,8 +114,8 @@ class JobsPanel(QWidget):
         self.table.setItemDelegateForColumn(COL_PROGRESS, ProgressDelegate(self.table))
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        # Speed is wide enough for "12.3 MB/s / ≤ 2.0 MB/s" (a capped job).
-        for col, width in enumerate((190, 260, 120, 250, 150, 90, 60, 60, 60)):
+        # State fits "Running · verifying (push)".
+        for col, width in enumerate((190, 260, 165, 240, 90, 90, 90, 60, 60, 60)):
             self.table.setColumnWidth(col, width)
         header.setSectionResizeMode(COL_WHAT, QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
