@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHea
                                QMessageBox, QPushButton, QTableView, QVBoxLayout, QWidget)
 
 from gui.engine.events import CommitmentReport, InstanceVerdict, JobState
-from gui.ui.transfers.formatting import human_bytes
+from gui.ui.transfers.formatting import dicom_date, human_bytes, person_name
 
 # The audit record's columns (CommitmentReport.audit_records): the instance by its
 # SOP Instance UID, whose study it is, where it went, when, and the MD5 proof.
@@ -122,8 +122,10 @@ class CommitmentModel(QAbstractTableModel):
             t = self._series.get(v.series_id, {})
             series = " ".join(x for x in (t.get("SeriesNumber", ""), t.get("SeriesDescription", "")) if x)
             r = self._report
-            return (v.sop_instance_uid or v.instance_id, t.get("PatientName", ""), t.get("PatientID", ""),
-                    t.get("AccessionNumber", ""), t.get("StudyDate", ""), t.get("StudyDescription", ""),
+            # Names and dates as the panes show them; the export keeps the DICOM values.
+            return (v.sop_instance_uid or v.instance_id, person_name(t.get("PatientName", "")),
+                    t.get("PatientID", ""), t.get("AccessionNumber", ""), dicom_date(t.get("StudyDate", "")),
+                    t.get("StudyDescription", ""),
                     series, t.get("Modality", ""), r.source if r else "", r.target if r else "",
                     utc_text(r.finished_at if r else ""), human_bytes(v.size), v.source_md5 or "–",
                     v.target_md5 or "–", "yes" if v.verified else "no", v.status, v.reason)[col]
@@ -162,7 +164,7 @@ class CommitmentView(QWidget):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        for col, width in enumerate((300, 140, 90, 90, 80, 140, 140, 60, 100, 100, 130, 70, 262, 262, 60, 110)):
+        for col, width in enumerate((280, 130, 90, 90, 80, 130, 140, 60, 100, 100, 150, 70, 262, 262, 60, 110)):
             self.table.setColumnWidth(col, width)
         #: What the report is about, for the export's file name (the job's description).
         self.subject = ""

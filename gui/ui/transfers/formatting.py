@@ -7,7 +7,19 @@ from typing import Optional
 
 from gui.formatting import human_bytes
 
-__all__ = ["human_bytes", "human_rate", "human_duration", "human_ratio", "compression_summary"]
+__all__ = ["human_bytes", "human_rate", "human_duration", "human_ratio", "compression_summary", "person_name",
+           "dicom_date"]
+
+
+def person_name(value: str) -> str:
+    """DICOM ``Family^Given^Middle`` read as the panes show it: ``Family Given Middle``."""
+    return " ".join(part for part in value.split("^") if part).strip()
+
+
+def dicom_date(value: str) -> str:
+    """``20250423`` -> ``2025-04-23``; anything else as it is."""
+    value = value.strip()
+    return f"{value[:4]}-{value[4:6]}-{value[6:]}" if len(value) == 8 and value.isdigit() else value
 
 
 def human_rate(bytes_per_second: Optional[float]) -> str:
