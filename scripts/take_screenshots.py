@@ -6,8 +6,10 @@ Starts the two demo Orthanc servers ("Local demo" with generated studies,
 the transfer lasts long enough to be caught half-way, sends the largest
 study with the "Send →" button and grabs the window:
 
-    resources/screenshots/transfer-running.png   buckets filling up
+    resources/screenshots/speed-limit-menu.png   the job's context menu, Speed limit… highlighted
+    resources/screenshots/transfer-running.png   buckets filling up, the job capped at 2 MB/s
     resources/screenshots/transfer-finished.png  the green storage commitment
+    resources/screenshots/commitment-audit.png   the commitment table's audit columns, widened
     resources/screenshots/transfer-failed.png    the link cut: a job that failed, and says why
 
 Run:  QT_QPA_PLATFORM=offscreen python scripts/take_screenshots.py [--out DIR]
@@ -31,6 +33,8 @@ os.environ.setdefault("ORTHANC_TRANSFERS_KEYRING", "0")
 
 WINDOW_SIZE = (1400, 850)
 LINK_MBIT = 40.0
+LIMIT_KB = 2048          # the cap set from the job's menu: 2 MB/s, under the 5 MB/s link
+AUDIT_SIZE = (2300, 1000)   # wide enough for the commitment's audit columns side by side
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -97,6 +101,15 @@ async def capture(out: Path) -> None:
         ui.send_action.trigger()
         await until(lambda: bool(engine.jobs()), 20, "the job")
         job = engine.jobs()[-1]
+        await until(lambda: job.progress is not None and job.progress.raw_done > 0
+                    or job.state.finished, 120, "the transfer to start sending")
+        # Cap the job from its context menu, as a user on a shared WAN link would (early, so
+        # that its average speed at the end is the cap's).
+        await settle(0.3)
+        menu = save_with_job_menu(window, job.id, out / "speed-limit-menu.png")
+        ui.panel.ask_rate = lambda _current: LIMIT_KB     # the dialog's answer
+        next(a for a in menu.actions() if a.objectName() == "limitJobAction").trigger()
+        menu.close()
         await until(lambda: job.progress is not None and job.progress.fraction >= 0.45
                     or job.state.finished, 120, "the transfer to get half-way")
         await settle(0.3)
@@ -118,6 +131,7 @@ async def capture(out: Path) -> None:
         await settle(0.6)
         save(window, out / "transfer-finished.png")
         QApplication.processEvents()
+        await save_audit_columns(window, out / "commitment-audit.png")
 
         # A failure: the link to "Remote demo" goes down, the next study cannot be sent.
         proxy.stop()
@@ -157,6 +171,62 @@ def remote_studies(server: Any) -> list:
         size = server.request("GET", f"/studies/{study_id}/statistics")["DiskSize"]
         out.append((study_id, study["ParentPatient"], int(size)))
     return out
+
+
+def save_with_job_menu(window: Any, job_id: str, path: Path) -> Any:
+    """The window with the job's context menu open on its row, "Speed limit…" highlighted.
+
+    A menu is a window of its own, which ``window.grab()`` leaves out, and the offscreen
+    screen is smaller than the window (Qt would move the menu to fit it): the menu is
+    painted where a right-click on the row opens it on a screen large enough."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QPainter
+
+    panel = window.transfers.panel
+    index = panel.proxy.mapFromSource(panel.model.index(panel.model.row_of(job_id), 2))
+    click = panel.table.visualRect(index).center()
+    menu = panel.context_menu_for(job_id)
+    menu.popup(panel.table.viewport().mapToGlobal(click))
+    menu.setActiveAction(next(a for a in menu.actions() if a.objectName() == "limitJobAction"))
+    menu.repaint()
+    picture = window.grab()
+    painter = QPainter(picture)
+    painter.drawPixmap(panel.table.viewport().mapTo(window, click) + QPoint(2, 2), menu.grab())
+    painter.end()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not picture.save(str(path)):
+        raise RuntimeError(f"could not write {path}")
+    print(f"saved {path}", flush=True)
+    return menu
+
+
+async def save_audit_columns(window: Any, path: Path) -> None:
+    """The storage commitment alone, the window widened so that every audit column shows."""
+    commitment = window.transfers.panel.detail.commitment
+    size = window.size()
+    panel = window.transfers.panel
+    splitters = [(w, w.sizes()) for w in (panel.splitter, panel.detail.splitter)]
+    window.resize(*AUDIT_SIZE)
+    window.transfers._size_dock()
+    await settle(0.3)
+    # Most of the window to the dock and of the dock to the commitment: a dozen rows show.
+    from PySide6.QtCore import Qt
+    window.resizeDocks([window.transfers.dock], [AUDIT_SIZE[1] - 200], Qt.Orientation.Vertical)
+    await settle(0.2)
+    panel.splitter.setSizes([90, 2000])
+    panel.detail.splitter.setSizes([60, 2000])
+    await settle(0.3)
+    commitment.table.resizeColumnsToContents()
+    await settle(0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not commitment.grab().save(str(path)):
+        raise RuntimeError(f"could not write {path}")
+    print(f"saved {path}", flush=True)
+    window.resize(size)
+    window.transfers._size_dock()
+    for splitter, sizes in splitters:
+        splitter.setSizes(sizes)
+    await settle(0.3)
 
 
 def save(window: Any, path: Path) -> None:
