@@ -22,6 +22,7 @@ from typing import (Any, Awaitable, Callable, Deque, Dict, Iterable, List, Optio
 
 from gui.client import OrthancClient
 from gui.client.errors import OrthancError
+from gui.protocol.wire import check_orthanc_id
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Node:
 
     __slots__ = ("uid", "level", "id", "parent", "row", "children", "tags", "fetched",
                  "loading", "error", "stats", "stats_state", "instances", "modalities",
-                 "search_subset")
+                 "search_subset", "study_modalities")
 
     def __init__(self, uid: int, level: str, resource_id: str, parent: Optional["Node"],
                  tags: Optional[Dict[str, str]] = None) -> None:
@@ -57,6 +58,8 @@ class Node:
         self.instances: Optional[int] = None
         self.modalities: str = ""
         self.search_subset = False         # patient shown with only the matching studies
+        # A patient's series listed (without expanding it): study ID → its modalities.
+        self.study_modalities: Optional[Dict[str, Set[str]]] = None
 
     @property
     def resource(self) -> Dict[str, str]:
@@ -83,7 +86,8 @@ class BrowserListener(Protocol):
 
     def browser_reset(self, begin: bool) -> None: ...
     def browser_insert(self, parent: Node, first: int, last: int, begin: bool) -> None: ...
-    def browser_changed(self, node: Node, what: str) -> None: ...   # "stats" | "modalities" | "error"
+    # what: "stats" | "modalities" | "error" | "children" (loaded, none found)
+    def browser_changed(self, node: Node, what: str) -> None: ...
     def browser_loading(self, loading: bool) -> None: ...
     def browser_failed(self, message: str) -> None: ...
     def browser_rows(self, count: int) -> None: ...
@@ -237,6 +241,11 @@ class StudyBrowser:
                 instances = raw[child_node.id].get("Instances")
                 if isinstance(instances, list):
                     child_node.instances = len(instances)
+                known = node.study_modalities
+                if known is not None and child_node.id in known and not child_node.modalities:
+                    child_node.modalities = "/".join(sorted(known[child_node.id] - {""}))
+            if not node.children:
+                self.listener.browser_changed(node, "children")
             if node.level == "Study":
                 self._set_modalities(node, {c.tags.get("Modality", "") for c in node.children})
 
@@ -329,8 +338,10 @@ class StudyBrowser:
         self._by_id.setdefault((level, resource_id), node)
         return node
 
-    def _append(self, parent: Node, items: List[Tuple[str, str, Dict[str, str]]]) -> List[Node]:
-        """Insert rows under ``parent`` (level, id, tags), skipping ones already loaded."""
+    def _append(self, parent: Node, items: List[Tuple[str, str, Dict[str, str]]], *,
+                search_subset: bool = False) -> List[Node]:
+        """Insert rows under ``parent`` (level, id, tags), skipping ones already loaded.
+        ``search_subset``: patients that come with their matching studies (no fetch)."""
         # A resource has one place in the tree: a page that overlaps the previous one
         # (the server changed meanwhile) must not duplicate rows.
         seen = set()
@@ -346,6 +357,9 @@ class StudyBrowser:
         nodes = []
         for level, resource_id, tags in fresh:
             node = self._new_node(level, resource_id, parent, tags)
+            if search_subset:
+                node.fetched = True
+                node.search_subset = True
             parent.children.append(node)
             nodes.append(node)
         self.listener.browser_insert(parent, first, first + len(fresh) - 1, False)
@@ -360,23 +374,59 @@ class StudyBrowser:
                 by_patient.setdefault(str(study.get("ParentPatient", "")), []).append(study)
         new_patients = [("Patient", pid, dict(studies[0].get("PatientMainDicomTags") or {}))
                         for pid, studies in by_patient.items() if ("Patient", pid) not in self._by_id]
-        for node in self._append(self.root, new_patients):
-            node.fetched = True
-            node.search_subset = True
+        self._append(self.root, new_patients, search_subset=True)
         for pid, studies in by_patient.items():
             patient = self._by_id.get(("Patient", pid))
             if patient is not None:
                 self._append(patient, [("Study", str(s["ID"]), _tags(s)) for s in studies])
+                if patient.study_modalities is not None:
+                    self._update_patient_modalities(patient)
 
     def _set_modalities(self, study: Node, found: Iterable[str]) -> None:
         study.modalities = "/".join(sorted(set(found) - {""}))
         self.listener.browser_changed(study, "modalities")
         patient = study.parent
         if patient is not None and patient.level == "Patient":
-            # What is known so far: the studies whose series are loaded.
-            known = {m for s in patient.children for m in s.modalities.split("/") if m}
-            patient.modalities = "/".join(sorted(known))
+            self._update_patient_modalities(patient)
+
+    def _update_patient_modalities(self, patient: Node) -> None:
+        # The patient's series list (asked for when its row is painted) gives them all;
+        # a search result counts only the studies it shows. Without that list: the
+        # studies whose series are loaded.
+        known = {m for s in patient.children for m in s.modalities.split("/") if m}
+        listed = patient.study_modalities
+        if listed is not None:
+            shown = {s.id for s in patient.children} if patient.search_subset else None
+            for study_id, modalities in listed.items():
+                if shown is None or study_id in shown:
+                    known |= modalities
+        text = "/".join(sorted(known - {""}))
+        if text != patient.modalities:
+            patient.modalities = text
             self.listener.browser_changed(patient, "modalities")
+
+    async def _list_patient_series(self, client: OrthancClient, patient: Node, generation: int) -> None:
+        """Modalities of a collapsed patient: one request for all its series (Orthanc 1.10
+        gives no modalities with a patient or a study)."""
+        try:
+            series = await client.get_json(f"/patients/{check_orthanc_id(patient.id)}/series")
+        except (OrthancError, OSError, ValueError) as exc:
+            log.debug("series of patient %s: %s", patient.id, exc)
+            return
+        if generation != self._generation or not isinstance(series, list):
+            return
+        by_study: Dict[str, Set[str]] = {}
+        for one in series:
+            if isinstance(one, dict):
+                tags = one.get("MainDicomTags")
+                modality = str(tags.get("Modality", "")) if isinstance(tags, dict) else ""
+                by_study.setdefault(str(one.get("ParentStudy", "")), set()).add(modality)
+        patient.study_modalities = by_study
+        for study in patient.children:
+            if not study.modalities and study.id in by_study:
+                study.modalities = "/".join(sorted(by_study[study.id] - {""}))
+                self.listener.browser_changed(study, "modalities")
+        self._update_patient_modalities(patient)
 
     async def _stats_worker(self, generation: int) -> None:
         client = self._client
@@ -395,6 +445,10 @@ class StudyBrowser:
                         return
                     node.stats = stats if isinstance(stats, dict) else {}
                     node.stats_state = STATS_DONE
+                    if node.level == "Patient" and node.study_modalities is None:
+                        await self._list_patient_series(client, node, generation)
+                        if generation != self._generation:
+                            return
                     if node.level == "Study":
                         # The series give the study's modalities (not in its tags on
                         # Orthanc 1.10) and make expanding it instant.

@@ -3,8 +3,10 @@
 All network work (pages, search merge, children, statistics) is the
 browser's (``gui/ui/study_browser.py``, Qt-free); this model turns its news
 into Qt's insert/reset/dataChanged signals, asks it for children when the
-view expands a row (``canFetchMore``/``fetchMore``) and for statistics when
-the view paints a row, and sorts what is loaded.
+view expands a row (``canFetchMore``/``fetchMore``) and for statistics (and a
+patient's modalities) when the view paints a row, and sorts what is loaded.
+Qt (C++) holds the shape of the tree, so that the per-row questions the view
+asks after each insertion cost no Python call (docs/ui.md, "A large server").
 
 Columns follow radiology habits: patient name (or the study / series
 description), patient ID, birth date, study date, accession number,
@@ -13,9 +15,10 @@ modalities, number of series, instances and size.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from PySide6.QtCore import QAbstractItemModel, QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QStandardItemModel
 
 from gui.client import OrthancClient
 from gui.ui.resource_mime import MIME_TYPE, to_mime_data
@@ -28,15 +31,17 @@ COLUMNS = ("Patient / description", "Patient ID", "Birth date", "Study date", "A
  COL_INSTANCES, COL_SIZE) = range(len(COLUMNS))
 HEADER_TIPS = ("Patient name; for a study its description, for a series its number and description",
                "Patient ID", "Patient's birth date", "Study date (series date on a series row)",
-               "Accession number of the study", "Modalities in the study (known once its series are listed)",
+               "Accession number of the study",
+               "Modalities in the study (on a patient row: in the patient's studies)",
                "Number of series", "Number of instances", "Size on the server (uncompressed)")
 
 LevelRole = int(Qt.ItemDataRole.UserRole) + 1    # "Patient" | "Study" | "Series"
 IdRole = int(Qt.ItemDataRole.UserRole) + 2       # Orthanc ID
 ResourceRole = int(Qt.ItemDataRole.UserRole) + 3  # {"Level": ..., "ID": ...}
+_SORT_ROLE = int(Qt.ItemDataRole.UserRole) + 9    # a row's place in the sorted order (Qt's side)
 
-# No flags() override: the view asks it twice per loaded row after every insertion, and
-# the C++ default (enabled, selectable) is all the tree needs; PeerTreeView starts drags
+# No flags() override: the view asks it twice per loaded row after every insertion. Qt's
+# (C++) flags also say "editable": the tree has no edit triggers. PeerTreeView starts drags
 # itself and handles drops.
 _DISPLAY = int(Qt.ItemDataRole.DisplayRole)
 _TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
@@ -47,8 +52,16 @@ _COLUMN_COUNT = len(COLUMNS)
 _INVALID = QModelIndex()
 
 
-class StudyTreeModel(QAbstractItemModel):
-    """Patients → Studies → Series of one Orthanc peer, as a ``StudyBrowser`` knows them."""
+class StudyTreeModel(QStandardItemModel):
+    """Patients → Studies → Series of one Orthanc peer, as a ``StudyBrowser`` knows them.
+
+    Qt holds the shape of the tree (a ``QStandardItemModel`` whose rows are mostly empty
+    slots): after every insertion at the top level QTreeView asks ``index()``,
+    ``hasChildren()`` and ``flags()`` of every loaded row, and those stay in C++. Python
+    only answers what is painted (``data()``) and what is rare (``rowCount()``, fetching,
+    sorting, drag payload). A row whose children are not loaded yet holds one hidden empty
+    child, so that C++ says it has children (the expand arrow) while ``rowCount()`` says 0.
+    """
 
     #: Top-level pages are loading (True) or done/failed (False).
     loadingChanged = Signal(bool)
@@ -59,10 +72,15 @@ class StudyTreeModel(QAbstractItemModel):
 
     def __init__(self, parent: Optional[QObject] = None, *,
                  page_size: int = DEFAULT_PAGE_SIZE, stats_concurrency: int = 4) -> None:
-        super().__init__(parent)
+        super().__init__(0, _COLUMN_COUNT, parent)
+        self.setSortRole(_SORT_ROLE)
         self.browser = StudyBrowser(self, page_size=page_size, stats_concurrency=stats_concurrency)
         self._root = self.browser.root
         self._nodes = self.browser.nodes
+        # Qt's internal id of an index is its parent item's address: which node's children
+        # live under that item.
+        self._owners: Dict[int, Node] = {}
+        self._placeholders: Set[int] = set()   # uids of rows holding the hidden empty child
         self._sort: Optional[Tuple[int, Qt.SortOrder]] = None
 
     # --- the browser's news (BrowserListener) ------------------------------------
@@ -70,16 +88,43 @@ class StudyTreeModel(QAbstractItemModel):
     def browser_reset(self, begin: bool) -> None:
         if begin:
             self.beginResetModel()
-        else:
-            self.endResetModel()
+            return
+        # Inside the reset: drop Qt's rows without a signal per row (the view forgets
+        # everything at endResetModel anyway).
+        self._silently(lambda: QStandardItemModel.removeRows(self, 0, QStandardItemModel.rowCount(self)))
+        self._owners.clear()
+        self._placeholders.clear()
+        self.endResetModel()
 
     def browser_insert(self, parent: Node, first: int, last: int, begin: bool) -> None:
         if begin:
-            self.beginInsertRows(self._index_of(parent), first, last)
-        else:
-            self.endInsertRows()
+            return   # Qt's rows are added at the end, once the browser's nodes exist
+        parent_index = self._index_of(parent)
+        if parent.uid in self._placeholders:
+            # The hidden child goes quietly: the view was never told about it.
+            self._placeholders.discard(parent.uid)
+            self._silently(lambda: QStandardItemModel.removeRows(self, 0, 1, parent_index))
+        if parent is not self._root and QStandardItemModel.columnCount(self, parent_index) < _COLUMN_COUNT:
+            self._silently(lambda: self.insertColumns(0, _COLUMN_COUNT, parent_index))
+        self.insertRows(first, last - first + 1, parent_index)   # one rowsInserted for the page
+        self._owners[self.index(first, 0, parent_index).internalId()] = parent
+        pending = [n for n in parent.children[first:last + 1] if not n.fetched]
+        if pending:
+            def add_placeholders() -> None:
+                index, insert_columns, insert_rows = self.index, self.insertColumns, self.insertRows
+                for node in pending:
+                    row_index = index(node.row, 0, parent_index)
+                    insert_columns(0, _COLUMN_COUNT, row_index)
+                    insert_rows(0, 1, row_index)
+            self._silently(add_placeholders)
+            self._placeholders.update(n.uid for n in pending)
 
     def browser_changed(self, node: Node, what: str) -> None:
+        if node.fetched and node.uid in self._placeholders and self._nodes.get(node.uid) is node:
+            # Loaded without children (or failed): the expand arrow goes. Told to the view,
+            # which relays the tree out; rowCount() says 1 until the row is gone.
+            self._placeholders.discard(node.uid)
+            QStandardItemModel.removeRows(self, 0, 1, self._index_of(node))
         if what == "stats":
             self._changed(node, COL_SERIES, COL_SIZE)
         elif what == "modalities":
@@ -154,7 +199,12 @@ class StudyTreeModel(QAbstractItemModel):
     def node(self, index: "QModelIndex | QPersistentModelIndex") -> Optional[Node]:
         if not index.isValid():
             return None
-        return self._nodes.get(int(index.internalId()))
+        owner = self._owners.get(index.internalId())
+        if owner is None:
+            return None
+        row = index.row()
+        children = owner.children
+        return children[row] if row < len(children) else None
 
     def index_of(self, level: str, resource_id: str) -> QModelIndex:
         """The (first) index of a loaded resource, or an invalid index."""
@@ -181,42 +231,15 @@ class StudyTreeModel(QAbstractItemModel):
         return " · ".join(p for p in parts if p)
 
     # --- Qt model interface -----------------------------------------------------
-
-    def index(self, row: int, column: int, parent: "QModelIndex | QPersistentModelIndex" = _INVALID
-              ) -> QModelIndex:
-        # The view calls this for every loaded row after each insertion: keep it lean.
-        owner = self._nodes.get(parent.internalId(), self._root) if parent.isValid() else self._root
-        children = owner.children
-        if 0 <= row < len(children) and 0 <= column < _COLUMN_COUNT:
-            return self.createIndex(row, column, children[row].uid)
-        return QModelIndex()
-
-    def parent(self, index: Any = None) -> Any:  # type: ignore[override]
-        if index is None:
-            return QObject.parent(self)  # QObject.parent(), shadowed by the model's
-        node = self._nodes.get(index.internalId()) if index.isValid() else None
-        if node is None or node.parent is None or node.parent is self._root:
-            return QModelIndex()
-        return self.createIndex(node.parent.row, 0, node.parent.uid)
+    # index(), parent(), hasChildren(), flags() and columnCount() are Qt's (C++): the view
+    # asks them about every loaded row after each insertion.
 
     def rowCount(self, parent: "QModelIndex | QPersistentModelIndex" = _INVALID) -> int:
-        if not parent.isValid():
-            return len(self._root.children)
-        if parent.column() != 0:
-            return 0
-        owner = self._nodes.get(parent.internalId())
-        return len(owner.children) if owner is not None else 0
-
-    def columnCount(self, parent: "QModelIndex | QPersistentModelIndex" = _INVALID) -> int:
-        return len(COLUMNS)
-
-    def hasChildren(self, parent: "QModelIndex | QPersistentModelIndex" = _INVALID) -> bool:
-        # Asked for every loaded row after each insertion: one lookup, no more calls into Qt
-        # (the view only asks about column 0; the root's internal id 0 is no node).
-        node = self._nodes.get(parent.internalId())
-        if node is None:
-            return not parent.isValid() and bool(self._root.children)
-        return not node.fetched or bool(node.children)
+        if parent.isValid() and self._placeholders:
+            node = self.node(parent)
+            if node is not None and node.uid in self._placeholders:
+                return 0   # only the hidden child: nothing loaded yet
+        return QStandardItemModel.rowCount(self, parent)
 
     def canFetchMore(self, parent: "QModelIndex | QPersistentModelIndex") -> bool:
         node = self.node(parent)
@@ -237,7 +260,7 @@ class StudyTreeModel(QAbstractItemModel):
         return None
 
     def data(self, index: "QModelIndex | QPersistentModelIndex", role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        node = self._nodes.get(index.internalId()) if index.isValid() else None
+        node = self.node(index)
         if node is None:
             return None
         column = index.column()
@@ -263,22 +286,29 @@ class StudyTreeModel(QAbstractItemModel):
         self._sort = (column, order)
         if not self._root.children:
             return
-        self.layoutAboutToBeChanged.emit()
-        before = [(i, self.node(i), i.column()) for i in self.persistentIndexList()]
         key = self._sort_key(column)
         reverse = order == Qt.SortOrder.DescendingOrder
-        stack = [self._root]
-        while stack:
-            owner = stack.pop()
-            if len(owner.children) > 1:
-                owner.children.sort(key=key, reverse=reverse)
-                for row, child in enumerate(owner.children):
-                    child.row = row
-            stack.extend(c for c in owner.children if c.children)
-        self.changePersistentIndexList(
-            [i for i, _n, _c in before],
-            [self._index_of(n, c) if n is not None else QModelIndex() for _i, n, c in before])
-        self.layoutChanged.emit()
+        index = self.index
+        set_data = self.setData
+
+        # Python orders the nodes; each row's new place goes to Qt as its sort key (Qt's rows
+        # are still in the old order meanwhile), then Qt sorts its rows the same way and
+        # moves the persistent indexes (expansion, selection) along.
+        def rank() -> None:
+            stack: List[Tuple[Node, QModelIndex]] = [(self._root, QModelIndex())]
+            while stack:
+                owner, owner_index = stack.pop()
+                children = owner.children
+                stack.extend((c, index(c.row, 0, owner_index)) for c in children if c.children)
+                if len(children) > 1:
+                    ranked = sorted(children, key=key, reverse=reverse)
+                    for place, child in enumerate(ranked):
+                        set_data(index(child.row, 0, owner_index), place, _SORT_ROLE)
+                    for place, child in enumerate(ranked):
+                        child.row = place
+                    children[:] = ranked
+        self._silently(rank)
+        self.invisibleRootItem().sortChildren(0, Qt.SortOrder.AscendingOrder)
 
     def _sort_key(self, column: int) -> Callable[[Node], Any]:
         if column == COL_SIZE:
@@ -344,6 +374,8 @@ class StudyTreeModel(QAbstractItemModel):
 
     def _display(self, node: Node, column: int) -> str:
         if column < COL_SERIES:
+            if column == COL_MODALITY and node.study_modalities is None and node.level == "Patient":
+                self.browser.want_stats(node)   # with the statistics: the patient's series
             return self._plain(node, column)
         if column == COL_SERIES:
             if node.level == "Series":
@@ -398,9 +430,18 @@ class StudyTreeModel(QAbstractItemModel):
         return _person(tags.get("PatientName", ""))
 
     def _index_of(self, node: Node, column: int = 0) -> QModelIndex:
-        if node is self._root or node.parent is None:
+        parent = node.parent
+        if node is self._root or parent is None:
             return QModelIndex()
-        return self.createIndex(node.row, column, node.uid)
+        return self.index(node.row, column, self._index_of(parent) if parent is not self._root else _INVALID)
+
+    def _silently(self, change: Callable[[], Any]) -> None:
+        """Change Qt's rows without telling anyone (what the view was never shown)."""
+        blocked = self.blockSignals(True)
+        try:
+            change()
+        finally:
+            self.blockSignals(blocked)
 
     def _changed(self, node: Node, first: int, last: int) -> None:
         if self._nodes.get(node.uid) is node:

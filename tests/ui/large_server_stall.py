@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,9 @@ def main() -> int:
         results = loop.run_until_complete(measure(server.url, args.page_size))
         for phase, data in results.items():
             print(json.dumps({"patients": args.patients, "phase": phase, **data}), flush=True)
+        # The machine may be shared: how busy it was (1, 5 and 15 minutes).
+        print(json.dumps({"patients": args.patients, "load_average": [round(x, 2) for x in os.getloadavg()]}),
+              flush=True)
     finally:
         server.stop()
     return 0

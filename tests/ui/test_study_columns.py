@@ -81,3 +81,37 @@ def test_study_and_series_rows_read_like_a_worklist(qtbot, make_window, orthanc_
     pane.search("PAT0050*", days=-1)
     qtbot.waitUntil(lambda: model.is_complete and sorted(texts(pane, COL_PATIENT_ID)) == ["PAT00501", "PAT00502"],
                     timeout=WAIT)
+
+
+def test_a_collapsed_patient_shows_the_modalities_of_its_studies(qtbot, make_window, orthanc_factory, tmp_path):
+    server = orthanc_factory("modalities")
+    # One patient with a CT study and a study of key images (OT); another with key images only.
+    upload_all(server, list(synth.ct_series(synth.make_study_spec(530, "CT CHEST"), 2, rows=32, cols=32,
+                                            seed=530)))
+    upload_all(server, list(synth.tiny_instances(synth.make_study_spec(530, "KEY IMAGES"), 1, size=1024,
+                                                 seed=530)))
+    upload_all(server, list(synth.tiny_instances(synth.make_study_spec(531, "TINY 531"), 1, size=1024,
+                                                 seed=531)))
+    config = AppConfig(path=tmp_path / "config.json")
+    config.peers = [Peer("Modalities", server.url, local=True)]
+    window = make_window(config)
+    pane = window.panes[0]
+    wait_loaded(qtbot, pane)
+    model = pane.model
+
+    def modalities_of(patient_id: str) -> str:
+        row = texts(pane, COL_PATIENT_ID).index(patient_id)
+        return model.index(row, COL_MODALITY).data()
+
+    qtbot.waitUntil(lambda: modalities_of("PAT00530") == "CT/OT", timeout=WAIT)
+    qtbot.waitUntil(lambda: modalities_of("PAT00531") == "OT", timeout=WAIT)
+    # Known without expanding the patient or listing its studies.
+    patient = model.index(texts(pane, COL_PATIENT_ID).index("PAT00530"), 0)
+    assert not pane.tree.isExpanded(patient)
+    assert model.hasChildren(patient) and model.rowCount(patient) == 0
+
+    # A search result names the modalities of the studies it shows, not of all the patient's.
+    pane.search("", modality="CT")
+    qtbot.waitUntil(lambda: model.is_complete and texts(pane, COL_PATIENT_ID) == ["PAT00530"], timeout=WAIT)
+    qtbot.waitUntil(lambda: model.index(0, COL_MODALITY).data() == "CT", timeout=WAIT)
+    assert not pane.tree.isExpanded(model.index(0, 0))
