@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 from PySide6.QtCore import QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QStandardItemModel
+import shiboken6
 
 from gui.client import OrthancClient
 from gui.ui.resource_mime import MIME_TYPE, to_mime_data
@@ -106,8 +107,10 @@ class StudyTreeModel(QStandardItemModel):
             self._silently(lambda: QStandardItemModel.removeRows(self, 0, 1, parent_index))
         if parent is not self._root and QStandardItemModel.columnCount(self, parent_index) < _COLUMN_COUNT:
             self._silently(lambda: self.insertColumns(0, _COLUMN_COUNT, parent_index))
+        # Known before the rows are announced: rowsInserted handlers look the new rows up.
+        item = self.itemFromIndex(parent_index) if parent is not self._root else self.invisibleRootItem()
+        self._owners[shiboken6.getCppPointer(item)[0]] = parent
         self.insertRows(first, last - first + 1, parent_index)   # one rowsInserted for the page
-        self._owners[self.index(first, 0, parent_index).internalId()] = parent
         pending = [n for n in parent.children[first:last + 1] if not n.fetched]
         if pending:
             def add_placeholders() -> None:
