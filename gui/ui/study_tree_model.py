@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from PySide6.QtCore import QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
-from PySide6.QtGui import QStandardItemModel
+from PySide6.QtGui import QStandardItem, QStandardItemModel
 import shiboken6
 
 from gui.client import OrthancClient
@@ -83,6 +83,7 @@ class StudyTreeModel(QStandardItemModel):
         self._owners: Dict[int, Node] = {}
         self._placeholders: Set[int] = set()   # uids of rows holding the hidden empty child
         self._sort: Optional[Tuple[int, Qt.SortOrder]] = None
+        self._prototype = QStandardItem()
 
     # --- the browser's news (BrowserListener) ------------------------------------
 
@@ -105,22 +106,23 @@ class StudyTreeModel(QStandardItemModel):
             # The hidden child goes quietly: the view was never told about it.
             self._placeholders.discard(parent.uid)
             self._silently(lambda: QStandardItemModel.removeRows(self, 0, 1, parent_index))
-        if parent is not self._root and QStandardItemModel.columnCount(self, parent_index) < _COLUMN_COUNT:
-            self._silently(lambda: self.insertColumns(0, _COLUMN_COUNT, parent_index))
+        parent_item = self.itemFromIndex(parent_index) if parent is not self._root else self.invisibleRootItem()
+        columns = parent_item.columnCount()
+        if columns < _COLUMN_COUNT:   # a study or a series row has every column
+            self._silently(lambda: parent_item.insertColumns(columns, _COLUMN_COUNT - columns))
         # Known before the rows are announced: rowsInserted handlers look the new rows up.
-        item = self.itemFromIndex(parent_index) if parent is not self._root else self.invisibleRootItem()
-        self._owners[shiboken6.getCppPointer(item)[0]] = parent
-        self.insertRows(first, last - first + 1, parent_index)   # one rowsInserted for the page
-        pending = [n for n in parent.children[first:last + 1] if not n.fetched]
-        if pending:
-            def add_placeholders() -> None:
-                index, insert_columns, insert_rows = self.index, self.insertColumns, self.insertRows
-                for node in pending:
-                    row_index = index(node.row, 0, parent_index)
-                    insert_columns(0, _COLUMN_COUNT, row_index)
-                    insert_rows(0, 1, row_index)
-            self._silently(add_placeholders)
-            self._placeholders.update(n.uid for n in pending)
+        self._owners[shiboken6.getCppPointer(parent_item)[0]] = parent
+        # Items copied in C++ from a prototype (no Python object stays behind); a row whose
+        # children are not loaded gets its hidden empty child before Qt shows it.
+        clone = self._prototype.clone
+        items = []
+        for node in parent.children[first:last + 1]:
+            item = clone()
+            if not node.fetched:
+                item.setChild(0, 0, None)   # one row, one column, no item: hasChildren() in C++
+                self._placeholders.add(node.uid)
+            items.append(item)
+        parent_item.insertRows(first, items)   # one rowsInserted for the page
 
     def browser_changed(self, node: Node, what: str) -> None:
         if node.fetched and node.uid in self._placeholders and self._nodes.get(node.uid) is node:
