@@ -19,6 +19,22 @@ async def select_study(bed: TransfersBed, study_id: str) -> None:
                                           | QItemSelectionModel.SelectionFlag.Rows)
 
 
+def clipped(dialog) -> list:
+    """The confirmation's value labels that do not show all of their text."""
+    from PySide6.QtWidgets import QApplication, QLabel
+    QApplication.processEvents()
+    out = []
+    for label in dialog.findChildren(QLabel):
+        if not label.isVisible() or not label.text():
+            continue
+        if label.wordWrap():
+            if label.height() < label.heightForWidth(label.width()):
+                out.append(label.text())
+        elif label.width() < label.sizeHint().width():
+            out.append(label.text())
+    return out
+
+
 def test_send_button_asks_first_then_transfers(make_bed):
     bed = make_bed()
     bed.config.ui["ConfirmTransfers"] = True
@@ -40,6 +56,8 @@ def test_send_button_asks_first_then_transfers(make_bed):
         assert dialog.instances.text() == "5"
         assert dialog.mode.text().startswith("plain")
         assert dialog.compression.text().startswith("HTTP gzip on downloads")   # plain mode
+        # Every line is read in full: the dialog grew to the plan's texts (none clipped).
+        await until(lambda: not clipped(dialog), what="the dialog to fit its plan")
         dialog.reject()
         await ui.controller.idle()
         assert bed.engine.jobs() == []

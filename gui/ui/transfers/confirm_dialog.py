@@ -30,7 +30,7 @@ class ConfirmDialog(QDialog):
         super().__init__(parent)
         self.setObjectName("confirmTransferDialog")
         self.setWindowTitle("Start transfer")
-        self.setMinimumWidth(460)
+        self.setMinimumWidth(560)
         self.plan = None
         shown = labels[:_MAX_LISTED]
         more = f"<br>… and {len(labels) - _MAX_LISTED} more" if len(labels) > _MAX_LISTED else ""
@@ -38,11 +38,16 @@ class ConfirmDialog(QDialog):
                          f"from {_esc(source)} to {_esc(target)}?</b>")
         items = QLabel("<br>".join(_esc(x) for x in shown) + more)
         items.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        items.setWordWrap(True)
         self.instances = QLabel("counting…")
         self.size = QLabel("counting…")
         self.mode = QLabel("deciding…")
         self.compression = QLabel("–")
         self.present = QLabel("–")
+        # The plan's sentences are longer than "counting…": they wrap, and the dialog grows
+        # to them once known (_fit).
+        for label in (self.mode, self.compression):
+            label.setWordWrap(True)
         # A failed plan says why in full, on as many lines as it needs.
         self.error = QLabel()
         self.error.setObjectName("planError")
@@ -87,12 +92,22 @@ class ConfirmDialog(QDialog):
         mode = getattr(plan.mode, "value", str(plan.mode))                    # type: ignore[attr-defined]
         self.mode.setText(MODE_TEXT.get(mode, mode))
         self.compression.setText(compression_summary(mode, str(plan.compression)))  # type: ignore[attr-defined]
-        self.compression.setWordWrap(True)
         warnings = list(getattr(plan, "warnings", None) or [])
         if warnings:
             self.warning.setText("<span style='color:#c62828'><b>Warning:</b> "
                                  + "<br>".join(_esc(w) for w in warnings) + "</span>")
             self.warning.setVisible(True)
+        self._fit()
+
+    def _fit(self) -> None:
+        """Grow to the texts now shown: a dialog already open keeps its size otherwise, and the
+        wrapped lines are cut (a top-level layout does not ask for its height at its width)."""
+        layout = self.layout()
+        layout.activate()
+        width = max(self.width(), self.minimumWidth())
+        height = layout.totalHeightForWidth(width) if layout.hasHeightForWidth() else layout.sizeHint().height()
+        if height > self.height():
+            self.resize(width, height)
 
     def accept(self) -> None:
         # Enter or a stray accept cannot start what could not be planned.
@@ -109,6 +124,7 @@ class ConfirmDialog(QDialog):
         self.start_button.setDefault(False)
         self.cancel_button.setDefault(True)
         self.cancel_button.setFocus()
+        self._fit()
 
 
 def _esc(text: str) -> str:
