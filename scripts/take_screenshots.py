@@ -10,6 +10,7 @@ study with the "Send →" button and grabs the window:
     resources/screenshots/transfer-running.png   buckets filling up, the job capped at 2 MB/s
     resources/screenshots/transfer-finished.png  the green storage commitment
     resources/screenshots/commitment-audit.png   the commitment table's audit columns, widened
+    resources/screenshots/retrieve-confirm.png   "← Retrieve" of a study only the remote has: the confirmation
     resources/screenshots/transfer-failed.png    the link cut: a job that failed, and says why
 
 Run:  QT_QPA_PLATFORM=offscreen python scripts/take_screenshots.py [--out DIR]
@@ -133,6 +134,11 @@ async def capture(out: Path) -> None:
         QApplication.processEvents()
         await save_audit_columns(window, out / "commitment-audit.png")
 
+        # A retrieve: the study only "Remote demo" has comes back, through the confirmation.
+        remote_only = [s for s in remote_studies(remote_server) if s[1] != patient_id]
+        await retrieve_with_confirmation(window, engine, config, remote_only[0][0], remote_only[0][1],
+                                         out / "retrieve-confirm.png")
+
         # A failure: the link to "Remote demo" goes down, the next study cannot be sent.
         proxy.stop()
         proxy = None
@@ -198,6 +204,49 @@ def save_with_job_menu(window: Any, job_id: str, path: Path) -> Any:
         raise RuntimeError(f"could not write {path}")
     print(f"saved {path}", flush=True)
     return menu
+
+
+async def retrieve_with_confirmation(window: Any, engine: Any, config: Any, study_id: str, patient_id: str,
+                                     path: Path) -> None:
+    """Select a study in the right pane, press "← Retrieve", grab the confirmation once it has
+    the plan (painted over the window, centred as Qt places it), start it and wait for the end."""
+    from PySide6.QtCore import QItemSelectionModel, QPoint
+    from PySide6.QtGui import QColor, QPainter
+
+    from gui.engine.events import JobState
+    ui = window.transfers
+    right = window.panes[1]
+    right.tree.expand(right.model.index_of("Patient", patient_id))
+    await until(lambda: right.model.index_of("Study", study_id).isValid(), 10, "the remote study")
+    right.tree.selectionModel().select(right.model.index_of("Study", study_id),
+                                       QItemSelectionModel.SelectionFlag.ClearAndSelect
+                                       | QItemSelectionModel.SelectionFlag.Rows)
+    config.ui["ConfirmTransfers"] = True
+    before = {j.id for j in engine.jobs()}
+    ui.retrieve_action.trigger()
+    controller = ui.controller
+    await until(lambda: controller.active_confirm is not None and controller.active_confirm.plan is not None,
+                30, "the confirmation's plan")
+    dialog = controller.active_confirm
+    await settle(0.3)
+    picture = window.grab()
+    box = dialog.grab()
+    painter = QPainter(picture)
+    painter.fillRect(picture.rect(), QColor(0, 0, 0, 60))       # the window behind a modal dialog
+    painter.drawPixmap(QPoint((picture.width() - box.width()) // 2, (picture.height() - box.height()) // 3), box)
+    painter.end()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not picture.save(str(path)):
+        raise RuntimeError(f"could not write {path}")
+    print(f"saved {path}", flush=True)
+    dialog.accept()
+    await until(lambda: any(j.id not in before for j in engine.jobs()), 20, "the retrieve job")
+    job = next(j for j in engine.jobs() if j.id not in before)
+    report = await asyncio.wait_for(job.wait(), 120)
+    if report.state != JobState.SUCCESS:
+        raise RuntimeError(f"the retrieve did not succeed: {report.error}")
+    config.ui["ConfirmTransfers"] = False
+    await settle(0.6)
 
 
 async def save_audit_columns(window: Any, path: Path) -> None:
