@@ -23,9 +23,14 @@ import asyncio
 import base64
 import contextlib
 import inspect
+import os
+import select
+import socket
 import struct
 import sys
 import ssl
+import threading
+import time
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -153,9 +158,22 @@ class FastHttp:
         self._idle: List[_Connection] = []
         self._slots = asyncio.Semaphore(max(1, max_connections))
         self._closed = False
+        self._raw: Optional[RawPool] = None
+
+    def raw_pool(self) -> Optional["RawPool"]:
+        """Blocking sockets to the same server for relays (:func:`relay`):
+        plain HTTP only (TLS cannot be spliced), None otherwise."""
+        if self.ssl is not None or self.scheme != "http" or self._closed:
+            return None
+        if self._raw is None:
+            self._raw = RawPool(self.host, self.port, self.prefix, self._fixed, self.timeout,
+                                self.connect_timeout)
+        return self._raw
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._raw is not None:
+            self._raw.close()
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
@@ -452,3 +470,367 @@ async def _read_head_while_sending(connection: _Connection, limit: float) -> byt
 
 class _StaleConnection(Exception):
     """A kept-alive connection turned out closed before any answer byte."""
+
+
+# --- zero-copy relay: an answer's body spliced into another server's request ----------
+#
+# Plain mode between two servers that this computer reaches over plain HTTP
+# moves most bytes from one socket to another unchanged. Read into Python,
+# hashed and written again, a CT slice costs a few copies and an MD5; on a
+# two-core machine shared with both servers that CPU is what limits. On
+# Linux ``os.splice`` moves the bytes from the source's socket through a
+# pipe into the target's socket inside the kernel: this process never
+# touches them. The relay runs in a worker thread on blocking sockets of
+# its own (an asyncio transport owns its file descriptor), one keep-alive
+# pool per server. Integrity is then the end-to-end check the caller does
+# anyway (the MD5 the target stored against the source's).
+
+# Largest pipe asked for (Linux's default ceiling, /proc/sys/fs/pipe-max-size).
+RELAY_PIPE = 1024 * 1024
+# A kept-alive socket idle longer than this is not reused (Orthanc closes
+# idle connections after its KeepAliveTimeout, 1 s by default).
+RELAY_IDLE = 0.8
+# Answers of the target (JSON) and error answers of the source read whole up to this.
+RELAY_ANSWER_MAX = 1024 * 1024
+
+
+def relay_supported() -> bool:
+    """Whether this platform can splice socket to socket (Linux, Python 3.10+)."""
+    return sys.platform.startswith("linux") and hasattr(os, "splice")
+
+
+class RelayError(Exception):
+    """A relay did not complete. ``side``: which server failed ("source" or
+    "target"); ``forwarded``: whether any body byte reached the target (if
+    not, the caller may do the same transfer another way)."""
+
+    def __init__(self, reason: str, *, side: str, forwarded: bool, status: Optional[int] = None,
+                 timeout: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.side = side
+        self.forwarded = forwarded
+        self.status = status
+        self.timeout = timeout
+
+
+@dataclass
+class RelayAnswer:
+    """The target's answer to a relayed upload."""
+    status: int
+    reason: str
+    headers: Dict[str, str]
+    content: bytes
+    forwarded: int                # body bytes relayed (as they crossed: compressed or not)
+    encoding: Optional[str]       # the body's Content-Encoding ("gzip") or None
+
+
+class _Stale(Exception):
+    """A kept-alive socket was closed by the server before it answered."""
+
+
+class RawPool:
+    """Blocking keep-alive sockets to one plain-HTTP server, for relays run in
+    worker threads (thread-safe)."""
+
+    def __init__(self, host: str, port: int, prefix: str, headers: Mapping[str, str],
+                 timeout: float, connect_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.prefix = prefix
+        self.head_lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._idle: List[Tuple[socket.socket, float]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def open(self) -> socket.socket:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except socket.timeout:
+            raise ConnectionError("no connection within the timeout") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.timeout)     # non-blocking underneath: splice polls itself
+        return sock
+
+    def take(self) -> Tuple[socket.socket, bool]:
+        """A socket and whether it was kept alive from an earlier request."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                sock, since = self._idle.pop()
+            if now - since < RELAY_IDLE and _quiet(sock):
+                return sock, True
+            sock.close()
+        return self.open(), False
+
+    def give(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append((sock, time.monotonic()))
+                return
+        sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for sock, _since in idle:
+            sock.close()
+
+
+def _quiet(sock: socket.socket) -> bool:
+    """An idle kept-alive socket with nothing to read: not closed by the server."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    return not poller.poll(0)
+
+
+def _wait(fd: int, events: int, timeout: float, side: str) -> None:
+    poller = select.poll()
+    poller.register(fd, events | select.POLLERR | select.POLLHUP)
+    if not poller.poll(timeout * 1000):
+        raise RelayError(f"no progress {'from' if side == 'source' else 'to'} the {side} within "
+                         f"{timeout:.0f} s (timeout)", side=side, forwarded=True, timeout=True)
+
+
+def _read_head(sock: socket.socket) -> Tuple[int, str, Dict[str, str], bool, bytes]:
+    """Status, reason, headers (lower-case names), keep-alive, and the bytes read past the head."""
+    buffer = b""
+    while True:
+        piece = sock.recv(65536)
+        if not piece:
+            if not buffer:
+                raise _Stale()
+            raise ConnectionError("connection closed in the middle of an answer's head")
+        buffer += piece
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        if len(buffer) > 65536:
+            raise ConnectionError("answer head too long")
+    head, rest = buffer[:end].decode("latin-1"), buffer[end + 4:]
+    status_line, _, lines = head.partition("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ConnectionError(f"not an HTTP answer: {status_line[:80]!r}")
+    headers: Dict[str, str] = {}
+    for line in lines.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    keep = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, keep, rest
+
+
+def _read_body(sock: socket.socket, headers: Dict[str, str], rest: bytes) -> Tuple[bytes, bool]:
+    """A small answer's body (Content-Length, chunked or until close) and
+    whether the socket may be kept."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        data, buffer = b"", rest
+        while True:
+            while b"\r\n" not in buffer:
+                buffer += _recv_some(sock)
+            line, buffer = buffer.split(b"\r\n", 1)
+            size = _parse_size(line.split(b";", 1)[0].strip(), 16, "chunk size")
+            if size == 0:
+                while not (buffer.startswith(b"\r\n") or b"\r\n\r\n" in buffer):
+                    buffer += _recv_some(sock)
+                return data, True
+            while len(buffer) < size + 2:
+                buffer += _recv_some(sock)
+            data += buffer[:size]
+            buffer = buffer[size + 2:]
+            if len(data) > RELAY_ANSWER_MAX:
+                raise ConnectionError("answer too large")
+    if "content-length" in headers:
+        size = _parse_size(headers["content-length"].encode(), 10, "Content-Length")
+        if size > RELAY_ANSWER_MAX:
+            raise ConnectionError("answer too large")
+        data = rest
+        while len(data) < size:
+            data += _recv_some(sock)
+        return data[:size], True
+    data = rest
+    while True:
+        piece = sock.recv(65536)
+        if not piece:
+            return data, False
+        data += piece
+        if len(data) > RELAY_ANSWER_MAX:
+            raise ConnectionError("answer too large")
+
+
+def _recv_some(sock: socket.socket) -> bytes:
+    piece = sock.recv(65536)
+    if not piece:
+        raise ConnectionError("connection closed in the middle of an answer")
+    return piece
+
+
+def _splice(source: socket.socket, target: socket.socket, left: int, timeout: float) -> None:
+    """Move ``left`` bytes from ``source`` into ``target`` inside the kernel."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, RELAY_PIPE)
+        except (OSError, AttributeError):
+            pass   # the default 64 KB pipe works too, in more steps
+        src, dst = source.fileno(), target.fileno()
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        while left:
+            try:
+                moved = os.splice(src, write_end, min(left, RELAY_PIPE), flags=flags)
+            except BlockingIOError:
+                _wait(src, select.POLLIN, timeout, "source")
+                continue
+            if moved == 0:
+                raise RelayError(f"the source closed the connection with {left} bytes to go",
+                                 side="source", forwarded=True)
+            left -= moved
+            more = os.SPLICE_F_MORE if left else 0
+            while moved:
+                try:
+                    sent = os.splice(read_end, dst, moved, flags=flags | more)
+                except BlockingIOError:
+                    _wait(dst, select.POLLOUT, timeout, "target")
+                    continue
+                except OSError as exc:
+                    raise RelayError(f"connection to the target broken: {exc}", side="target",
+                                     forwarded=True) from None
+                moved -= sent
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def relay(source: RawPool, path: str, target: RawPool, upload_path: str, *, accept_gzip: bool,
+          expected_size: Optional[int] = None, content_type: str = "application/dicom") -> RelayAnswer:
+    """GET ``path`` from ``source`` and send its body, spliced, as the body of
+    ``POST upload_path`` to ``target``; blocking (run it in a thread). A gzip
+    answer is forwarded as it came, with ``Content-Encoding: gzip``.
+
+    Raises :class:`RelayError`; ``forwarded`` False (nothing reached the
+    target) also for a source answer this cannot relay as it is: not 200, no
+    ``Content-Length``, another encoding, or an uncompressed size other than
+    ``expected_size``."""
+    for attempt in (1, 2):
+        try:
+            return _relay_once(source, path, target, upload_path, accept_gzip, expected_size, content_type)
+        except _Stale:
+            if attempt == 2:
+                raise RelayError("connection closed by the server before answering", side="target",
+                                 forwarded=True) from None
+    raise AssertionError("unreachable")
+
+
+def _relay_once(source: RawPool, path: str, target: RawPool, upload_path: str, accept_gzip: bool,
+                expected_size: Optional[int], content_type: str) -> RelayAnswer:
+    request = (f"GET {source.prefix}{path} HTTP/1.1\r\n{source.head_lines}"
+               f"Accept-Encoding: {'gzip' if accept_gzip else 'identity'}\r\n\r\n").encode("latin-1")
+    src_sock: Optional[socket.socket] = None
+    dst_sock: Optional[socket.socket] = None
+    keep_src = keep_dst = False
+    forwarded = False
+    try:
+        # The source's answer head (a kept-alive socket found closed: once more on a new one).
+        for attempt in (1, 2):
+            src_sock, reused = source.take()
+            try:
+                src_sock.sendall(request)
+                status, reason, headers, keep_src, rest = _read_head(src_sock)
+                break
+            except (_Stale, BrokenPipeError, ConnectionResetError):
+                src_sock.close()
+                src_sock = None
+                if not reused or attempt == 2:
+                    raise RelayError("the source closed the connection before answering",
+                                     side="source", forwarded=False) from None
+        assert src_sock is not None
+        encoding = headers.get("content-encoding", "identity").lower()
+        length_text = headers.get("content-length")
+        problem = None
+        if status != 200:
+            problem = f"the source answered HTTP {status}"
+        elif "chunked" in headers.get("transfer-encoding", "").lower() or length_text is None:
+            problem = "the source's answer has no length"
+        elif encoding not in ("identity", "gzip"):
+            problem = f"the source's answer is {encoding}-encoded"
+        if problem is not None:
+            keep_src = False
+            raise RelayError(problem, side="source", forwarded=False, status=status)
+        assert length_text is not None
+        length = _parse_size(length_text.encode(), 10, "Content-Length")
+        gzipped = encoding == "gzip"
+        if not gzipped and expected_size is not None and length != expected_size:
+            keep_src = False
+            raise RelayError(f"the source's file has {length} bytes, {expected_size} expected",
+                             side="source", forwarded=False)
+        rest, extra = rest[:length], rest[length:]
+        if extra:
+            keep_src = False   # more than one answer: not something to reuse
+
+        head = (f"POST {target.prefix}{upload_path} HTTP/1.1\r\n{target.head_lines}"
+                f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
+                + ("Content-Encoding: gzip\r\n" if gzipped else "") + "\r\n").encode("latin-1")
+        for attempt in (1, 2):
+            dst_sock, reused = target.take()
+            try:
+                dst_sock.sendall(head)
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                dst_sock.close()
+                dst_sock = None
+                if not reused or attempt == 2:
+                    raise
+        assert dst_sock is not None
+        forwarded = True
+        try:
+            if rest:
+                dst_sock.sendall(rest)
+        except OSError as exc:
+            raise RelayError(f"connection to the target broken: {exc}", side="target", forwarded=True) from None
+        try:
+            _splice(src_sock, dst_sock, length - len(rest), source.timeout)
+        except OSError as exc:
+            raise RelayError(f"connection to the source broken: {exc}", side="source", forwarded=True) from None
+        if keep_src:
+            source.give(src_sock)
+            src_sock = None
+
+        try:
+            status, reason, answer_headers, keep_dst, rest = _read_head(dst_sock)
+            content, complete = _read_body(dst_sock, answer_headers, rest)
+        except _Stale:
+            if reused:
+                raise
+            raise RelayError("the target closed the connection without answering", side="target",
+                             forwarded=True) from None
+        keep_dst = keep_dst and complete
+        if answer_headers.get("content-encoding", "").lower() == "gzip" and content:
+            # Not asked for, but a proxy in front may add it.
+            try:
+                content = zlib.decompress(content, 31)
+            except zlib.error as exc:
+                raise RelayError(f"corrupt gzip answer: {exc}", side="target", forwarded=True) from None
+        if keep_dst:
+            target.give(dst_sock)
+            dst_sock = None
+        return RelayAnswer(status, reason, answer_headers, content, length, "gzip" if gzipped else None)
+    except RelayError:
+        raise
+    except socket.timeout:
+        side = "target" if forwarded else "source"
+        raise RelayError(f"no answer within {target.timeout if forwarded else source.timeout:.0f} s "
+                         "(timeout)", side=side, forwarded=forwarded, timeout=True) from None
+    except (OSError, FastHttpError) as exc:
+        side = "target" if forwarded else "source"
+        raise RelayError(f"connection broken: {exc}", side=side, forwarded=forwarded) from None
+    finally:
+        for sock in (src_sock, dst_sock):
+            if sock is not None:
+                sock.close()

@@ -23,7 +23,13 @@ One pipeline, every stage busy at once (nothing waits for a phase to end):
   while the next units travel. The scheduler's storage commitment then only
   asks for what this did not get.
 
-An instance larger than a bucket is piped: its download is uploaded as it
+An instance that travels alone and is not compressed by the engine is
+*relayed* where the platform and the connections allow it
+(``plain_mode_relay``): the source's answer spliced into the target's
+upload, never read by this process, checked end to end by the read-back
+(a mismatch is sent again by the copy path, ``resend.py``).
+
+Otherwise an instance larger than a bucket is piped: its download is uploaded as it
 arrives (hashed on the way; a mismatch fails the job and rolls it back), so
 it is never whole in memory nor on disk. The units held in memory are
 bounded by a byte budget of ``Threads × 2 × BucketSize``.
@@ -47,6 +53,7 @@ import collections
 import hashlib
 import io
 import logging
+import time
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
@@ -57,6 +64,7 @@ from gui.engine.compression import PullCompressionPolicy
 from gui.engine.events import BucketState, TransferMode
 from gui.engine.link_probe import is_distant
 from gui.engine.piece_size import PieceSize, groups_of, is_link_failure
+from gui.engine.plain_mode_relay import NotRelayed, relay_instance, relay_pools
 from gui.engine.retry import with_retries
 from gui.engine.source_download import download_instance
 from gui.engine.target_md5 import md5s_on
@@ -72,6 +80,9 @@ READS_PER_UNIT = 8
 # Uploads in flight at most (Orthanc 1.10.1 on two cores: ingest rises up to
 # about 8 concurrent clients, then flattens).
 UPLOADS = 8
+# Relays in flight at most (plain_mode_relay.py): each is a download and an
+# upload at once, and holds no memory.
+RELAYS = 16
 # MD5 read-backs in flight at most: tiny answers, the round trip is what
 # limits (32 × 1 / 40 ms = 800 per second over a WAN).
 MD5_READBACKS = 32
@@ -333,12 +344,16 @@ class PlainTransport(Transport):
         self._policy: "PullCompressionPolicy | None" = None
         self._codec: Optional[UploadCodec] = None
         self._uploads: Optional[AdaptiveGate] = None
+        self._relays: Optional[AdaptiveGate] = None
         self._md5_queue: "asyncio.Queue[str] | None" = None
         self._md5_gate: Optional[AdaptiveGate] = None
         self._budget: Optional[ByteBudget] = None
         self._notes_said: Set[str] = set()
         # Largest upload body the target's link carries (piece_size.py); None until it broke one.
         self._piece: Optional[PieceSize] = None
+        # Instances relayed socket to socket (plain_mode_relay.py), re-sends included.
+        self.relayed = 0
+        self._gzip_refusals = 0
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
         return plain_buckets(ctx.instances, ctx.options.bucket_size_bytes, ctx.options.Threads)
@@ -397,6 +412,7 @@ class PlainTransport(Transport):
         options = ctx.options
         self._budget = ByteBudget(memory_budget(options.bucket_size_bytes, options.Threads))
         self._uploads = AdaptiveGate(UPLOADS)
+        self._relays = AdaptiveGate(RELAYS)
         distant = False
         if ctx.compression == "auto":
             # Both ends at once: each costs a round trip or three.
@@ -421,6 +437,7 @@ class PlainTransport(Transport):
                     raise task.exception()  # type: ignore[misc]
             # Every upload answered; the read-backs still queued finish now.
             await self._md5_queue.join()
+            log.debug("job %s: %d of %d units relayed", ctx.job_id, self.relayed, len(units))
         finally:
             for task in tasks + readers:
                 task.cancel()
@@ -456,6 +473,18 @@ class PlainTransport(Transport):
         await ctx.wait_running()
         on_retry = self._retry_hook(ctx, unit, None, "reads")
         try:
+            if len(unit.instances) == 1 and self.relays(ctx):
+                # What the copy path would hold, though a relay holds nothing:
+                # Threads and BucketSize bound the work in flight either way.
+                info = unit.instances[0]
+                held = min(info.size, 2 * ctx.options.bucket_size_bytes) \
+                    if info.size > ctx.options.bucket_size_bytes else 2 * info.size
+                await self._budget.acquire(held)
+                try:
+                    if await self._relayed_unit(ctx, unit):
+                        return
+                finally:
+                    self._budget.release(held)
             if self.streams(ctx) and len(unit.instances) == 1 \
                     and unit.instances[0].size > ctx.options.bucket_size_bytes:
                 await self._piped_unit(ctx, unit, on_retry)
@@ -541,6 +570,66 @@ class PlainTransport(Transport):
         files.clear()
         await self._finish(ctx, unit, answers, raw_done, len(body.data))
 
+    # --- one instance relayed socket to socket ------------------------------------------
+
+    def relays(self, ctx: TransferContext) -> bool:
+        """Whether this transport may relay instances (plain_mode_relay.py):
+        read from the source server and sent as they are, not by a subclass
+        that reads elsewhere or changes the bodies."""
+        cls = type(self)
+        return self.streams(ctx) and cls.encode_body is PlainTransport.encode_body \
+            and cls.upload_pieces is PlainTransport.upload_pieces
+
+    async def _relayed_unit(self, ctx: TransferContext, unit: Unit) -> bool:
+        """Relay the unit's one instance; False when it must take the copy path."""
+        assert self._codec is not None
+        info = unit.instances[0]
+        if not self.relays(ctx) or self._codec.use_for(False) or ctx.resends.reasons.get(info.id):
+            # The engine compresses the upload (a distant target); or the
+            # instance is sent again after a bad copy: the copy path hashes it.
+            return False
+        pools = relay_pools(ctx.source, ctx.target)
+        if pools is None:
+            return False
+        piped = info.size > ctx.options.bucket_size_bytes
+        # A large instance is never asked compressed: Orthanc would deflate it whole before the first byte.
+        choice = "none" if piped else self._source_policy(ctx).choose()
+        if choice == "gzip" and self._codec.gzip_refused:
+            return False     # the target takes no gzip body: inflated here instead
+        gzip = choice == "gzip"
+        crossed = [info.size]
+        took = [0.0]
+
+        async def send() -> List[Dict[str, Any]]:
+            began = time.perf_counter()     # once through the gate: the relay's own time
+            answers, crossed[0] = await relay_instance(ctx.source, ctx.target, pools, info.id,
+                                                       gzip=gzip, size=info.size)
+            took[0] = time.perf_counter() - began
+            return answers
+
+        try:
+            answers = await self._send(ctx, unit, send, 0, info.size, self._relays)
+        except NotRelayed as exc:
+            log.debug("job %s: %s not relayed: %s", ctx.job_id, info.id, exc)
+            return False
+        except OrthancError as exc:
+            if not (gzip and exc.status in REFUSED):
+                raise
+            # 400 ("Bad file format") may also be a gzip stream damaged on its
+            # way from the source: that instance goes by the copy path, and
+            # gzip bodies stop only when it happens again.
+            self._gzip_refusals += 1
+            if exc.status != 400 or self._gzip_refusals >= 2:
+                self._codec.gzip_refused = True
+                self.note(ctx, f"{ctx.target.peer.name} refused a gzip-encoded file (HTTP {exc.status}): "
+                               "those uploads go uncompressed")
+            return False
+        if not piped:
+            self._source_policy(ctx).observe(choice, info.size, crossed[0], took[0])
+        self.relayed += 1
+        await self._finish(ctx, unit, answers, info.size, crossed[0])
+        return True
+
     def _pieces(self, ctx: TransferContext) -> PieceSize:
         if self._piece is None:
             self._piece = PieceSize(ctx.options.bucket_size_bytes, key=ctx.target.base_url)
@@ -593,12 +682,16 @@ class PlainTransport(Transport):
             body.data, content_encoding=body.content_encoding), raw_done, len(body.data))
 
     async def _send(self, ctx: TransferContext, unit: Unit, send: Callable[[], Awaitable[List[Dict[str, Any]]]],
-                    raw_done: int, wire_total: int) -> List[Dict[str, Any]]:
+                    raw_done: int, wire_total: int, gate: Optional[AdaptiveGate] = None) -> List[Dict[str, Any]]:
         assert self._uploads is not None
-        gate = self._uploads
+        relay = gate is not None
+        gate = gate or self._uploads
         hook = self._retry_hook(ctx, unit, gate, "uploads")
         await gate.acquire()
         try:
+            if relay:
+                # A relay reads nothing before its turn: a pause holds it here.
+                await ctx.wait_running()
             self._event(ctx, unit, BucketState.SENDING, raw_done=raw_done, wire_total=wire_total)
             # Shielded: a cancel must not leave an upload half-way whose import
             # lands after the rollback; discard() waits for these first.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 
 import pytest
 
 from gui.client import OrthancClient, OrthancError, Peer
-from gui.client.fast_http import FastHttp, proxied
+from gui.client.fast_http import FastHttp, RelayError, proxied, relay, relay_supported
 from gui.sandbox import synthetic_studies as synth
 from gui.sandbox.orthanc_process import free_port
 
@@ -150,3 +151,49 @@ def test_a_malformed_answer_is_an_error_naming_the_server_and_request(answer):
     message = run(go())
     assert "broken" in message and "md5" in message
     assert "malformed answer" in message or "not an HTTP answer" in message
+
+
+@pytest.mark.skipif(not relay_supported(), reason="the relay needs Linux's splice")
+def test_relay_splices_a_download_into_an_upload(orthanc_factory, ct_files):
+    """``relay`` moves a file from one Orthanc to another without the bytes
+    entering Python: stored intact, plain or gzip-encoded as the source
+    answered, on kept-alive connections; an answer it cannot pass on as it is
+    fails before anything reached the target."""
+    source = orthanc_factory("relay_source", username="alice", password="s3cret")
+    target = orthanc_factory("relay_target", username="bob", password="0ther")
+    ids = [source.upload(data)["ID"] for data in ct_files]
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as tgt:
+            pools = src._fast.raw_pool(), tgt._fast.raw_pool()
+
+            def path(n: int) -> str:
+                return f"/instances/{ids[n]}/file"
+
+            def relay_one(n: int, **kwargs):
+                return relay(pools[0], path(n), pools[1], "/instances", **kwargs)
+
+            plain = await asyncio.to_thread(relay_one, 0, accept_gzip=False, expected_size=len(ct_files[0]))
+            idle = len(pools[0]._idle), len(pools[1]._idle)
+            packed = await asyncio.to_thread(relay_one, 1, accept_gzip=True, expected_size=len(ct_files[1]))
+            failures = []
+            for kwargs in ({"accept_gzip": False, "expected_size": len(ct_files[2]) + 1},):
+                with pytest.raises(RelayError) as caught:
+                    await asyncio.to_thread(relay_one, 2, **kwargs)
+                failures.append(caught.value)
+            with pytest.raises(RelayError) as absent:
+                await asyncio.to_thread(relay, pools[0], "/instances/0123-4567/file", pools[1], "/instances",
+                                        accept_gzip=False)
+            failures.append(absent.value)
+            return plain, idle, packed, failures, await tgt.instance_md5_or_none(ids[2])
+
+    plain, idle, packed, failures, third = run(go())
+    assert plain.status == 200 and json.loads(plain.content)["Status"] == "Success"
+    assert plain.encoding is None and plain.forwarded == len(ct_files[0])
+    assert idle == (1, 1)                                   # both connections kept alive
+    assert packed.status == 200 and packed.encoding == "gzip" and packed.forwarded < 0.8 * len(ct_files[1])
+    assert target.instance_md5s() == {i: hashlib.md5(f).hexdigest() for i, f in zip(ids[:2], ct_files)}
+    wrong_size, absent = failures
+    assert not wrong_size.forwarded and "expected" in wrong_size.reason
+    assert not absent.forwarded and absent.status == 404 and absent.side == "source"
+    assert third is None                                    # nothing reached the target
