@@ -422,6 +422,13 @@ def test_at_1024_by_700_the_empty_dock_leaves_the_room_to_the_panes(make_bed):
         await bed.wait_for_report(job.id)
         await until(lambda: ui.dock.height() >= 320, what="the dock to make room for the job")
         assert ui.panel.detail.commitment.isVisibleTo(window) and window.width() == 1024
+        # Every column of the jobs table shows without scrolling sideways, and the finished
+        # job's commitment gets the room (at least four instance rows), not the bucket grid.
+        table = ui.panel.table
+        await until(lambda: not table.horizontalScrollBar().isVisible(), what="the jobs table to fit")
+        commitment = ui.panel.detail.commitment.table
+        await until(lambda: commitment.viewport().height() >= 4 * commitment.verticalHeader().defaultSectionSize(),
+                    what="room for the commitment's rows")
 
     bed.run(scenario())
 

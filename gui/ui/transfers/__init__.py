@@ -66,7 +66,7 @@ class TransfersUi:
         if self.panel.model.rowCount() == 0:
             height = self.EMPTY_DOCK_HEIGHT
         else:
-            height = max(320, int(self.window.height() * 0.52))
+            height = max(320, int(self.window.height() * 0.56))
         self.window.resizeDocks([self.dock], [height], Qt.Orientation.Vertical)
 
     def _jobs_count_changed(self) -> None:

@@ -124,6 +124,8 @@ class JobDetail(QWidget):
         self.splitter.setStretchFactor(0, 1)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setSizes([120, 240])
+        self._top = top
+        self._finished_layout = False
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.splitter)
@@ -145,6 +147,7 @@ class JobDetail(QWidget):
             self.commitment.set_report(row.report, row.description)
             if row.report is not None and row.report.state != JobState.SUCCESS:
                 self.model.stop()
+        self._give_room(row is not None and row.report is not None)
         self._update_legend()
 
     def update_title(self, row: JobRow) -> None:
@@ -157,6 +160,16 @@ class JobDetail(QWidget):
         self.limit_label.setToolTip(row.limit_tooltip)
         self.limit_label.setVisible(bool(row.limit_text))
 
+    def _give_room(self, finished: bool) -> None:
+        """A finished job's commitment is what the user reads: the grid keeps only its header
+        and two rows of cells (it scrolls); while the job runs, the grid gets its share back."""
+        if finished == self._finished_layout:
+            return
+        self._finished_layout = finished
+        total = sum(self.splitter.sizes()) or 360
+        top = self._top.minimumSizeHint().height() if finished else total // 3
+        self.splitter.setSizes([top, max(total - top, 1)])
+
     def apply_buckets(self, job_id: str, updates: List[BucketProgress]) -> None:
         if job_id == self.model.job_id:
             self.model.apply(job_id, updates)
@@ -167,12 +180,14 @@ class JobDetail(QWidget):
             self.commitment.set_report(report, self.commitment.subject)
             if report.state != JobState.SUCCESS:
                 self.model.stop()
+            self._give_room(True)
             self._update_legend()
 
     def restart(self) -> None:
         """The shown job runs again: no verdict yet, buckets move again."""
         self.commitment.set_report(None, self.commitment.subject)
         self.model.restart()
+        self._give_room(False)
         self._update_legend()
 
     def _update_legend(self) -> None:

@@ -9,7 +9,7 @@ from PySide6.QtCore import (QModelIndex, QPersistentModelIndex, QPoint, QSortFil
 from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QInputDialog, QMenu, QMessageBox, QPushButton, QSplitter, QStyle, QStyledItemDelegate,
                                QStyleOptionProgressBar, QStyleOptionViewItem, QTableView, QVBoxLayout, QWidget)
-from PySide6.QtGui import QColor, QPainter, QPalette
+from PySide6.QtGui import QColor, QPainter, QPalette, QResizeEvent
 
 from gui.engine.events import BucketProgress, CommitmentReport, JobProgress, JobState, TransferMode
 from gui.ui.transfers.job_detail import JobDetail
@@ -114,12 +114,11 @@ class JobsPanel(QWidget):
         self.table.setItemDelegateForColumn(COL_PROGRESS, ProgressDelegate(self.table))
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        # State fits "Running · verifying (push)".
-        for col, width in enumerate((190, 260, 165, 240, 90, 90, 90, 60, 60, 60)):
-            self.table.setColumnWidth(col, width)
+        self._column_widths: Optional[tuple] = None
+        self._fit_columns(1400)
         header.setSectionResizeMode(COL_WHAT, QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
-        self.table.setMinimumHeight(3 * 24 + 28)
+        self.table.setMinimumHeight(2 * 24 + 28)   # two jobs and the header; the splitter gives more
         self.table.selectionModel().currentRowChanged.connect(self._on_current_changed)
         self.model.rowsInserted.connect(self._select_new_row)
 
@@ -178,6 +177,25 @@ class JobsPanel(QWidget):
         self._clock.timeout.connect(self.model.tick)
         self._clock.start()
         self._after_change()
+
+    #: Column widths (What stretches): State fits "Running · verifying (push)"; the narrow set
+    #: fits every column in a 1024-pixel window, the texts cut with "…" (tooltips have them).
+    WIDE_COLUMNS = (190, 260, 165, 240, 90, 90, 90, 60, 60, 60)
+    NARROW_COLUMNS = (140, 120, 150, 215, 75, 82, 68, 50, 60, 42)
+    NARROW_BELOW = 1250
+
+    def _fit_columns(self, width: int) -> None:
+        """The wide or the narrow widths, as the panel's width asks; a user's own widths are
+        kept until the panel crosses from one to the other."""
+        widths = self.NARROW_COLUMNS if width < self.NARROW_BELOW else self.WIDE_COLUMNS
+        if widths is not self._column_widths:
+            self._column_widths = widths
+            for col, size in enumerate(widths):
+                self.table.setColumnWidth(col, size)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt's naming
+        super().resizeEvent(event)
+        self._fit_columns(event.size().width())
 
     # --- selection ----------------------------------------------------------
 
