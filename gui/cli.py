@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     send = commands.add_parser("send", help="transfer patients/studies/series/instances")
     send.add_argument("--from", dest="source", required=True, metavar="PEER",
                       help="source: a configured peer name or http://user:password@host:port/")
-    send.add_argument("--to", dest="target", required=True, metavar="PEER", help="target peer")
+    send.add_argument("--to", dest="target", required=True, metavar="PEER",
+                      help="target: a configured peer name or a URL, as --from")
     for flag, level in LEVEL_FLAGS:
         send.add_argument(f"--{flag}", action="append", default=[], metavar="ID",
                           help=f"{level.lower()} to send: Orthanc ID or DICOM "
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--json", action="store_true", help="print only the final report, as JSON")
 
     jobs = commands.add_parser("jobs", help="list the jobs stored on this computer")
-    jobs.add_argument("--json", action="store_true")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output")
 
     commands.add_parser("demo", help="run two local demo Orthanc servers with sample studies "
                                      "until Ctrl-C (prints a config file naming them)")
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--from", dest="source", metavar="PEER",
                          help="source with credentials, if it is not a configured peer")
         sub.add_argument("--to", dest="target", metavar="PEER", help="target likewise")
-        sub.add_argument("--json", action="store_true")
+        sub.add_argument("--json", action="store_true",
+                         help="print only the final report, as JSON" if name == "resume"
+                         else "machine-readable output")
     return parser
 
 

@@ -68,6 +68,26 @@ def test_version_and_help():
     assert cli().returncode == 2
 
 
+def test_every_command_and_flag_has_a_help_text():
+    import argparse
+
+    from gui.cli import build_parser
+
+    def undocumented(parser: argparse.ArgumentParser, where: str) -> list:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    if not choice.help:
+                        missing.append(f"{where} {choice.dest}")
+                for name, sub in action.choices.items():
+                    missing += undocumented(sub, f"{where} {name}")
+            elif action.help != argparse.SUPPRESS and not action.help:
+                missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+    assert undocumented(build_parser(), "orthanc-transfers") == []
+
+
 def test_send_json_contract_with_configured_peers_and_uids(orthanc_factory, tmp_path, ct_study_files):
     source = orthanc_factory("source", username="u", password="p1")
     target = orthanc_factory("target", username="u", password="p2")
