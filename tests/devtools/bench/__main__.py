@@ -41,7 +41,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ct-slices", type=int, help="override the CT study's slice count")
     p.add_argument("--tiny-count", type=int, help="override the number of tiny instances")
     p.add_argument("--large-mb", type=float, help="override the size of each multi-frame instance")
-    p.add_argument("--scale-count", type=int, help="override the scale dataset's instance count (20 series)")
+    p.add_argument("--scale-count", type=int,
+                   help="override the scale dataset's instance count (one patient, 5 studies, 20 series)")
+    p.add_argument("--queue-count", type=int,
+                   help="override the tiny instances in each of the queued dataset's 10 studies (200)")
     p.add_argument("--no-stall-probe", action="store_true",
                    help="skip the in-process engine run that measures event-loop stalls")
     return p
@@ -51,7 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     size = QUICK if args.quick else FULL
     overrides = {k: v for k, v in (("ct_slices", args.ct_slices), ("tiny_count", args.tiny_count),
-                                   ("large_mb", args.large_mb), ("scale_count", args.scale_count))
+                                   ("large_mb", args.large_mb), ("scale_count", args.scale_count),
+                                   ("queue_count", args.queue_count))
                  if v is not None}
     for key, value in overrides.items():
         if value <= 0:

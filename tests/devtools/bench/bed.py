@@ -20,6 +20,9 @@ import concurrent.futures
 import hashlib
 import logging
 import struct
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from tests.devtools.bench.links import Link
@@ -48,6 +51,22 @@ def dataset_md5(dicom_file: bytes) -> str:
         group_length = struct.unpack("<I", dicom_file[140:144])[0]
         start = 144 + group_length
     return hashlib.md5(memoryview(dicom_file)[start:]).hexdigest()
+
+
+@dataclass
+class Uploaded:
+    studies: List[str] = field(default_factory=list)    # Orthanc IDs, in upload order
+    patients: List[str] = field(default_factory=list)
+    digests: Dict[str, str] = field(default_factory=dict)  # instance ID -> dataset_md5
+
+    def collect(self, futures: List[Tuple[concurrent.futures.Future, str]]) -> None:
+        for future, digest in futures:
+            answer = future.result()
+            if isinstance(answer, dict):
+                for key, seen in (("ParentStudy", self.studies), ("ParentPatient", self.patients)):
+                    if answer.get(key) and answer[key] not in seen:
+                        seen.append(answer[key])
+                self.digests[answer["ID"]] = digest
 
 
 class BenchBed:
@@ -159,11 +178,10 @@ class BenchBed:
     def targets(self) -> List[OrthancProcess]:
         return [s for s in (self.stock_target, self.accel_target) if s is not None]
 
-    def upload(self, files: Iterable[bytes]) -> Tuple[Optional[str], Dict[str, str]]:
-        """Upload to every source; return the study's Orthanc ID and the
-        :func:`dataset_md5` of each instance."""
-        study: Optional[str] = None
-        digests: Dict[str, str] = {}
+    def upload(self, files: Iterable[bytes]) -> "Uploaded":
+        """Upload to every source; the studies and patients it made, in order, and
+        the :func:`dataset_md5` of each instance."""
+        uploaded = Uploaded()
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             pending: List[Tuple[concurrent.futures.Future, str]] = []
             for data in files:
@@ -172,20 +190,10 @@ class BenchBed:
                             for src in self.sources]
                 # Bounded window: large instances must not pile up in memory.
                 if len(pending) >= 16:
-                    study = self._collect(pending[:8], digests) or study
+                    uploaded.collect(pending[:8])
                     pending = pending[8:]
-            study = self._collect(pending, digests) or study
-        return study, digests
-
-    @staticmethod
-    def _collect(futures: List[Tuple[concurrent.futures.Future, str]], digests: Dict[str, str]) -> Optional[str]:
-        study = None
-        for future, digest in futures:
-            answer = future.result()
-            if isinstance(answer, dict):
-                study = answer.get("ParentStudy", study)
-                digests[answer["ID"]] = digest
-        return study
+            uploaded.collect(pending)
+        return uploaded
 
     @staticmethod
     def clear(server: OrthancProcess) -> None:
@@ -220,3 +228,62 @@ class BenchBed:
                 return instance, None
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             return dict(pool.map(one, list(instance_ids)))
+
+
+class StagingSampler:
+    """Samples a plugin server's staging area while a transfer runs: the bytes
+    really in its staging directory, and what its open transactions announced
+    (the plugin's ``transfers_staged_bytes_reserved`` metric), at their peaks.
+
+    ``GET /transfers/storage`` gives the server's storage, not its staging
+    area, so the directory itself is measured; the plugin's bound for it is
+    ``MaxStagedSize`` (declared bytes of all open transactions)."""
+
+    def __init__(self, server: OrthancProcess, interval: float = 0.1) -> None:
+        self.server = server
+        self.interval = interval
+        self.peak_bytes = 0
+        self.peak_reserved = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def directory(self) -> Path:
+        staging = (self.server.config().get("Transfers") or {}).get("StagingDirectory")
+        return Path(staging) if staging else self.server.storage_dir / "transfers-staging"
+
+    def _reserved(self) -> Optional[int]:
+        try:
+            text = self.server.request("GET", "/tools/metrics-prometheus", raw=True).decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("transfers_staged_bytes_reserved "):
+                try:
+                    return int(float(line.split()[1]))
+                except (IndexError, ValueError):
+                    return None
+        return None
+
+    def _run(self) -> None:
+        from tests.devtools.bench.engine_cli import directory_bytes
+        directory = self.directory
+        while True:
+            self.peak_bytes = max(self.peak_bytes, directory_bytes(directory))
+            reserved = self._reserved()
+            if reserved is not None:
+                self.peak_reserved = max(self.peak_reserved, reserved)
+            self.samples += 1
+            if self._stop.wait(self.interval):
+                break
+
+    def __enter__(self) -> "StagingSampler":
+        self._thread = threading.Thread(target=self._run, name="staging-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

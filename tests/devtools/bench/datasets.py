@@ -1,13 +1,16 @@
 """The benchmark's datasets, generated with the synthetic study generator.
 
-Each dataset is one study. Files are produced lazily so the 200 MB
-multi-frame instances are never all in memory at once.
+Each dataset is moved by one job (a study, or the scale dataset's patient),
+except ``queue``: ten studies moved by ten jobs submitted at once. Files are
+produced lazily so the 200 MB multi-frame instances are never all in memory
+at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from gui.sandbox import synthetic_studies as synth
 
@@ -23,10 +26,14 @@ class DatasetSize:
     large_mb: float = 200.0
     scale_series: int = 20
     scale_count: int = 20000      # instances in all, spread over scale_series series
+    scale_studies: int = 5        # the scale dataset's patient has this many studies (of the series)
+    queue_jobs: int = 10          # the queued dataset: this many studies, one job each
+    queue_count: int = 200        # tiny instances in each of them
 
 
 FULL = DatasetSize()
-QUICK = DatasetSize(ct_slices=20, tiny_count=100, large_count=2, large_mb=16.0, scale_count=400)
+QUICK = DatasetSize(ct_slices=20, tiny_count=100, large_count=2, large_mb=16.0, scale_count=400,
+                    queue_count=10)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,11 @@ class Dataset:
     description: str
     files: Callable[[], Iterator[bytes]]
     count: int
+    level: str = "Study"          # what one job moves: the study, or (scale) the patient
+    jobs: int = 1                 # queue: one job per study, submitted at once
+    # Links it is not run on, and why (the runner says so in the table).
+    only_links: Optional[Tuple[str, ...]] = None
+    skip_reason: str = ""
 
 
 def _ct(size: DatasetSize) -> Dataset:
@@ -61,8 +73,10 @@ def _large(size: DatasetSize) -> Dataset:
 
 
 def _scale(size: DatasetSize) -> Dataset:
-    """One patient's study of many small instances in several series (issue 16's scale case)."""
+    """One patient of many small instances: several studies of several series
+    (issue 17: "several studies of a patient"); the job moves the patient."""
     spec = synth.make_study_spec(7004, "BENCH SCALE")
+    studies = max(1, min(size.scale_studies, size.scale_series))
     per_series = -(-size.scale_count // size.scale_series)
 
     def files() -> Iterator[bytes]:
@@ -70,15 +84,35 @@ def _scale(size: DatasetSize) -> Dataset:
         for series in range(size.scale_series):
             count = min(per_series, left)
             left -= count
-            yield from synth.tiny_instances(spec, count, size=size.tiny_bytes, series_number=100 + series,
-                                            seed=7004 + series)
-    return Dataset("scale", f"{size.scale_count} small instances of about {size.tiny_bytes // 1024} KB "
-                   f"in {size.scale_series} series", files, size.scale_count)
+            # Series spread over the studies round-robin: same patient, other study UIDs.
+            study = series % studies
+            study_spec = spec if study == 0 else dataclasses.replace(
+                synth.make_study_spec(7004 + 100 * study, f"BENCH SCALE {study + 1}"),
+                patient_id=spec.patient_id, patient_name=spec.patient_name)
+            yield from synth.tiny_instances(study_spec, count, size=size.tiny_bytes,
+                                            series_number=100 + series, seed=7004 + series)
+    return Dataset("scale", f"one patient of {size.scale_count} small instances of about "
+                   f"{size.tiny_bytes // 1024} KB in {studies} studies of {size.scale_series} series in all",
+                   files, size.scale_count, level="Patient", only_links=("lan",),
+                   skip_reason=f"{size.scale_count} instances: LAN only, the peer store's one round trip "
+                               "per instance would take about half an hour at 40 ms (run it with --links lan)")
 
 
-# "scale" is only run when asked for (--datasets scale): about 20 minutes of peer store alone.
+def _queue(size: DatasetSize) -> Dataset:
+    """Ten studies of tiny instances, ten jobs submitted to one engine at once."""
+    def files() -> Iterator[bytes]:
+        for n in range(size.queue_jobs):
+            spec = synth.make_study_spec(7100 + n, f"BENCH QUEUE {n + 1}")
+            yield from synth.tiny_instances(spec, size.queue_count, size=size.tiny_bytes, seed=7100 + n)
+    return Dataset("queue", f"{size.queue_jobs} studies of {size.queue_count} tiny instances, "
+                   f"one job each, submitted at once", files, size.queue_jobs * size.queue_count,
+                   jobs=size.queue_jobs)
+
+
+# "scale" and "queue" are only run when asked for (--datasets scale,queue): the scale
+# dataset is about 6 minutes of peer store on the LAN alone.
 BUILDERS: Dict[str, Callable[[DatasetSize], Dataset]] = {"ct": _ct, "tiny": _tiny, "large": _large,
-                                                           "scale": _scale}
+                                                           "scale": _scale, "queue": _queue}
 
 
 def dataset(name: str, size: DatasetSize) -> Dataset:

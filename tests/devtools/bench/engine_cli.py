@@ -32,6 +32,7 @@ class EngineRun:
     cpu_seconds: float
     stderr_tail: str
     db_bytes: Optional[int] = None     # the engine's job database after the run
+    staging_peak_bytes: int = 0        # most bytes in the engine's own staging directory (pull spills)
 
     @property
     def problem(self) -> Optional[str]:
@@ -103,24 +104,51 @@ def _rss_tree(proc: psutil.Process) -> int:
     return total
 
 
-def run(args: List[str], timeout: float = 7200.0) -> EngineRun:
-    """Run ``send`` with ``args``; measure peak RSS and CPU seconds of the process tree."""
+def directory_bytes(root: Path) -> int:
+    """Bytes of the regular files below ``root`` (0 if it does not exist); files
+    that vanish while it is walked are skipped (a staging area changes all the time)."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+def run(args: List[str], timeout: float = 7200.0, command: Optional[List[str]] = None) -> EngineRun:
+    """Run ``send`` with ``args`` (or ``command + args``, e.g. the queued-jobs
+    driver); measure peak RSS and CPU seconds of the process tree."""
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as home_str:
         home = Path(home_str)
         out_path, err_path = home / "stdout", home / "stderr"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             t0 = time.monotonic()
-            proc = subprocess.Popen(cli_command() + ["send"] + args, stdout=out, stderr=err,
+            proc = subprocess.Popen((command or cli_command() + ["send"]) + args, stdout=out, stderr=err,
                                     stdin=subprocess.DEVNULL, env=_isolated_env(home))
         peak = [0]
+        staging_peak = [0]
         finished = threading.Event()
 
         def sample() -> None:
             # VmHWM only grows, so the last sample before exit holds nearly the whole peak.
             try:
                 ps = psutil.Process(proc.pid)
+                n = 0
                 while True:
                     peak[0] = max(peak[0], _rss_tree(ps))
+                    if n % 5 == 0:  # every 0.1 s: a directory walk costs more than /proc
+                        staging_peak[0] = max(staging_peak[0], directory_bytes(home / "data" / "staging"))
+                    n += 1
                     if finished.wait(0.02):
                         break
             except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -166,7 +194,8 @@ def run(args: List[str], timeout: float = 7200.0) -> EngineRun:
     return EngineRun(report=report, returncode=proc.returncode, seconds=seconds,
                      peak_rss_bytes=peak[0],
                      cpu_seconds=usage.ru_utime + usage.ru_stime,
-                     stderr_tail=" | ".join(stderr.splitlines()[-3:])[:400], db_bytes=db_bytes)
+                     stderr_tail=" | ".join(stderr.splitlines()[-3:])[:400], db_bytes=db_bytes,
+                     staging_peak_bytes=staging_peak[0])
 
 
 BASELINE_PROBE = (

@@ -16,7 +16,8 @@ from typing import Any, Dict
 from tests.devtools.bench.stall_probe import StallProbe
 
 
-async def _transfer(source_url: str, target_url: str, study: str, mode: str, data_dir: Path) -> Dict[str, Any]:
+async def _transfer(source_url: str, target_url: str, resource: Dict[str, str], mode: str,
+                    data_dir: Path) -> Dict[str, Any]:
     from gui.client.peer import Peer
     from gui.engine import TransferEngine
 
@@ -27,7 +28,7 @@ async def _transfer(source_url: str, target_url: str, study: str, mode: str, dat
         t0 = time.monotonic()
         job = await engine.submit(Peer(name="bench source", url=source_url),
                                   Peer(name="bench target", url=target_url),
-                                  [{"Level": "Study", "ID": study}], mode=mode)
+                                  [dict(resource)], mode=mode)
         report = await job.wait()
         seconds = time.monotonic() - t0
         stall = probe.stop()
@@ -37,11 +38,11 @@ async def _transfer(source_url: str, target_url: str, study: str, mode: str, dat
             "verified": report.verified, "instances": report.planned}
 
 
-def measure(source_url: str, target_url: str, study: str, mode: str, where: str) -> Dict[str, Any]:
+def measure(source_url: str, target_url: str, resource: Dict[str, str], mode: str, where: str) -> Dict[str, Any]:
     """The probe's figures during one transfer, or ``{"note": why not}``."""
     with tempfile.TemporaryDirectory(prefix="bench-stall-") as data_dir:
         try:
-            result = asyncio.run(_transfer(source_url, target_url, study, mode, Path(data_dir)))
+            result = asyncio.run(_transfer(source_url, target_url, resource, mode, Path(data_dir)))
         except Exception as exc:  # any engine failure is reported, the benchmark goes on
             return {"note": f"in-process transfer failed: {type(exc).__name__}: {exc}"[:300]}
     result["where"] = where

@@ -1,5 +1,7 @@
-"""The transfer paths being compared. Each one moves one study from a
-source to a target across the bed's proxies and says how long it took.
+"""The transfer paths being compared. Each one moves the dataset's resources
+(one study, a patient, or for the queued dataset ten studies as ten jobs at
+once) from a source to a target across the bed's proxies and says how long
+it took.
 
 A path either runs (``Outcome``) or is unavailable (``Unavailable``
 raised before anything is timed, e.g. the engine's CLI is not there yet).
@@ -8,10 +10,11 @@ raised before anything is timed, e.g. the engine's CLI is not there yet).
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.error
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import httpx
 
@@ -25,10 +28,22 @@ class Unavailable(Exception):
 
 
 @dataclass
+class Work:
+    """What one measurement moves: one resource per job, and every instance below them."""
+    resources: List[Dict[str, str]]      # {"Level": ..., "ID": ...}, one per job
+    instances: List[str] = field(default_factory=list)
+
+    @property
+    def queued(self) -> bool:
+        return len(self.resources) > 1
+
+
+@dataclass
 class Outcome:
     seconds: float
     problem: Optional[str] = None            # None: the path reported success
     engine: Optional[engine_cli.EngineRun] = None
+    queue: Optional[Dict[str, Any]] = None   # several jobs at once: their figures (queued.summarize)
 
 
 @dataclass(frozen=True)
@@ -36,7 +51,7 @@ class PathSpec:
     name: str
     label: str
     accelerated_servers: bool   # runs between the servers with the plugin
-    run: Callable[[BenchBed, str, List[str]], Outcome]
+    run: Callable[[BenchBed, Work], Outcome]
     rewrites_file_meta: bool = False  # C-STORE: compare datasets, not whole files
 
     def target(self, bed: BenchBed) -> OrthancProcess:
@@ -73,18 +88,70 @@ def _orthanc_job(source: OrthancProcess, uri: str, body: Dict) -> Outcome:
     return Outcome(time.monotonic() - t0)
 
 
-def builtin_peer_store(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
-    return _orthanc_job(bed.stock_source, f"/peers/{PEER_NAME}/store",  # type: ignore[arg-type]
-                        {"Resources": [study], "Synchronous": True})
+def _orthanc_jobs_at_once(source: OrthancProcess, uri: str, resources: List[Dict[str, str]]) -> Outcome:
+    """One asynchronous store job per resource, all submitted at once to
+    Orthanc's job engine (its ``ConcurrentJobs`` run together), timed until
+    the last one ends; the queue's figures as for the engine's jobs."""
+    from tests.devtools.bench.queued import summarize
+    t0 = time.monotonic()
+    jobs: List[Dict[str, Any]] = []
+    try:
+        for n, resource in enumerate(resources):
+            answer = source.request("POST", uri, json.dumps({"Resources": [resource["ID"]],
+                                                             "Asynchronous": True}).encode())
+            jobs.append({"index": n, "submitted": round(time.monotonic() - t0, 3), "id": answer["ID"],
+                         "started": None, "finished": None, "state": None})
+        max_running = 0
+        while any(j["finished"] is None for j in jobs):
+            # One request for every job's state (not one per job: the polling must not load the source).
+            states = {j["ID"]: j["State"] for j in source.request("GET", "/jobs?expand")}
+            now = round(time.monotonic() - t0, 3)
+            running = 0
+            for job in jobs:
+                state = states.get(job["id"], "Pending")
+                if job["finished"] is not None:
+                    continue
+                if state != "Pending" and job["started"] is None:
+                    job["started"] = now
+                if state == "Running":
+                    running += 1
+                elif state in ("Success", "Failure"):
+                    job["finished"], job["state"] = now, state
+            max_running = max(max_running, running)
+            time.sleep(0.05)
+    except (OSError, ValueError) as exc:
+        return Outcome(time.monotonic() - t0, f"{uri} failed: {_orthanc_error(exc)}")
+    seconds = time.monotonic() - t0
+    limit = source.config().get("ConcurrentJobs")
+    queue = summarize(jobs, limit, max_running)
+    failed = [j for j in jobs if j["state"] != "Success"]
+    return Outcome(seconds, f"{len(failed)} of {len(jobs)} store jobs failed" if failed else None, queue=queue)
 
 
-def dicom_cstore(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
+def builtin_peer_store(bed: BenchBed, work: Work) -> Outcome:
+    uri = f"/peers/{PEER_NAME}/store"
+    if work.queued:
+        return _orthanc_jobs_at_once(bed.stock_source, uri, work.resources)  # type: ignore[arg-type]
+    return _orthanc_job(bed.stock_source, uri,  # type: ignore[arg-type]
+                        {"Resources": [work.resources[0]["ID"]], "Synchronous": True})
+
+
+def dicom_cstore(bed: BenchBed, work: Work) -> Outcome:
+    _one_job(work, "DICOM C-STORE")
     return _orthanc_job(bed.stock_source, f"/modalities/{PEER_NAME}/store",  # type: ignore[arg-type]
-                        {"Resources": [study], "Synchronous": True})
+                        {"Resources": [work.resources[0]["ID"]], "Synchronous": True})
 
 
-def naive_copy(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
+def _one_job(work: Work, what: str) -> None:
+    if work.queued:
+        raise Unavailable(f"{what} is measured as one job; the queued jobs are measured for the "
+                          "peer store and the engine's plain, push and pull modes")
+
+
+def naive_copy(bed: BenchBed, work: Work) -> Outcome:
     """What a quick script does: for each instance, GET the file, POST it."""
+    _one_job(work, "the naive copy")
+    instances = work.instances
     assert bed.stock_source is not None
     target_url = bed.proxies["stock-http"].url
     t0 = time.monotonic()
@@ -100,15 +167,16 @@ def naive_copy(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
     return Outcome(time.monotonic() - t0)
 
 
-def server_send(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
+def server_send(bed: BenchBed, work: Work) -> Outcome:
     """The source's plugin sends by itself (POST /transfers/send, gzip), server to
     server: timed from the request to the job's Success (the target's commit
     having checked every MD5)."""
+    _one_job(work, "the server's send job")
     source = bed.accel_source
     assert source is not None
     peer = {"Url": bed.proxies["accel-push"].url + "/"}
     source.request("PUT", "/peers/bench-accel", json.dumps(peer).encode())
-    body = {"Resources": [{"Level": "Study", "ID": study}], "Compression": "gzip", "Peer": "bench-accel"}
+    body = {"Resources": work.resources, "Compression": "gzip", "Peer": "bench-accel"}
     t0 = time.monotonic()
     try:
         job = source.request("POST", "/transfers/send", json.dumps(body).encode())
@@ -123,8 +191,11 @@ def server_send(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
     return Outcome(seconds, None if state["State"] == "Success" else state.get("ErrorDescription"))
 
 
-def _engine(mode: str, extra: Sequence[str] = ()) -> Callable[[BenchBed, str, List[str]], Outcome]:
-    def run(bed: BenchBed, study: str, instances: List[str]) -> Outcome:
+QUEUED_DRIVER = [sys.executable, "-m", "tests.devtools.bench.queued"]
+
+
+def _engine(mode: str, extra: Sequence[str] = ()) -> Callable[[BenchBed, Work], Outcome]:
+    def run(bed: BenchBed, work: Work) -> Outcome:
         cli_mode = mode
         if mode == "plain":
             source, target = bed.stock_source.url, bed.proxies["stock-http"].url  # type: ignore[union-attr]
@@ -136,8 +207,18 @@ def _engine(mode: str, extra: Sequence[str] = ()) -> Callable[[BenchBed, str, Li
             source, target = bed.accel_source.url, bed.proxies["accel-push"].url  # type: ignore[union-attr]
         else:
             source, target = bed.proxies["accel-pull"].url, bed.accel_target.url  # type: ignore[union-attr]
-        result = engine_cli.run(["--from", source, "--to", target, "--study", study,
-                                 "--mode", cli_mode, "--json", *extra], timeout=LONG_TIMEOUT_S)
+        if work.queued:
+            if extra or mode == "retrieve":
+                _one_job(work, f"engine {mode}{' ' + ' '.join(extra) if extra else ''}")
+            args = ["--from", source, "--to", target, "--mode", cli_mode]
+            for resource in work.resources:
+                args += ["--study", resource["ID"]]
+            result = engine_cli.run(args, timeout=LONG_TIMEOUT_S, command=QUEUED_DRIVER)
+            return Outcome(result.seconds, result.problem, result,
+                           queue=(result.report or {}).get("queue"))
+        resource = work.resources[0]
+        result = engine_cli.run(["--from", source, "--to", target, f"--{resource['Level'].lower()}",
+                                 resource["ID"], "--mode", cli_mode, "--json", *extra], timeout=LONG_TIMEOUT_S)
         return Outcome(result.seconds, result.problem, result)
     return run
 

@@ -19,11 +19,11 @@ def _f(value: Optional[float], fmt: str) -> str:
 
 def table(rows: List[Measurement]) -> str:
     head = ("| dataset | link | path | seconds | process s | MB/s | wire MB | link use | speed-up "
-            "| engine RSS MB | engine CPU s | planning s | job DB MB | verified |")
-    lines = [head, "|" + "---|" * 14]
+            "| engine RSS MB | engine CPU s | planning s | job DB MB | staging MB | verified |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
-        if r.status == "unavailable":
-            lines.append(f"| {r.dataset} | {r.link} | {r.label} | unavailable | | | | | | | | | | {r.note} |")
+        if r.status in ("unavailable", "skipped"):
+            lines.append(f"| {r.dataset} | {r.link} | {r.label} | {r.status} | | | | | | | | | | | {r.note} |")
             continue
         utilization = "n/a" if r.link == "lan" else _f(r.utilization, ".2f")
         verified = ("—" if r.verified_count is None else f"{r.verified_count}/{r.instances}") + \
@@ -35,7 +35,28 @@ def table(rows: List[Measurement]) -> str:
             f"| {_f(r.mb_per_s, '.1f')} "
             f"| {_f(r.wire_bytes / MB if r.wire_bytes is not None else None, '.1f')} | {utilization} "
             f"| {_f(r.speedup, '.2f')} | {_f(r.peak_rss_mb, '.0f')} | {_f(r.cpu_seconds, '.1f')} "
-            f"| {_f(r.planning_seconds, '.2f')} | {_f(r.db_mb, '.2f')} | {verified} |")
+            f"| {_f(r.planning_seconds, '.2f')} | {_f(r.db_mb, '.2f')} | {_f(r.staging_peak_mb, '.1f')} "
+            f"| {verified} |")
+    return "\n".join(lines)
+
+
+def queue_table(rows: List[Measurement]) -> str:
+    """The queued jobs: how many ran at once against the limit, and how evenly they were served."""
+    queued = [r for r in rows if r.queue and r.status != "unavailable"]
+    if not queued:
+        return ""
+    lines = ["| link | path | jobs | seconds | speed-up | most running / limit | wait s (first–last) "
+             "| run s (min / median / max) | finishing order | most places from FIFO | not finished |",
+             "|" + "---|" * 11]
+    for r in queued:
+        q = r.queue or {}
+        order = " ".join(str(i + 1) for i in q.get("finish_order") or [])
+        lines.append(
+            f"| {r.link} | {r.label} | {q.get('jobs')} | {_f(r.seconds, '.2f')} | {_f(r.speedup, '.2f')} "
+            f"| {q.get('max_running')} / {q.get('limit')} "
+            f"| {_f(q.get('wait_min'), '.2f')}–{_f(q.get('wait_max'), '.2f')} "
+            f"| {_f(q.get('run_min'), '.2f')} / {_f(q.get('run_median'), '.2f')} / {_f(q.get('run_max'), '.2f')} "
+            f"| {order} | {q.get('order_displacement')} | {len(q.get('starved') or []) or 'none'} |")
     return "\n".join(lines)
 
 
@@ -107,6 +128,7 @@ def targets(result: BenchResult) -> List[Target]:
         out.append(Target("Poor WAN, large instances", "completes; RSS ≤ CacheSize + Threads×2×BucketSize",
                           "—", "not measured", "not measured"))
     out += plain_targets(rows)
+    out += scale_targets(rows)
     stall = result.stall or {}
     if stall.get("max_ms") is not None:
         out.append(Target("Event loop during a transfer", "no stall above 50 ms", "—",
@@ -151,6 +173,80 @@ def plain_targets(rows: List[Measurement]) -> List[Target]:
     return out
 
 
+# Issue 17, item 5: one job of 20,000 instances (a patient of several studies) on the LAN.
+SCALE_PLANNING_S = 10.0
+SCALE_RSS_MB = 200.0
+STAGED_SIZE_MB = 16384   # the plugin's MaxStagedSize default (MB = 2^20): its bound on staged bytes
+DB_MB_PER_10K = 1.0      # the job database once the job finished (issue 16's figure: 0.96 MB for 20,000)
+FAIR_DISPLACEMENT = 2    # equal jobs may finish at most this many places away from FIFO
+
+
+def scale_targets(rows: List[Measurement]) -> List[Target]:
+    out: List[Target] = []
+    scale = [r for r in rows if r.dataset == "scale" and r.link == "lan" and r.path in ENGINE_PATHS
+             and r.status != "unavailable"]
+    done = [r for r in scale if r.status == "ok"]
+    full = bool(scale) and scale[0].instances >= 20000
+    size_note = "" if full or not scale else f" (a {scale[0].instances}-instance run, not the issue's 20,000)"
+    if not done:
+        for name, goal in (("Scale, planning 20,000 instances", f"< {SCALE_PLANNING_S:g} s on the LAN"),
+                           ("Scale, engine memory", f"peak RSS < {SCALE_RSS_MB:g} MB"),
+                           ("Scale, target staging", "peak ≤ the transaction's announced bytes ≤ MaxStagedSize"),
+                           ("Scale, job database", f"≤ {DB_MB_PER_10K:g} MB per 10,000 instances once finished")):
+            out.append(Target(name, goal, "—", "not measured" + (
+                f" ({'; '.join(r.path + ': ' + r.note[:80] for r in scale)})" if scale else ""), "not measured"))
+    else:
+        def verdict(ok: bool) -> str:
+            # A failed run, or a smaller dataset than the issue's, cannot meet the target.
+            if not ok:
+                return "missed"
+            return "met" if full and len(done) == len(scale) else "not measured"
+        ok = all(r.planning_seconds is not None and r.planning_seconds < SCALE_PLANNING_S for r in done)
+        out.append(Target("Scale, planning 20,000 instances", f"< {SCALE_PLANNING_S:g} s on the LAN", "—",
+                          "; ".join(f"{r.path} {_f(r.planning_seconds, '.2f')} s" for r in done) + size_note,
+                          verdict(ok)))
+        ok = all((r.peak_rss_mb or 0) < SCALE_RSS_MB for r in done)
+        out.append(Target("Scale, engine memory", f"peak RSS < {SCALE_RSS_MB:g} MB", "—",
+                          "; ".join(f"{r.path} {_f(r.peak_rss_mb, '.0f')} MB" for r in done) + size_note,
+                          verdict(ok)))
+        accel = [r for r in done if r.staging_peak_mb is not None]
+        if accel:
+            # Nothing is imported before the commit: the staging area holds the job's bytes, once,
+            # never more than its transactions announced, and those within MaxStagedSize.
+            ok = all((r.staging_peak_mb or 0) <= (r.staging_reserved_mb or 0) * 1.01 + 0.1
+                     and (r.staging_reserved_mb or 0) <= STAGED_SIZE_MB * 2**20 / MB for r in accel)
+            text = "; ".join(f"{r.path} {r.staging_peak_mb:.1f} MB staged at most, {_f(r.staging_reserved_mb, '.1f')}"
+                             f" MB announced, for {r.data_bytes / MB:.1f} MB of data" for r in accel)
+            out.append(Target("Scale, target staging", "peak ≤ the transaction's announced bytes ≤ MaxStagedSize "
+                              f"({STAGED_SIZE_MB} MB)", "—", text + size_note, "met" if ok else "missed"))
+        else:
+            out.append(Target("Scale, target staging", "peak ≤ the transaction's announced bytes ≤ MaxStagedSize",
+                              "—", "not measured (no push or pull run)", "not measured"))
+        ok = all(r.db_mb is not None and r.db_mb <= DB_MB_PER_10K * r.instances / 10000 for r in done)
+        out.append(Target("Scale, job database", f"≤ {DB_MB_PER_10K:g} MB per 10,000 instances once finished",
+                          "—", "; ".join(f"{r.path} {_f(r.db_mb, '.2f')} MB" for r in done) + size_note,
+                          verdict(ok)))
+    queued = [r for r in rows if r.dataset == "queue" and r.path in ENGINE_PATHS and r.status != "unavailable"]
+    if not queued:
+        out.append(Target("Ten jobs queued at once", "never more than MaxConcurrentJobs running; FIFO within "
+                          f"{FAIR_DISPLACEMENT} places; every job finishes", "—", "not measured", "not measured"))
+    else:
+        parts, ok = [], True
+        for r in queued:
+            q = r.queue or {}
+            fair = (r.status == "ok" and q.get("max_running") is not None and q.get("limit") is not None
+                    and q["max_running"] <= q["limit"] and not q.get("starved")
+                    and (q.get("order_displacement") or 0) <= FAIR_DISPLACEMENT)
+            ok = ok and fair
+            parts.append(f"{r.link} {r.path}: {q.get('max_running')}/{q.get('limit')} at once, "
+                         f"{q.get('order_displacement')} place(s) from FIFO, {_f(r.speedup, '.2f')}×"
+                         + ("" if r.status == "ok" else f" ({r.status})"))
+        out.append(Target("Ten jobs queued at once", "never more than MaxConcurrentJobs running; FIFO within "
+                          f"{FAIR_DISPLACEMENT} places; every job finishes", "—", "; ".join(parts),
+                          "met" if ok else "missed"))
+    return out
+
+
 def targets_table(items: List[Target]) -> str:
     lines = ["| target | goal | C++ plugin | measured | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {t.name} | {t.goal} | {t.reference} | {t.measured} | {t.verdict} |" for t in items]
@@ -163,7 +259,11 @@ def markdown(result: BenchResult) -> str:
               f"Python {m['python']} (load average at start: {', '.join(map(str, m['load_average']))}).\n"
               f"Datasets: {'; '.join(f'{k}: {v}' for k, v in result.datasets.items())}.\n"
               f"Links: {'; '.join(f'{k}: {v}' for k, v in result.links.items())}. MB = 10^6 bytes.")
-    parts = [header, "", table(result.measurements), "", "Targets:", "", targets_table(targets(result))]
+    parts = [header, "", table(result.measurements)]
+    queued = queue_table(result.measurements)
+    if queued:
+        parts += ["", "Queued jobs (submitted at once; seconds until the last one ended):", "", queued]
+    parts += ["", "Targets:", "", targets_table(targets(result))]
     if result.stall:
         summary = {k: v for k, v in result.stall.items() if k != "stalls"}
         parts += ["", "Event-loop stall probe: " + json.dumps(summary)]

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tests.devtools.bench import engine_cli, inprocess
-from tests.devtools.bench.bed import BenchBed
+from tests.devtools.bench.bed import BenchBed, StagingSampler
 from tests.devtools.bench.datasets import Dataset, DatasetSize, dataset
 from tests.devtools.bench.links import Link, link
-from tests.devtools.bench.paths import ENGINE_PATHS, PathSpec, Unavailable, path
+from tests.devtools.bench.paths import ENGINE_PATHS, PathSpec, Unavailable, Work, path
 from gui.sandbox.orthanc_process import ORTHANC_BINARY
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class Measurement:
     link: str
     path: str
     label: str
-    status: str                    # "ok" | "failed" | "unavailable"
+    status: str                    # "ok" | "failed" | "unavailable" | "skipped" (dataset not on this link)
     instances: int
     data_bytes: int                # DICOM bytes of the dataset
     seconds: Optional[float] = None
@@ -43,6 +43,12 @@ class Measurement:
     process_seconds: Optional[float] = None  # engine paths: the send process, start to exit
     planning_seconds: Optional[float] = None  # engine paths: the job's planning, as it reported
     db_mb: Optional[float] = None            # engine paths: its job database after the run
+    # Paths to a plugin target: the most bytes in its staging directory during the run,
+    # and the most its open transactions had announced (reserved) at once.
+    staging_peak_mb: Optional[float] = None
+    staging_reserved_mb: Optional[float] = None
+    engine_staging_mb: Optional[float] = None  # engine paths: most bytes in the engine's own staging dir
+    queue: Optional[Dict[str, Any]] = None     # queued jobs: the queue's figures (queued.summarize)
     verified: Optional[bool] = None
     verified_count: Optional[int] = None
     note: str = ""
@@ -117,18 +123,29 @@ class Runner:
     def _dataset(self, bed: BenchBed, ds: Dataset, engine_problem: Optional[str]) -> List[Measurement]:
         self.echo(f"[{ds.name}] generating and uploading {ds.description} ...")
         bed.clear_sources()
-        study, dataset_md5 = bed.upload(ds.files())
+        uploaded = bed.upload(ds.files())
+        dataset_md5 = uploaded.digests
         assert bed.stock_source is not None
-        if study is None:
-            raise RuntimeError(f"dataset {ds.name}: the source did not report a study after the upload")
-        listing = bed.stock_source.request("GET", f"/studies/{study}/instances")
-        instances = [i["ID"] for i in listing]
-        data_bytes = sum(int(i["FileSize"]) for i in listing)
+        work = self._work(ds, uploaded.studies, uploaded.patients)
+        instances: List[str] = []
+        data_bytes = 0
+        for resource in work.resources:
+            level = {"Patient": "patients", "Study": "studies"}[resource["Level"]]
+            listing = bed.stock_source.request("GET", f"/{level}/{resource['ID']}/instances")
+            instances += [i["ID"] for i in listing]
+            data_bytes += sum(int(i["FileSize"]) for i in listing)
+        work.instances = instances
         source_md5 = bed.md5s(bed.stock_source, instances)
         if set(dataset_md5) != set(instances):
             raise RuntimeError(f"dataset {ds.name}: the source holds other instances than uploaded")
         rows: List[Measurement] = []
         for ln in self.links:
+            if ds.only_links and ln.name not in ds.only_links:
+                row = Measurement(ds.name, ln.name, "skipped", "every path", "skipped", len(instances),
+                                  data_bytes, note=ds.skip_reason)
+                self.echo(f"[{ds.name} / {ln.name}] skipped: {ds.skip_reason}")
+                rows.append(row)
+                continue
             bed.set_link(ln)
             reference: Optional[float] = None
             for spec in self.paths:
@@ -140,7 +157,7 @@ class Runner:
                 else:
                     reference_md5 = dataset_md5 if spec.rewrites_file_meta else source_md5
                     try:
-                        self._measure(bed, spec, study, instances, reference_md5, ln, row)
+                        self._measure(bed, spec, work, reference_md5, ln, row)
                     except Exception as exc:  # one broken path must not lose the others' figures
                         row.status, row.note = "failed", _short(f"{type(exc).__name__}: {exc}")
                 if spec.name == "builtin" and row.status == "ok":
@@ -150,10 +167,21 @@ class Runner:
                 self.echo(f"[{ds.name} / {ln.name}] {spec.label}: " + _one_line(row))
                 rows.append(row)
             if self.stall_pair == (ds.name, ln.name) and engine_problem is None:
-                self._stall_probe(bed, ds, ln, study)
+                self._stall_probe(bed, ds, ln, work.resources[0])
         return rows
 
-    def _stall_probe(self, bed: BenchBed, ds: Dataset, ln: Link, study: str) -> None:
+    @staticmethod
+    def _work(ds: Dataset, studies: List[str], patients: List[str]) -> Work:
+        """The resources the jobs move: the patient, the study, or one study per queued job."""
+        if ds.level == "Patient":
+            if len(patients) != 1:
+                raise RuntimeError(f"dataset {ds.name}: expected one patient, the upload made {len(patients)}")
+            return Work([{"Level": "Patient", "ID": patients[0]}])
+        if len(studies) != ds.jobs:
+            raise RuntimeError(f"dataset {ds.name}: expected {ds.jobs} studies, the upload made {len(studies)}")
+        return Work([{"Level": "Study", "ID": s} for s in studies])
+
+    def _stall_probe(self, bed: BenchBed, ds: Dataset, ln: Link, resource: Dict[str, str]) -> None:
         """One more engine transfer, in this process, with the stall probe on its loop."""
         if bed.accel_target is not None and bed.accel_source is not None:
             mode, source, target = "push", bed.accel_source.url, bed.proxies["accel-push"].url
@@ -164,11 +192,12 @@ class Runner:
             bed.clear(bed.stock_target)
         where = f"engine {mode} in-process, {ds.name} over {ln.name}"
         self.echo(f"[{ds.name} / {ln.name}] stall probe during {where} ...")
-        self.stall = inprocess.measure(source, target, study, mode, where)
+        self.stall = inprocess.measure(source, target, resource, mode, where)
         self.echo(f"[{ds.name} / {ln.name}] stall probe: {self.stall}")
 
-    def _measure(self, bed: BenchBed, spec: PathSpec, study: str, instances: List[str],
+    def _measure(self, bed: BenchBed, spec: PathSpec, work: Work,
                  source_md5: Dict[str, Optional[str]], ln: Link, row: Measurement) -> None:
+        instances = work.instances
         try:
             target = spec.target(bed)
             spec.source(bed)
@@ -177,7 +206,19 @@ class Runner:
             return
         bed.clear(target)
         bed.reset_counters()
-        outcome = spec.run(bed, study, instances)
+        sampler = StagingSampler(target) if spec.accelerated_servers else None
+        try:
+            if sampler is not None:
+                with sampler:
+                    outcome = spec.run(bed, work)
+                row.staging_peak_mb = sampler.peak_bytes / MB
+                row.staging_reserved_mb = sampler.peak_reserved / MB
+            else:
+                outcome = spec.run(bed, work)
+        except Unavailable as exc:
+            row.note = str(exc)
+            return
+        row.queue = outcome.queue
         up, down = bed.wire_bytes()
         seconds = outcome.seconds
         if outcome.engine is not None:
@@ -188,6 +229,7 @@ class Runner:
             row.planning_seconds = float(planning) if isinstance(planning, (int, float)) else None
             if outcome.engine.db_bytes is not None:
                 row.db_mb = outcome.engine.db_bytes / MB
+            row.engine_staging_mb = outcome.engine.staging_peak_bytes / MB
             reported = (outcome.engine.report or {}).get("seconds")
             if isinstance(reported, (int, float)) and 0 < reported <= outcome.seconds:
                 # The job from its start to its verified report, as in the
@@ -231,12 +273,17 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _one_line(row: Measurement) -> str:
-    if row.status == "unavailable":
-        return f"unavailable ({row.note})"
+    if row.status in ("unavailable", "skipped"):
+        return f"{row.status} ({row.note})"
     parts = [f"{row.seconds:.2f} s" if row.seconds is not None else "",
              f"{row.mb_per_s:.1f} MB/s" if row.mb_per_s else "",
              f"wire {row.wire_bytes / MB:.1f} MB" if row.wire_bytes is not None else "",
              f"x{row.speedup:.2f}" if row.speedup else "",
+             f"planning {row.planning_seconds:.2f} s" if row.planning_seconds is not None else "",
+             f"RSS {row.peak_rss_mb:.0f} MB" if row.peak_rss_mb is not None else "",
+             f"staging peak {row.staging_peak_mb:.1f} MB" if row.staging_peak_mb is not None else "",
+             (f"max running {row.queue.get('max_running')}/{row.queue.get('limit')}"
+              if row.queue else ""),
              f"verified {row.verified_count}/{row.instances}" if row.verified_count is not None else ""]
     text = ", ".join(p for p in parts if p)
     return text + (f" -- {row.status}: {row.note}" if row.note else "")
