@@ -115,6 +115,9 @@ class BenchBed:
             "DicomModalities": {PEER_NAME: [TARGET_AET, "127.0.0.1", dicom.port]},
             "HttpTimeout": LONG_TIMEOUT_S,
             "DicomScuTimeout": LONG_TIMEOUT_S,
+            # Orthanc's default, as the engine's MaxConcurrentJobs (2): the queued
+            # dataset's ten store jobs run two at a time, like the engine's ten jobs.
+            "ConcurrentJobs": 2,
         })
         # Retrieve: the engine beside the target, the source across the link.
         self._proxy("stock-source-http", self.stock_source.http_port)
@@ -242,7 +245,8 @@ class StagingSampler:
     def __init__(self, server: OrthancProcess, interval: float = 0.1) -> None:
         self.server = server
         self.interval = interval
-        self.peak_bytes = 0
+        self.peak_bytes = 0           # everything in the staging directory
+        self.peak_data_bytes = 0      # the staged instance files alone (``*.dcm``)
         self.peak_reserved = 0
         self.samples = 0
         self._stop = threading.Event()
@@ -270,7 +274,9 @@ class StagingSampler:
         from tests.devtools.bench.engine_cli import directory_bytes
         directory = self.directory
         while True:
-            self.peak_bytes = max(self.peak_bytes, directory_bytes(directory))
+            data: List[int] = []
+            self.peak_bytes = max(self.peak_bytes, directory_bytes(directory, data_suffix=".dcm", data=data))
+            self.peak_data_bytes = max(self.peak_data_bytes, sum(data))
             reserved = self._reserved()
             if reserved is not None:
                 self.peak_reserved = max(self.peak_reserved, reserved)

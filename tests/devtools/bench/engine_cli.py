@@ -104,9 +104,10 @@ def _rss_tree(proc: psutil.Process) -> int:
     return total
 
 
-def directory_bytes(root: Path) -> int:
+def directory_bytes(root: Path, data_suffix: str = "", data: Optional[List[int]] = None) -> int:
     """Bytes of the regular files below ``root`` (0 if it does not exist); files
-    that vanish while it is walked are skipped (a staging area changes all the time)."""
+    that vanish while it is walked are skipped (a staging area changes all the time).
+    ``data``: the sizes of the files whose name ends with ``data_suffix`` are appended to it."""
     total = 0
     stack = [str(root)]
     while stack:
@@ -117,7 +118,10 @@ def directory_bytes(root: Path) -> int:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
+                            size = entry.stat(follow_symlinks=False).st_size
+                            total += size
+                            if data is not None and entry.name.endswith(data_suffix):
+                                data.append(size)
                     except OSError:
                         continue
         except OSError:

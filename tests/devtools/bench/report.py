@@ -103,7 +103,9 @@ def targets(result: BenchResult) -> List[Target]:
                       utilization_goal=0.9),
         _best_speedup(rows, "tiny", "wan", 40, "WAN, tiny instances", "38×"),
     ]
-    lan = [r for r in rows if r.link == "lan" and r.path in ENGINE_PATHS and r.status == "ok" and r.speedup]
+    # The LAN datasets; the scale and queued rows have targets of their own.
+    lan = [r for r in rows if r.link == "lan" and r.path in ENGINE_PATHS and r.status == "ok" and r.speedup
+           and r.dataset in ("ct", "tiny", "large")]
     if lan:
         worst = min(lan, key=lambda r: r.speedup or 0)
         out.append(Target("LAN, every dataset and engine mode", "never slower than the peer store (≥ 1×)",
@@ -212,11 +214,14 @@ def scale_targets(rows: List[Measurement]) -> List[Target]:
         accel = [r for r in done if r.staging_peak_mb is not None]
         if accel:
             # Nothing is imported before the commit: the staging area holds the job's bytes, once,
-            # never more than its transactions announced, and those within MaxStagedSize.
-            ok = all((r.staging_peak_mb or 0) <= (r.staging_reserved_mb or 0) * 1.01 + 0.1
+            # never more than its transactions announced, and those within MaxStagedSize; beside
+            # them, each transaction's manifest (its push request).
+            ok = all((r.staging_data_mb or 0) <= (r.staging_reserved_mb or 0) * 1.001
                      and (r.staging_reserved_mb or 0) <= STAGED_SIZE_MB * 2**20 / MB for r in accel)
-            text = "; ".join(f"{r.path} {r.staging_peak_mb:.1f} MB staged at most, {_f(r.staging_reserved_mb, '.1f')}"
-                             f" MB announced, for {r.data_bytes / MB:.1f} MB of data" for r in accel)
+            text = "; ".join(f"{r.path}: at most {_f(r.staging_data_mb, '.1f')} MB of instance files staged "
+                             f"(+ {(r.staging_peak_mb or 0) - (r.staging_data_mb or 0):.1f} MB of manifest), "
+                             f"{_f(r.staging_reserved_mb, '.1f')} MB announced, for {r.data_bytes / MB:.1f} MB "
+                             "of data" for r in accel)
             out.append(Target("Scale, target staging", "peak ≤ the transaction's announced bytes ≤ MaxStagedSize "
                               f"({STAGED_SIZE_MB} MB)", "—", text + size_note, "met" if ok else "missed"))
         else:

@@ -46,6 +46,7 @@ class Measurement:
     # Paths to a plugin target: the most bytes in its staging directory during the run,
     # and the most its open transactions had announced (reserved) at once.
     staging_peak_mb: Optional[float] = None
+    staging_data_mb: Optional[float] = None     # of which the staged instance files (the rest: manifests)
     staging_reserved_mb: Optional[float] = None
     engine_staging_mb: Optional[float] = None  # engine paths: most bytes in the engine's own staging dir
     queue: Optional[Dict[str, Any]] = None     # queued jobs: the queue's figures (queued.summarize)
@@ -212,6 +213,7 @@ class Runner:
                 with sampler:
                     outcome = spec.run(bed, work)
                 row.staging_peak_mb = sampler.peak_bytes / MB
+                row.staging_data_mb = sampler.peak_data_bytes / MB
                 row.staging_reserved_mb = sampler.peak_reserved / MB
             else:
                 outcome = spec.run(bed, work)
