@@ -129,6 +129,11 @@ async def capture(out: Path) -> None:
             right.tree.selectionModel().select(right.model.index_of("Study", study_id),
                                                QItemSelectionModel.SelectionFlag.ClearAndSelect
                                                | QItemSelectionModel.SelectionFlag.Rows)
+        # Export the audit record under its proposed name (in a scratch folder, not the user's
+        # Documents), so the picture shows the "Saved …" note beside the buttons.
+        commitment = ui.panel.detail.commitment
+        commitment.export(Path(tempfile.mkdtemp(prefix="shots-export-"))
+                          / commitment.default_export_path("csv").name, "csv")
         await settle(0.6)
         save(window, out / "transfer-finished.png")
         QApplication.processEvents()
