@@ -29,7 +29,6 @@ import socket
 import struct
 import sys
 import ssl
-import threading
 import time
 import urllib.request
 import zlib
@@ -480,17 +479,21 @@ class _StaleConnection(Exception):
 # two-core machine shared with both servers that CPU is what limits. On
 # Linux ``os.splice`` moves the bytes from the source's socket through a
 # pipe into the target's socket inside the kernel: this process never
-# touches them. The relay runs in a worker thread on blocking sockets of
-# its own (an asyncio transport owns its file descriptor), one keep-alive
-# pool per server. Integrity is then the end-to-end check the caller does
-# anyway (the MD5 the target stored against the source's).
+# touches them. The relay runs on the event loop with sockets of its own
+# (an asyncio transport owns its file descriptor), one keep-alive pool per
+# server; no thread, so no GIL handed back and forth. Integrity is then the
+# end-to-end check the caller does anyway (the MD5 the target stored
+# against the source's).
 
 # Largest pipe asked for (Linux's default ceiling, /proc/sys/fs/pipe-max-size).
 RELAY_PIPE = 1024 * 1024
+# Bytes the source's socket gathers before the relay wakes to move them
+# (SO_RCVLOWAT): a few large splices, not one per TCP segment.
+RELAY_LOWAT = 256 * 1024
 # A kept-alive socket idle longer than this is not reused (Orthanc closes
 # idle connections after its KeepAliveTimeout, 1 s by default).
 RELAY_IDLE = 0.8
-# Answers of the target (JSON) and error answers of the source read whole up to this.
+# Answers of the target (JSON) read whole up to this.
 RELAY_ANSWER_MAX = 1024 * 1024
 
 
@@ -530,8 +533,8 @@ class _Stale(Exception):
 
 
 class RawPool:
-    """Blocking keep-alive sockets to one plain-HTTP server, for relays run in
-    worker threads (thread-safe)."""
+    """Non-blocking keep-alive sockets to one plain-HTTP server, for relays.
+    Use from one event loop."""
 
     def __init__(self, host: str, port: int, prefix: str, headers: Mapping[str, str],
                  timeout: float, connect_timeout: float) -> None:
@@ -542,42 +545,45 @@ class RawPool:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._idle: List[Tuple[socket.socket, float]] = []
-        self._lock = threading.Lock()
         self._closed = False
 
-    def open(self) -> socket.socket:
+    async def open(self) -> socket.socket:
+        loop = asyncio.get_running_loop()
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except socket.timeout:
+            async with _timeout(self.connect_timeout):
+                infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+                family, kind, proto, _name, address = infos[0]
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, address)
+                except BaseException:
+                    sock.close()
+                    raise
+        except TimeoutError:
             raise ConnectionError("no connection within the timeout") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.timeout)     # non-blocking underneath: splice polls itself
         return sock
 
-    def take(self) -> Tuple[socket.socket, bool]:
+    async def take(self) -> Tuple[socket.socket, bool]:
         """A socket and whether it was kept alive from an earlier request."""
         now = time.monotonic()
-        while True:
-            with self._lock:
-                if not self._idle:
-                    break
-                sock, since = self._idle.pop()
+        while self._idle:
+            sock, since = self._idle.pop()
             if now - since < RELAY_IDLE and _quiet(sock):
                 return sock, True
             sock.close()
-        return self.open(), False
+        return await self.open(), False
 
     def give(self, sock: socket.socket) -> None:
-        with self._lock:
-            if not self._closed:
-                self._idle.append((sock, time.monotonic()))
-                return
-        sock.close()
+        if self._closed:
+            sock.close()
+        else:
+            self._idle.append((sock, time.monotonic()))
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
+        self._closed = True
+        idle, self._idle = self._idle, []
         for sock, _since in idle:
             sock.close()
 
@@ -589,19 +595,21 @@ def _quiet(sock: socket.socket) -> bool:
     return not poller.poll(0)
 
 
-def _wait(fd: int, events: int, timeout: float, side: str) -> None:
-    poller = select.poll()
-    poller.register(fd, events | select.POLLERR | select.POLLHUP)
-    if not poller.poll(timeout * 1000):
-        raise RelayError(f"no progress {'from' if side == 'source' else 'to'} the {side} within "
-                         f"{timeout:.0f} s (timeout)", side=side, forwarded=True, timeout=True)
+async def _recv(sock: socket.socket, limit: float) -> bytes:
+    async with _timeout(limit):
+        return await asyncio.get_running_loop().sock_recv(sock, 65536)
 
 
-def _read_head(sock: socket.socket) -> Tuple[int, str, Dict[str, str], bool, bytes]:
+async def _send_all(sock: socket.socket, data: bytes, limit: float) -> None:
+    async with _timeout(limit):
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+
+
+async def _relay_head(sock: socket.socket, limit: float) -> Tuple[int, str, Dict[str, str], bool, bytes]:
     """Status, reason, headers (lower-case names), keep-alive, and the bytes read past the head."""
     buffer = b""
     while True:
-        piece = sock.recv(65536)
+        piece = await _recv(sock, limit)
         if not piece:
             if not buffer:
                 raise _Stale()
@@ -627,22 +635,29 @@ def _read_head(sock: socket.socket) -> Tuple[int, str, Dict[str, str], bool, byt
     return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, keep, rest
 
 
-def _read_body(sock: socket.socket, headers: Dict[str, str], rest: bytes) -> Tuple[bytes, bool]:
+async def _relay_body(sock: socket.socket, headers: Dict[str, str], rest: bytes,
+                      limit: float) -> Tuple[bytes, bool]:
     """A small answer's body (Content-Length, chunked or until close) and
     whether the socket may be kept."""
+    async def more() -> bytes:
+        piece = await _recv(sock, limit)
+        if not piece:
+            raise ConnectionError("connection closed in the middle of an answer")
+        return piece
+
     if "chunked" in headers.get("transfer-encoding", "").lower():
         data, buffer = b"", rest
         while True:
             while b"\r\n" not in buffer:
-                buffer += _recv_some(sock)
+                buffer += await more()
             line, buffer = buffer.split(b"\r\n", 1)
             size = _parse_size(line.split(b";", 1)[0].strip(), 16, "chunk size")
             if size == 0:
                 while not (buffer.startswith(b"\r\n") or b"\r\n\r\n" in buffer):
-                    buffer += _recv_some(sock)
+                    buffer += await more()
                 return data, True
             while len(buffer) < size + 2:
-                buffer += _recv_some(sock)
+                buffer += await more()
             data += buffer[:size]
             buffer = buffer[size + 2:]
             if len(data) > RELAY_ANSWER_MAX:
@@ -653,11 +668,11 @@ def _read_body(sock: socket.socket, headers: Dict[str, str], rest: bytes) -> Tup
             raise ConnectionError("answer too large")
         data = rest
         while len(data) < size:
-            data += _recv_some(sock)
+            data += await more()
         return data[:size], True
     data = rest
     while True:
-        piece = sock.recv(65536)
+        piece = await _recv(sock, limit)
         if not piece:
             return data, False
         data += piece
@@ -665,62 +680,107 @@ def _read_body(sock: socket.socket, headers: Dict[str, str], rest: bytes) -> Tup
             raise ConnectionError("answer too large")
 
 
-def _recv_some(sock: socket.socket) -> bytes:
-    piece = sock.recv(65536)
-    if not piece:
-        raise ConnectionError("connection closed in the middle of an answer")
-    return piece
+async def _ready(read_fd: Optional[int], write_fd: Optional[int], limit: float) -> None:
+    """Wait until ``read_fd`` is readable or ``write_fd`` writable."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if read_fd is not None:
+        loop.add_reader(read_fd, wake)
+    if write_fd is not None:
+        loop.add_writer(write_fd, wake)
+    try:
+        async with _timeout(limit):
+            await ready
+    except TimeoutError:
+        side = "source" if read_fd is not None else "target"
+        raise RelayError(f"no progress {'from' if side == 'source' else 'to'} the {side} within "
+                         f"{limit:.0f} s (timeout)", side=side, forwarded=True, timeout=True) from None
+    finally:
+        if read_fd is not None:
+            loop.remove_reader(read_fd)
+        if write_fd is not None:
+            loop.remove_writer(write_fd)
 
 
-def _splice(source: socket.socket, target: socket.socket, left: int, timeout: float) -> None:
-    """Move ``left`` bytes from ``source`` into ``target`` inside the kernel."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+async def _splice(source: socket.socket, target: socket.socket, left: int, limit: float) -> None:
+    """Move ``left`` bytes from ``source`` into ``target`` inside the kernel,
+    through a pipe, never blocking the loop."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    low = 1
     try:
         try:
             fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, RELAY_PIPE)
-        except (OSError, AttributeError):
-            pass   # the default 64 KB pipe works too, in more steps
+        except OSError:
+            pass   # the default pipe works too, in more steps
+        capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
         src, dst = source.fileno(), target.fileno()
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        while left:
-            try:
-                moved = os.splice(src, write_end, min(left, RELAY_PIPE), flags=flags)
-            except BlockingIOError:
-                _wait(src, select.POLLIN, timeout, "source")
-                continue
-            if moved == 0:
-                raise RelayError(f"the source closed the connection with {left} bytes to go",
-                                 side="source", forwarded=True)
-            left -= moved
-            more = os.SPLICE_F_MORE if left else 0
-            while moved:
+        held = 0      # bytes in the pipe
+        while left or held:
+            moved = False
+            if left and held < capacity:
+                want = min(left, RELAY_LOWAT, capacity - held)
+                if want != low:
+                    source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                    low = want
                 try:
-                    sent = os.splice(read_end, dst, moved, flags=flags | more)
+                    got = os.splice(src, write_end, min(left, capacity - held), flags=flags)
                 except BlockingIOError:
-                    _wait(dst, select.POLLOUT, timeout, "target")
-                    continue
+                    got = -1
+                except OSError as exc:
+                    raise RelayError(f"connection to the source broken: {exc}", side="source",
+                                     forwarded=True) from None
+                if got == 0:
+                    raise RelayError(f"the source closed the connection with {left} bytes to go",
+                                     side="source", forwarded=True)
+                if got > 0:
+                    left -= got
+                    held += got
+                    moved = True
+            if held:
+                try:
+                    sent = os.splice(read_end, dst, held,
+                                     flags=flags | (os.SPLICE_F_MORE if left else 0))
+                except BlockingIOError:
+                    sent = -1
                 except OSError as exc:
                     raise RelayError(f"connection to the target broken: {exc}", side="target",
                                      forwarded=True) from None
-                moved -= sent
+                if sent > 0:
+                    held -= sent
+                    moved = True
+            if not moved:
+                await _ready(src if left and held < capacity else None, dst if held else None, limit)
     finally:
+        if low != 1:
+            try:
+                source.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError:
+                pass
         os.close(read_end)
         os.close(write_end)
 
 
-def relay(source: RawPool, path: str, target: RawPool, upload_path: str, *, accept_gzip: bool,
-          expected_size: Optional[int] = None, content_type: str = "application/dicom") -> RelayAnswer:
+async def relay(source: RawPool, path: str, target: RawPool, upload_path: str, *, accept_gzip: bool,
+                expected_size: Optional[int] = None, content_type: str = "application/dicom") -> RelayAnswer:
     """GET ``path`` from ``source`` and send its body, spliced, as the body of
-    ``POST upload_path`` to ``target``; blocking (run it in a thread). A gzip
-    answer is forwarded as it came, with ``Content-Encoding: gzip``.
+    ``POST upload_path`` to ``target``. A gzip answer is forwarded as it
+    came, with ``Content-Encoding: gzip``.
 
     Raises :class:`RelayError`; ``forwarded`` False (nothing reached the
     target) also for a source answer this cannot relay as it is: not 200, no
     ``Content-Length``, another encoding, or an uncompressed size other than
-    ``expected_size``."""
+    ``expected_size``. Cancelled half-way, both connections are closed: the
+    target drops the upload it did not get whole."""
     for attempt in (1, 2):
         try:
-            return _relay_once(source, path, target, upload_path, accept_gzip, expected_size, content_type)
+            return await _relay_once(source, path, target, upload_path, accept_gzip, expected_size,
+                                     content_type)
         except _Stale:
             if attempt == 2:
                 raise RelayError("connection closed by the server before answering", side="target",
@@ -728,21 +788,20 @@ def relay(source: RawPool, path: str, target: RawPool, upload_path: str, *, acce
     raise AssertionError("unreachable")
 
 
-def _relay_once(source: RawPool, path: str, target: RawPool, upload_path: str, accept_gzip: bool,
-                expected_size: Optional[int], content_type: str) -> RelayAnswer:
+async def _relay_once(source: RawPool, path: str, target: RawPool, upload_path: str, accept_gzip: bool,
+                      expected_size: Optional[int], content_type: str) -> RelayAnswer:
     request = (f"GET {source.prefix}{path} HTTP/1.1\r\n{source.head_lines}"
                f"Accept-Encoding: {'gzip' if accept_gzip else 'identity'}\r\n\r\n").encode("latin-1")
     src_sock: Optional[socket.socket] = None
     dst_sock: Optional[socket.socket] = None
-    keep_src = keep_dst = False
     forwarded = False
     try:
         # The source's answer head (a kept-alive socket found closed: once more on a new one).
         for attempt in (1, 2):
-            src_sock, reused = source.take()
+            src_sock, reused = await source.take()
             try:
-                src_sock.sendall(request)
-                status, reason, headers, keep_src, rest = _read_head(src_sock)
+                await _send_all(src_sock, request, source.timeout)
+                status, reason, headers, keep_src, rest = await _relay_head(src_sock, source.timeout)
                 break
             except (_Stale, BrokenPipeError, ConnectionResetError):
                 src_sock.close()
@@ -761,26 +820,24 @@ def _relay_once(source: RawPool, path: str, target: RawPool, upload_path: str, a
         elif encoding not in ("identity", "gzip"):
             problem = f"the source's answer is {encoding}-encoded"
         if problem is not None:
-            keep_src = False
             raise RelayError(problem, side="source", forwarded=False, status=status)
         assert length_text is not None
         length = _parse_size(length_text.encode(), 10, "Content-Length")
         gzipped = encoding == "gzip"
         if not gzipped and expected_size is not None and length != expected_size:
-            keep_src = False
             raise RelayError(f"the source's file has {length} bytes, {expected_size} expected",
                              side="source", forwarded=False)
-        rest, extra = rest[:length], rest[length:]
-        if extra:
-            keep_src = False   # more than one answer: not something to reuse
+        if len(rest) > length:
+            keep_src = False   # more than one answer: nothing to reuse
+            rest = rest[:length]
 
         head = (f"POST {target.prefix}{upload_path} HTTP/1.1\r\n{target.head_lines}"
                 f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
                 + ("Content-Encoding: gzip\r\n" if gzipped else "") + "\r\n").encode("latin-1")
         for attempt in (1, 2):
-            dst_sock, reused = target.take()
+            dst_sock, reused = await target.take()
             try:
-                dst_sock.sendall(head)
+                await _send_all(dst_sock, head, target.timeout)
                 break
             except (BrokenPipeError, ConnectionResetError):
                 dst_sock.close()
@@ -791,39 +848,39 @@ def _relay_once(source: RawPool, path: str, target: RawPool, upload_path: str, a
         forwarded = True
         try:
             if rest:
-                dst_sock.sendall(rest)
+                await _send_all(dst_sock, rest, target.timeout)
         except OSError as exc:
             raise RelayError(f"connection to the target broken: {exc}", side="target", forwarded=True) from None
-        try:
-            _splice(src_sock, dst_sock, length - len(rest), source.timeout)
-        except OSError as exc:
-            raise RelayError(f"connection to the source broken: {exc}", side="source", forwarded=True) from None
+        await _splice(src_sock, dst_sock, length - len(rest), source.timeout)
         if keep_src:
             source.give(src_sock)
-            src_sock = None
+        else:
+            src_sock.close()
+        src_sock = None
 
         try:
-            status, reason, answer_headers, keep_dst, rest = _read_head(dst_sock)
-            content, complete = _read_body(dst_sock, answer_headers, rest)
+            status, reason, answer_headers, keep_dst, rest = await _relay_head(dst_sock, target.timeout)
+            content, complete = await _relay_body(dst_sock, answer_headers, rest, target.timeout)
         except _Stale:
             if reused:
                 raise
             raise RelayError("the target closed the connection without answering", side="target",
                              forwarded=True) from None
-        keep_dst = keep_dst and complete
+        if keep_dst and complete:
+            target.give(dst_sock)
+        else:
+            dst_sock.close()
+        dst_sock = None
         if answer_headers.get("content-encoding", "").lower() == "gzip" and content:
             # Not asked for, but a proxy in front may add it.
             try:
                 content = zlib.decompress(content, 31)
             except zlib.error as exc:
                 raise RelayError(f"corrupt gzip answer: {exc}", side="target", forwarded=True) from None
-        if keep_dst:
-            target.give(dst_sock)
-            dst_sock = None
         return RelayAnswer(status, reason, answer_headers, content, length, "gzip" if gzipped else None)
-    except RelayError:
+    except (RelayError, _Stale):
         raise
-    except socket.timeout:
+    except TimeoutError:
         side = "target" if forwarded else "source"
         raise RelayError(f"no answer within {target.timeout if forwarded else source.timeout:.0f} s "
                          "(timeout)", side=side, forwarded=forwarded, timeout=True) from None

@@ -4,7 +4,7 @@ Between two servers reached over plain HTTP (no TLS, no speed limit, Linux),
 an instance that travels alone and uncompressed by the engine is not read
 into this process at all: its ``GET /instances/{id}/file`` answer is
 spliced from the source's socket into the body of ``POST /instances`` to
-the target (``fast_http.relay``), in a worker thread. A gzip answer from
+the target (``fast_http.relay``), on the event loop. A gzip answer from
 the source is forwarded as it came, ``Content-Encoding: gzip`` (stock
 Orthanc stores the inflated file), so the engine neither inflates nor
 hashes it either.
@@ -19,10 +19,7 @@ what it downloads.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 from gui.client import fast_http
@@ -30,11 +27,6 @@ from gui.client.errors import OrthancError
 from gui.client.fast_http import RawPool, RelayError
 from gui.client.orthanc_client import OrthancClient
 from gui.protocol.wire import check_orthanc_id
-
-# Relays in flight at most, over all jobs (each holds one worker thread,
-# mostly asleep in the kernel).
-RELAY_THREADS = 32
-_POOL = ThreadPoolExecutor(max_workers=RELAY_THREADS, thread_name_prefix="relay")
 
 
 class NotRelayed(Exception):
@@ -68,10 +60,9 @@ async def relay_instance(source: OrthancClient, target: OrthancClient, pools: Tu
     crossed (compressed when the source compressed them). Errors are
     :class:`OrthancError` of the server that failed, or :class:`NotRelayed`."""
     path = f"/instances/{check_orthanc_id(instance_id)}/file"
-    call = functools.partial(fast_http.relay, pools[0], path, pools[1], "/instances",
-                             accept_gzip=gzip, expected_size=size)
     try:
-        answer = await asyncio.get_running_loop().run_in_executor(_POOL, call)
+        answer = await fast_http.relay(pools[0], path, pools[1], "/instances", accept_gzip=gzip,
+                                       expected_size=size)
     except RelayError as exc:
         if not exc.forwarded:
             raise NotRelayed(exc.reason) from None
