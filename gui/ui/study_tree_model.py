@@ -77,7 +77,6 @@ class StudyTreeModel(QStandardItemModel):
         self.setSortRole(_SORT_ROLE)
         self.browser = StudyBrowser(self, page_size=page_size, stats_concurrency=stats_concurrency)
         self._root = self.browser.root
-        self._nodes = self.browser.nodes
         # Qt's internal id of an index is its parent item's address: which node's children
         # live under that item.
         self._owners: Dict[int, Node] = {}
@@ -125,7 +124,7 @@ class StudyTreeModel(QStandardItemModel):
         parent_item.insertRows(first, items)   # one rowsInserted for the page
 
     def browser_changed(self, node: Node, what: str) -> None:
-        if node.fetched and node.uid in self._placeholders and self._nodes.get(node.uid) is node:
+        if node.fetched and node.uid in self._placeholders and self.browser.nodes.get(node.uid) is node:
             # Loaded without children (or failed): the expand arrow goes. Told to the view,
             # which relays the tree out; rowCount() says 1 until the row is gone.
             self._placeholders.discard(node.uid)
@@ -449,7 +448,7 @@ class StudyTreeModel(QStandardItemModel):
             self.blockSignals(blocked)
 
     def _changed(self, node: Node, first: int, last: int) -> None:
-        if self._nodes.get(node.uid) is node:
+        if self.browser.nodes.get(node.uid) is node:
             self.dataChanged.emit(self._index_of(node, first), self._index_of(node, last))
 
 
