@@ -145,6 +145,7 @@ class PeerPane(QWidget):
         # Rows to expand / select again when they come back after a reload or a search.
         self._restore_expanded: Set[Tuple[str, str]] = set()
         self._restore_selected: Set[Tuple[str, str]] = set()
+        self._rebuild_view: Tuple[Optional[Tuple[str, str]], int] = (None, 0)
         self._runner = TaskRunner(self)
 
         self.selector = QComboBox(self)
@@ -257,6 +258,8 @@ class PeerPane(QWidget):
         self.model.modelReset.connect(lambda: self.selectionChanged.emit())
         self.model.rowsRemoved.connect(lambda *_: self.selectionChanged.emit())
         self.model.rowsInserted.connect(self._rows_back)
+        self.model.aboutToRebuild.connect(self._before_rebuild)
+        self.model.rebuilt.connect(self._after_rebuild)
         self.model.loadingChanged.connect(lambda _loading: self._render_status())
         self.model.rowsLoaded.connect(lambda _count: self._render_status())
         self.model.loadFailed.connect(self._model_failed)
@@ -466,11 +469,22 @@ class PeerPane(QWidget):
         self._restore_selected = selected
 
     def _rows_back(self, parent: QModelIndex, first: int, last: int) -> None:
-        if not (self._restore_expanded or self._restore_selected):
+        wanted = len(self._restore_expanded) + len(self._restore_selected)
+        if not wanted:
             return
+        if wanted < last - first + 1:
+            self._put_back()   # fewer rows to put back than rows inserted (a page of 1,600)
+        else:
+            self._put_back([self.model.index(row, 0, parent) for row in range(first, last + 1)])
+
+    def _put_back(self, indexes: Optional[List[QModelIndex]] = None) -> None:
+        """Expand and select again the remembered rows among ``indexes`` (default: all
+        the remembered rows that are loaded)."""
         model = self.model
-        for row in range(first, last + 1):
-            index = model.index(row, 0, parent)
+        if indexes is None:
+            keys = self._restore_expanded | self._restore_selected
+            indexes = [model.index_of(level, resource_id) for level, resource_id in keys]
+        for index in indexes:
             node = model.node(index)
             if node is None:
                 continue
@@ -482,6 +496,22 @@ class PeerPane(QWidget):
                 self._restore_selected.discard(key)
                 self.tree.selectionModel().select(
                     index, QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows)
+
+    def _before_rebuild(self) -> None:
+        """A sort rebuilds the model's rows (a reset): remember the view."""
+        self._remember_view()
+        current = self.model.node(self.tree.currentIndex())
+        self._rebuild_view = ((current.level, current.id) if current is not None else None,
+                              self.tree.verticalScrollBar().value())
+
+    def _after_rebuild(self) -> None:
+        current, scrolled = self._rebuild_view
+        self._put_back()   # what is loaded comes back now, the rest as it loads
+        index = self.model.index_of(*current) if current is not None else QModelIndex()
+        if index.isValid():
+            self.tree.selectionModel().setCurrentIndex(index, QItemSelectionModel.SelectionFlag.NoUpdate)
+        self.tree.doItemsLayout()   # the scroll range first: the view stays where it was
+        self.tree.verticalScrollBar().setValue(scrolled)
 
     def _fit_name_column(self) -> None:
         header = self.tree.header()

@@ -40,7 +40,7 @@ class Node:
 
     __slots__ = ("uid", "level", "id", "parent", "row", "children", "tags", "fetched",
                  "loading", "error", "stats", "stats_state", "instances", "modalities",
-                 "search_subset", "study_modalities")
+                 "search_subset", "study_modalities", "hidden_child")
 
     def __init__(self, uid: int, level: str, resource_id: str, parent: Optional["Node"],
                  tags: Optional[Dict[str, str]] = None) -> None:
@@ -61,6 +61,7 @@ class Node:
         self.search_subset = False         # patient shown with only the matching studies
         # A patient's series listed (without expanding it): study ID → its modalities.
         self.study_modalities: Optional[Dict[str, Set[str]]] = None
+        self.hidden_child = False          # the Qt model's: its row holds a hidden empty child
 
     @property
     def resource(self) -> Dict[str, str]:
@@ -187,9 +188,9 @@ class StudyBrowser:
         for node in old:
             node.parent = None
         self.root.children = []
-        self.nodes.clear()
-        self._by_id.clear()
-        _release_in_slices(old)
+        old_nodes, old_ids = self.nodes, self._by_id
+        self.nodes, self._by_id = {}, {}
+        _release_in_slices(old, old_nodes, old_ids)
         self._stats_queue.clear()
         self._stats_workers = 0
         self._complete = False
@@ -463,7 +464,8 @@ class StudyBrowser:
                 self._stats_workers -= 1
 
 
-def _release_in_slices(nodes: List[Node], size: int = 5000) -> None:
+def _release_in_slices(nodes: List[Node], *indexes: Dict[Any, Node], size: int = 5000) -> None:
+    """Free reset rows a slice at a time, then the dictionaries that indexed them."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -471,11 +473,13 @@ def _release_in_slices(nodes: List[Node], size: int = 5000) -> None:
         return
 
     def release() -> None:
-        del nodes[-size:]
         if nodes:
+            del nodes[-size:]
             loop.call_soon(release)
-    if nodes:
-        loop.call_soon(release)
+        elif indexes:
+            held.clear()
+    held = list(indexes)
+    loop.call_soon(release)
 
 
 def _settle_rows() -> None:

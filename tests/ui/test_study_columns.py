@@ -115,3 +115,32 @@ def test_a_collapsed_patient_shows_the_modalities_of_its_studies(qtbot, make_win
     qtbot.waitUntil(lambda: model.is_complete and texts(pane, COL_PATIENT_ID) == ["PAT00530"], timeout=WAIT)
     qtbot.waitUntil(lambda: model.index(0, COL_MODALITY).data() == "CT", timeout=WAIT)
     assert not pane.tree.isExpanded(model.index(0, 0))
+
+
+def test_sorting_keeps_what_is_open_and_selected(qtbot, make_window, orthanc_factory, tiny_studies, tmp_path):
+    server = orthanc_factory("sorting")
+    for files in tiny_studies(3, first_seed=541):
+        upload_all(server, files)
+    config = AppConfig(path=tmp_path / "config.json")
+    config.peers = [Peer("Sorting", server.url, local=True)]
+    window = make_window(config)
+    pane = window.panes[0]
+    wait_loaded(qtbot, pane)
+    model = pane.model
+    header = pane.tree.header()
+    header.setSortIndicator(COL_PATIENT_ID, Qt.SortOrder.AscendingOrder)
+    assert texts(pane, COL_PATIENT_ID) == ["PAT00541", "PAT00542", "PAT00543"]
+    patient = model.index(1, 0)
+    pane.tree.expand(patient)
+    qtbot.waitUntil(lambda: model.rowCount(model.index(1, 0)) == 1, timeout=WAIT)
+    study_id = model.node(model.index(0, 0, model.index(1, 0))).id
+    selection = pane.tree.selectionModel()
+    selection.select(model.index(0, 0, model.index(1, 0)),
+                     selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
+
+    header.setSortIndicator(COL_PATIENT_ID, Qt.SortOrder.DescendingOrder)
+    assert texts(pane, COL_PATIENT_ID) == ["PAT00543", "PAT00542", "PAT00541"]
+    assert pane.tree.isExpanded(model.index_of("Patient", model.node(model.index(1, 0)).id))
+    assert pane.selected_resources() == [{"Level": "Study", "ID": study_id}]
+    assert model.rowCount(model.index(1, 0)) == 1 and model.hasChildren(model.index(0, 0))
+    assert model.rowCount(model.index(0, 0)) == 0   # not loaded: still the arrow, no rows
