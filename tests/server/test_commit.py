@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+
+from gui.resources.server_plugin.transfers_plugin import commit as plugin_commit
+from gui.sandbox.orthanc_process import OrthancProcess
 
 from tests.server.conftest import study
 from tests.server.push_helpers import PluginHttp, assert_orthanc_error, plan_push
@@ -60,6 +65,18 @@ def test_parallel_commit_failing_midway_removes_everything_it_imported(parallel_
     assert sorted(http.instance_ids()) == sorted(good.ids())
 
 
+def test_parallel_commit_streams_large_staged_files_intact(parallel_server, http):
+    """Instances above the size sent in one write go from the staged file to
+    Orthanc's port with sendfile: stored byte for byte, several at once."""
+    plan = plan_push(study(404, ct=4, ct_size=512), 256 * 1024)   # 525 KB slices, split in 3 buckets
+    assert min(i.size for i in plan.infos) > 256 * 1024
+    assert http.commit(http.send_all(plan)).status_code == 200
+    stored = {i: parallel_server.request("GET", f"/instances/{i}/attachments/dicom/md5", raw=True).decode()
+              for i in http.instance_ids()}
+    assert stored == {i.id: i.md5 for i in plan.infos}
+    assert _metrics(parallel_server)["transfers_commit_imports_at_once"] >= 2   # not fallen back in process
+    assert "in process from now on" not in parallel_server.log_path.read_text(errors="replace")
+
 
 def test_split_instances_sent_out_of_order_or_again_are_checked_as_written(parallel_server, http):
     """Split instances are hashed while their pieces arrive (in any order);
@@ -85,3 +102,20 @@ def test_split_instances_sent_out_of_order_or_again_are_checked_as_written(paral
     assert http.put(tid, victim, plan.bodies[victim]).status_code == 200
     assert http.commit(tid).status_code == 200
     assert sorted(http.instance_ids()) == sorted(plan.ids())
+
+
+def test_loopback_poster_replaces_a_connection_orthanc_closed_while_idle(tmp_path):
+    """A commit thread that imports again after Orthanc's KeepAliveTimeout
+    must open a new connection, not take the closed one for an unreachable
+    port (which made every later commit of the server import in process)."""
+    files = study(405, tiny=2)
+    with OrthancProcess(name="keepalive", workdir=tmp_path, extra_config={"KeepAliveTimeout": 1}) as server:
+        poster = plugin_commit.LoopbackPoster(server.http_port, "Bearer unused")  # no users: no token needed
+        assert poster.post(files[0])["Status"] == "Success"
+        sock = poster.local.connection.sock
+        deadline = time.monotonic() + 30
+        while not plugin_commit._closed_by_server(sock):   # Orthanc closes the idle connection
+            assert time.monotonic() < deadline, "Orthanc kept the idle connection open"
+            time.sleep(0.05)
+        assert poster.post(files[1])["Status"] == "Success"
+        assert poster.local.connection.sock is not sock
