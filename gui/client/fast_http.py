@@ -76,6 +76,8 @@ Body = Union[None, bytes, bytearray, memoryview, AsyncIterator[bytes]]
 READ_PIECE = 1024 * 1024
 # Bytes the socket's write buffer takes before a drain waits.
 WRITE_BUFFER = 1024 * 1024
+# Pieces of a request body whose progress is followed (on_sent).
+FOLLOWED_PIECE = 256 * 1024
 
 
 class FastHttpError(Exception):
@@ -204,18 +206,21 @@ class FastHttp:
 
     async def request(self, method: str, path: str, *, body: Body = None,
                       headers: Optional[Mapping[str, str]] = None,
-                      timeout: Optional[float] = None) -> FastResponse:
-        """One request, the whole answer read (inflated when gzip)."""
+                      timeout: Optional[float] = None,
+                      on_sent: Optional[Callable[[int], None]] = None) -> FastResponse:
+        """One request, the whole answer read (inflated when gzip).
+        ``on_sent(bytes)`` follows a whole body as the socket takes it."""
         pieces: List[bytes] = []
         response = await self.stream(method, path, pieces.append, body=body, headers=headers,
-                                     timeout=timeout)
+                                     timeout=timeout, on_sent=on_sent)
         if pieces:
             response.content = b"".join(pieces)
         return response
 
     async def stream(self, method: str, path: str, consume: Callable[[bytes], Any], *,
                      body: Body = None, headers: Optional[Mapping[str, str]] = None,
-                     timeout: Optional[float] = None) -> FastResponse:
+                     timeout: Optional[float] = None,
+                     on_sent: Optional[Callable[[int], None]] = None) -> FastResponse:
         """One request; the answer's body (inflated) is handed to ``consume``
         piece by piece, never held whole (only a 2xx answer's: another's is
         kept in ``content``); an awaitable it returns is awaited before the
@@ -228,25 +233,27 @@ class FastHttp:
             replayable = not (body is not None and not isinstance(body, (bytes, bytearray, memoryview)))
             if connection is not None and replayable:
                 try:
-                    return await self._exchange(connection, method, path, body, headers, limit, consume)
+                    return await self._exchange(connection, method, path, body, headers, limit, consume,
+                                                on_sent)
                 except _StaleConnection:
                     pass   # the server closed a kept-alive connection meanwhile: once more, on a new one
             elif connection is not None:
                 connection.close()
             connection = await self._open()
             try:
-                return await self._exchange(connection, method, path, body, headers, limit, consume)
+                return await self._exchange(connection, method, path, body, headers, limit, consume, on_sent)
             except _StaleConnection as exc:
                 raise FastHttpError("connection closed by the server before answering") from exc
 
     async def _exchange(self, connection: _Connection, method: str, path: str, body: Body,
                         headers: Optional[Mapping[str, str]], limit: float,
-                        consume: Callable[[bytes], Any]) -> FastResponse:
+                        consume: Callable[[bytes], Any],
+                        on_sent: Optional[Callable[[int], None]] = None) -> FastResponse:
         reused = connection.used
         connection.used = True
         keep = False
         try:
-            await self._send(connection, method, path, body, headers, limit)
+            await self._send(connection, method, path, body, headers, limit, on_sent)
             status, reason, answer_headers, head_keep = await self._read_head(connection, limit, reused)
             kept: List[bytes] = []
             # An error's body (Orthanc's JSON) is kept for the error, not streamed.
@@ -268,7 +275,8 @@ class FastHttp:
                 connection.close()
 
     async def _send(self, connection: _Connection, method: str, path: str, body: Body,
-                    headers: Optional[Mapping[str, str]], limit: float) -> None:
+                    headers: Optional[Mapping[str, str]], limit: float,
+                    on_sent: Optional[Callable[[int], None]] = None) -> None:
         lines = [f"{method} {self.prefix}{path} HTTP/1.1"]
         merged = dict(self._fixed)
         if headers:
@@ -290,16 +298,20 @@ class FastHttp:
             writer.write(head)
         elif not streamed:
             view = memoryview(body)  # type: ignore[arg-type]
-            if len(view) <= READ_PIECE:
+            # Followed bodies go in smaller pieces: progress shows within them.
+            piece = READ_PIECE if on_sent is None else FOLLOWED_PIECE
+            if len(view) <= piece:
                 await spend(limit_rate, len(view))
                 writer.write(head + bytes(view))
             else:
                 writer.write(head)
-                for start in range(0, len(view), READ_PIECE):
-                    await spend(limit_rate, min(READ_PIECE, len(view) - start))
-                    writer.write(view[start:start + READ_PIECE])
+                for start in range(0, len(view), piece):
+                    await spend(limit_rate, min(piece, len(view) - start))
+                    writer.write(view[start:start + piece])
                     async with _timeout(limit):
                         await writer.drain()
+                    if on_sent is not None:
+                        on_sent(min(len(view), start + piece))
         else:
             writer.write(head)
             async for piece in body:  # type: ignore[union-attr]
@@ -313,6 +325,8 @@ class FastHttp:
                 writer.write(b"0\r\n\r\n")
         async with _timeout(limit):
             await writer.drain()
+        if on_sent is not None and body is not None and not streamed:
+            on_sent(len(body))  # type: ignore[arg-type]
 
     async def _read_head(self, connection: _Connection, limit: float,
                          reused: bool) -> Tuple[int, str, Dict[str, str], bool]:

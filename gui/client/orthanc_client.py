@@ -238,13 +238,19 @@ class OrthancClient:
     async def fast_request(self, method: str, path: str, *, content: Any = None,
                            headers: Optional[Mapping[str, str]] = None,
                            timeout: Optional[float] = None, expect: Iterable[int] = (200,),
-                           consume: Optional[Callable[[bytes], Any]] = None) -> "FastResponse | httpx.Response":
+                           consume: Optional[Callable[[bytes], Any]] = None,
+                           on_sent: Optional[Callable[[int], None]] = None) -> "FastResponse | httpx.Response":
         """:meth:`request` through the lean client when there is one (same
-        errors); ``consume`` streams the answer's body instead of keeping it."""
+        errors); ``consume`` streams the answer's body instead of keeping it;
+        ``on_sent(bytes)`` follows a request body given whole (bytes) as it goes."""
         if self._fast is None:
             if consume is not None:
                 await self.stream_get(path, lambda piece: consume(piece) is not False, headers=headers)
                 return httpx.Response(200)
+            if on_sent is not None and isinstance(content, (bytes, bytearray, memoryview)):
+                headers = dict(headers or {})
+                headers["Content-Length"] = str(len(content))
+                content = _followed_pieces(content, on_sent)
             return await self.request(method, path, content=content, headers=headers, timeout=timeout,
                                       expect=expect)
         self._in_flight += 1   # not a measurement itself, but it spoils one made meanwhile
@@ -252,7 +258,7 @@ class OrthancClient:
         try:
             if consume is None:
                 response = await self._fast.request(method, path, body=content, headers=headers,
-                                                    timeout=timeout)
+                                                    timeout=timeout, on_sent=on_sent)
             else:
                 response = await self._fast.stream(method, path, consume, body=content, headers=headers,
                                                    timeout=timeout)
@@ -646,6 +652,13 @@ async def _in_pieces(body: Any) -> AsyncIterator[bytes]:
     view = memoryview(body)
     for start in range(0, len(view), UPLOAD_PIECE):
         yield bytes(view[start:start + UPLOAD_PIECE])
+
+
+async def _followed_pieces(body: Any, on_sent: Callable[[int], None]) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(view), UPLOAD_PIECE):
+        yield bytes(view[start:start + UPLOAD_PIECE])
+        on_sent(min(len(view), start + UPLOAD_PIECE))
 
 
 async def _spent_pieces(pieces: Any, limit: RateLimit) -> AsyncIterator[bytes]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from gui.client.errors import OrthancError
 from gui.protocol import wire
@@ -31,6 +31,11 @@ BODY_CONTENT_TYPE = "application/x-www-form-urlencoded"
 IDENTITY = {"Accept-Encoding": "identity"}
 
 Body = Union[bytes, AsyncIterator[bytes]]
+# Extension of this project's plugin: the answer to a bucket PUT says how
+# long the plugin spent storing the bucket (decoding, writing, hashing) once
+# Orthanc had handed it the body, so that the sender can tell the link's
+# time from the target's. Servers without it (the C++ plugin) send nothing.
+HANDLING_HEADER = "transfers-handling-seconds"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,15 @@ class CommitStarted:
 class Chunks:
     body: bytearray
     codec: str                        # what the body is in: "none", "gzip" or an extension codec
+
+
+def handling_seconds(value: Optional[str]) -> Optional[float]:
+    """The header's seconds; None when absent or not a sane number."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 3600 else None
 
 
 def cookie_from(response_headers: Any) -> str:
@@ -119,8 +133,18 @@ class TransfersApi:
             import_as_it_arrives=request.get("ImportAsItArrives") is True
             and answer.get("ImportAsItArrives") is True)
 
-    async def push_put(self, path: str, index: int, body: Body, headers: Mapping[str, str]) -> None:
-        await self.client.request("PUT", f"{path}/{index}", content=body, headers=headers)
+    async def push_put(self, path: str, index: int, body: Body, headers: Mapping[str, str],
+                       on_sent: Optional[Callable[[int], None]] = None) -> Optional[float]:
+        """PUT one bucket. A body given whole goes through the lean client
+        (``on_sent`` follows it); pieces of an async iterator through httpx.
+        Returns the seconds the target says it spent storing the bucket once
+        it had the body (``HANDLING_HEADER``, this project's plugin), or None."""
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            response: Any = await self.client.fast_request("PUT", f"{path}/{index}", content=body,
+                                                           headers=headers, on_sent=on_sent)
+        else:
+            response = await self.client.request("PUT", f"{path}/{index}", content=body, headers=headers)
+        return handling_seconds(response.headers.get(HANDLING_HEADER))
 
     async def push_commit(self, path: str, headers: Mapping[str, str], timeout: float) -> CommitStarted:
         response = await self.client.request("POST", f"{path}/commit", content=b"", headers=headers,

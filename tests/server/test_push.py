@@ -41,6 +41,8 @@ def test_push_commit_imports_every_instance_byte_for_byte(plugin_server, http, c
     for index, body in enumerate(plan.bodies):
         answer = http.put(tid, index, body)
         assert (answer.status_code, answer.json()) == (200, {})
+        # Extension: how long the plugin took to store it, for the sender's link measurement.
+        assert 0 <= float(answer.headers["Transfers-Handling-Seconds"]) < 60
     assert not _stored_md5s(plugin_server, plan.ids()), "nothing may be imported before the commit"
     committed = http.commit(tid)
     assert (committed.status_code, committed.json()) == (200, {})

@@ -85,19 +85,45 @@ class _SwitchCompression(Exception):
 
 class _LinkProbe:
     """The link's rate measured on every bucket in flight at once (all the
-    workers send from the first second): wire bytes handed to the link since
-    the first PUT started, over the time since then."""
+    workers send from the first second): wire bytes of the PUTs answered so
+    far, over the time during which at least one of them was crossing. A
+    PUT crosses from its start until the target had all of it: its answer,
+    less the time the target says it spent storing the bucket (our plugin's
+    ``Transfers-Handling-Seconds``; without it, until the answer). Time when
+    no body was crossing (every worker compressing its next bucket) and the
+    target's storing are not the link's: counting them made a loaded LAN
+    look slower than gzip."""
 
-    def __init__(self, sample: gz.Sample, guess: str) -> None:
+    def __init__(self, sample: gz.Sample, guess: str, round_size: int) -> None:
         self.sample = sample
         self.guess = guess
-        self.started: Optional[float] = None
+        # PUTs to wait for: the first round of workers, which share the
+        # link; fewer answered would miss the bytes of those still crossing.
+        self.round_size = max(1, round_size)
         self.wire = 0
+        self.spans: List[Tuple[float, float]] = []
+
+    def crossed(self, wire: int, start: float, end: float) -> None:
+        self.wire += wire
+        self.spans.append((start, end))
 
     def rate(self) -> Optional[float]:
-        if self.started is None or self.wire < PROBE_MIN_BYTES:
+        if self.wire < PROBE_MIN_BYTES or len(self.spans) < self.round_size:
             return None
-        return self.wire / max(time.perf_counter() - self.started, 1e-6)
+        return self.wire / max(_covered(self.spans), 1e-6)
+
+
+def _covered(spans: Sequence[Tuple[float, float]]) -> float:
+    """Seconds covered by at least one of ``spans``."""
+    total, reach = 0.0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
 
 
 class _Prepared:
@@ -134,6 +160,9 @@ class BucketPusher:
         self.decision_reason = ""
         self._done: Set[int] = set()
         self._prefetched: Dict[int, bytes] = {}
+        # Buckets read from the source while the first one measures the link
+        # (raw bytes: good whatever the measurement decides).
+        self._early_reads: Dict[int, "asyncio.Future[bytes]"] = {}
         # Bucket 0 compressed while its transaction was being created: the
         # compression it was made for, and the body to come.
         self._encoded: Dict[int, Tuple[str, "asyncio.Future[bytes]"]] = {}
@@ -141,6 +170,7 @@ class BucketPusher:
         self._fingerprint = plan_fingerprint(ctx.instances, self.buckets)
         self._last_save = 0.0
         self._put_rate: Optional[float] = None
+        self._last_send_seconds = 0.0   # the last PUT's body on the way, in seconds
         self.wire_bytes = 0
         self._commit_started = False
         # True when the link probe reversed the first guess (docs, tests).
@@ -344,6 +374,11 @@ class BucketPusher:
         for _compression, body in self._encoded.values():
             body.cancel()
         self._encoded.clear()
+        for reading in self._early_reads.values():
+            reading.cancel()
+            # A read that failed meanwhile must not be reported as never retrieved.
+            reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._early_reads.clear()
 
     async def _start_over(self, compression: Optional[str] = None) -> None:
         """A new transaction, every bucket to be sent again (the old one is
@@ -407,7 +442,7 @@ class BucketPusher:
             # (read again from the source; not so from pull mode's staging
             # area, which frees a bucket once delivered: there the first
             # bucket still goes alone).
-            self._probe = _LinkProbe(sample, guess)
+            self._probe = _LinkProbe(sample, guess, min(self.ctx.options.Threads, len(self.buckets)))
             self.decision_reason = f"ratio {sample.ratio:.2f}, distant target; the link is being measured"
             log.info("auto compression: %s (%s)", guess, self.decision_reason)
             return
@@ -417,15 +452,19 @@ class BucketPusher:
             log.info("auto compression: %s (%s)", guess, self.decision_reason)
             return
         prepared = await self._prepare(0)
+        if self.read_ahead:
+            # The next workers' buckets are read meanwhile: the link's
+            # measurement then costs the first bucket's PUT, not the reads too.
+            for index in range(1, min(len(self.buckets), self.ctx.options.Threads)):
+                self._early_reads[index] = asyncio.ensure_future(self.reader.read(self.buckets[index], None))
         wire = len(prepared.body)
-        start = time.perf_counter()
         await self._deliver(0, prepared)
         if wire < PROBE_MIN_BYTES:
             # A small body measures the round trip, not the bandwidth.
             self.decision_reason = f"first bucket too small to measure the link; kept {guess}"
             log.info("auto compression: %s", self.decision_reason)
             return
-        link = wire / max(time.perf_counter() - start, 1e-6)
+        link = wire / max(self._last_send_seconds, 1e-6)
         decision = gz.decide_push(sample, link, self.ctx.options.Threads)
         log.info("auto compression: %s (%s; first bucket sent %s)", decision.compression,
                  decision.reason, guess)
@@ -555,6 +594,10 @@ class BucketPusher:
 
         try:
             body = self._prefetched.pop(index, None)
+            reading = self._early_reads.pop(index, None)
+            if body is None and reading is not None:
+                self._event(index, BucketState.READING, retries=prepared.retries)
+                body = await reading
             early = self._encoded.pop(index, None)
             if early is not None and early[0] != self.tx.state.compression:
                 early[1].cancel()   # made for a codec the target did not confirm
@@ -594,19 +637,22 @@ class BucketPusher:
                 nonlocal last
                 if sent == last:
                     return
-                if probe is not None and sent > last:
-                    probe.wire += sent - last
                 last = sent
                 raw_done = raw_total if sent >= wire_total else (sent * raw_total) // max(wire_total, 1)
                 self._event(index, BucketState.SENDING, raw_done=raw_done,
                                  wire_done=sent, wire_total=wire_total, retries=prepared.retries)
 
-            probe = self._probe
             start = time.perf_counter()
-            if probe is not None and probe.started is None:
-                probe.started = start
-            await self.tx.put(index, body, on_progress, on_retry)
-            self._observe_put(wire_total, time.perf_counter() - start)
+            handling = await self.tx.put(index, body, on_progress, on_retry)
+            end = time.perf_counter()
+            # The link's share of the PUT: until the target had the whole body,
+            # not its storing afterwards (which, on a loaded LAN, made the link
+            # look slower than gzip).
+            crossed = max(start + 1e-6, end - handling) if handling is not None else end
+            self._last_send_seconds = crossed - start
+            if self._probe is not None:
+                self._probe.crossed(wire_total, start, crossed)
+            self._observe_put(wire_total, self._last_send_seconds)
         except BaseException as exc:
             self._failed(index, prepared.retries, exc)
             raise

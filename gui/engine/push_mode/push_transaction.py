@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
 from gui.client.errors import OrthancError, full_storage_text
 from gui.client.orthanc_client import OrthancClient
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Progress is reported at least this often while a body streams out.
-PIECE_SIZE = 256 * 1024
 # Polling interval bounds of an asynchronous commit. It stays short for the
 # first seconds (a study's commit usually ends within them, and every poll
 # interval is time the transfer may finish late by), then grows.
@@ -141,20 +139,20 @@ class PushTransaction:
                    commit_timeout=commit_timeout)
 
     async def put(self, index: int, body: bytes, on_progress: Callable[[int], None],
-                  on_retry: RetryHook = None) -> None:
-        """Send bucket ``index``; ``on_progress(bytes)`` follows the body on the wire."""
+                  on_retry: RetryHook = None) -> Optional[float]:
+        """Send bucket ``index``; ``on_progress(bytes)`` follows the body on the wire.
+        Returns the seconds the target spent storing it after receiving it, when it says."""
         headers = self._headers(body=True)
-        headers["Content-Length"] = str(len(body))
 
-        async def attempt() -> None:
+        async def attempt() -> Optional[float]:
             on_progress(0)
-            await self.target.transfers.push_put(self.state.path, index, _pieces(body, on_progress), headers)
+            return await self.target.transfers.push_put(self.state.path, index, body, headers,
+                                                        on_sent=on_progress)
 
         refused = 0
         while True:
             try:
-                await with_retries(attempt, self.retries, on_retry=on_retry)
-                return
+                return await with_retries(attempt, self.retries, on_retry=on_retry)
             except OrthancError as exc:
                 if exc.status == 404:
                     raise TransactionGone(f"the target dropped push transaction {self.id}") from None
@@ -243,9 +241,3 @@ class PushTransaction:
         except OrthancError as exc:
             log.warning("could not discard push transaction %s: %s", self.id, exc)
 
-
-async def _pieces(body: bytes, on_progress: Callable[[int], None]) -> AsyncIterator[bytes]:
-    view = memoryview(body)
-    for start in range(0, len(body), PIECE_SIZE):
-        yield bytes(view[start:start + PIECE_SIZE])
-        on_progress(min(len(body), start + PIECE_SIZE))

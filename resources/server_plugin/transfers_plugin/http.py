@@ -22,6 +22,7 @@ class Answer:
     body: Any                         # JSON value, or bytes with ``content_type``
     status: int = 200
     content_type: str = "application/json"
+    headers: Optional[Dict[str, str]] = None   # extra headers of a 200 answer
 
 
 def send(output: Any, answer: Answer) -> None:
@@ -30,6 +31,8 @@ def send(output: Any, answer: Answer) -> None:
     else:
         data, content_type = json.dumps(answer.body).encode("ascii"), "application/json"
     if answer.status == 200:
+        for name, value in (answer.headers or {}).items():
+            output.SetHttpHeader(name, value)
         output.AnswerBuffer(data, content_type)
     else:
         output.SetHttpHeader("Content-Type", content_type)

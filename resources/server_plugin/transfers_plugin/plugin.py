@@ -97,13 +97,16 @@ class TransfersPlugin:
                                   % (len(items), key.lower(), limit, option), http_status=413)
 
     def put_bucket(self, request: Dict[str, Any], tid: str, index: str) -> Answer:
+        started = time.monotonic()
         txn = self.store.acquire(tid)
         try:
             self.store.put_bucket(txn, index, request.get("body") or b"")
             self.recovery.bucket_received(txn, index)
         finally:
             self.store.release(txn)
-        return Answer({})
+        # Orthanc had read the whole body before this callback: the sender
+        # takes the rest of the PUT's time as the link's (extension header).
+        return Answer({}, headers={HANDLING_HEADER: "%.4f" % (time.monotonic() - started)})
 
     def delete_transaction(self, request: Dict[str, Any], tid: str) -> Answer:
         txn = self.store.acquire(tid)
@@ -258,6 +261,8 @@ class TransfersPlugin:
 
 
 MAX_COMMIT_WAIT = 10.0
+# How long a bucket PUT took once Orthanc had its body (gui/client/transfers_api.py).
+HANDLING_HEADER = "Transfers-Handling-Seconds"
 
 
 def _wait_seconds(raw: Any) -> float:
