@@ -299,19 +299,19 @@ class FastHttp:
         elif not streamed:
             view = memoryview(body)  # type: ignore[arg-type]
             # Followed bodies go in smaller pieces: progress shows within them.
-            piece = READ_PIECE if on_sent is None else FOLLOWED_PIECE
-            if len(view) <= piece:
+            step = READ_PIECE if on_sent is None else FOLLOWED_PIECE
+            if len(view) <= step:
                 await spend(limit_rate, len(view))
                 writer.write(head + bytes(view))
             else:
                 writer.write(head)
-                for start in range(0, len(view), piece):
-                    await spend(limit_rate, min(piece, len(view) - start))
-                    writer.write(view[start:start + piece])
+                for start in range(0, len(view), step):
+                    await spend(limit_rate, min(step, len(view) - start))
+                    writer.write(view[start:start + step])
                     async with _timeout(limit):
                         await writer.drain()
                     if on_sent is not None:
-                        on_sent(min(len(view), start + piece))
+                        on_sent(min(len(view), start + step))
         else:
             writer.write(head)
             async for piece in body:  # type: ignore[union-attr]
