@@ -181,7 +181,7 @@ class JobsPanel(QWidget):
     #: Column widths (What stretches): State fits "Running · verifying (push)"; the narrow set
     #: fits every column in a 1024-pixel window, the texts cut with "…" (tooltips have them).
     WIDE_COLUMNS = (190, 260, 165, 240, 90, 90, 90, 60, 60, 60)
-    NARROW_COLUMNS = (140, 120, 150, 215, 75, 82, 68, 50, 60, 42)
+    NARROW_COLUMNS = (140, 120, 150, 215, 75, 82, 75, 48, 56, 40)
     NARROW_BELOW = 1250
 
     def _fit_columns(self, width: int) -> None:
