@@ -130,17 +130,23 @@ def test_sorting_keeps_what_is_open_and_selected(qtbot, make_window, orthanc_fac
     header = pane.tree.header()
     header.setSortIndicator(COL_PATIENT_ID, Qt.SortOrder.AscendingOrder)
     assert texts(pane, COL_PATIENT_ID) == ["PAT00541", "PAT00542", "PAT00543"]
-    patient = model.index(1, 0)
-    pane.tree.expand(patient)
-    qtbot.waitUntil(lambda: model.rowCount(model.index(1, 0)) == 1, timeout=WAIT)
-    study_id = model.node(model.index(0, 0, model.index(1, 0))).id
+    # The first patient, open with its study selected, goes to the end.
+    pane.tree.expand(model.index(0, 0))
+    qtbot.waitUntil(lambda: model.rowCount(model.index(0, 0)) == 1, timeout=WAIT)
+    study = model.index(0, 0, model.index(0, 0))
+    study_id = model.node(study).id
     selection = pane.tree.selectionModel()
-    selection.select(model.index(0, 0, model.index(1, 0)),
-                     selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
+    selection.select(study, selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
 
     header.setSortIndicator(COL_PATIENT_ID, Qt.SortOrder.DescendingOrder)
     assert texts(pane, COL_PATIENT_ID) == ["PAT00543", "PAT00542", "PAT00541"]
-    assert pane.tree.isExpanded(model.index_of("Patient", model.node(model.index(1, 0)).id))
+    moved = model.index(2, 0)
+    assert pane.tree.isExpanded(moved) and model.rowCount(moved) == 1
+    assert model.index(0, 0, moved).data() == "TINY 541"
     assert pane.selected_resources() == [{"Level": "Study", "ID": study_id}]
-    assert model.rowCount(model.index(1, 0)) == 1 and model.hasChildren(model.index(0, 0))
-    assert model.rowCount(model.index(0, 0)) == 0   # not loaded: still the arrow, no rows
+    # The patient now first was never opened: its arrow, no rows yet; it still opens.
+    first = model.index(0, 0)
+    assert not pane.tree.isExpanded(first) and model.hasChildren(first) and model.rowCount(first) == 0
+    pane.tree.expand(first)
+    qtbot.waitUntil(lambda: model.rowCount(model.index(0, 0)) == 1, timeout=WAIT)
+    assert model.index(0, 0, model.index(0, 0)).data() == "TINY 543"
