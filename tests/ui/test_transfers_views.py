@@ -151,6 +151,9 @@ def test_the_limit_column_shows_the_cap_a_job_runs_under(qtbot):
     capped.limit_kb = 2048
     model.upsert(capped)
     assert model.index(0, COL_LIMIT).data() == "≤ 2.0 MB/s"      # the tighter of the two
+    header_tips = [model.headerData(c, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+                   for c in range(model.columnCount())]
+    assert all(header_tips) and "reads from the source and writes to the target" in header_tips[COL_LIMIT]
     model.apply_progress([JobProgress(job_id=JOB, state=JobState.RUNNING, mode=TransferMode.PUSH,
                                       compression="gzip", instances_total=10, instances_done=4, raw_total=4000,
                                       raw_done=1000, wire_done=500, buckets_total=4, buckets_done=1,

@@ -24,6 +24,21 @@ COLUMNS = ("Transfer", "What", "State", "Progress", "Speed", "On the wire", "Lim
 (COL_TRANSFER, COL_WHAT, COL_STATE, COL_PROGRESS, COL_SPEED, COL_WIRE, COL_LIMIT, COL_RATIO, COL_ELAPSED,
  COL_ETA) = range(10)
 
+HEADER_TIPS = (
+    "Source → target server",
+    "What was chosen to send",
+    "Pending, running (with its phase: planning, sending, committing, verifying), paused, or how it ended; "
+    "the mode in brackets",
+    "Instances and bytes done; for a job that failed or was canceled, how many were verified",
+    "DICOM bytes per second (live; the average once finished), paused time left out",
+    "Bytes per second crossing the network for the data, after compression",
+    "The speed limit the job runs under (its own, or the one for all jobs if tighter): the bytes this "
+    "computer reads from the source and writes to the target, together",
+    "How much compression saved (2.00× means half the bytes travelled)",
+    "Running time so far (paused time left out)",
+    "Time left at the current speed (only while sending)",
+)
+
 STATE_TEXT_COLOURS = {
     JobState.SUCCESS: "#2e7d32", JobState.FAILURE: "#c62828", JobState.CANCELED: "#8d6e63",
     JobState.PAUSED: "#ef6c00", JobState.RUNNING: "#1565c0", JobState.PENDING: "#616161",
@@ -285,6 +300,8 @@ class JobsModel(QAbstractTableModel):
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return COLUMNS[section]
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole:
+            return HEADER_TIPS[section]
         return None
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
