@@ -1,21 +1,24 @@
 """The DICOM identity of a job's instances, for the storage commitment as an audit record.
 
 An auditor names an instance by its SOP Instance UID and wants to see whose
-study it was. Orthanc's listings already carry it: one ``/{level}/{id}/instances``
-per resource of the job (SOP Instance UID and parent series of every instance),
-then one ``/series/{id}`` per series and one ``/studies/{id}`` per study. The
-count of requests grows with series, never with instances, and the job runs
-them beside the transfer, not before it.
+study it was. Orthanc's listings already carry it: for a patient or a study,
+one ``/{level}/{id}/series`` (the series and their tags), then one
+``/series/{id}/instances`` per series (SOP Instance UID of every instance);
+one ``/series/{id}`` for a series asked alone, and one ``/studies/{id}`` per
+study. The count of requests grows with series, never with instances, no
+answer lists a whole patient's instances at once, and the job runs them
+beside the transfer, not before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-from gui.client.orthanc_client import OrthancClient
+from gui.client.orthanc_client import LEVEL_PATHS, OrthancClient
 from gui.engine.planner import check_resources, gather_bounded
+from gui.protocol import wire
 
 # What the audit record shows of each series (all of its study and patient too).
 SERIES_FIELDS = ("PatientName", "PatientID", "AccessionNumber", "StudyDate", "StudyDescription",
@@ -39,16 +42,35 @@ async def identify(source: OrthancClient, resources: Sequence[Dict[str, Any]], *
                    concurrency: int = 4) -> Identity:
     """Identity of every instance below ``resources`` on ``source``."""
     out = Identity()
-    listings = await gather_bounded(check_resources(resources),
-                                    lambda r: source.instances_of(r["Level"], r["ID"]), concurrency)
-    for items in listings:
-        for item in items:
+    series_objs: Dict[str, Dict[str, Any]] = {}
+    parts: List[Dict[str, Any]] = []
+    for resource in check_resources(resources):
+        if resource["Level"] in ("Patient", "Study"):
+            # Series by series: a 20,000-instance patient listed at once is a 12 MB
+            # answer, ~40 MB once parsed, held beside the transfer's buffers.
+            path = f"/{LEVEL_PATHS[resource['Level']]}/{wire.check_orthanc_id(resource['ID'])}/series"
+            items = await source.get_json(path)
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and isinstance(item.get("ID"), str):
+                    series_objs[item["ID"]] = item   # carries the series' tags: no GET of its own
+                    parts.append({"Level": "Series", "ID": item["ID"]})
+        else:
+            parts.append(resource)
+
+    async def listing(part: Dict[str, Any]) -> None:
+        for item in await source.instances_of(part["Level"], part["ID"]):
             sop = _tags(item, "MainDicomTags").get("SOPInstanceUID", "")
             out.instances[str(item["ID"])] = (sop, str(item.get("ParentSeries", "")))
+
+    await gather_bounded(parts, listing, concurrency)
     series_ids = sorted({s for _, s in out.instances.values() if s})
-    series_objs = await gather_bounded(series_ids, lambda s: source.resource("Series", s), concurrency)
+    missing = [s for s in series_ids if s not in series_objs]
+    for sid, obj in zip(missing, await gather_bounded(missing, lambda s: source.resource("Series", s),
+                                                      concurrency)):
+        series_objs[sid] = obj
     study_of: Dict[str, str] = {}
-    for sid, obj in zip(series_ids, series_objs):
+    for sid in series_ids:
+        obj = series_objs[sid]
         out.series[sid] = _tags(obj, "MainDicomTags")
         study_of[sid] = str(obj.get("ParentStudy", ""))
     study_ids = sorted({s for s in study_of.values() if s})

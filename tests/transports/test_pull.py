@@ -186,3 +186,37 @@ def test_pull_gets_the_codec_only_from_a_source_that_announces_it(orthanc_factor
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
     fetched = transport.last_fetcher.codec_answers
     assert fetched == len(buckets) if announced else fetched == 0
+
+
+def test_pull_towards_a_slow_target_runs_only_a_few_buckets_ahead(orthanc_factory, tmp_path):
+    """A large CacheSize is a bound, not a goal: with the delivery slower than
+    the fetch (the target behind 4 Mbit/s), the fetch stays a few buckets per
+    worker ahead instead of holding the whole study in memory."""
+    from gui.client.orthanc_client import OrthancClient
+    from gui.client.peer import Peer
+    from gui.engine.pull_mode.pull_transport import LEAD_BUCKETS_PER_THREAD
+    from gui.sandbox import synthetic_studies as synth
+    from tests.devtools.netem import ThreadedWanProxy
+
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    files = list(synth.tiny_instances(synth.make_study_spec(88, "LEAD"), 150, size=4096, seed=88))
+    instances = infos_of(files, source)
+    options = TransferOptions(BucketSize=16, Threads=2, CacheSize=64)
+    lead = LEAD_BUCKETS_PER_THREAD * options.Threads * options.bucket_size_bytes
+    transport = PullTransport()
+    with ThreadedWanProxy("127.0.0.1", target.http_port, bandwidth_mbit=4) as proxy:
+        async def go():
+            async with client_for(source) as src, OrthancClient(Peer(name="dst", url=proxy.url)) as dst:
+                ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="none",
+                               options=options)
+                buckets = transport.plan(ctx)
+                await transport.run(ctx, buckets)
+                return buckets
+        buckets = run(go(), timeout=120)
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+    staging = transport.last_staging
+    total = sum(i.size for i in instances)
+    largest = max(b.total_size for b in buckets)
+    print(f"\nstaged at most {staging.peak_staged / 1024:.0f} KB of {total / 1024:.0f} KB (lead {lead // 1024} KB)")
+    assert staging.peak_staged <= lead + options.Threads * largest < total / 2

@@ -31,6 +31,8 @@ from gui.protocol.wire import CODEC_SPLIT16, CODECS, Bucket, InstanceInfo, plan_
 
 log = logging.getLogger(__name__)
 
+LEAD_BUCKETS_PER_THREAD = 4
+
 
 class StagedPlainDelivery(PlainTransport):
     """Plain mode whose instances come from the staging area, not a server."""
@@ -86,8 +88,12 @@ class PullTransport(Transport):
         async def refetch(bucket: Bucket) -> bytes:
             return (await fetcher.fetch(None, bucket)).data
 
+        # The fetch runs at most LEAD_BUCKETS_PER_THREAD buckets per worker ahead of the
+        # delivery: on a LAN it is faster than the target's side, and a whole 20,000-instance
+        # patient held in memory (CacheSize allows 512 MB) would gain no time.
+        lead = LEAD_BUCKETS_PER_THREAD * ctx.options.Threads * ctx.options.bucket_size_bytes
         staging = StagingArea(ctx.instances, ctx.options.cache_size_bytes, ctx.staging_dir / "pulled",
-                              buckets, refetch, resend=ctx.resends.allow)
+                              buckets, refetch, resend=ctx.resends.allow, lead_bytes=lead)
         self.last_staging, self.last_policy = staging, policy
         skip: Set[int] = set()
         if ctx.target_accelerated:

@@ -10,10 +10,12 @@ for delivery. A mismatch is reported with the instance's ID.
 Bounds: an instance is released as soon as every bucket holding it was
 delivered (:meth:`delivered`, or :meth:`release` after a plain upload), and
 fetch workers do not start a *new* instance while the staged bytes exceed
-``CacheSize`` (:meth:`admit`); they may always complete an instance already
-started, which keeps delivery from waiting forever. So staged data stays
-near ``CacheSize`` plus the instances being completed, whatever the
-transfer's size. If delivery must start over (a push transaction the
+``lead_bytes`` (:meth:`admit`; at most ``CacheSize``: the fetch needs to run
+only a few buckets ahead of the delivery, and more would only hold memory
+while the delivery is the slower side); they may always complete an
+instance already started, which keeps delivery from waiting forever. So
+staged data stays near that lead plus the instances being completed,
+whatever the transfer's size. If delivery must start over (a push transaction the
 target dropped), released instances are fetched again on demand.
 """
 
@@ -60,9 +62,12 @@ class _Staged:
 class StagingArea:
     def __init__(self, instances: Sequence[InstanceInfo], cache_bytes: int, directory: Path,
                  buckets: Sequence[Bucket] = (), refetch: Optional[Refetch] = None,
-                 resend: Optional[Callable[[str, str], bool]] = None) -> None:
+                 resend: Optional[Callable[[str, str], bool]] = None,
+                 lead_bytes: Optional[int] = None) -> None:
         self._infos: Dict[str, InstanceInfo] = {i.id: i for i in instances}
         self.cache_bytes = cache_bytes
+        # How far the fetch may run ahead of the delivery (staged bytes); None: CacheSize.
+        self.lead_bytes = cache_bytes if lead_bytes is None else min(lead_bytes, cache_bytes)
         self.directory = Path(directory)
         self._entries: Dict[str, _Staged] = {}
         self._buckets = list(buckets)
@@ -93,7 +98,7 @@ class StagingArea:
             entries = {c.instance_id: self._entry(c.instance_id) for c in bucket.chunks}
             return sum(e.info.size for e in entries.values() if not e.allocated and not e.released)
         while new_bytes() and self.staged_bytes > 0 \
-                and self.staged_bytes + new_bytes() > self.cache_bytes:
+                and self.staged_bytes + new_bytes() > self.lead_bytes:
             self._room.clear()
             await self._room.wait()
         # Reserve now, before the fetch: workers admitted together must see
