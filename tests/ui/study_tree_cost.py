@@ -66,7 +66,7 @@ def main() -> int:
     # and time one slice of what the loop frees after a reset.
     kept: List[list] = []
     if hasattr(study_browser, "_release_in_slices"):
-        study_browser._release_in_slices = lambda nodes, size=5000: kept.append(nodes)  # type: ignore
+        study_browser._release_in_slices = lambda nodes, *_indexes, size=5000: kept.append(nodes)  # type: ignore
     from gui.ui.study_tree_model import COL_PATIENT_ID
     sort_ms = cpu_ms(lambda: pane.model.sort(COL_PATIENT_ID))   # with the pane restoring its view
     sort_layout_ms = cpu_ms(app.processEvents)
