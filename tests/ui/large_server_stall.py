@@ -78,7 +78,11 @@ class CpuProbe:
                 "cpu_in_longest_stall_ms": round(1000 * worst_late[1], 1)}
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 600.0) -> None:
+TIMEOUT = 600.0
+
+
+async def until(predicate: Callable[[], bool], timeout: Optional[float] = None) -> None:
+    timeout = TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -143,7 +147,12 @@ def main() -> int:
     parser.add_argument("--patients", type=int, default=10000)
     parser.add_argument("--page-size", type=int, default=200)
     parser.add_argument("--workdir", type=Path, help="keep the generated server here (default /tmp/stall-N)")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT,
+                        help="seconds to wait for the list (Orthanc 1.10 answers each page of a 50,000-patient "
+                             "list in time growing with its offset: minutes on a busy machine)")
     args = parser.parse_args()
+    global TIMEOUT
+    TIMEOUT = args.timeout
     workdir = args.workdir or Path(f"/tmp/stall-{args.patients}")
     workdir.mkdir(parents=True, exist_ok=True)
     server = OrthancProcess(name="large", workdir=workdir, keep_storage=True).start()
