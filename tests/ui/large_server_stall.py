@@ -151,8 +151,7 @@ def main() -> int:
                         help="seconds to wait for the list (Orthanc 1.10 answers each page of a 50,000-patient "
                              "list in time growing with its offset: minutes on a busy machine)")
     args = parser.parse_args()
-    global TIMEOUT
-    TIMEOUT = args.timeout
+    globals()["TIMEOUT"] = args.timeout
     workdir = args.workdir or Path(f"/tmp/stall-{args.patients}")
     workdir.mkdir(parents=True, exist_ok=True)
     server = OrthancProcess(name="large", workdir=workdir, keep_storage=True).start()
