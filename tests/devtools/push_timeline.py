@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from tests.devtools.bench.bed import BenchBed
 from tests.devtools.bench.datasets import BUILDERS, FULL
 from tests.devtools.bench.links import LINKS
-from tests.devtools.bench.paths import builtin_peer_store
+from tests.devtools.bench.paths import Work, builtin_peer_store
 
 TRACE_SCRIPT = Path(__file__).with_name("plugin_trace.py")
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -336,11 +336,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     with TracedBed(stock=need_stock, accelerated=True) as bed:
         bed.set_link(LINKS[args.link])
         print(f"uploading {dataset.description} ...", file=sys.stderr)
-        study, _ = bed.upload(dataset.files())
-        assert study is not None
+        uploaded = bed.upload(dataset.files())
+        assert uploaded.studies, "the source reported no study"
+        study = uploaded.studies[0]
         if not args.no_builtin:
             bed.clear(bed.stock_target)  # type: ignore[arg-type]
-            outcome = builtin_peer_store(bed, study, [])
+            outcome = builtin_peer_store(bed, Work([{"Level": "Study", "ID": study}]))
             print(f"peer store: {outcome.seconds:.2f} s {outcome.problem or ''}")
         for number in range(args.runs):
             for mode in modes:
