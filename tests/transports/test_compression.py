@@ -319,3 +319,23 @@ def test_auto_push_switches_off_gzip_when_all_buckets_together_show_a_fast_link(
     ctx, pusher, _up, _instances = _auto_push_through(orthanc_factory, files, tmp_path, 1024)
     assert len(pusher.buckets) > 2
     assert pusher.switched_compression and ctx.compression_used == "none"
+
+
+def test_auto_push_keeps_its_guess_when_the_probe_ends_after_most_buckets_went(orthanc_factory, tmp_path,
+                                                                                monkeypatch):
+    """A few buckets only, all sent in the probe's first round: even if the
+    link then says gzip was not worth it, making the transaction again would
+    send everything twice. The guess stays and each bucket goes once."""
+    from gui.engine.push_mode import bucket_pusher
+
+    async def far(client):
+        return True
+
+    monkeypatch.setattr(bucket_pusher, "is_distant", far)
+    monkeypatch.setattr(gz, "GZIP_NEVER_FASTER", 1.0)   # any link is "too fast for gzip"
+    files = list(synth.ct_series(synth.make_study_spec(74, "CT FEW BUCKETS"), 6, seed=74))
+    ctx, pusher, _up, instances = _auto_push_through(orthanc_factory, files, tmp_path, 1024)
+    assert 2 < len(pusher.buckets) <= 4   # one round of the default four workers
+    assert not pusher.switched_compression and ctx.compression_used == "gzip"
+    assert "kept gzip" in pusher.decision_reason
+    assert pusher.wire_bytes < 0.75 * sum(i.size for i in instances)   # sent once, compressed

@@ -683,6 +683,12 @@ class BucketPusher:
                  decision.reason, probe.guess)
         self.decision_reason = decision.reason
         if decision.compression != probe.guess:
+            if 2 * len(self._done) >= len(self.buckets):
+                # Half or more is on the target already: a new transaction
+                # would send that again for a saving on less than that.
+                self.decision_reason += f"; kept {probe.guess}, {len(self._done)} of {len(self.buckets)} buckets sent"
+                log.info("auto compression: %s kept (%s)", probe.guess, self.decision_reason)
+                return
             raise _SwitchCompression(decision.compression)
 
     def _delivered(self, bucket: Bucket) -> None:
