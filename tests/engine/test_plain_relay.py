@@ -270,3 +270,23 @@ def test_without_a_re_send_budget_a_corrupted_relay_fails_and_rolls_back(stock_p
     failure = report.to_json()["failures"][0]
     assert failure["instance"] == hits[0] and "MD5 mismatch" in failure["reason"]
     assert target.instance_md5s() == {}
+
+
+def test_a_near_target_that_first_looked_distant_still_gets_relays(stock_pair, tmp_path, ct_study_files,
+                                                                  moves, monkeypatch):
+    """On a loaded machine a loopback server's first round trips can take
+    10 ms or more: plain mode asks again before believing the target is
+    distant (which would have the engine gzip every upload, no relay)."""
+    async def looks_distant(client):
+        return True
+    monkeypatch.setattr(plain_mode, "is_distant", looks_distant)
+    source, target = stock_pair
+    ids = upload_files(source, ct_study_files)
+    study = next(iter(ids.values()))
+
+    report = run(transfer(tmp_path, peer(source), peer(target), study_resource(study),
+                          small_options(BucketSize=1024)))
+
+    assert report.state is JobState.SUCCESS, report.error
+    assert target.instance_md5s() == source.instance_md5s()
+    assert sorted(i for i, _ in moves["relayed"]) == sorted(ids) and report.compression == "none"
