@@ -8,10 +8,12 @@ choice comes from the data and the link, both measured:
   each candidate (gzip, and the split16 codec where the source may honour
   it): ratio and compression speed. Data that does not shrink (JPEG,
   JPEG 2000, MPEG transfer syntaxes, encrypted data) is fetched
-  uncompressed. The first sample is a small uncompressed GET before any
-  compressed one, so such data is never compressed at all; later buckets
-  add to the sample (every ``RESAMPLE_EVERY`` buckets), so a study that
-  mixes kinds is judged as a whole;
+  uncompressed. Where the first GETs would be compressed, the first sample is a small
+  uncompressed GET before any compressed one, so such data is never
+  compressed at all; from a near source, the first bucket fetched once the
+  link has been measured (and only if it leaves compression a chance).
+  Later buckets add to the sample (every ``RESAMPLE_EVERY`` buckets), so a
+  study that mixes kinds is judged as a whole;
 - **the link**: every GET of 1 MB or more measures the link's throughput
   for one request (the bytes on the wire over the time the wire took: the
   round trip and, for a compressed answer, the source's compression taken
@@ -50,8 +52,10 @@ log = logging.getLogger(__name__)
 MARGIN = 1.2
 # The first sample: a GET of this much of the first bucket, uncompressed.
 FIRST_SAMPLE_BYTES = 128 * 1024
-# Later samples: up to this much of a fetched bucket, every RESAMPLE_EVERY buckets.
-SAMPLE_BYTES = gz.QUICK_SAMPLE_BYTES
+# Later samples: up to this much of a fetched bucket, every RESAMPLE_EVERY
+# buckets (small: a sample's CPU is taken from the transfer, e.g. from the
+# delivery's first PUT, which measures the target's link at that moment).
+SAMPLE_BYTES = 256 * 1024
 RESAMPLE_EVERY = 16
 # Smoothing of the link estimate: recent GETs count more, one outlier less.
 SMOOTHING = 0.3
@@ -94,8 +98,13 @@ class ChunkCodecPolicy:
 
     def wants_sample(self) -> bool:
         """Whether the next fetched bucket's bytes should be sampled."""
-        if self.mode == "none" or (self.mode == "auto" and self.fastest_plain >= gz.GZIP_NEVER_FASTER):
-            return False   # nothing will be compressed: no CPU spent on samples
+        if self.mode == "none":
+            return False
+        if self.mode == "auto" and not self.distant:
+            # Near: uncompressed until the link is measured; a sample only
+            # once it has been and leaves compression a chance.
+            if self.link is None or self.fastest_plain >= gz.GZIP_NEVER_FASTER:
+                return False
         return self.sample is None or self.fetched % RESAMPLE_EVERY == 0
 
     def add_sample(self, sample: gz.Sample) -> None:
