@@ -1,36 +1,35 @@
 """Which encoding to ask for, GET by GET, when fetching chunks from a source
 that speaks the protocol: none, gzip, or a codec the source honours.
 
-As push's ``auto`` does for a transaction (compression.decide_push), the
-choice comes from the data and the link, both measured:
+In ``auto``, per link and per data:
 
-- **the data**: the raw bytes of what was fetched are sampled locally with
-  each candidate (gzip, and the split16 codec where the source may honour
-  it): ratio and compression speed. Data that does not shrink (JPEG,
-  JPEG 2000, MPEG transfer syntaxes, encrypted data) is fetched
-  uncompressed. Where the first GETs would be compressed, the first sample is a small
-  uncompressed GET before any compressed one, so such data is never
-  compressed at all; from a near source, the first bucket fetched once the
-  link has been measured (and only if it leaves compression a chance).
-  Later buckets add to the sample (every ``RESAMPLE_EVERY`` buckets), so a
-  study that mixes kinds is judged as a whole;
-- **the link**: every GET of 1 MB or more measures the link's throughput
-  for one request (the bytes on the wire over the time the wire took: the
-  round trip and, for a compressed answer, the source's compression taken
-  out; a smaller GET measures the round trip and the source's work per
-  request rather than the link). With it,
-  each candidate's time for a bucket is predicted: ``S / L`` uncompressed,
-  ``S / C + S / (r * L)`` compressed (the source compresses the whole
-  answer, then sends it; C: its speed for one request, r: the ratio). The
-  fastest wins; compressing must win by ``MARGIN``, or the CPU of both ends
-  is not worth it. A codec is asked for only when it is predicted faster
-  than gzip, so it is never slower than gzip on the link at hand.
+- **a near source** (round trip under 10 ms, link_probe): every GET goes
+  uncompressed, and nothing is sampled. On a LAN the CPU of both ends,
+  not the wire, bounds a GET: measured on the shared benchmark machine, a
+  prediction from slow uncompressed GETs chose gzip there, and the CPU it
+  took made the GETs slower still (the earlier policy's gzip probes cost
+  the same way). A slow LAN is the case for ``--compression gzip``;
+- **a distant source**: the data is sampled before any compressed GET (a
+  small uncompressed GET of the first bucket's start), locally, with each
+  candidate (gzip, and the split16 codec where the source may honour it):
+  ratio and compression speed. Data that does not shrink (JPEG, JPEG 2000,
+  MPEG transfer syntaxes, encrypted data) is fetched uncompressed, so it is
+  never compressed at all. Every ``RESAMPLE_EVERY`` buckets a fetched
+  bucket adds to the sample, so a study that mixes kinds is judged as a
+  whole. GETs then go in the candidate that shrinks most (the codec only
+  where it shrinks clearly more than gzip, at the same speed: never slower
+  than gzip). No GET is made uncompressed just to try the link: every GET
+  of 1 MB or more measures it (its bytes on the wire over the time the wire
+  took: the round trip and the source's compression taken out), each
+  candidate's time for a bucket is predicted (``S / L`` uncompressed,
+  ``S / C + S / (r * L)`` compressed: the source compresses a whole answer,
+  then sends it; C: the sampled speed, shared by the GETs compressed at
+  once; r: the ratio), and the GETs go uncompressed only when that is
+  predicted ``NONE_MARGIN`` times faster (a fast link with a long round
+  trip), or after an uncompressed GET of ``GZIP_NEVER_FASTER`` or more.
 
-Before the link is measured, a distant source (round trip of 10 ms or
-more) starts with the best compressed candidate and a near one
-uncompressed, like push. On a fast LAN the prediction keeps every GET
-uncompressed (and an uncompressed GET at ``GZIP_NEVER_FASTER`` or more is
-never followed by a compressed one).
+``gzip`` forced: the codec where the data favours it, else gzip;
+``none``: none.
 
 The codec is asked for only where the source may honour it (this
 project's plugin: flavour ``python``), and used only when the answer's
@@ -48,8 +47,10 @@ from gui.protocol import wire
 
 log = logging.getLogger(__name__)
 
-# A compressed GET must be predicted this much faster than an uncompressed one.
-MARGIN = 1.2
+# A distant source's GETs go uncompressed only when that is predicted this
+# much faster: the compression speed is this computer's, measured while it
+# also does the transfer's other work, so it may understate the source's.
+NONE_MARGIN = 2.0
 # The first sample: a GET of this much of the first bucket, uncompressed.
 FIRST_SAMPLE_BYTES = 128 * 1024
 # Later samples: up to this much of a fetched bucket, every RESAMPLE_EVERY
@@ -100,11 +101,8 @@ class ChunkCodecPolicy:
         """Whether the next fetched bucket's bytes should be sampled."""
         if self.mode == "none":
             return False
-        if self.mode == "auto" and not self.distant:
-            # Near: uncompressed until the link is measured; a sample only
-            # once it has been and leaves compression a chance.
-            if self.link is None or self.fastest_plain >= gz.GZIP_NEVER_FASTER:
-                return False
+        if self.mode == "auto" and (not self.distant or self.fastest_plain >= gz.GZIP_NEVER_FASTER):
+            return False   # nothing will be compressed: no CPU spent on samples
         return self.sample is None or self.fetched % RESAMPLE_EVERY == 0
 
     def add_sample(self, sample: gz.Sample) -> None:
@@ -178,15 +176,18 @@ class ChunkCodecPolicy:
             return best, "gzip chosen by the user"
         if sample is not None and sample.ratio < gz.MIN_USEFUL_RATIO:
             return "none", f"data does not shrink (ratio {sample.ratio:.2f})"
+        if not self.distant:
+            # On a LAN a GET's time is the CPU of both ends (measured: under
+            # load, slow uncompressed GETs made a prediction choose gzip,
+            # and the CPU it took made the GETs slower still).
+            return "none", "near source: the link is not what limits the transfer"
         if self.fastest_plain >= gz.GZIP_NEVER_FASTER:
             return "none", (f"uncompressed GETs reach {self.fastest_plain / 1e6:.0f} MB/s: "
                             "no source compresses that fast")
         link = self.link
         if link is None or sample is None:
-            if self.distant:
-                best = max(candidates, key=lambda c: c[1])[0]
-                return best, "distant source, link not measured yet"
-            return "none", "near source, link not measured yet"
+            best = max(candidates, key=lambda c: c[1])[0]
+            return best, "distant source, link not measured yet"
         # Predicted seconds per raw byte of each candidate on this link.
         times = {"none": 1.0 / link}
         for encoding, ratio in candidates:
@@ -194,9 +195,9 @@ class ChunkCodecPolicy:
             if speed and ratio > 0:
                 times[encoding] = 1.0 / speed + 1.0 / (ratio * link)
         compressed = min((e for e in times if e != "none"), key=lambda e: times[e], default=None)
-        if compressed is not None and times[compressed] * MARGIN < times["none"]:
-            return compressed, (f"link {link / 1e6:.1f} MB/s per GET: {compressed} "
-                                f"{1 / times[compressed] / 1e6:.1f} MB/s raw, none {link / 1e6:.1f}")
-        return "none", (f"link {link / 1e6:.1f} MB/s per GET: compressing would not pay"
-                        + (f" ({compressed} {1 / times[compressed] / 1e6:.1f} MB/s raw)" if compressed else ""))
+        if compressed is None or times["none"] * NONE_MARGIN < times[compressed]:
+            return "none", (f"link {link / 1e6:.1f} MB/s per GET: compressing would not pay"
+                            + (f" ({compressed} {1 / times[compressed] / 1e6:.1f} MB/s raw)" if compressed else ""))
+        return compressed, (f"link {link / 1e6:.1f} MB/s per GET: {compressed} "
+                            f"{1 / times[compressed] / 1e6:.1f} MB/s raw, none {link / 1e6:.1f}")
 

@@ -100,6 +100,13 @@ class SourceReader:
         self._pending: Dict[str, "asyncio.Future[object]"] = {}
         self._files: Dict[str, Path] = {}
 
+    async def distant_source(self, round_trip: float, first: Bucket) -> None:
+        """The source is across a WAN: its chunk GETs may be compressed,
+        once the data has been sampled (pull_mode/codec_choice.py)."""
+        policy = self._fetcher.policy
+        policy.distant, policy.round_trip = True, round_trip
+        await self._fetcher.sample_first(first)
+
     async def read(self, bucket: Bucket, on_retry: RetryHook = None) -> bytes:  # or bytearray
         expected = bucket.total_size
         if self.use_chunks_endpoint:
