@@ -461,8 +461,8 @@ class PeerPane(QWidget):
     def _remember_view(self) -> None:
         """What is expanded and selected now, to be put back as the rows return."""
         model = self.model
-        for node in list(model.browser.nodes.values()):
-            if node.children and self.tree.isExpanded(model.index_of(node.level, node.id)):
+        for node in list(model.browser.with_children):
+            if self.tree.isExpanded(model.index_of(node.level, node.id)):
                 self._restore_expanded.add((node.level, node.id))
         selected = {(str(i.data(LevelRole)), str(i.data(IdRole)))
                     for i in self.tree.selectionModel().selectedRows(0)}

@@ -121,6 +121,7 @@ class StudyBrowser:
         self._complete = False
         self._error: Optional[str] = None
         self._stats_queue: Deque[Node] = collections.deque()
+        self._with_children: List[Node] = []   # rows below the top level's with children loaded
         self._stats_workers = 0
         self._tasks: Set["asyncio.Task[Any]"] = set()
 
@@ -149,6 +150,11 @@ class StudyBrowser:
     @property
     def top_level_count(self) -> int:
         return len(self.root.children)
+
+    @property
+    def with_children(self) -> List[Node]:
+        """The rows that have children loaded (the only ones that can be expanded open)."""
+        return self._with_children
 
     def find(self, level: str, resource_id: str) -> Optional[Node]:
         return self._by_id.get((level, resource_id))
@@ -181,16 +187,18 @@ class StudyBrowser:
         self.listener.browser_reset(True)
         self.cancel_all()
         self._generation += 1
-        # Parent and child point at each other: unlink them so that the old rows are freed
-        # by reference counting (they are out of the cyclic collector's reach), a slice at a
-        # time once the loop runs: freeing 50,000 rows at once takes ~15 ms.
-        old = list(self.nodes.values())
-        for node in old:
-            node.parent = None
+        # A row with children and its children point at each other: unlink them so that the
+        # old rows are freed by reference counting (they are out of the cyclic collector's
+        # reach), a slice at a time once the loop runs: freeing 50,000 rows at once takes
+        # ~15 ms.
+        for parent in self._with_children:
+            for child in parent.children:
+                child.parent = None
+        self._with_children = []
         self.root.children = []
-        old_nodes, old_ids = self.nodes, self._by_id
+        old_ids, old_nodes = self._by_id, self.nodes
         self.nodes, self._by_id = {}, {}
-        _release_in_slices(old, old_nodes, old_ids)
+        _release_in_slices(old_ids, old_nodes)
         self._stats_queue.clear()
         self._stats_workers = 0
         self._complete = False
@@ -358,6 +366,8 @@ class StudyBrowser:
         if not fresh:
             return []
         first = len(parent.children)
+        if parent is not self.root and not first:
+            self._with_children.append(parent)
         self.listener.browser_insert(parent, first, first + len(fresh) - 1, True)
         nodes = []
         for level, resource_id, tags in fresh:
@@ -464,22 +474,28 @@ class StudyBrowser:
                 self._stats_workers -= 1
 
 
-def _release_in_slices(nodes: List[Node], *indexes: Dict[Any, Node], size: int = 5000) -> None:
-    """Free reset rows a slice at a time, then the dictionaries that indexed them."""
+def _release_in_slices(*tables: Dict[Any, Node], size: int = 5000) -> None:
+    """Empty the tables of reset rows a slice at a time, one after the other (the rows go
+    with the last table that holds them)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        nodes.clear()
+        for table in tables:
+            table.clear()
         return
+    pending = [t for t in tables if t]
 
     def release() -> None:
-        if nodes:
-            del nodes[-size:]
+        table = pending[0]
+        pop = table.popitem
+        for _ in range(min(size, len(table))):
+            pop()
+        if not table:
+            pending.pop(0)
+        if pending:
             loop.call_soon(release)
-        elif indexes:
-            held.clear()
-    held = list(indexes)
-    loop.call_soon(release)
+    if pending:
+        loop.call_soon(release)
 
 
 def _settle_rows() -> None:
