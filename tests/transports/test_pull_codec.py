@@ -196,3 +196,30 @@ def test_codec_only_where_the_source_may_honour_it_and_it_shrinks_more():
     forced.add_sample(CT)
     assert forced.choose() == wire.CODEC_SPLIT16
     assert ChunkCodecPolicy("none", codecs=wire.CODECS).choose() == "none"
+
+
+def test_a_source_that_looks_distant_once_is_asked_again():
+    """A loaded machine: the first answers of a near server took 15 ms (a
+    condition a real server here cannot be made to produce on demand, hence
+    the stand-in client); one more round trip that answers at once makes it near."""
+    import asyncio
+    import time as clock
+    from types import SimpleNamespace
+
+    from gui.engine.pull_mode.codec_choice import source_round_trip
+
+    class SlowAtFirst:
+        peer = SimpleNamespace(name="loaded")
+        fastest_small_request, small_requests = 0.015, 3
+        delays = [0.0]
+
+        async def request(self, method, path):
+            await asyncio.sleep(self.delays.pop(0) if self.delays else 0.015)
+
+    class Wan(SlowAtFirst):
+        delays: list = []
+
+    start = clock.perf_counter()
+    assert asyncio.run(source_round_trip(SlowAtFirst())) < 0.010
+    assert asyncio.run(source_round_trip(Wan())) >= 0.010
+    assert clock.perf_counter() - start < 5

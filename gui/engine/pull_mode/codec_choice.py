@@ -40,12 +40,42 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Dict, Optional, Sequence, Tuple
 
+from gui.client.errors import OrthancError
+from gui.client.orthanc_client import OrthancClient
 from gui.engine import compression as gz
+from gui.engine.link_probe import DISTANT_ROUND_TRIP, round_trip
 from gui.protocol import wire
 
 log = logging.getLogger(__name__)
+
+# Round trips asked again before a source is believed distant.
+CONFIRM_SAMPLES = 4
+
+
+async def source_round_trip(client: OrthancClient) -> float:
+    """The round trip to a chunk source (0 when it cannot be measured: the
+    fetch will say what is wrong), asked again a few times before a long
+    one is believed: on a loaded machine a near server's first answers can
+    take 10 ms or more (measured in the benchmark: a LAN source taken for a
+    distant one got its first GETs compressed), while a WAN's never come
+    faster. Costs those round trips only towards a source that looks distant."""
+    try:
+        seconds = await round_trip(client)
+        for _ in range(CONFIRM_SAMPLES if seconds >= DISTANT_ROUND_TRIP else 0):
+            start = time.perf_counter()
+            await client.request("GET", "/system")
+            seconds = min(seconds, time.perf_counter() - start)
+            if seconds < DISTANT_ROUND_TRIP:
+                break
+    except OrthancError as exc:
+        log.debug("round trip to %s not measured: %s", client.peer.name, exc)
+        return 0.0
+    log.info("round trip to %s: %.1f ms", client.peer.name, seconds * 1000)
+    return seconds
+
 
 # A distant source's GETs go uncompressed only when that is predicted this
 # much faster: the compression speed is this computer's, measured while it
