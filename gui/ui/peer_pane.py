@@ -15,17 +15,17 @@ import datetime
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from PySide6.QtCore import (QByteArray, QItemSelectionModel, QMimeData, QModelIndex, QPoint, QSettings, Qt,
+from PySide6.QtCore import (QByteArray, QDate, QItemSelectionModel, QMimeData, QModelIndex, QPoint, QSettings, Qt,
                             QTimer, Signal)
 from PySide6.QtGui import QAction, QDrag, QIcon
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel,
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDateEdit, QHBoxLayout, QHeaderView, QLabel,
                                QLineEdit, QMenu, QSizePolicy, QStyle, QToolButton, QTreeView, QVBoxLayout,
                                QWidget)
 
 from gui.client import AcceleratorInfo, OrthancClient, OrthancError, Peer, ServerInfo
 from gui.ui.async_tasks import TaskRunner, spawn_detached, user_message
 from gui.ui.resource_mime import MIME_TYPE, from_mime_data
-from gui.ui.study_browser import MODALITIES, Search
+from gui.ui.study_browser import MODALITIES, Search, date_range, date_range_label
 from gui.ui.study_tree_model import COL_NAME, COLUMNS, DEFAULT_PAGE_SIZE, IdRole, LevelRole, StudyTreeModel
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,14 @@ MenuProvider = Callable[["PeerPane", QMenu], None]
 
 SEARCH_DELAY_MS = 350
 NAME_MIN_WIDTH = 180
-#: Study-date presets of the filter: (label, days back; -1 any date, 0 today).
+#: Study-date presets of the filter: (label, days back; -1 any date, 0 today, DATE_RANGE the
+#: two date fields next to it).
+DATE_RANGE = -2
+DATE_RANGE_LABEL = "Range\u2026"
 DATE_PRESETS = (("Any date", -1), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30),
-                ("Last 12 months", 365))
+                ("Last 12 months", 365), (DATE_RANGE_LABEL, DATE_RANGE))
+#: A new range starts as the last 30 days, a span a user narrows more often than widens.
+DATE_RANGE_DEFAULT_DAYS = 30
 PLAIN_HTTP_WARNING = ("Plain HTTP to a remote host: passwords and images travel unencrypted. "
                       "Use https:// for peers outside this computer.")
 
@@ -222,7 +227,15 @@ class PeerPane(QWidget):
         self.modality_filter.addItem("Any modality", "")
         for modality in MODALITIES:
             self.modality_filter.addItem(modality, modality)
-        self.date_filter.currentIndexChanged.connect(lambda _i: self._run_search())
+        self.date_from_edit = self._date_edit("dateFrom", "Studies from this date (included)")
+        self.date_to_edit = self._date_edit("dateTo", "Studies up to this date (included)")
+        today = QDate.currentDate()
+        self.date_from_edit.setDate(today.addDays(-DATE_RANGE_DEFAULT_DAYS))
+        self.date_to_edit.setDate(today)
+        # From ≤ to: moving one end past the other drags the other along.
+        self.date_from_edit.dateChanged.connect(lambda date: self._range_edited(date, self.date_to_edit, True))
+        self.date_to_edit.dateChanged.connect(lambda date: self._range_edited(date, self.date_from_edit, False))
+        self.date_filter.currentIndexChanged.connect(lambda _i: self._date_filter_changed())
         self.modality_filter.currentIndexChanged.connect(lambda _i: self._run_search())
 
         self._header_row = QHBoxLayout()
@@ -240,6 +253,8 @@ class PeerPane(QWidget):
         search_row.setContentsMargins(0, 0, 0, 0)
         search_row.addWidget(self.search_box, 1)
         search_row.addWidget(self.date_filter)
+        search_row.addWidget(self.date_from_edit)
+        search_row.addWidget(self.date_to_edit)
         search_row.addWidget(self.modality_filter)
         layout.addLayout(search_row)
         layout.addWidget(self.drop_hint)
@@ -349,9 +364,20 @@ class PeerPane(QWidget):
             self._remember_view()
             self.model.reload()
 
-    def search(self, text: str, *, days: Optional[int] = None, modality: Optional[str] = None) -> None:
+    def search(self, text: str, *, days: Optional[int] = None, modality: Optional[str] = None,
+               dates: Optional[Tuple[datetime.date, datetime.date]] = None) -> None:
         """Search now (the search box waits for typing to pause). ``days``: studies of the
-        last N days (0: today, -1: any date); ``modality``: "" for any."""
+        last N days (0: today, -1: any date); ``dates``: studies from, to (both included),
+        instead of ``days``; ``modality``: "" for any."""
+        if dates is not None:
+            days = DATE_RANGE
+            for edit in (self.date_from_edit, self.date_to_edit):
+                edit.blockSignals(True)
+            first, last = min(dates), max(dates)
+            self.date_from_edit.setDate(QDate(first.year, first.month, first.day))
+            self.date_to_edit.setDate(QDate(last.year, last.month, last.day))
+            for edit in (self.date_from_edit, self.date_to_edit):
+                edit.blockSignals(False)
         for widget, value in ((self.date_filter, days), (self.modality_filter, modality)):
             if value is not None:
                 widget.blockSignals(True)
@@ -361,16 +387,53 @@ class PeerPane(QWidget):
             self.search_box.blockSignals(True)
             self.search_box.setText(text)
             self.search_box.blockSignals(False)
+        self._show_date_range()
         self._run_search()
 
     def current_search(self) -> Search:
         """What the search box and the filters ask for."""
         days = self.date_filter.currentData()
-        date_from = ""
-        if isinstance(days, int) and days >= 0:
+        date_from = date_to = ""
+        if days == DATE_RANGE:
+            date_from, date_to = date_range(self.date_from_edit.date().toPython(),
+                                            self.date_to_edit.date().toPython())
+        elif isinstance(days, int) and days >= 0:
             date_from = (datetime.date.today() - datetime.timedelta(days=days)).strftime("%Y%m%d")
-        return Search(text=self.search_box.text().strip(), date_from=date_from,
+        return Search(text=self.search_box.text().strip(), date_from=date_from, date_to=date_to,
                       modality=str(self.modality_filter.currentData() or ""))
+
+    def _date_edit(self, name: str, tip: str) -> QDateEdit:
+        edit = QDateEdit(self)
+        edit.setObjectName(name)
+        edit.setToolTip(tip)
+        edit.setCalendarPopup(True)
+        edit.setDisplayFormat("yyyy-MM-dd")
+        edit.setVisible(False)
+        return edit
+
+    def _date_filter_changed(self) -> None:
+        self._show_date_range()
+        self._run_search()
+
+    def _range_edited(self, date: QDate, other: QDateEdit, is_from: bool) -> None:
+        if (is_from and date > other.date()) or (not is_from and date < other.date()):
+            other.blockSignals(True)
+            other.setDate(date)
+            other.blockSignals(False)
+        self._show_date_range()
+        # Typing a date changes it digit by digit: wait for a pause, as the search box does.
+        self._search_timer.start()
+
+    def _show_date_range(self) -> None:
+        """The date fields only with "Range…", and the chosen range written in the filter."""
+        index = self.date_filter.findData(DATE_RANGE)
+        active = self.date_filter.currentData() == DATE_RANGE
+        label = DATE_RANGE_LABEL
+        if active:
+            label = date_range_label(self.date_from_edit.date().toPython(), self.date_to_edit.date().toPython())
+        self.date_filter.setItemText(index, label)
+        self.date_from_edit.setVisible(active)
+        self.date_to_edit.setVisible(active)
 
     def selected_resources(self) -> List[Dict[str, str]]:
         """Selected rows as ``{"Level", "ID"}``, without rows covered by a selected parent."""
@@ -670,7 +733,8 @@ class PeerPane(QWidget):
         failed = state == "error" and self._peer is not None
         self.retry_button.setVisible(failed)
         self._mark_reachability(failed, text)
-        for widget in (self.search_box, self.date_filter, self.modality_filter):
+        for widget in (self.search_box, self.date_filter, self.date_from_edit, self.date_to_edit,
+                       self.modality_filter):
             widget.setEnabled(not (failed and self._server is None))
         # Re-apply the style sheet so the colour follows the state property.
         self.status_label.style().unpolish(self.status_label)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import gc
 import itertools
 import logging
@@ -82,6 +83,18 @@ class Search:
     def empty(self) -> bool:
         return not (self.text or self.date_from or self.date_to or self.modality)
 
+
+def date_range(first: datetime.date, last: datetime.date) -> Tuple[str, str]:
+    """A study-date range as the query wants it (``YYYYMMDD``, both ends included), whichever
+    way round the two dates come."""
+    first, last = min(first, last), max(first, last)
+    return first.strftime("%Y%m%d"), last.strftime("%Y%m%d")
+
+
+def date_range_label(first: datetime.date, last: datetime.date) -> str:
+    """How the filter shows a chosen range: ``2025-01-01 – 2025-03-31``."""
+    first, last = min(first, last), max(first, last)
+    return f"{first.isoformat()} \u2013 {last.isoformat()}"
 
 class BrowserListener(Protocol):
     """What the browser tells its view (the Qt model turns these into its signals)."""

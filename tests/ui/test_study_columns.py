@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QDate, Qt
 
 from gui.client import Peer
 from gui.config import AppConfig
@@ -150,3 +150,53 @@ def test_sorting_keeps_what_is_open_and_selected(qtbot, make_window, orthanc_fac
     pane.tree.expand(first)
     qtbot.waitUntil(lambda: model.rowCount(model.index(0, 0)) == 1, timeout=WAIT)
     assert model.index(0, 0, model.index(0, 0)).data() == "TINY 543"
+
+
+def test_a_custom_date_range_hides_the_studies_outside_it(qtbot, make_window, orthanc_factory, tmp_path):
+    server = orthanc_factory("daterange")
+    # Two studies on the edges of the range (both ends included) and one the day after it.
+    for seed, date in ((601, "20250101"), (602, "20250331"), (603, "20250401")):
+        spec = dataclasses.replace(synth.make_study_spec(seed, f"TINY {seed}"), study_date=date)
+        upload_all(server, list(synth.tiny_instances(spec, 1, size=2048, seed=seed)))
+    config = AppConfig(path=tmp_path / "config.json")
+    config.peers = [Peer("Dates", server.url, local=True)]
+    window = make_window(config)
+    pane = window.panes[0]
+    wait_loaded(qtbot, pane)
+    everyone = ["PAT00601", "PAT00602", "PAT00603"]
+    assert sorted(texts(pane, COL_PATIENT_ID)) == everyone
+    assert not pane.date_from_edit.isVisible() and not pane.date_to_edit.isVisible()
+
+    # Chosen as a user does: the filter's "Range…" item, then the two date fields.
+    pane.date_filter.setCurrentIndex(pane.date_filter.findText("Range\u2026"))
+    assert pane.date_from_edit.isVisible() and pane.date_to_edit.isVisible()
+    assert pane.date_from_edit.calendarPopup() and pane.date_to_edit.calendarPopup()
+    today = datetime.date.today()
+    assert pane.date_to_edit.date().toPython() == today
+    assert pane.date_from_edit.date().toPython() < today
+    pane.date_from_edit.setDate(QDate(2025, 1, 1))
+    pane.date_to_edit.setDate(QDate(2025, 3, 31))
+    qtbot.waitUntil(lambda: model_done(pane) and sorted(texts(pane, COL_PATIENT_ID)) == ["PAT00601", "PAT00602"],
+                    timeout=WAIT)
+    assert pane.date_filter.currentText() == "2025-01-01 \u2013 2025-03-31"
+
+    # "From" moved past "to" drags "to" along: the range stays from ≤ to, here 1 April only.
+    pane.date_from_edit.setDate(QDate(2025, 4, 1))
+    assert pane.date_to_edit.date() == QDate(2025, 4, 1)
+    qtbot.waitUntil(lambda: model_done(pane) and texts(pane, COL_PATIENT_ID) == ["PAT00603"], timeout=WAIT)
+    assert pane.date_filter.currentText() == "2025-04-01 \u2013 2025-04-01"
+
+    # Back to any date: every study again, the fields gone.
+    pane.date_filter.setCurrentIndex(pane.date_filter.findData(-1))
+    qtbot.waitUntil(lambda: model_done(pane) and sorted(texts(pane, COL_PATIENT_ID)) == everyone, timeout=WAIT)
+    assert not pane.date_from_edit.isVisible()
+    assert pane.date_filter.findText("Range\u2026") >= 0
+
+    # The same through search(): the range set programmatically, shown in the filter.
+    pane.search("", dates=(datetime.date(2025, 3, 31), datetime.date(2025, 2, 1)))
+    qtbot.waitUntil(lambda: model_done(pane) and texts(pane, COL_PATIENT_ID) == ["PAT00602"], timeout=WAIT)
+    assert pane.date_filter.currentText() == "2025-02-01 \u2013 2025-03-31"
+
+
+def model_done(pane) -> bool:
+    return pane.state == "ok" and pane.model.is_complete
