@@ -395,8 +395,7 @@ class PeerPane(QWidget):
         days = self.date_filter.currentData()
         date_from = date_to = ""
         if days == DATE_RANGE:
-            date_from, date_to = date_range(self.date_from_edit.date().toPython(),
-                                            self.date_to_edit.date().toPython())
+            date_from, date_to = date_range(*self._range_dates())
         elif isinstance(days, int) and days >= 0:
             date_from = (datetime.date.today() - datetime.timedelta(days=days)).strftime("%Y%m%d")
         return Search(text=self.search_box.text().strip(), date_from=date_from, date_to=date_to,
@@ -410,6 +409,11 @@ class PeerPane(QWidget):
         edit.setDisplayFormat("yyyy-MM-dd")
         edit.setVisible(False)
         return edit
+
+    def _range_dates(self) -> Tuple[datetime.date, datetime.date]:
+        first, last = self.date_from_edit.date(), self.date_to_edit.date()
+        return (datetime.date(first.year(), first.month(), first.day()),
+                datetime.date(last.year(), last.month(), last.day()))
 
     def _date_filter_changed(self) -> None:
         self._show_date_range()
@@ -430,7 +434,7 @@ class PeerPane(QWidget):
         active = self.date_filter.currentData() == DATE_RANGE
         label = DATE_RANGE_LABEL
         if active:
-            label = date_range_label(self.date_from_edit.date().toPython(), self.date_to_edit.date().toPython())
+            label = date_range_label(*self._range_dates())
         self.date_filter.setItemText(index, label)
         self.date_from_edit.setVisible(active)
         self.date_to_edit.setVisible(active)
