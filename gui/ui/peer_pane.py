@@ -219,6 +219,8 @@ class PeerPane(QWidget):
         self.date_filter = QComboBox(self)
         self.date_filter.setObjectName("dateFilter")
         self.date_filter.setToolTip("Study date")
+        # Grows to show a chosen range in full, not cut to the width of "Last 12 months".
+        self.date_filter.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         for label, days in DATE_PRESETS:
             self.date_filter.addItem(label, days)
         self.modality_filter = QComboBox(self)
