@@ -7,7 +7,7 @@ again."""
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -199,6 +199,33 @@ def flip(data: bytes) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1:]
 
 
+def transfer_with_first_file_corrupted(tmp_path, source, target, study: str, retries: int,
+                                       uncompressed_only: bool) -> Tuple[Any, List[str]]:
+    """Plain transfer of ``study`` with one byte flipped in the first file the
+    source answers (between the source and the engine); returns the report and
+    the corrupted instance."""
+    hits: List[str] = []
+
+    async def corrupt_first_file(request: FrontRequest, forward: Forward) -> FrontResponse:
+        response = await forward(request)
+        if not hits and request.path.endswith("/file") and response.status == 200 \
+                and not (uncompressed_only and response.header("content-encoding")):
+            hits.append(request.path.split("/")[2])
+            response.body = flip(response.body)
+        return response
+
+    async def go():
+        front = await HttpFront(source.url, corrupt_first_file).start()
+        try:
+            return await transfer(tmp_path, Peer(source.name, front.url), peer(target),
+                                  study_resource(study), small_options(BucketSize=1024, MaxHttpRetries=retries),
+                                  compression="none")
+        finally:
+            await front.stop()
+
+    return run(go()), hits
+
+
 def test_a_byte_corrupted_in_a_relay_is_caught_by_the_read_back_and_sent_again(stock_pair, tmp_path,
                                                                               ct_study_files, moves):
     """The engine does not hash a relayed file: a byte flipped on its way from
@@ -208,26 +235,8 @@ def test_a_byte_corrupted_in_a_relay_is_caught_by_the_read_back_and_sent_again(s
     source, target = stock_pair
     ids = upload_files(source, ct_study_files)
     study = next(iter(ids.values()))
-    hits: List[str] = []
-
-    async def corrupt_first_file(request: FrontRequest, forward: Forward) -> FrontResponse:
-        response = await forward(request)
-        if not hits and request.path.endswith("/file") and response.status == 200 \
-                and not response.header("content-encoding"):
-            hits.append(request.path.split("/")[2])
-            response.body = flip(response.body)
-        return response
-
-    async def go():
-        front = await HttpFront(source.url, corrupt_first_file).start()
-        try:
-            return await transfer(tmp_path, Peer(source.name, front.url), peer(target),
-                                  study_resource(study), small_options(BucketSize=1024, MaxHttpRetries=2),
-                                  compression="none")
-        finally:
-            await front.stop()
-
-    report = run(go())
+    report, hits = transfer_with_first_file_corrupted(tmp_path, source, target, study, 2,
+                                                     uncompressed_only=True)
 
     assert hits, "no file was corrupted"
     assert hits[0] in {i for i, _ in moves["relayed"]}
@@ -246,25 +255,8 @@ def test_without_a_re_send_budget_a_corrupted_relay_fails_and_rolls_back(stock_p
     source, target = stock_pair
     ids = upload_files(source, ct_study_files)
     study = next(iter(ids.values()))
-    hits: List[str] = []
-
-    async def corrupt_first_file(request: FrontRequest, forward: Forward) -> FrontResponse:
-        response = await forward(request)
-        if not hits and request.path.endswith("/file") and response.status == 200:
-            hits.append(request.path.split("/")[2])
-            response.body = flip(response.body)
-        return response
-
-    async def go():
-        front = await HttpFront(source.url, corrupt_first_file).start()
-        try:
-            return await transfer(tmp_path, Peer(source.name, front.url), peer(target),
-                                  study_resource(study), small_options(BucketSize=1024, MaxHttpRetries=0),
-                                  compression="none")
-        finally:
-            await front.stop()
-
-    report = run(go())
+    report, hits = transfer_with_first_file_corrupted(tmp_path, source, target, study, 0,
+                                                     uncompressed_only=False)
 
     assert hits and report.state is JobState.FAILURE
     failure = report.to_json()["failures"][0]
