@@ -122,7 +122,11 @@ class HttpFront:
 
     async def start(self) -> "HttpFront":
         # No automatic decompression, no redirects: the client must see the real bytes.
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None), follow_redirects=False)
+        # One upstream connection per request: Orthanc closes an idle kept-alive
+        # connection after KeepAliveTimeout (1 s), and a request racing that close
+        # failed as "upstream failed" (502) although the server was fine.
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(None), follow_redirects=False,
+                                         limits=httpx.Limits(max_keepalive_connections=0))
         self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.ssl_context)
         return self
 
