@@ -18,7 +18,7 @@ from tests.devtools.faults.http_front import Forward, FrontRequest, FrontRespons
 from tests.devtools.netem import WanProxy
 from tests.engine.helpers import make_engine, peer, run, small_options, study_resource, upload_files
 
-pytestmark = pytest.mark.skipif(not fast_http.relay_supported(), reason="the relay needs Linux's splice")
+# The suite runs on Linux (Debian/Ubuntu), where the relay must work: these tests fail, never skip, without it.
 
 
 async def transfer(tmp_path, source: Peer, target: Peer, resources, options, **kwargs):
@@ -85,11 +85,7 @@ def test_no_relay_where_splice_is_missing(stock_pair, tmp_path, ct_study_files, 
     """Elsewhere than on Linux (no splice) every instance takes the copy path, verified."""
     monkeypatch.setattr(fast_http, "relay_supported", lambda: False)
     source, target = stock_pair
-    ids = upload_files(source, ct_study_files)
-    study = next(iter(ids.values()))
-
-    report = run(transfer(tmp_path, peer(source), peer(target), study_resource(study),
-                          small_options(BucketSize=1024)))
+    report, ids = transfer_ct_study(tmp_path, source, target, ct_study_files)
 
     assert report.state is JobState.SUCCESS, report.error
     assert report.verified == len(ids)
@@ -199,6 +195,15 @@ def flip(data: bytes) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1:]
 
 
+def transfer_ct_study(tmp_path, source, target, files: List[bytes]) -> Tuple[Any, Dict[str, str]]:
+    """Upload the CT study to ``source`` and move it in plain mode; the report and the uploaded IDs."""
+    ids = upload_files(source, files)
+    study = next(iter(ids.values()))
+    report = run(transfer(tmp_path, peer(source), peer(target), study_resource(study),
+                          small_options(BucketSize=1024)))
+    return report, ids
+
+
 def transfer_with_first_file_corrupted(tmp_path, source, target, study: str, retries: int,
                                        uncompressed_only: bool) -> Tuple[Any, List[str]]:
     """Plain transfer of ``study`` with one byte flipped in the first file the
@@ -273,11 +278,7 @@ def test_a_near_target_that_first_looked_distant_still_gets_relays(stock_pair, t
         return True
     monkeypatch.setattr(plain_mode, "is_distant", looks_distant)
     source, target = stock_pair
-    ids = upload_files(source, ct_study_files)
-    study = next(iter(ids.values()))
-
-    report = run(transfer(tmp_path, peer(source), peer(target), study_resource(study),
-                          small_options(BucketSize=1024)))
+    report, ids = transfer_ct_study(tmp_path, source, target, ct_study_files)
 
     assert report.state is JobState.SUCCESS, report.error
     assert target.instance_md5s() == source.instance_md5s()

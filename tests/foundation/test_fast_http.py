@@ -10,7 +10,7 @@ import json
 import pytest
 
 from gui.client import OrthancClient, OrthancError, Peer
-from gui.client.fast_http import FastHttp, RelayError, proxied, relay, relay_supported
+from gui.client.fast_http import FastHttp, RelayError, proxied, relay
 from gui.sandbox import synthetic_studies as synth
 from gui.sandbox.orthanc_process import free_port
 
@@ -153,7 +153,6 @@ def test_a_malformed_answer_is_an_error_naming_the_server_and_request(answer):
     assert "malformed answer" in message or "not an HTTP answer" in message
 
 
-@pytest.mark.skipif(not relay_supported(), reason="the relay needs Linux's splice")
 def test_relay_splices_a_download_into_an_upload(orthanc_factory, ct_files):
     """``relay`` moves a file from one Orthanc to another without the bytes
     entering Python: stored intact, plain or gzip-encoded as the source
