@@ -340,22 +340,7 @@ class FastHttp:
             if reused:
                 raise _StaleConnection() from None
             raise
-        text = head.decode("latin-1")
-        status_line, _, rest = text.partition("\r\n")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise FastHttpError(f"not an HTTP answer: {status_line[:80]!r}")
-        headers: Dict[str, str] = {}
-        for line in rest.split("\r\n"):
-            if not line:
-                continue
-            name, sep, value = line.partition(":")
-            if sep:
-                key = name.strip().lower()
-                value = value.strip()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        keep = headers.get("connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
-        return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, keep
+        return parse_answer_head(head.decode("latin-1"), FastHttpError)
 
     async def _read_body(self, connection: _Connection, headers: Dict[str, str], limit: float,
                          consume: Callable[[bytes], Any], method: str, status: int) -> int:
@@ -619,6 +604,24 @@ async def _send_all(sock: socket.socket, data: bytes, limit: float) -> None:
         await asyncio.get_running_loop().sock_sendall(sock, data)
 
 
+def parse_answer_head(head: str, error: Callable[[str], Exception]) -> Tuple[int, str, Dict[str, str], bool]:
+    """Status, reason, headers (lower-case names, repeated ones joined) and
+    keep-alive of an HTTP/1.x answer head (without its blank line); ``error``
+    builds what is raised for something that is not an HTTP answer."""
+    status_line, _, lines = head.partition("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise error(f"not an HTTP answer: {status_line[:80]!r}")
+    headers: Dict[str, str] = {}
+    for line in lines.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    keep = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, keep
+
+
 async def _relay_head(sock: socket.socket, limit: float) -> Tuple[int, str, Dict[str, str], bool, bytes]:
     """Status, reason, headers (lower-case names), keep-alive, and the bytes read past the head."""
     buffer = b""
@@ -634,19 +637,8 @@ async def _relay_head(sock: socket.socket, limit: float) -> Tuple[int, str, Dict
             break
         if len(buffer) > 65536:
             raise ConnectionError("answer head too long")
-    head, rest = buffer[:end].decode("latin-1"), buffer[end + 4:]
-    status_line, _, lines = head.partition("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise ConnectionError(f"not an HTTP answer: {status_line[:80]!r}")
-    headers: Dict[str, str] = {}
-    for line in lines.split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            key = name.strip().lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    keep = parts[0] == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, keep, rest
+    status, reason, headers, keep = parse_answer_head(buffer[:end].decode("latin-1"), ConnectionError)
+    return status, reason, headers, keep, buffer[end + 4:]
 
 
 async def _relay_body(sock: socket.socket, headers: Dict[str, str], rest: bytes,
