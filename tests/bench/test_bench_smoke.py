@@ -25,15 +25,15 @@ ENGINE_CLI_PRESENT = importlib.util.find_spec("gui.cli") is not None
 def test_tiny_benchmark_writes_complete_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "results"
     status = main(["--datasets", "ct", "--ct-slices", "3", "--links", "lan,wan",
-                   "--paths", "builtin,naive,plain", "--out", str(out)])
+                   "--paths", "builtin,naive,plain,ceiling", "--out", str(out)])
     assert status == 0
     printed = capsys.readouterr().out
 
     data = json.loads((out / "latest.json").read_text())
     rows = data["measurements"]
     assert [(r["link"], r["path"]) for r in rows] == [
-        ("lan", "builtin"), ("lan", "naive"), ("lan", "plain"),
-        ("wan", "builtin"), ("wan", "naive"), ("wan", "plain")]
+        ("lan", "builtin"), ("lan", "naive"), ("lan", "plain"), ("lan", "ceiling"),
+        ("wan", "builtin"), ("wan", "naive"), ("wan", "plain"), ("wan", "ceiling")]
     expected_keys = {f.name for f in fields(Measurement)}
     for row in rows:
         assert set(row) == expected_keys
@@ -59,6 +59,9 @@ def test_tiny_benchmark_writes_complete_table_and_json(tmp_path: Path, capsys: p
             assert row["seconds"] == row["engine_seconds"] <= row["process_seconds"]
         else:
             assert row["process_seconds"] is None
+        if row["path"] == "ceiling":
+            # The target's ingest alone, tried with each client count; the best is kept.
+            assert "4 clients" in row["note"] and "16 clients" in row["note"] and "best:" in row["note"]
 
     assert data["machine"]["orthanc"] and data["machine"]["nproc"] >= 1
     assert {t["name"] for t in data["targets"]} >= {"WAN, CT study", "WAN, tiny instances",
@@ -69,7 +72,9 @@ def test_tiny_benchmark_writes_complete_table_and_json(tmp_path: Path, capsys: p
     table = (out / "latest.md").read_text()
     assert table in printed + "\n" or table.strip() in printed
     assert "| dataset | link | path | seconds | process s | MB/s | wire MB | link use | speed-up" in table
-    assert table.count("| ct | ") == 6
+    assert table.count("| ct | ") == 8
+    plain_ct_lan = next(t for t in data["targets"] if t["name"] == "Plain, ct, LAN")
+    assert "ingest ceiling" in plain_ct_lan["measured"]
 
 
 def test_unknown_names_are_refused_with_the_choices(capsys: pytest.CaptureFixture) -> None:

@@ -9,9 +9,12 @@ raised before anything is timed, e.g. the engine's CLI is not there yet).
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.client
 import json
 import sys
 import time
+import urllib.parse
 import urllib.error
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -44,6 +47,7 @@ class Outcome:
     problem: Optional[str] = None            # None: the path reported success
     engine: Optional[engine_cli.EngineRun] = None
     queue: Optional[Dict[str, Any]] = None   # several jobs at once: their figures (queued.summarize)
+    note: str = ""                           # what the row should say besides its figures
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,65 @@ def naive_copy(bed: BenchBed, work: Work) -> Outcome:
     return Outcome(time.monotonic() - t0)
 
 
+CEILING_CLIENTS = (4, 8, 16)
+
+
+def _post_all(url: str, files: List[bytes], clients: int) -> float:
+    """Seconds to POST every file to ``url``/instances from ``clients`` threads,
+    each on one kept-alive connection."""
+    where = urllib.parse.urlsplit(url)
+    queue = list(reversed(files))
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=LONG_TIMEOUT_S)
+        try:
+            while True:
+                try:
+                    body = queue.pop()   # list.pop is atomic under the GIL
+                except IndexError:
+                    return
+                connection.request("POST", "/instances", body=body,
+                                   headers={"Content-Type": "application/dicom"})
+                answer = connection.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    raise OSError(f"POST /instances answered {answer.status}")
+        finally:
+            connection.close()
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        for done in [pool.submit(worker) for _ in range(clients)]:
+            done.result()
+    return time.monotonic() - t0
+
+
+def ingest_ceiling(bed: BenchBed, work: Work) -> Outcome:
+    """How fast the stock target can take the dataset at all: every file
+    already in this process's memory (downloaded from the source before the
+    clock starts), POSTed through the same proxy as the other paths by 4, 8
+    and 16 concurrent clients; the fastest of the three. No source, no
+    planning, no MD5 read-back: any path that stores through the target's
+    ``POST /instances`` (plain mode, and the plugin's commit) takes at least
+    this long."""
+    _one_job(work, "the ingest ceiling")
+    assert bed.stock_source is not None and bed.stock_target is not None
+    files = [bed.stock_source.request("GET", f"/instances/{i}/file", timeout=LONG_TIMEOUT_S, raw=True)
+             for i in work.instances]
+    url = bed.proxies["stock-http"].url
+    times: Dict[int, float] = {}
+    try:
+        for clients in CEILING_CLIENTS:
+            bed.clear(bed.stock_target)
+            bed.reset_counters()   # the row's wire bytes: one attempt's, like the other rows
+            times[clients] = _post_all(url, files, clients)
+    except OSError as exc:
+        return Outcome(sum(times.values()), f"ingest ceiling failed: {exc}")
+    best = min(times, key=lambda c: times[c])
+    return Outcome(times[best], None, note="; ".join(
+        f"{c} clients {t:.2f} s" for c, t in times.items()) + f" (best: {best})")
+
+
 def server_send(bed: BenchBed, work: Work) -> Outcome:
     """The source's plugin sends by itself (POST /transfers/send, gzip), server to
     server: timed from the request to the job's Success (the target's commit
@@ -234,6 +297,7 @@ PATHS: Dict[str, PathSpec] = {p.name: p for p in [
     # Published beside the targets, which are met (or not) with the default commit.
     PathSpec("arrive", "engine push, import as it arrives", True, _engine("push", ["--import-as-it-arrives"])),
     PathSpec("send", "server send job (gzip)", True, server_send),
+    PathSpec("ceiling", "target ingest ceiling", False, ingest_ceiling),
 ]}
 ENGINE_PATHS = ("plain", "retrieve", "push", "pull")
 

@@ -108,8 +108,13 @@ def targets(result: BenchResult) -> List[Target]:
            and r.dataset in ("ct", "tiny", "large")]
     if lan:
         worst = min(lan, key=lambda r: r.speedup or 0)
+        measured = f"slowest: {worst.label} on {worst.dataset}: {worst.speedup:.2f}×"
+        ceilings = [r for r in rows if r.link == "lan" and r.path == "ceiling" and r.status == "ok" and r.speedup]
+        if ceilings:
+            measured += " (target's ingest ceiling: " + ", ".join(
+                f"{r.dataset} {r.speedup:.2f}×" for r in ceilings) + ")"
         out.append(Target("LAN, every dataset and engine mode", "never slower than the peer store (≥ 1×)",
-                          "0.15×", f"slowest: {worst.label} on {worst.dataset}: {worst.speedup:.2f}×",
+                          "0.15×", measured,
                           "met" if (worst.speedup or 0) >= 1.0 else "missed"))
     else:
         out.append(Target("LAN, every dataset and engine mode", "never slower than the peer store (≥ 1×)",
@@ -159,7 +164,12 @@ def plain_targets(rows: List[Measurement]) -> List[Target]:
             out.append(Target(name, f"≥ {goal:g}× the peer store", "—", "not measured", "not measured"))
             continue
         row = found[0]
-        out.append(Target(name, f"≥ {goal:g}× the peer store", "—", f"{row.speedup:.2f}×",
+        measured = f"{row.speedup:.2f}×"
+        ceiling = [r for r in _find(rows, dataset, link, ("ceiling",)) if r.speedup]
+        if ceiling:
+            # What the target's ingest allows at all, measured in this run.
+            measured += f" (target's ingest ceiling: {ceiling[0].speedup:.2f}×)"
+        out.append(Target(name, f"≥ {goal:g}× the peer store", "—", measured,
                           "met" if (row.speedup or 0) >= goal else "missed"))
     tiny = [r for r in rows if r.dataset == "tiny" and r.path == "plain" and r.status == "ok"
             and r.cpu_seconds is not None]

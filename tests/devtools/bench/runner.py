@@ -250,6 +250,8 @@ class Runner:
         row.verified = row.verified_count == len(instances)
         row.status = "ok" if outcome.problem is None and row.verified else "failed"
         notes = [outcome.problem] if outcome.problem else []
+        if outcome.note:
+            notes.append(outcome.note)
         if spec.rewrites_file_meta and row.verified:
             notes.append("verified on the dataset: C-STORE rewrites the file meta group")
         if not row.verified:
