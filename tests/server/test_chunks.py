@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import threading
 
 import pytest
 
 from gui.protocol import wire
+from gui.sandbox import synthetic_studies as synth
 from tests.server.conftest import study
-from tests.server.push_helpers import assert_orthanc_error
+from tests.server.push_helpers import PluginHttp, assert_orthanc_error
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,41 @@ def test_any_range_matches_the_concatenated_files(http, stored):
 
     assert whole  # the stored files are the reference
     check()
+
+
+def test_pieces_of_a_large_instance_come_from_the_stored_file(http, plugin_server):
+    """A piece of a large instance is read from Orthanc's stored file, not
+    through the cache (which would read the whole file first): the pieces
+    are the file's exact bytes, and no storage read goes through the API."""
+    spec = synth.make_study_spec(203, "CT LARGE PIECES")
+    instance_id = plugin_server.upload(synth.multiframe_instance(spec, 9, seed=203))["ID"]
+    expected = plugin_server.request("GET", f"/instances/{instance_id}/file", raw=True)
+    assert len(expected) >= 4 * 1024 * 1024  # chunks.DIRECT_MIN_SIZE
+    before = _metrics(plugin_server)
+    step = len(expected) // 3
+    pieces = [_get(http, [instance_id], offset=str(n * step),
+                   size=str(step if n < 2 else 0)).content for n in range(3)]
+    assert hashlib.md5(b"".join(pieces)).hexdigest() == hashlib.md5(expected).hexdigest()
+    after = _metrics(plugin_server)
+    # (a counter shows in Orthanc's metrics once it was first set)
+    assert after["transfers_direct_reads"] - before.get("transfers_direct_reads", 0) == 3
+    assert after.get("transfers_storage_reads", 0) == before.get("transfers_storage_reads", 0)
+
+
+def test_pieces_of_a_compressed_storage_go_through_orthanc(orthanc_factory):
+    """With StorageCompression the stored file is not the instance's bytes:
+    pieces are served from the file as Orthanc gives it, exactly."""
+    server = orthanc_factory("compressed", with_accelerator=True, extra_config={"StorageCompression": True})
+    spec = synth.make_study_spec(204, "CT LARGE COMPRESSED")
+    instance_id = server.upload(synth.multiframe_instance(spec, 5, seed=204))["ID"]
+    expected = server.request("GET", f"/instances/{instance_id}/file", raw=True)
+    client = PluginHttp(server)
+    try:
+        half = len(expected) // 2
+        first = _get(client, [instance_id], offset="0", size=str(half)).content
+        second = _get(client, [instance_id], offset=str(half), size="0").content
+    finally:
+        client.close()
+    assert first + second == expected
+    metrics = _metrics(server)
+    assert metrics.get("transfers_direct_reads", 0) == 0 and metrics["transfers_storage_reads"] == 1

@@ -4,10 +4,20 @@ Instance files come from Orthanc's storage through an LRU cache bounded by
 ``CacheSize``. When several requests want the same file at the same time,
 the first one reads it and the others wait for that read (one storage read
 per instance, however many workers pull it).
+
+A piece of a large instance (one split over several buckets) is read from
+the stored file itself where Orthanc's storage allows it (:class:`StoredFiles`):
+only that piece's bytes, so the first piece goes out at once instead of
+after the whole file was read through Orthanc's API (1.1 s for 200 MB), and
+the memory used is the piece's, not the file's.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import stat
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -91,6 +101,102 @@ class InstanceCache:
             self.used -= len(old)
 
 
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Only a part of an instance at least this large is read directly: smaller
+# files are read whole through the cache, as cheap as asking where they are.
+DIRECT_MIN_SIZE = 4 * 1024 * 1024
+# Instances whose file location is remembered.
+KNOWN_FILES = 1024
+
+
+class StoredFiles:
+    """Where Orthanc's default storage keeps an instance's DICOM file
+    (``<StorageDirectory>/ab/cd/abcd...`` by the attachment's UUID), when
+    it can be read directly: stored uncompressed (equal compressed and
+    uncompressed size and MD5) and found there with the expected size.
+    Anything else (StorageCompression, a storage plugin, a file that went
+    away) gives None, and the caller reads through Orthanc's API."""
+
+    def __init__(self, api: Any, root: str, metrics: Any = None) -> None:
+        self.api = api
+        self.root = root
+        self.metrics = metrics
+        self.lock = threading.Lock()
+        self.known: "OrderedDict[str, Optional[str]]" = OrderedDict()
+
+    def path(self, instance_id: str, size: int) -> Optional[str]:
+        if not self.root:
+            return None
+        with self.lock:
+            if instance_id in self.known:
+                self.known.move_to_end(instance_id)
+                return self.known[instance_id]
+        found = self._locate(instance_id, size)
+        with self.lock:
+            self.known[instance_id] = found
+            while len(self.known) > KNOWN_FILES:
+                self.known.popitem(last=False)
+        return found
+
+    def forget(self, instance_id: str) -> None:
+        with self.lock:
+            self.known.pop(instance_id, None)
+
+    def _locate(self, instance_id: str, size: int) -> Optional[str]:
+        try:
+            info = json.loads(self.api.RestApiGet("/instances/%s/attachments/dicom/info" % instance_id))
+        except (self.api.OrthancException, ValueError):
+            return None
+        if not isinstance(info, dict):
+            return None
+        uuid = info.get("Uuid")
+        if not isinstance(uuid, str) or not UUID_RE.match(uuid):
+            return None
+        if not (info.get("CompressedSize") == info.get("UncompressedSize") == size
+                and info.get("CompressedMD5") == info.get("UncompressedMD5")):
+            return None  # stored compressed: the file's bytes are not the instance's
+        path = os.path.join(self.root, uuid[0:2], uuid[2:4], uuid)
+        try:
+            found = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size:
+            return None
+        return path
+
+    def read(self, instance_id: str, path: str, offset: int, length: int) -> Optional[bytes]:
+        """``length`` bytes at ``offset``, or None (the caller falls back)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self.forget(instance_id)
+            return None
+        try:
+            if os.fstat(fd).st_size < offset + length:
+                self.forget(instance_id)
+                return None
+            data = os.pread(fd, length, offset)
+            if len(data) < length:  # a short read, rare: finish it in a buffer
+                parts = [data]
+                got = len(data)
+                while got < length:
+                    more = os.pread(fd, length - got, offset + got)
+                    if not more:
+                        self.forget(instance_id)
+                        return None
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+        except OSError:
+            self.forget(instance_id)
+            return None
+        finally:
+            os.close(fd)
+        if self.metrics is not None:
+            self.metrics.add("transfers_direct_reads")
+        return data
+
+
 # The engine asks for the codec only where its own sample of the data says
 # it pays (gui/engine/pull_mode/codec_choice.py); this per-answer check
 # only catches a bucket unlike the rest (8-bit data in a 16-bit study), so
@@ -105,6 +211,7 @@ class ChunkServer:
         self.wire = wire
         self.options = options
         self.cache = InstanceCache(options.cache_size, self._read_file, metrics)
+        self.stored = StoredFiles(api, getattr(options, "storage_directory", ""), metrics)
 
     def _read_file(self, instance_id: str) -> bytes:
         try:
@@ -120,6 +227,20 @@ class ChunkServer:
             return int(self.api.RestApiGet("/instances/%s/attachments/dicom/size" % instance_id))
         except self.api.OrthancException:
             raise PluginError(UNKNOWN_RESOURCE, "chunks: unknown instance %s" % instance_id)
+
+    def _piece(self, instance_id: str, length: int, low: int, high: int) -> Any:
+        """Bytes ``low:high`` of one instance file of ``length`` bytes."""
+        if (high - low < length and length >= DIRECT_MIN_SIZE
+                and self.cache.cached_size(instance_id) is None):
+            path = self.stored.path(instance_id, length)
+            if path is not None:
+                data = self.stored.read(instance_id, path, low, high - low)
+                if data is not None:
+                    return data
+        data = self.cache.get(instance_id)
+        if low == 0 and high == len(data):
+            return data
+        return memoryview(data)[low:high]
 
     def _codec_pays(self, body: bytes, codec: str) -> bool:
         """Whether the codec shrinks this answer more than gzip, judged on a
@@ -153,12 +274,11 @@ class ChunkServer:
         for instance_id, length in zip(ids, sizes):
             low, high = max(start, position), min(end, position + length)
             if low < high:
-                data = self.cache.get(instance_id)
-                pieces.append(memoryview(data)[low - position:high - position])
+                pieces.append(self._piece(instance_id, length, low - position, high - position))
             position += length
             if position >= end:
                 break
-        body = b"".join(pieces)
+        body = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
         if compression in CODECS and self._codec_pays(body, compression):
             return encode(body, compression, self.options.gzip_level), wire.CODEC_CONTENT_TYPE[compression]
         if compression in CODECS:

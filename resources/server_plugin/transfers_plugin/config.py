@@ -39,6 +39,9 @@ class Options:
     codecs: tuple = ("split16-gzip",)
     # GzipLevel (1-9) of chunk answers: 1 favours speed (~3% more bytes on synthetic CT)
     gzip_level: int = 1
+    # Orthanc's own storage (not in "Transfers"): where a piece of a large
+    # instance is read from directly ("" when the files may be compressed)
+    storage_directory: str = ""
     warnings: List[str] = field(default_factory=list, compare=False)
 
 
@@ -94,6 +97,10 @@ def parse_options(configuration: Dict[str, Any]) -> Options:
         else:
             values["codecs"] = tuple(codecs)
     values["overwrite_instances"] = configuration.get("OverwriteInstances") is True
+    if configuration.get("StorageCompression") is not True:
+        storage = configuration.get("StorageDirectory") or "OrthancStorage"
+        if isinstance(storage, str):
+            values["storage_directory"] = os.path.abspath(storage)
     return Options(warnings=warnings, **values)
 
 

@@ -15,6 +15,7 @@ NAMES = (
     "transfers_cache_bytes",            # instance files held for chunk GETs
     "transfers_storage_reads",          # instance files read from storage for chunk GETs
     "transfers_cache_hits",             # chunk GETs served from the cache
+    "transfers_direct_reads",           # pieces of large instances read from the stored file itself
     "transfers_commits_succeeded",
     "transfers_commits_failed",
     "transfers_commit_imports_at_once",  # most instances the last commit imported at the same time
