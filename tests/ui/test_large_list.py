@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from PySide6.QtCore import Qt
+
 from gui.client import Peer
 from gui.config import AppConfig
 from gui.ui.study_tree_model import COL_BIRTH_DATE, COL_NAME, COL_PATIENT_ID
@@ -72,3 +74,89 @@ def test_patients_arriving_while_the_list_loads_are_all_listed_once(
     birth = tags["PatientBirthDate"]
     assert pane.model.index(row, COL_BIRTH_DATE).data() == f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"
     assert pane.model.index(row, COL_NAME).data() == " ".join(tags["PatientName"].split("^")).strip()
+
+
+def shown(pane):
+    """What the view shows, top to bottom, expanded children included: (level, patient ID)."""
+    tree, model = pane.tree, pane.model
+    tree.doItemsLayout()
+    out = []
+    index = model.index(0, 0)
+    while index.isValid():
+        node = model.node(index)
+        out.append((node.level, node.tags.get("PatientID")) if node is not None else None)
+        index = tree.indexBelow(index)
+    return out
+
+
+def test_rows_a_search_replaces_go_a_slice_at_a_time_and_never_show(
+        qtbot, make_window, orthanc_factory, tiny_studies, tmp_path, monkeypatch):
+    # A search (or F5) replaces the list; Qt's old rows are freed a slice per loop turn
+    # afterwards (at 50,000 rows, at once, they took one long turn). Held back here, then
+    # freed one row per turn: whatever is left of them, the view shows exactly the new list.
+    from gui.ui import study_tree_model
+    from gui.ui.study_tree_model import StudyTreeModel
+    server = orthanc_factory("replaced")
+    for files in tiny_studies(6, first_seed=760):
+        upload_all(server, files)
+    window = make_window(config_with(tmp_path, Peer("Replaced", server.url)), page_size=2)
+    pane = window.panes[0]
+    model = pane.model
+    wait_loaded(qtbot, pane)
+    everyone = [f"PAT{s:05d}" for s in range(760, 766)]
+    assert sorted(column(pane, COL_PATIENT_ID)) == everyone
+
+    # Open PAT00762 and select its study.
+    patient = model.index(column(pane, COL_PATIENT_ID).index("PAT00762"), 0)
+    pane.tree.expand(patient)
+    qtbot.waitUntil(lambda: model.rowCount(patient) == 1, timeout=WAIT)
+    study_id = model.node(model.index(0, 0, patient)).id
+    selection = pane.tree.selectionModel()
+    rows_flag = selection.SelectionFlag.Select | selection.SelectionFlag.Rows
+    selection.select(model.index(0, 0, patient), rows_flag)
+
+    release = StudyTreeModel._schedule_release
+    monkeypatch.setattr(StudyTreeModel, "_schedule_release", lambda self: None)   # held back
+    pane.search("PAT00762")
+    wait_loaded(qtbot, pane)
+    assert model.stale_rows == 6                        # the old rows are all still in Qt
+    assert model.rowCount() == 1
+    assert shown(pane) == [("Patient", "PAT00762"), ("Study", "PAT00762")]   # open again, only it
+    assert pane.selected_resources() == [{"Level": "Study", "ID": study_id}]
+
+    pane.search("")                                     # cleared: every row back
+    wait_loaded(qtbot, pane)
+    assert model.stale_rows == 7
+    qtbot.waitUntil(lambda: len(shown(pane)) == 7, timeout=WAIT)   # the open patient's study loads
+    rows = shown(pane)
+    assert sorted(p for level, p in rows if level == "Patient") == everyone
+    assert rows[rows.index(("Patient", "PAT00762")) + 1] == ("Study", "PAT00762")
+    assert len(rows) == 7
+    assert pane.selected_resources() == [{"Level": "Study", "ID": study_id}]
+    # And the patient PAT00765 too.
+    row_765 = model.index(column(pane, COL_PATIENT_ID).index("PAT00765"), 0)
+    selection.select(row_765, rows_flag)
+    chosen = sorted([{"Level": "Study", "ID": study_id}, {"Level": "Patient", "ID": model.node(row_765).id}],
+                    key=lambda r: r["Level"])
+
+    # Sorting while old rows are left: the new ones are sorted, the old ones stay unseen.
+    pane.tree.header().setSortIndicator(COL_PATIENT_ID, Qt.SortOrder.DescendingOrder)
+    rows = shown(pane)
+    assert [p for level, p in rows if level == "Patient"] == everyone[::-1]
+    assert len(rows) == 7 and rows[rows.index(("Patient", "PAT00762")) + 1] == ("Study", "PAT00762")
+    assert sorted(pane.selected_resources(), key=lambda r: r["Level"]) == chosen
+
+    # Freed one row per turn, the list untouched.
+    monkeypatch.setattr(study_tree_model, "RELEASE_SLICE", 1)
+    monkeypatch.setattr(StudyTreeModel, "_schedule_release", release)
+    slices = []
+    monkeypatch.setattr(StudyTreeModel, "_release_slice",
+                        lambda self, free=StudyTreeModel._release_slice: (slices.append(1), free(self)))
+    model._schedule_release()
+    qtbot.waitUntil(lambda: model.stale_rows == 0, timeout=WAIT)
+    assert len(slices) >= 7
+    assert shown(pane) == rows
+    assert sorted(pane.selected_resources(), key=lambda r: r["Level"]) == chosen
+    selection.clearSelection()
+    pane.tree.selectAll()                               # Ctrl+A: only what is shown
+    assert len(selection.selectedRows(0)) == 7
