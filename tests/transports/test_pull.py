@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Optional
 
 import pytest
 
@@ -220,3 +221,61 @@ def test_pull_towards_a_slow_target_runs_only_a_few_buckets_ahead(orthanc_factor
     largest = max(b.total_size for b in buckets)
     print(f"\nstaged at most {staging.peak_staged / 1024:.0f} KB of {total / 1024:.0f} KB (lead {lead // 1024} KB)")
     assert staging.peak_staged <= lead + options.Threads * largest < total / 2
+
+
+class HoldLastPiece:
+    """Holds the GET of a large instance's last piece until the target has
+    staged some of its bytes (or ``patience`` seconds passed): a delivery
+    that waits for the whole instance never gets there."""
+
+    def __init__(self, staging_root, instance_size: int, patience: float = 60.0) -> None:
+        import httpx
+        self.inner = httpx.AsyncHTTPTransport()
+        self.staging_root = staging_root
+        self.instance_size = instance_size
+        self.patience = patience
+        self.staged_before_last: Optional[bool] = None
+
+    def _target_staged(self) -> bool:
+        return any(p.is_file() and p.stat().st_size > 0 for p in self.staging_root.rglob("*.dcm"))
+
+    async def handle_async_request(self, request):
+        import asyncio
+        query = dict(request.url.params)
+        last = ("/transfers/chunks/" in request.url.path and "size" in query
+                and int(query.get("offset", "0")) + int(query["size"]) == self.instance_size)
+        if last and self.staged_before_last is None:
+            deadline = asyncio.get_running_loop().time() + self.patience
+            while not self._target_staged() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)   # the condition is on another server's disk
+            self.staged_before_last = self._target_staged()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_pull_delivers_a_large_instance_while_it_is_still_being_fetched(orthanc_factory, tmp_path):
+    """A 17 MB instance split into 2 MB pieces: its first buckets reach the
+    target before its last piece is fetched (the delivery does not wait for
+    the whole file), and it arrives whole with its MD5."""
+    import httpx
+    from gui.sandbox import synthetic_studies as synth
+
+    files = [synth.multiframe_instance(synth.make_study_spec(61, "MF STREAM"), 17, seed=61)]
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(files, source)
+    hold = type("Hold", (HoldLastPiece, httpx.AsyncBaseTransport), {})(
+        target.storage_dir / "transfers-staging", instances[0].size)
+    transport = PullTransport()
+
+    async def go():
+        async with client_for(source, transport=hold) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="none",
+                           options=TransferOptions(BucketSize=1024, Threads=2), target_accelerated=True)
+            await transport.run(ctx, transport.plan(ctx))
+
+    run(go())
+    assert hold.staged_before_last is True
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
