@@ -124,12 +124,14 @@ class TransfersApi:
         except (ValueError, KeyError, TypeError):
             raise self._malformed("malformed answer to the creation of a push transaction",
                                   "POST", wire.URI_PUSH) from None
-        asked_codec = request.get("Codec")
+        # The codec the server chose among those offered ("Codec", "Codecs"), if any.
+        offered = list(request.get("Codecs") or []) + ([request["Codec"]] if request.get("Codec") else [])
+        chosen = answer.get("Codec")
         return PushCreated(
             tid, path, cookie_from(response.headers),
             asynchronous_commit=request.get("AsynchronousCommit") is True
             and answer.get("AsynchronousCommit") is True,
-            codec=asked_codec if asked_codec is not None and answer.get("Codec") == asked_codec else None,
+            codec=chosen if isinstance(chosen, str) and chosen in offered else None,
             import_as_it_arrives=request.get("ImportAsItArrives") is True
             and answer.get("ImportAsItArrives") is True)
 

@@ -22,8 +22,8 @@ import os
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 from gui.protocol import wire
 
@@ -95,10 +95,17 @@ def encode(data: bytes, compression: str, level: int = GZIP_LEVEL) -> bytes:
     """A bucket's body in ``compression`` ("gzip" or a codec of wire.CODECS)."""
     if compression == wire.CODEC_SPLIT16:
         return gzip_bytes(wire.split16(data), level)
+    if compression == wire.CODEC_SPLIT16_RLE:
+        return wire.encode_split16_rle(data, level)
     return gzip_bytes(data, level)
 
 
-def decode_bounded(data: bytes, expected: int, compression: str) -> bytes:
+def decode_bounded(data: bytes, expected: int, compression: str) -> "bytes | bytearray":
+    if compression == wire.CODEC_SPLIT16_RLE:
+        try:
+            return wire.decode_split16_rle(data, expected)
+        except wire.CodecError as exc:
+            raise DecompressionError(str(exc)) from None
     out = gunzip_bounded(data, expected)
     if compression == wire.CODEC_SPLIT16:
         return wire.join16(out)
@@ -109,7 +116,7 @@ async def compress(data: bytes, level: int = GZIP_LEVEL, compression: str = "gzi
     return await asyncio.get_running_loop().run_in_executor(_POOL, encode, data, compression, level)
 
 
-async def decompress(data: bytes, expected: int, compression: str = "gzip") -> bytes:
+async def decompress(data: bytes, expected: int, compression: str = "gzip") -> "bytes | bytearray":
     return await asyncio.get_running_loop().run_in_executor(_POOL, decode_bounded, data, expected, compression)
 
 
@@ -122,20 +129,41 @@ class Sample:
     seconds: float
     split16_compressed: int = 0  # the same sample in wire.CODEC_SPLIT16 (0: not measured)
     split16_seconds: float = 0.0  # and how long that took (split included)
+    # The other codecs of wire.CODECS: name -> (compressed bytes, seconds).
+    others: Dict[str, Tuple[int, float]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
         return self.raw / self.compressed if self.compressed else 1.0
 
+    def encoded(self, codec: str) -> Tuple[int, float]:
+        """(compressed bytes, seconds) of the sample in ``codec``; (0, 0) if not measured."""
+        if codec == "gzip":
+            return self.compressed, self.seconds
+        if codec == wire.CODEC_SPLIT16:
+            return self.split16_compressed, self.split16_seconds
+        return self.others.get(codec, (0, 0.0))
+
+    def codec_ratio(self, codec: str) -> float:
+        size = self.encoded(codec)[0]
+        return self.raw / size if size else 0.0
+
+    @property
+    def codecs(self) -> Tuple[str, ...]:
+        """The codecs that shrank this data clearly more than gzip, smallest first.
+
+        Each runs at least at gzip's speed at both ends (measured on CT, tiny
+        and multi-frame data), so a better ratio never makes it slower end
+        to end."""
+        paying = [c for c in wire.CODECS
+                  if self.encoded(c)[0] and self.compressed >= self.encoded(c)[0] * CODEC_MIN_GAIN]
+        return tuple(sorted(paying, key=lambda c: self.encoded(c)[0]))
+
     @property
     def codec(self) -> Optional[str]:
-        """The codec to ask for instead of gzip, when it shrank this data clearly more.
-
-        Its deflate runs at gzip's speed (measured on CT, tiny and multi-frame
-        data), so a better ratio never makes it slower end to end."""
-        if self.split16_compressed and self.compressed >= self.split16_compressed * CODEC_MIN_GAIN:
-            return wire.CODEC_SPLIT16
-        return None
+        """The codec to ask for instead of gzip, if any: the one that shrank the data most."""
+        codecs = self.codecs
+        return codecs[0] if codecs else None
 
     @property
     def rate(self) -> float:
@@ -144,15 +172,18 @@ class Sample:
 
     def merged(self, other: "Sample") -> "Sample":
         """Both samples as one (the data seen so far, weighted by size)."""
+        others = {c: (self.others.get(c, (0, 0.0))[0] + other.others.get(c, (0, 0.0))[0],
+                      self.others.get(c, (0, 0.0))[1] + other.others.get(c, (0, 0.0))[1])
+                  for c in set(self.others) & set(other.others)}
         return Sample(self.raw + other.raw, self.compressed + other.compressed, self.seconds + other.seconds,
                       self.split16_compressed + other.split16_compressed,
-                      self.split16_seconds + other.split16_seconds)
+                      self.split16_seconds + other.split16_seconds, others)
 
 
 async def measure(data: bytes, level: int = GZIP_LEVEL, limit: int = SAMPLE_BYTES) -> Sample:
     """Compress (up to ``limit`` bytes of) ``data`` off the loop and time it,
-    with gzip and with the split16 codec at once (two threads: the sample
-    costs the time of one compression, not two)."""
+    with gzip and with each codec at once (threads: the sample costs about
+    the time of one compression, not one per encoding)."""
     piece = data[:limit]
 
     def timed(compression: str) -> "tuple[int, float]":
@@ -161,10 +192,12 @@ async def measure(data: bytes, level: int = GZIP_LEVEL, limit: int = SAMPLE_BYTE
         return len(body), time.perf_counter() - start
 
     loop = asyncio.get_running_loop()
-    (gzipped, seconds), (split, split_seconds) = await asyncio.gather(
-        loop.run_in_executor(_POOL, timed, "gzip"),
-        loop.run_in_executor(_POOL, timed, wire.CODEC_SPLIT16))
-    return Sample(len(piece), gzipped, seconds, split, split_seconds)
+    encodings = ("gzip",) + wire.CODECS
+    results = await asyncio.gather(*(loop.run_in_executor(_POOL, timed, c) for c in encodings))
+    by = dict(zip(encodings, results))
+    others = {c: by[c] for c in wire.CODECS if c != wire.CODEC_SPLIT16}
+    return Sample(len(piece), by["gzip"][0], by["gzip"][1], by[wire.CODEC_SPLIT16][0],
+                  by[wire.CODEC_SPLIT16][1], others)
 
 
 @dataclass

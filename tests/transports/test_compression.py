@@ -240,25 +240,32 @@ def test_auto_push_reverses_a_wrong_guess_after_the_first_bucket(orthanc_factory
 
 
 def test_auto_push_uses_the_codec_only_where_the_target_announces_it(orthanc_factory, ct_study_files, tmp_path):
-    """Towards our plugin, a push that chose gzip asks for the split16 codec
-    and gets it: fewer bytes on the link for the same study. Towards a
-    server that does not announce it (our plugin with "Codecs": [], as the
-    C++ plugin behaves) the same push goes as plain gzip. Both verified."""
+    """Towards our plugin, a push that chose gzip offers the codecs and gets
+    the strongest, split16-rle: fewer bytes on the link for the same study.
+    Towards a plugin of ours that knows only split16-gzip ("Codecs":
+    ["split16-gzip"], as plugins before split16-rle) it gets that one; towards
+    a server that announces none (our plugin with "Codecs": [], as the C++
+    plugin behaves) the same push goes as plain gzip. All verified."""
     from gui.protocol import wire
     link = {"latency_ms": 10, "bandwidth_mbit": 20}
-    ctx, pusher, coded_up, _ = _auto_push_through(orthanc_factory, ct_study_files, tmp_path / "a", 256, **link)
+    ctx, pusher, rle_up, _ = _auto_push_through(orthanc_factory, ct_study_files, tmp_path / "a", 256, **link)
+    assert ctx.compression_used == "gzip" and pusher.codec_used == wire.CODEC_SPLIT16_RLE
+    ctx, pusher, split_up, _ = _auto_push_through(orthanc_factory, ct_study_files, tmp_path / "c", 256,
+                                                  target_config={"Transfers": {"Codecs": [wire.CODEC_SPLIT16]}},
+                                                  **link)
     assert ctx.compression_used == "gzip" and pusher.codec_used == wire.CODEC_SPLIT16
     ctx, pusher, gzip_up, _ = _auto_push_through(orthanc_factory, ct_study_files, tmp_path / "b", 256,
                                                  target_config={"Transfers": {"Codecs": []}}, **link)
     assert ctx.compression_used == "gzip" and pusher.codec_used is None
-    assert coded_up < 0.93 * gzip_up
+    assert rle_up < 0.97 * split_up < 0.93 * gzip_up
 
 
 def test_codec_sample_prefers_gzip_where_splitting_does_not_pay():
     """8-bit or random data: no codec is asked for (gzip is as good)."""
     ct = asyncio.run(gz.measure(b"".join(synth.ct_series(synth.make_study_spec(72, "CT"), 2, seed=72))))
     jpeg = asyncio.run(gz.measure(b"".join(jpeg_like_files(2))))
-    assert ct.codec == "split16-gzip" and jpeg.codec is None
+    assert ct.codec == "split16-rle" and ct.codecs == ("split16-rle", "split16-gzip")
+    assert jpeg.codec is None and jpeg.codecs == ()
 
 
 def test_a_link_faster_than_a_receiver_inflates_gets_no_gzip():

@@ -11,7 +11,7 @@ In ``auto``, per link and per data:
   the same way). A slow LAN is the case for ``--compression gzip``;
 - **a distant source**: the data is sampled before any compressed GET (a
   small uncompressed GET of the first bucket's start), locally, with each
-  candidate (gzip, and the split16 codec where the source may honour it):
+  candidate (gzip, and this project's codecs where the source may honour them):
   ratio and compression speed. Data that does not shrink (JPEG, JPEG 2000,
   MPEG transfer syntaxes, encrypted data) is fetched uncompressed, so it is
   never compressed at all. Every ``RESAMPLE_EVERY`` buckets a fetched
@@ -142,7 +142,8 @@ class ChunkCodecPolicy:
         # Speeds: the fastest sample, not the sum: a sample slowed down by
         # this computer's other work (decompressing the other GETs) says
         # little of the source's speed.
-        for encoding, seconds in (("gzip", sample.seconds), (wire.CODEC_SPLIT16, sample.split16_seconds)):
+        for encoding in ("gzip",) + wire.CODECS:
+            seconds = sample.encoded(encoding)[1]
             if seconds > 0:
                 self._rates[encoding] = max(self._rates.get(encoding, 0.0), sample.raw / seconds)
 
@@ -174,7 +175,7 @@ class ChunkCodecPolicy:
 
     def _speed(self, encoding: str) -> Optional[float]:
         """Raw bytes/s at which the source compresses one answer in ``encoding``."""
-        rate = self._rates.get(encoding if encoding in wire.CODECS else "gzip")
+        rate = self._rates.get(encoding)
         return rate * self.share if rate else None
 
     def _candidates(self) -> Tuple[Tuple[str, float], ...]:
@@ -183,9 +184,7 @@ class ChunkCodecPolicy:
         if sample is None:
             return (("gzip", 0.0),)
         out = [("gzip", sample.ratio)]
-        codec = sample.codec
-        if codec is not None and codec in self.codecs:
-            out.append((codec, sample.raw / sample.split16_compressed))
+        out += [(codec, sample.codec_ratio(codec)) for codec in sample.codecs if codec in self.codecs]
         return tuple(out)
 
     def choose(self) -> str:

@@ -176,6 +176,7 @@ class BucketPusher:
         # True when the link probe reversed the first guess (docs, tests).
         self.switched_compression = False
         self.codec: Optional[str] = None       # codec the first bucket's sample favours over gzip
+        self.codecs: Tuple[str, ...] = ()      # every codec it favours, best first (offered in that order)
         self.codec_used: Optional[str] = None  # codec the target confirmed for the transaction
 
     # --- the whole run ---------------------------------------------------------------
@@ -359,12 +360,12 @@ class BucketPusher:
         opts = self.ctx.options
         # Where gzip was chosen and the sample shrank more with a codec, ask
         # for it: our plugin confirms it, any other server keeps gzip.
-        codec = self.codec if compression == "gzip" else None
+        codecs = self.codecs if compression == "gzip" else ()
         self.tx = await PushTransaction.create(
             self.ctx.target, self.ctx.instances, self.buckets, compression,
             transfer_id=self.ctx.transfer_id, retries=opts.MaxHttpRetries,
             commit_timeout=opts.PeerCommitTimeout, asynchronous_commit=self.asynchronous_commit,
-            codec=codec, import_as_it_arrives=opts.ImportAsItArrives)
+            codecs=codecs, import_as_it_arrives=opts.ImportAsItArrives)
         self.compression = compression
         self.ctx.compression_used = compression  # the protocol's name; a codec is a kind of gzip
         self.codec_used = self.tx.state.compression if self.tx.state.compression in CODECS else None
@@ -406,7 +407,7 @@ class BucketPusher:
             raw = await self.reader.read(first, None)
             self._prefetched[0] = raw
             sample = await gz.measure(raw, limit=gz.QUICK_SAMPLE_BYTES)
-            self.codec = sample.codec
+            self.codec, self.codecs = sample.codec, sample.codecs
             distant = await distance if distance is not None else False
         finally:
             if distance is not None and not distance.done():

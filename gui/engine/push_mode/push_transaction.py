@@ -117,13 +117,14 @@ class PushTransaction:
                      buckets: Sequence[Bucket], compression: str, *, transfer_id: str,
                      retries: int, commit_timeout: float, asynchronous_commit: bool = False,
                      on_retry: RetryHook = None, codec: Optional[str] = None,
-                     import_as_it_arrives: bool = False) -> "PushTransaction":
+                     import_as_it_arrives: bool = False, codecs: Sequence[str] = ()) -> "PushTransaction":
+        """``codec``, or ``codecs`` (best first): the codecs to offer instead of gzip."""
         request = wire.build_push_request(instances, buckets, compression, asynchronous_commit, codec,
-                                          import_as_it_arrives)
+                                          import_as_it_arrives, codecs=codecs)
         created = await with_retries(lambda: target.transfers.push_create(request, transfer_id),
                                      retries, on_retry=on_retry)
         tid = created.id
-        if codec is not None:
+        if codec is not None or codecs:
             # Bodies in the codec only when the server confirms it; the C++
             # plugin ignores the request's "Codec" and expects gzip.
             compression = created.codec or "gzip"

@@ -1,7 +1,8 @@
 """Bucket bodies: bounded gzip decoding and single-member gzip encoding,
-and the "split16-gzip" codec that this plugin announces. The codec's
-transform is the wire module's (gui/protocol/wire.py, loaded as
-``transfers_wire`` before this module by transfers_accelerator.py)."""
+and the codecs that this plugin announces ("split16-gzip", "split16-rle").
+The codecs themselves are the wire module's (gui/protocol/wire.py, loaded as
+``transfers_wire`` before this module by transfers_accelerator.py), the
+same code the engine runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .errors import BAD_FILE_FORMAT, NETWORK_PROTOCOL, PluginError
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 SPLIT16 = wire.CODEC_SPLIT16
+SPLIT16_RLE = wire.CODEC_SPLIT16_RLE
 CODECS = wire.CODECS
 split16 = wire.split16
 join16 = wire.join16
@@ -25,6 +27,13 @@ def decode_bucket(body: bytes, compression: str, expected: int, where: str) -> b
     that would inflate to gigabytes ("zip bomb") costs at most one byte more
     than the bucket legitimately holds.
     """
+    if compression == SPLIT16_RLE:
+        try:
+            return wire.decode_split16_rle(body, expected)
+        except wire.CodecError as exc:
+            if exc.size_mismatch:
+                raise PluginError(NETWORK_PROTOCOL, "%s: %s" % (where, exc))
+            raise PluginError(BAD_FILE_FORMAT, "%s: %s" % (where, exc))
     if compression == "none":
         data = body
     elif compression not in ("gzip",) + CODECS:
@@ -62,4 +71,6 @@ def encode(data, compression: str, level: int) -> bytes:
     """``data`` as a body in ``compression`` ("gzip" or a codec)."""
     if compression == SPLIT16:
         return gzip_bytes(split16(data), level)
+    if compression == SPLIT16_RLE:
+        return wire.encode_split16_rle(data, level)
     return gzip_bytes(data, level)

@@ -36,7 +36,7 @@ class Options:
     max_lookup_resources: int = 10_000    # MaxLookupResources
     overwrite_instances: bool = False     # Orthanc's own "OverwriteInstances" (not in "Transfers")
     # Codecs: extension codecs announced to senders that ask ([]: gzip only, as the C++ plugin)
-    codecs: tuple = ("split16-gzip",)
+    codecs: tuple = ("split16-gzip", "split16-rle")
     # GzipLevel (1-9) of chunk answers: 1 favours speed (~3% more bytes on synthetic CT)
     gzip_level: int = 1
     # Orthanc's own storage (not in "Transfers"): where a piece of a large

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, List
 
-from .codec import SPLIT16, decode_bucket
+from .codec import SPLIT16, SPLIT16_RLE, decode_bucket
 from .commit import commit
 from .errors import NETWORK_PROTOCOL, UNKNOWN_RESOURCE, PluginError
 from .jobs import Job
@@ -112,16 +112,22 @@ class PullRunner(PeerJobRunner):
         speed = Speed()
         job.publish(TotalBuckets=len(buckets), ReceivedBuckets=len(received), ResumedFromBucket=len(received))
 
-        asked = SPLIT16 if compression == "gzip" and SPLIT16 in self.plugin.options.codecs else compression
+        # With gzip, the strongest codec this server honours (the URL offers
+        # split16-gzip too, to a source that knows only that one); the source
+        # answers in one that pays on the data, or gzip (its Content-Type says).
+        honoured = self.plugin.options.codecs
+        asked = next((c for c in (SPLIT16_RLE, SPLIT16) if c in honoured), None) if compression == "gzip" else None
+        uri_compression = asked or compression
 
         def fetch(index: int) -> None:
             bucket = buckets[index]
-            _, headers, body = peer.request("GET", self.wire.chunks_uri(bucket, asked))
+            _, headers, body = peer.request("GET", self.wire.chunks_uri(bucket, uri_compression))
             speed.add(len(body))
             encoding = compression
-            if compression == "gzip" and headers.get("content-type") == self.wire.CODEC_CONTENT_TYPE[SPLIT16]:
-                encoding = SPLIT16
-                job.publish(Codec=SPLIT16)
+            used = self.wire.codec_of_content_type(headers.get("content-type", ""))
+            if compression == "gzip" and asked is not None and used is not None:  # any codec decodes here
+                encoding = used
+                job.publish(Codec=used)
             raw = decode_bucket(body, encoding, bucket.total_size, "bucket %d from peer %r" % (index, peer.peer.name))
             staged = store.acquire(txn.id)
             try:

@@ -61,8 +61,8 @@ class Transaction:
         self.buckets = request.buckets
         # An extension codec the sender asked for and this plugin honours
         # (the creation answer says so), else "gzip" or "none".
-        codec = getattr(request, "codec", None)
-        self.compression: str = codec if codec in codecs else request.compression
+        codec = request.choose_codec(codecs)
+        self.compression: str = codec or request.compression
         self.asynchronous: bool = request.asynchronous_commit
         self.size_of = {i.id: i.size for i in self.instances}
         self.declared_size = sum(self.size_of.values())

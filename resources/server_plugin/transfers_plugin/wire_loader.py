@@ -27,7 +27,7 @@ MODULE_NAME = "transfers_wire"
 # The wire format this plugin is written for (gui/protocol/wire.py's
 # WIRE_FORMAT_VERSION): a copy of another version is refused, since a plugin
 # that parses buckets by other rules than the sender would corrupt imports.
-EXPECTED_WIRE_FORMAT = 2
+EXPECTED_WIRE_FORMAT = 3
 
 
 def candidates(plugin_dir: str) -> List[str]:
