@@ -224,6 +224,9 @@ def print_timeline(run: Run, plugin_rows: List[Tuple[float, str, str, str]], out
         longest = max(r[1] - r[0] for r in rows)
         print(f"  {at(first)} {at(last)}  {len(rows):5}x  busy {_busy([(r[0], r[1]) for r in rows]):6.3f}"
               f"  longest {longest:6.3f}  {sum(r[4] for r in rows) / 1e6:7.1f} MB  {name}", file=out)
+    if os.environ.get("TIMELINE_REQUESTS"):   # every request, in order (first 60)
+        for row in sorted(run.requests)[:60]:
+            print(f"    {at(row[0])} {at(row[1])}  {row[2]:6} {row[3]}  {row[4]} B", file=out)
     if run.buckets:
         read = [b.get("reading") for b in run.buckets.values() if b.get("reading")]
         sent = [b.get("sending") for b in run.buckets.values() if b.get("sending")]

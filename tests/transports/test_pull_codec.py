@@ -235,3 +235,35 @@ def test_a_source_that_looks_distant_once_is_asked_again():
     assert asyncio.run(source_round_trip(SlowAtFirst())) < 0.010
     assert asyncio.run(source_round_trip(Wan())) >= 0.010
     assert clock.perf_counter() - start < 5
+
+
+def test_a_distant_source_is_confirmed_with_requests_asked_at_once(orthanc_factory):
+    """A real source across an emulated WAN: the round trips that confirm
+    it is distant go out together (one round trip of waiting, not one per
+    sample, before the first chunk GET), and it is still found distant."""
+    from gui.engine.pull_mode.codec_choice import CONFIRM_SAMPLES, source_round_trip
+    from tests.devtools.netem import ThreadedWanProxy
+    source = orthanc_factory("src", with_accelerator=True)
+    with ThreadedWanProxy("127.0.0.1", source.http_port, latency_ms=15) as proxy:
+        reached = type(source)(name=source.name, http_port=proxy.port)
+
+        async def go():
+            async with client_for(reached) as client:
+                in_flight = most = 0
+                original = client.request
+
+                async def request(method, path, **kwargs):
+                    nonlocal in_flight, most
+                    in_flight += 1
+                    most = max(most, in_flight)
+                    try:
+                        return await original(method, path, **kwargs)
+                    finally:
+                        in_flight -= 1
+                client.request = request
+                seconds = await source_round_trip(client)
+                return seconds, most
+
+        seconds, most = run(go(), timeout=60)
+    assert seconds >= 0.010
+    assert most >= CONFIRM_SAMPLES
