@@ -326,11 +326,17 @@ class StudyBrowser:
             limit = self.page_size
             while True:
                 page = await query(client, limit, since)
+                # The answer's last read and decoding, the rows' tags and their insertion each
+                # get their own loop turn: one after the other, a page of 1,600 took ~30 ms.
+                await asyncio.sleep(0)
                 if generation != self._generation:
                     return
                 if self._search.empty:
-                    self._append(self.root, [("Patient", str(p.get("ID", "")), _tags(p)) for p in page
-                                             if isinstance(p, dict)])
+                    items = [("Patient", str(p.get("ID", "")), _tags(p)) for p in page if isinstance(p, dict)]
+                    await asyncio.sleep(0)
+                    if generation != self._generation:
+                        return
+                    self._append(self.root, items)
                 else:
                     self._add_matching_studies(page)
                 _settle_rows()

@@ -51,6 +51,7 @@ _NUMERIC = (COL_SERIES, COL_INSTANCES, COL_SIZE)
 _COLUMN_COUNT = len(COLUMNS)
 _TAG_COLUMNS = {COL_PATIENT_ID: "PatientID", COL_ACCESSION: "AccessionNumber"}
 _INVALID = QModelIndex()
+_ROLES = frozenset((_DISPLAY, _TOOLTIP, _ALIGN, LevelRole, IdRole, ResourceRole))
 #: Qt rows a reset left behind, freed per loop turn (5,000: ~1 ms).
 RELEASE_SLICE = 5000
 
@@ -294,6 +295,8 @@ class StudyTreeModel(QStandardItemModel):
         return None
 
     def data(self, index: "QModelIndex | QPersistentModelIndex", role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role not in _ROLES:
+            return None   # a painted cell asks 7 roles (font, colours, check state…): most have none
         node = self.node(index)
         if node is None:
             return None
