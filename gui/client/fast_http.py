@@ -773,10 +773,12 @@ async def _splice(source: socket.socket, target: socket.socket, left: int, limit
 
 
 async def relay(source: RawPool, path: str, target: RawPool, upload_path: str, *, accept_gzip: bool,
-                expected_size: Optional[int] = None, content_type: str = "application/dicom") -> RelayAnswer:
+                expected_size: Optional[int] = None, content_type: str = "application/dicom",
+                method: str = "POST", headers: Optional[Mapping[str, str]] = None) -> RelayAnswer:
     """GET ``path`` from ``source`` and send its body, spliced, as the body of
-    ``POST upload_path`` to ``target``. A gzip answer is forwarded as it
-    came, with ``Content-Encoding: gzip``.
+    ``POST upload_path`` (or ``method``, with ``headers`` added) to
+    ``target``. A gzip answer is forwarded as it came, with
+    ``Content-Encoding: gzip``.
 
     Raises :class:`RelayError`; ``forwarded`` False (nothing reached the
     target) also for a source answer this cannot relay as it is: not 200, no
@@ -786,7 +788,7 @@ async def relay(source: RawPool, path: str, target: RawPool, upload_path: str, *
     for attempt in (1, 2):
         try:
             return await _relay_once(source, path, target, upload_path, accept_gzip, expected_size,
-                                     content_type)
+                                     content_type, method, headers or {})
         except _Stale:
             if attempt == 2:
                 raise RelayError("connection closed by the server before answering", side="target",
@@ -795,7 +797,8 @@ async def relay(source: RawPool, path: str, target: RawPool, upload_path: str, *
 
 
 async def _relay_once(source: RawPool, path: str, target: RawPool, upload_path: str, accept_gzip: bool,
-                      expected_size: Optional[int], content_type: str) -> RelayAnswer:
+                      expected_size: Optional[int], content_type: str, method: str,
+                      extra_headers: Mapping[str, str]) -> RelayAnswer:
     request = (f"GET {source.prefix}{path} HTTP/1.1\r\n{source.head_lines}"
                f"Accept-Encoding: {'gzip' if accept_gzip else 'identity'}\r\n\r\n").encode("latin-1")
     src_sock: Optional[socket.socket] = None
@@ -837,7 +840,8 @@ async def _relay_once(source: RawPool, path: str, target: RawPool, upload_path: 
             keep_src = False   # more than one answer: nothing to reuse
             rest = rest[:length]
 
-        head = (f"POST {target.prefix}{upload_path} HTTP/1.1\r\n{target.head_lines}"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in extra_headers.items())
+        head = (f"{method} {target.prefix}{upload_path} HTTP/1.1\r\n{target.head_lines}{extra}"
                 f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
                 + ("Content-Encoding: gzip\r\n" if gzipped else "") + "\r\n").encode("latin-1")
         for attempt in (1, 2):

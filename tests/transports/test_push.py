@@ -179,3 +179,60 @@ def test_a_server_that_does_not_announce_the_asynchronous_commit_gets_a_synchron
     state = run(go())
     assert state.asynchronous is False
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+
+
+def test_uncompressed_buckets_are_relayed_from_source_to_target(orthanc_factory, mixed_study_files, tmp_path):
+    """Between two plugin servers over plain HTTP, an uncompressed bucket's
+    chunks answer is spliced into its PUT (the engine holds none of its
+    bytes); the split 6 MB instance and the small ones arrive verified."""
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(mixed_study_files, source)
+    transport = PushTransport()
+
+    async def go():
+        async with client_for(source) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="none",
+                           options=TransferOptions(BucketSize=512, Threads=3))
+            buckets = transport.plan(ctx)
+            await transport.run(ctx, buckets)
+            return buckets
+
+    buckets = run(go())
+    assert transport.last_pusher.relayed == len(buckets) > 3
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+
+
+def test_a_bucket_whose_relay_breaks_is_sent_the_usual_way(orthanc_factory, mixed_study_files, tmp_path):
+    """The target's connection drops after a relayed bucket's body: that
+    bucket is read and PUT again through the client, the others stay relayed."""
+    from gui.client.orthanc_client import OrthancClient
+    from gui.client.peer import Peer
+    from tests.devtools.faults.http_front import DropConnection, HttpFront
+
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(mixed_study_files, source)
+    transport = PushTransport()
+    dropped = []
+
+    async def drop_first_put_of_bucket_1(request, forward):
+        if request.method == "PUT" and request.path.endswith("/1") and not dropped:
+            dropped.append(request)
+            raise DropConnection()
+        return await forward(request)
+
+    async def go():
+        async with HttpFront(target.url, drop_first_put_of_bucket_1) as front:
+            async with client_for(source) as src, OrthancClient(Peer("dst", front.url)) as dst:
+                ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="none",
+                               options=TransferOptions(BucketSize=512, Threads=2))
+                buckets = transport.plan(ctx)
+                await transport.run(ctx, buckets)
+                return buckets, [r for r in front.requests if r.method == "PUT"]
+
+    buckets, puts = run(go())
+    assert dropped
+    assert transport.last_pusher.relayed == len(buckets) - 1
+    assert len([r for r in puts if r.path.endswith("/1")]) == 2
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}

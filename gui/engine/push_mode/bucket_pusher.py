@@ -21,7 +21,8 @@ from gui.engine.link_probe import is_distant
 from gui.engine.piece_size import PieceSize, SplitPlan, is_link_failure
 from gui.engine.resend import commit_problems
 from gui.engine.target_md5 import md5s_on
-from gui.engine.push_mode.push_transaction import (CommitFailed, PushTransaction, TransactionGone,
+from gui.engine.plain_mode_relay import relay_pools
+from gui.engine.push_mode.push_transaction import (CommitFailed, NotRelayed, PushTransaction, TransactionGone,
                                                    TransactionState)
 from gui.engine.transport_base import TransferContext, TransferFailed
 from gui.protocol.wire import CODECS, Bucket, InstanceInfo
@@ -127,11 +128,13 @@ def _covered(spans: Sequence[Tuple[float, float]]) -> float:
 
 
 class _Prepared:
-    """A bucket's body ready to PUT, and the retries it took so far."""
+    """A bucket's body ready to PUT, and the retries it took so far; or,
+    with ``relay``, the source GET whose answer is spliced into the PUT."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, relay: Optional[str] = None) -> None:
         self.body = body
         self.retries = 0
+        self.relay = relay
 
 
 class BucketPusher:
@@ -167,6 +170,8 @@ class BucketPusher:
         # compression it was made for, and the body to come.
         self._encoded: Dict[int, Tuple[str, "asyncio.Future[bytes]"]] = {}
         self._probe: Optional[_LinkProbe] = None
+        self._relay_refused: Set[int] = set()   # buckets that could not be relayed: read and sent
+        self.relayed = 0                          # buckets spliced from the source into their PUT
         self._fingerprint = plan_fingerprint(ctx.instances, self.buckets)
         self._last_save = 0.0
         self._put_rate: Optional[float] = None
@@ -593,6 +598,10 @@ class BucketPusher:
             self._event(index, BucketState.RETRYING, retries=prepared.retries,
                              error=str(error))
 
+        relay = self._relay_path(index)
+        if relay is not None:
+            prepared.relay = relay   # nothing to read: the bytes go from socket to socket
+            return prepared
         try:
             body = self._prefetched.pop(index, None)
             reading = self._early_reads.pop(index, None)
@@ -618,10 +627,64 @@ class BucketPusher:
         prepared.body = body
         return prepared
 
+    def _relay_path(self, index: int) -> Optional[str]:
+        """The source GET to splice into bucket ``index``'s PUT, when it can
+        be relayed: an uncompressed transaction, a source plugin whose
+        answer needs no change (``SourceReader.relay_path``), plain HTTP and
+        no speed limit on both sides, no bytes of it read already, and the
+        link not being measured on this bucket's PUT."""
+        assert self.tx is not None
+        if self.tx.state.compression != "none" or self._probe is not None:
+            return None
+        if index in self._prefetched or index in self._early_reads or index in self._encoded \
+                or index in self._relay_refused:
+            return None
+        path_of = getattr(self.reader, "relay_path", None)
+        if path_of is None or relay_pools(self.ctx.source, self.ctx.target) is None:
+            return None
+        path: Optional[str] = path_of(self.buckets[index])
+        return path
+
+    async def _deliver_relayed(self, index: int, prepared: "_Prepared") -> bool:
+        """Relay bucket ``index`` from the source; False if it must go the usual way."""
+        assert self.tx is not None and prepared.relay is not None
+        pools = relay_pools(self.ctx.source, self.ctx.target)
+        if pools is None:
+            return False
+        raw_total = self.buckets[index].total_size
+        # Read and sent at once: both states, as for a bucket read then sent.
+        self._event(index, BucketState.READING, retries=prepared.retries)
+        self._event(index, BucketState.SENDING, raw_done=0, wire_done=0, wire_total=raw_total,
+                    retries=prepared.retries)
+        start = time.perf_counter()
+        try:
+            handling = await self.tx.put_relayed(index, pools, prepared.relay, raw_total)
+        except NotRelayed as exc:
+            log.debug("bucket %d not relayed (%s): read and sent", index, exc)
+            return False
+        except BaseException as exc:
+            self._failed(index, prepared.retries, exc)
+            raise
+        end = time.perf_counter()
+        crossed = max(start + 1e-6, end - handling) if handling is not None else end
+        self._last_send_seconds = crossed - start
+        self._observe_put(raw_total, self._last_send_seconds)
+        self.relayed += 1
+        await self._finished(index, raw_total, prepared.retries)
+        return True
+
     async def _deliver(self, index: int, prepared: "_Prepared") -> None:
-        ctx, bucket = self.ctx, self.buckets[index]
+        bucket = self.buckets[index]
         assert self.tx is not None
         raw_total = bucket.total_size
+        if prepared.relay is not None:
+            if await self._deliver_relayed(index, prepared):
+                return
+            # Read (and compressed, were the transaction to say so) as any bucket.
+            self._relay_refused.add(index)
+            retries = prepared.retries
+            prepared = await self._prepare(index)
+            prepared.retries += retries
         body = prepared.body
         prepared.body = b""  # the PUT holds it from here on
 
@@ -657,6 +720,11 @@ class BucketPusher:
         except BaseException as exc:
             self._failed(index, prepared.retries, exc)
             raise
+        await self._finished(index, wire_total, prepared.retries)
+
+    async def _finished(self, index: int, wire_total: int, retries: int) -> None:
+        """Bookkeeping once bucket ``index`` is on the target."""
+        ctx, raw_total = self.ctx, self.buckets[index].total_size
         self.wire_bytes += wire_total
         self._part_wire[index] = wire_total
         self._done.add(index)
@@ -666,7 +734,7 @@ class BucketPusher:
         if complete:
             self._delivered(self.split.originals[original])
         self._event(index, BucketState.DONE, raw_done=raw_total, wire_done=wire_total,
-                    wire_total=wire_total, retries=prepared.retries)
+                    wire_total=wire_total, retries=retries)
         if complete:
             await ctx.mark_bucket_done(original)
         await self._save()

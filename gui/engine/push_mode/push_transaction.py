@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
 
 from gui.client.errors import OrthancError, full_storage_text
 from gui.client.orthanc_client import OrthancClient
-from gui.client.transfers_api import BODY_CONTENT_TYPE
+from gui.client import fast_http
+from gui.client.transfers_api import BODY_CONTENT_TYPE, HANDLING_HEADER, handling_seconds
 from gui.engine.compression import parse_body_compression
 from gui.engine.retry import backoff_delay, with_retries
 from gui.protocol import wire
@@ -43,6 +44,10 @@ BAD_FILE_FORMAT = 15   # Orthanc's error code for a body that is not what it cla
 
 class TransactionGone(Exception):
     """The target no longer knows the transaction (restart, LRU eviction)."""
+
+
+class NotRelayed(Exception):
+    """A bucket could not be relayed from the source to the target: it goes the usual way."""
 
 
 class CommitFailed(Exception):
@@ -167,6 +172,28 @@ class PushTransaction:
                         on_retry(refused, exc)
                     continue
                 raise
+
+    async def put_relayed(self, index: int, pools: "tuple[fast_http.RawPool, fast_http.RawPool]",
+                          source_path: str, size: int) -> Optional[float]:
+        """Send bucket ``index`` as the source's answer to ``GET source_path``
+        (``size`` bytes, uncompressed), spliced from socket to socket without
+        passing through this process (``fast_http.relay``). Returns as
+        :meth:`put`; raises :class:`NotRelayed` when the bucket did not get
+        through this way (the caller sends it the usual way, which reports
+        a real error properly and retries), :class:`TransactionGone` on 404."""
+        headers = self._headers(body=True)
+        content_type = headers.pop("Content-Type")
+        try:
+            answer = await fast_http.relay(pools[0], source_path, pools[1], f"{self.state.path}/{index}",
+                                           accept_gzip=False, expected_size=size, content_type=content_type,
+                                           method="PUT", headers=headers)
+        except fast_http.RelayError as exc:
+            raise NotRelayed(exc.reason) from None
+        if answer.status == 404:
+            raise TransactionGone(f"the target dropped push transaction {self.id}")
+        if answer.status != 200:
+            raise NotRelayed(f"the target answered HTTP {answer.status}")
+        return handling_seconds(answer.headers.get(HANDLING_HEADER))
 
     async def commit(self, on_retry: RetryHook = None) -> None:
         """Ask the target to check and import everything; return once imported."""

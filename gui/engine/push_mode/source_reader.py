@@ -107,6 +107,19 @@ class SourceReader:
         policy.distant, policy.round_trip = True, round_trip
         await self._fetcher.sample_first(first)
 
+    def relay_path(self, bucket: Bucket) -> Optional[str]:
+        """The one chunks GET whose uncompressed answer is this bucket's
+        bytes, when its answer may be relayed to the target as it comes
+        (a source that speaks the protocol, one GET, uncompressed on this
+        link); None otherwise."""
+        if not self.use_chunks_endpoint or not bucket.chunks:
+            return None
+        if self._fetcher.policy.choose() != "none":
+            return None
+        if len(split_for_get(bucket, self.source.base_url)) != 1:
+            return None
+        return wire.chunks_uri(bucket, "none")
+
     async def read(self, bucket: Bucket, on_retry: RetryHook = None) -> bytes:  # or bytearray
         expected = bucket.total_size
         if self.use_chunks_endpoint:
