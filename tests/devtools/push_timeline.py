@@ -242,7 +242,8 @@ def print_timeline(run: Run, plugin_rows: List[Tuple[float, str, str, str]], out
             if spans:
                 print(f"  {at(spans[0][0])} {at(max(s[1] for s in spans))}  {len(spans):5}x  busy "
                       f"{_busy(spans):6.3f}  sum {sum(s[1] - s[0] for s in spans):7.3f}  {name}", file=out)
-    interesting = [(t, text) for t, text in run.logs if "auto compression" in text or "transaction" in text]
+    interesting = [(t, text) for t, text in run.logs if "auto compression" in text or "transaction" in text
+                   or "chunk answers" in text or "round trip" in text]
     if interesting:
         print("-- engine log", file=out)
         for t, text in interesting[:20]:

@@ -247,7 +247,14 @@ class BucketPusher:
                         absent.cancel()
                         await asyncio.gather(absent, return_exceptions=True)
                 self._commit_started = True
-                await self.tx.commit()
+                stored = await self.tx.commit()
+                if stored:
+                    # Read back by the target right after each import: the
+                    # storage commitment needs no second look-up of those.
+                    for info in ctx.instances:
+                        md5 = stored.get(info.id)
+                        if md5 is not None:
+                            ctx.target_md5s[info.id] = md5
                 await ctx.journal.set_push_transaction(None)
                 self.tx = None
                 return
