@@ -19,7 +19,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from gui.protocol.wire import InstanceInfo
 
@@ -225,19 +225,38 @@ class JobStore:
 
     # --- plan ------------------------------------------------------------------
 
+    def _many(self, sql: str, rows: List[Tuple[Any, ...]]) -> None:
+        """``sql`` for every row in one transaction: in autocommit each row
+        was a transaction of its own (2,000 instances: about 60 ms, on the
+        way between planning and the first bucket, and between the last
+        bucket and the commit)."""
+        if self._db.in_transaction:
+            self._db.executemany(sql, rows)
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(sql, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def save_plan(self, job_id: str, instances: Iterable[InstanceInfo], status: str) -> None:
         """Record instances (new ones get ``status``; known ones keep theirs)."""
-        self._db.executemany(
+        self._many(
             "INSERT OR IGNORE INTO instances (job_id, instance_id, size, md5, status) VALUES (?,?,?,?,?)",
             [(job_id, i.id, i.size, i.md5, status) for i in instances])
 
     def set_instance_status(self, job_id: str, instance_ids: Iterable[str], status: str) -> None:
-        self._db.executemany("UPDATE instances SET status = ? WHERE job_id = ? AND instance_id = ?",
-                             [(status, job_id, i) for i in instance_ids])
+        self._many("UPDATE instances SET status = ? WHERE job_id = ? AND instance_id = ?",
+                   [(status, job_id, i) for i in instance_ids])
 
     def mark_created(self, job_id: str, info_id: str) -> None:
-        self._db.execute("UPDATE instances SET created = 1 WHERE job_id = ? AND instance_id = ?",
-                         (job_id, info_id))
+        self.mark_created_many(job_id, [info_id])
+
+    def mark_created_many(self, job_id: str, info_ids: Iterable[str]) -> None:
+        self._many("UPDATE instances SET created = 1 WHERE job_id = ? AND instance_id = ?",
+                   [(job_id, i) for i in info_ids])
 
     def created_instances(self, job_id: str) -> Set[str]:
         rows = self._db.execute("SELECT instance_id FROM instances WHERE job_id = ? AND created = 1",

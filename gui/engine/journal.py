@@ -119,9 +119,12 @@ class Journal:
             self._store.set_bucket_state(self._job_id, index, "done")
 
     async def instance_created(self, instance_id: str) -> None:
-        self._created.add(instance_id)
+        await self.instances_created([instance_id])
+
+    async def instances_created(self, instance_ids: List[str]) -> None:
+        self._created.update(instance_ids)
         if self._store is not None:
-            self._store.mark_created(self._job_id, instance_id)
+            self._store.mark_created_many(self._job_id, instance_ids)
 
     async def set_push_transaction(self, entry: Optional[PushTransactionEntry]) -> None:
         self._push = entry
@@ -162,6 +165,6 @@ class _SubrunJournal(Journal):
         super().__init__()
         self._parent = parent
 
-    async def instance_created(self, instance_id: str) -> None:
-        await super().instance_created(instance_id)
-        await self._parent.instance_created(instance_id)
+    async def instances_created(self, instance_ids: List[str]) -> None:
+        await super().instances_created(instance_ids)
+        await self._parent.instances_created(instance_ids)

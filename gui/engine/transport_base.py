@@ -106,8 +106,12 @@ class TransferContext:
 
     async def mark_created(self, instance_id: str) -> None:
         """Record, durably, that this job created ``instance_id`` on the target."""
-        self.created_on_target.add(instance_id)
-        await self.journal.instance_created(instance_id)
+        await self.mark_created_many([instance_id])
+
+    async def mark_created_many(self, instance_ids: List[str]) -> None:
+        """:meth:`mark_created` of several, in one write."""
+        self.created_on_target.update(instance_ids)
+        await self.journal.instances_created(instance_ids)
 
     async def delete_created_on_target(self) -> None:
         """Rollback: delete every instance this job created on the target, and

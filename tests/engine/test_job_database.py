@@ -114,3 +114,26 @@ def test_finished_job_drops_its_plan_and_exports_after_a_restart(stock_pair, tmp
     exported = json.loads((tmp_path / "c.json").read_text())
     details = exported.get("details") or exported.get("instances")
     assert {d["instance_id"]: d["source_md5"] for d in details} == md5s
+
+
+def test_instances_created_are_written_together_and_survive_a_restart(tmp_path):
+    """Before a push commit the runner notes every instance the target
+    lacks (those a cancel may delete): one write for all of them, read back
+    whole by the next run; a failing row leaves none of the batch written."""
+    store = JobStore(tmp_path)
+    job_id = str(uuid.uuid4())
+    store.save_job(JobRecord(id=job_id, kind="transfer", source_name="a", source_url="http://127.0.0.1:1",
+                             target_name="b", target_url="http://127.0.0.1:2", resources=[],
+                             options={}, requested_mode="push", transfer_id="t", state="Running"))
+    infos = [InstanceInfo(fake_id(n), 8000 + n, hashlib.md5(str(n).encode()).hexdigest()) for n in range(2000)]
+    store.save_plan(job_id, infos, InstanceStatus.PLANNED)
+    store.mark_created_many(job_id, [i.id for i in infos[:1500]])
+    try:
+        store.mark_created_many(job_id, [infos[1600].id, object()])   # not a valid SQL value
+    except sqlite3.Error:
+        pass
+    store.close()
+    again = JobStore(tmp_path)
+    assert again.created_instances(job_id) == {i.id for i in infos[:1500]}
+    assert not again._db.in_transaction
+    again.close()

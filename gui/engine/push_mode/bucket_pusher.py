@@ -535,8 +535,7 @@ class BucketPusher:
         """Before committing, note (durably) which instances the target lacks:
         only those may be deleted if the job is cancelled during the commit.
         ``absent``: found already (while the buckets travelled)."""
-        for instance_id in (await self._find_absent()) if absent is None else absent:
-            await self.ctx.mark_created(instance_id)
+        await self.ctx.mark_created_many((await self._find_absent()) if absent is None else absent)
 
     async def _target_has_everything(self) -> bool:
         found = await md5s_on(self.ctx.target, [i.id for i in self.ctx.instances], bulk=True,
