@@ -279,3 +279,34 @@ def test_pull_delivers_a_large_instance_while_it_is_still_being_fetched(orthanc_
     run(go())
     assert hold.staged_before_last is True
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+
+
+def test_a_corrupted_piece_of_a_streamed_instance_is_caught_by_the_commit_and_sent_again(
+        orthanc_factory, tmp_path):
+    """A large instance delivered as it arrives is not hashed in the engine:
+    one byte flipped in one of its pieces is refused by the target's commit
+    (nothing imported), then the instance is fetched and sent again within
+    the re-send budget, and arrives with its MD5."""
+    import httpx
+    from gui.sandbox import synthetic_studies as synth
+
+    files = [synth.multiframe_instance(synth.make_study_spec(62, "MF STREAM BAD"), 17, seed=62)]
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(files, source)
+    fault = type("Fault", (FlipOneByteInChunks, httpx.AsyncBaseTransport), {})()
+    transport = PullTransport()
+
+    async def go():
+        async with client_for(source, transport=fault) as src, client_for(target) as dst:
+            ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="none",
+                           options=TransferOptions(BucketSize=1024, Threads=2, MaxHttpRetries=1),
+                           target_accelerated=True)
+            await transport.run(ctx, transport.plan(ctx))
+            return ctx
+
+    ctx = run(go())
+    assert fault.flipped
+    assert list(ctx.resends.reasons) == [instances[0].id]
+    assert "refused by the commit" in ctx.resends.reasons[instances[0].id][0]
+    assert target.instance_md5s() == {i.id: i.md5 for i in instances}

@@ -93,7 +93,8 @@ class PullTransport(Transport):
         # patient held in memory (CacheSize allows 512 MB) would gain no time.
         lead = LEAD_BUCKETS_PER_THREAD * ctx.options.Threads * ctx.options.bucket_size_bytes
         staging = StagingArea(ctx.instances, ctx.options.cache_size_bytes, ctx.staging_dir / "pulled",
-                              buckets, refetch, resend=ctx.resends.allow, lead_bytes=lead)
+                              buckets, refetch, resend=ctx.resends.allow, lead_bytes=lead,
+                              target_verifies=ctx.target_accelerated)
         self.last_staging, self.last_policy = staging, policy
         skip: Set[int] = set()
         if ctx.target_accelerated:

@@ -7,14 +7,15 @@ instance has arrived its MD5 is computed over the staged bytes (off the
 event loop) and compared with the planned one; only then can it be read
 for delivery. A mismatch is reported with the instance's ID.
 
-A large instance split over several buckets (``STREAM_MIN_SIZE``) is the
-exception: each of its buckets can be read for delivery as soon as its
-bytes are staged, without waiting for the rest of the file and its MD5.
-Waiting held every byte of a 200 MB instance back until the whole file was
-fetched (2 s on a LAN, with the target idle). The target's commit checks
-that instance's MD5 anyway, and one that does not match there is re-sent
-like any instance the commit finds corrupted (resend.py); the check here
-still runs.
+Towards a target whose commit checks every MD5 (``target_verifies``: push
+delivery), a large instance split over several buckets (``STREAM_MIN_SIZE``)
+is the exception: each of its buckets can be read for delivery as soon as
+its bytes are staged, without waiting for the rest of the file. Waiting
+held every byte of a 200 MB instance back until the whole file was fetched
+(2 s on a LAN, with the target idle). It is not hashed here: the target's
+commit checks its size and MD5, and one that does not match there is
+re-sent like any instance the commit finds corrupted (resend.py); hashing
+it here too took CPU and kept its buffer alive after delivery.
 
 Bounds: an instance is released as soon as every bucket holding it was
 delivered (:meth:`delivered`, or :meth:`release` after a plain upload), and
@@ -76,7 +77,7 @@ class StagingArea:
     def __init__(self, instances: Sequence[InstanceInfo], cache_bytes: int, directory: Path,
                  buckets: Sequence[Bucket] = (), refetch: Optional[Refetch] = None,
                  resend: Optional[Callable[[str, str], bool]] = None,
-                 lead_bytes: Optional[int] = None) -> None:
+                 lead_bytes: Optional[int] = None, target_verifies: bool = False) -> None:
         self._infos: Dict[str, InstanceInfo] = {i.id: i for i in instances}
         self.cache_bytes = cache_bytes
         # How far the fetch may run ahead of the delivery (staged bytes); None: CacheSize.
@@ -91,6 +92,7 @@ class StagingArea:
         self._left: Dict[str, int] = {}
         self.rewind(self._buckets)
         self._refetch = refetch
+        self.target_verifies = target_verifies
         # ``resend(id, reason)``: whether a corrupted instance may be fetched
         # again (the job's re-send budget, resend.py); None: never.
         self._resend = resend
@@ -141,7 +143,11 @@ class StagingArea:
             entry.arrived.set()
             entry.received += chunk.size
             if entry.received >= entry.info.size:
-                await self._verify(entry)
+                if self._streams(chunk.instance_id):
+                    entry.ready.set()   # checked by the target's commit
+                    entry.arrived.set()
+                else:
+                    await self._verify(entry)
 
     def _entry(self, iid: str) -> _Staged:
         entry = self._entries.get(iid)
@@ -223,7 +229,8 @@ class StagingArea:
             pending.set_result(None)
 
     def _streams(self, iid: str) -> bool:
-        return len(self._holders.get(iid, ())) > 1 and self._infos[iid].size >= STREAM_MIN_SIZE
+        return self.target_verifies and len(self._holders.get(iid, ())) > 1 \
+            and self._infos[iid].size >= STREAM_MIN_SIZE
 
     async def _wait_chunk(self, iid: str, offset: int, size: int) -> _Staged:
         """The entry once bytes ``offset:offset+size`` of a streamed instance are
