@@ -97,6 +97,9 @@ class OrthancClient:
         # transfer's link probe reuses them instead of spending round trips.
         self.fastest_small_request = float("inf")
         self.small_requests = 0
+        # What a listing with ``keep=True`` said of each instance (SOP
+        # Instance UID, parent series), per listed resource, until taken.
+        self._kept_listings: Dict[Tuple[str, str], List[Tuple[str, str, str]]] = {}
         self._in_flight = 0
         self._started = 0
         headers = dict(peer.http_headers)
@@ -418,15 +421,31 @@ class OrthancClient:
             raise self._error("unexpected answer (not a JSON object)", "GET", path)
         return data
 
-    async def instances_of(self, level: str, resource_id: str) -> List[Dict[str, Any]]:
-        """Every instance below a resource, each with ``ID`` and ``FileSize``."""
+    async def instances_of(self, level: str, resource_id: str, *, keep: bool = False) -> List[Dict[str, Any]]:
+        """Every instance below a resource, each with ``ID`` and ``FileSize``.
+        ``keep``: remember each one's SOP Instance UID and series for
+        :meth:`take_listing` (a job's planning lists what its audit record
+        names later: the source is not asked twice)."""
         if level == "Instance":
-            return [await self.resource("Instance", resource_id)]
-        path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}/instances"
-        data = await self.get_json(path)
-        if not isinstance(data, list) or not all(isinstance(i, dict) and "ID" in i for i in data):
-            raise self._error("unexpected answer", "GET", path)
+            data = [await self.resource("Instance", resource_id)]
+        else:
+            path = f"/{LEVEL_PATHS[level]}/{wire.check_orthanc_id(resource_id)}/instances"
+            data = await self.get_json(path)
+            if not isinstance(data, list) or not all(isinstance(i, dict) and "ID" in i for i in data):
+                raise self._error("unexpected answer", "GET", path)
+        if keep:
+            kept = []
+            for item in data:
+                tags = item.get("MainDicomTags")
+                sop = tags.get("SOPInstanceUID", "") if isinstance(tags, dict) else ""
+                kept.append((str(item["ID"]), str(sop), str(item.get("ParentSeries", ""))))
+            self._kept_listings[(level, resource_id)] = kept
         return data
+
+    def take_listing(self, level: str, resource_id: str) -> Optional[List[Tuple[str, str, str]]]:
+        """(ID, SOP Instance UID, series) of each instance a ``keep`` listing
+        of that resource found, once; None when it was not listed so."""
+        return self._kept_listings.pop((level, resource_id), None)
 
     async def lookup_uid(self, uid: str, level: Optional[str] = None) -> List[Dict[str, str]]:
         """Resolve a DICOM UID or PatientID to Orthanc resources (``/tools/lookup``)."""

@@ -58,6 +58,11 @@ async def identify(source: OrthancClient, resources: Sequence[Dict[str, Any]], *
             parts.append(resource)
 
     async def listing(part: Dict[str, Any]) -> None:
+        kept = source.take_listing(part["Level"], part["ID"])   # listed by the planning already
+        if kept is not None:
+            for instance_id, sop, series in kept:
+                out.instances[instance_id] = (sop, series)
+            return
         for item in await source.instances_of(part["Level"], part["ID"]):
             sop = _tags(item, "MainDicomTags").get("SOPInstanceUID", "")
             out.instances[str(item["ID"])] = (sop, str(item.get("ParentSeries", "")))

@@ -157,7 +157,7 @@ async def _series_below(source: OrthancClient, resource: Dict[str, Any]) -> List
 
 async def _instances_below(source: OrthancClient, resource: Dict[str, Any]) -> Dict[str, int]:
     try:
-        items = await source.instances_of(resource["Level"], resource["ID"])
+        items = await source.instances_of(resource["Level"], resource["ID"], keep=True)
     except OrthancError as exc:
         if exc.status == 404:
             raise PlanningError(f"{resource['Level'].lower()} {resource['ID']} is not on "

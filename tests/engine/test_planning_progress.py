@@ -43,3 +43,44 @@ def test_planning_reports_instances_found_per_resource(stock_pair, tmp_path):
     from gui.ui.transfers.jobs_model import JobRow, progress_text
     row = JobRow(planning.job_id, "source", "target", "", JobState.RUNNING, progress=planning)
     assert progress_text(row) == "planning… 8 instances found"
+
+
+def test_the_audit_record_names_come_from_the_planning_listing(stock_pair, tmp_path, monkeypatch):
+    """The listing that planning asks the source for (each series' instances)
+    also names every instance in the audit record (SOP Instance UID, series):
+    the source is not asked for it a second time beside the transfer."""
+    import io
+
+    import pydicom
+
+    from gui.client.orthanc_client import OrthancClient
+    source, target = stock_pair
+    spec = synth.make_study_spec(86, "PLAN NAMES")
+    files = list(synth.tiny_instances(spec, 6, size=2048, seed=86))
+    study = next(iter(upload_files(source, files).values()))
+    sops = {str(pydicom.dcmread(io.BytesIO(f)).SOPInstanceUID) for f in files}
+    asked: List[str] = []
+    original = OrthancClient.get_json
+
+    async def get_json(self, path, *args, **kwargs):
+        if self.peer.url.rstrip("/") == source.url.rstrip("/"):
+            asked.append(path)
+        return await original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(OrthancClient, "get_json", get_json)
+
+    async def go():
+        engine = make_engine(tmp_path / "data", small_options())
+        await engine.start()
+        try:
+            job = await engine.submit(peer(source), peer(target), [{"Level": "Study", "ID": study}], mode="plain")
+            return await job.wait()
+        finally:
+            await engine.close()
+
+    report = run(go())
+    assert report.state is JobState.SUCCESS and report.verified == 6
+    assert {v.sop_instance_uid for v in report.instances} == sops
+    assert all(v.series_id for v in report.instances)
+    listings = [p for p in asked if p.startswith("/series/") and p.endswith("/instances")]
+    assert len(listings) == len(set(listings)) == 1
