@@ -47,38 +47,53 @@ def fill(server: OrthancProcess, patients: int) -> None:
         list(pool.map(one, range(100000 + have, 100000 + patients)))
 
 
+def run_queue_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a core (Linux schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class CpuProbe:
     """Beside the stall probe: how much CPU the loop's thread used between two ticks of a
-    10 ms timer. On a shared machine a late tick can mean the process was not scheduled;
-    the CPU time says how long the window itself was busy."""
+    10 ms timer, and how long it waited for a core meanwhile. On a shared machine a late
+    tick can mean the process was not scheduled; the CPU time says how long the window
+    itself was busy, the wait how long it was kept off the cores."""
 
     def __init__(self, interval: float = 0.010) -> None:
         self.interval = interval
         self.busy: List[float] = []   # CPU seconds of the loop's thread between two ticks
-        self.late_busy: List[Tuple[float, float]] = []   # (seconds late, CPU seconds then)
+        # (seconds late, CPU seconds, seconds waiting for a core) between two ticks
+        self.late_busy: List[Tuple[float, float, float]] = []
         self._handle: Optional[asyncio.TimerHandle] = None
 
     def start(self) -> "CpuProbe":
-        self._last = (time.monotonic(), time.thread_time())
+        self._last = (time.monotonic(), time.thread_time(), run_queue_wait())
         self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
         return self
 
     def _tick(self) -> None:
-        wall, cpu = time.monotonic(), time.thread_time()
+        wall, cpu, wait = time.monotonic(), time.thread_time(), run_queue_wait()
         late = wall - self._last[0] - self.interval
         self.busy.append(cpu - self._last[1])
-        self.late_busy.append((late, cpu - self._last[1]))
-        self._last = (wall, cpu)
+        self.late_busy.append((late, cpu - self._last[1], wait - self._last[2]))
+        self._last = (wall, cpu, wait)
         self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
 
     def stop(self) -> Dict[str, Any]:
         if self._handle is not None:
             self._handle.cancel()
         busy = sorted(self.busy) or [0.0]
-        worst_late = max(self.late_busy, default=(0.0, 0.0))
+        worst_late = max(self.late_busy, default=(0.0, 0.0, 0.0))
+        # The stall the window caused itself: lateness less the time it waited for a core.
+        own = max((max(0.0, late - wait) for late, _cpu, wait in self.late_busy), default=0.0)
         return {"max_cpu_ms": round(1000 * busy[-1], 1),
                 "p99_cpu_ms": round(1000 * busy[min(len(busy) - 1, int(len(busy) * 0.99))], 1),
-                "cpu_in_longest_stall_ms": round(1000 * worst_late[1], 1)}
+                "cpu_in_longest_stall_ms": round(1000 * worst_late[1], 1),
+                "core_wait_in_longest_stall_ms": round(1000 * worst_late[2], 1),
+                "max_stall_less_core_wait_ms": round(1000 * own, 1)}
 
 
 TIMEOUT = 600.0
