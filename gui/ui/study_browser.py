@@ -127,6 +127,7 @@ class StudyBrowser:
         self.nodes: Dict[int, Node] = {}
         self._by_id: Dict[Tuple[str, str], Node] = {}
         self._client: Optional[OrthancClient] = None
+        self._patients_by_find: Optional[OrthancClient] = None   # the client whose server refuses /patients
         self.peer_name = ""
         self._search = Search()
         self._generation = 0
@@ -355,15 +356,28 @@ class StudyBrowser:
     def _queries(self) -> List[Callable[[OrthancClient, int, int], Awaitable[List[Dict[str, Any]]]]]:
         search = self._search
         if search.empty:
-            # Not /tools/find: on Orthanc 1.10 its pages get slower with the offset (the last
-            # pages of 50,000 patients took seconds each); /patients pages stay flat.
-            return [lambda c, limit, since: c.list_patients(limit=limit, since=since)]
+            return [self._all_patients]
         common = {"date_from": search.date_from, "date_to": search.date_to, "modality": search.modality}
         fields = ("patient_name", "patient_id", "accession") if search.text else ("",)
         # Orthanc's find is an AND of its fields: one query per text field, merged.
         return [lambda c, limit, since, field=field: c.search_studies(
                     **({field: search.text} if field else {}), **common, limit=limit, since=since)
                 for field in fields]
+
+    async def _all_patients(self, client: OrthancClient, limit: int, since: int) -> List[Dict[str, Any]]:
+        """A page of the whole list. Not /tools/find: on Orthanc 1.10 its pages get slower
+        with the offset (the last pages of 50,000 patients took seconds each); /patients
+        pages stay flat. A server that refuses /patients (an authorization plugin that lets
+        only /tools/find through, filtered by the user's labels) is paged with find."""
+        if self._patients_by_find is not client:
+            try:
+                return await client.list_patients(limit=limit, since=since)
+            except OrthancError as exc:
+                if exc.status not in (400, 403, 404, 405):
+                    raise
+                log.info("%s refuses GET /patients (%s): the list pages with /tools/find", self.peer_name, exc)
+                self._patients_by_find = client
+        return await client.search_patients("", limit=limit, since=since)
 
     def _new_node(self, level: str, resource_id: str, parent: Node, tags: Dict[str, str]) -> Node:
         node = Node(next(self._ids), level, resource_id, parent, tags)

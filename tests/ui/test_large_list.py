@@ -160,3 +160,25 @@ def test_rows_a_search_replaces_go_a_slice_at_a_time_and_never_show(
     selection.clearSelection()
     pane.tree.selectAll()                               # Ctrl+A: only what is shown
     assert len(selection.selectedRows(0)) == 7
+
+
+REFUSE_PATIENT_LIST = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  -- as an authorization plugin does for a user limited to some labels
+  return not (method == 'GET' and uri == '/patients')
+end
+"""
+
+
+def test_a_server_that_refuses_the_patient_listing_is_paged_with_find(
+        qtbot, make_window, orthanc_factory, tiny_studies, tmp_path):
+    script = tmp_path / "refuse.lua"
+    script.write_text(REFUSE_PATIENT_LIST)
+    server = orthanc_factory("guarded", extra_config={"LuaScripts": [str(script)]})
+    for files in tiny_studies(5, first_seed=790):
+        upload_all(server, files[:1])
+    window = make_window(config_with(tmp_path, Peer("Guarded", server.url)), page_size=2)
+    pane = window.panes[0]
+    wait_loaded(qtbot, pane)
+    assert sorted(column(pane, COL_PATIENT_ID)) == [f"PAT{s:05d}" for s in range(790, 795)]
+    assert "5 patients" in pane.status_text
