@@ -532,11 +532,7 @@ def decode_split16_rle(body: Any, expected: int) -> bytearray:
 #   GET  /transfers/push/{tid}/commit  answer 200 with the status:
 #     {"Status": "Staging"|"Pending"|"Success"|"Failure", "Path": <commit URI>}
 #     plus, for "Failure", "Error": an Orthanc-style error body (HttpStatus,
-#     OrthancStatus, Message, Details, and Instances naming the bad instances),
-#     and for "Success" possibly "Stored": {<orthanc id>: <md5>} (the MD5
-#     Orthanc stored for each instance, read back right after its import; an
-#     instance may be missing from it, and the key may be absent altogether:
-#     the sender then looks those up as usual).
+#     OrthancStatus, Message, Details, and Instances naming the bad instances).
 # After a failure the transaction is kept (status "Failure" until committed
 # again); after success it is gone and only the status remains, for a while.
 # Without the flag the commit is synchronous and answers {} as in docs/protocol.md.
@@ -557,8 +553,6 @@ class CommitStatus:
     status: str
     path: str
     error: Optional[JsonObject] = None
-    # "Success" only: MD5 per instance as stored on the target (extension).
-    stored: Optional[Dict[str, str]] = None
 
     @property
     def finished(self) -> bool:
@@ -582,10 +576,4 @@ def parse_commit_status(obj: object) -> CommitStatus:
     error = _object(obj, "commit status").get("Error")
     if error is not None and not isinstance(error, dict):
         raise WireFormatError("commit status.Error: expected a JSON object")
-    stored = _object(obj, "commit status").get("Stored")
-    if stored is not None:
-        if not isinstance(stored, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and MD5_RE.match(v) for k, v in stored.items()):
-            raise WireFormatError("commit status.Stored: expected an object of instance IDs to MD5s")
-    return CommitStatus(status, path if isinstance(path, str) else "", error,
-                        stored if status == COMMIT_SUCCESS else None)
+    return CommitStatus(status, path if isinstance(path, str) else "", error)

@@ -236,37 +236,3 @@ def test_a_bucket_whose_relay_breaks_is_sent_the_usual_way(orthanc_factory, mixe
     assert transport.last_pusher.relayed == len(buckets) - 1
     assert len([r for r in puts if r.path.endswith("/1")]) == 2
     assert target.instance_md5s() == {i.id: i.md5 for i in instances}
-
-
-def test_the_commit_says_the_md5s_orthanc_stored(orthanc_factory, ct_study_files, tmp_path, monkeypatch):
-    """Our plugin reads each instance's stored MD5 back right after importing
-    it and says them in the commit's outcome ("Stored"): the storage
-    commitment after the commit then asks the target for none of them
-    again (one look-up of every instance fewer after the last import)."""
-    from gui.engine import resend, verification
-    from gui.engine.events import InstanceStatus
-    target_md5s = verification.target_md5s
-    source = orthanc_factory("src", with_accelerator=True)
-    target = orthanc_factory("dst", with_accelerator=True)
-    instances, recorder, ctx, buckets = push(source, target, ct_study_files, tmp_path)
-    on_target = target.instance_md5s()
-    assert on_target == {i.id: i.md5 for i in instances}
-    assert ctx.target_md5s == on_target
-
-    asked = []
-
-    async def recording(server, ids, *args, **kwargs):
-        asked.extend(ids)
-        return await target_md5s(server, ids, *args, **kwargs)
-
-    monkeypatch.setattr(verification, "target_md5s", recording)
-
-    async def verify():
-        async with client_for(target) as dst:
-            ctx.target = dst
-            statuses = {i.id: InstanceStatus.TRANSFERRED for i in instances}
-            return await resend.verify_with_resends(ctx, None, instances, statuses, concurrency=2, bulk=True)
-
-    verdicts = run(verify())
-    assert all(v.verified for v in verdicts) and len(verdicts) == len(instances)
-    assert asked == []

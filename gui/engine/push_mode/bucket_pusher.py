@@ -247,14 +247,7 @@ class BucketPusher:
                         absent.cancel()
                         await asyncio.gather(absent, return_exceptions=True)
                 self._commit_started = True
-                stored = await self.tx.commit()
-                if stored:
-                    # Read back by the target right after each import: the
-                    # storage commitment needs no second look-up of those.
-                    for info in ctx.instances:
-                        md5 = stored.get(info.id)
-                        if md5 is not None:
-                            ctx.target_md5s[info.id] = md5
+                await self.tx.commit()
                 await ctx.journal.set_push_transaction(None)
                 self.tx = None
                 return

@@ -195,10 +195,8 @@ class PushTransaction:
             raise NotRelayed(f"the target answered HTTP {answer.status}")
         return handling_seconds(answer.headers.get(HANDLING_HEADER))
 
-    async def commit(self, on_retry: RetryHook = None) -> Optional[Dict[str, str]]:
-        """Ask the target to check and import everything; return once imported,
-        with the MD5s the target read back after the import when it said them
-        (our plugin's asynchronous commit), else None."""
+    async def commit(self, on_retry: RetryHook = None) -> None:
+        """Ask the target to check and import everything; return once imported."""
         attempt = 0
         while True:
             try:
@@ -224,10 +222,9 @@ class PushTransaction:
                     on_retry(attempt, exc)
                 await asyncio.sleep(backoff_delay(attempt))
         if self.state.asynchronous and started.status is not None:
-            return await self._follow_commit(started.status, started.long_poll)
-        return None
+            await self._follow_commit(started.status, started.long_poll)
 
-    async def _follow_commit(self, status: wire.CommitStatus, long_poll: bool) -> Optional[Dict[str, str]]:
+    async def _follow_commit(self, status: wire.CommitStatus, long_poll: bool) -> None:
         """Follow an asynchronous commit (this project's extension, docs/protocol.md §4)
         until the target says Success or Failure."""
         # Our plugin can hold the status answer until the outcome is known:
@@ -238,7 +235,7 @@ class PushTransaction:
         delay = POLL_MIN
         while True:
             if status.status == wire.COMMIT_SUCCESS:
-                return status.stored
+                return
             if status.status == wire.COMMIT_FAILURE:
                 error = status.error or {}
                 message = error.get("Message") or "the target could not import the transaction"

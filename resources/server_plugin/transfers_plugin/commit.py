@@ -306,28 +306,9 @@ class Importer:
             raise _Failure(info, orthanc_error_kind(-1), getattr(exc, "details", None) or str(exc), False)
         if not isinstance(answer, dict):  # cannot happen once ZIPs are refused; never import blindly
             raise _Failure(info, BAD_FILE_FORMAT, "not one DICOM file", True)
-        stored_id = str(answer.get("ID", info.id))
-        self._read_back(txn, stored_id)
         if existed or answer.get("Status") == "AlreadyStored":
             return None
-        return stored_id
-
-    def _read_back(self, txn: Any, instance_id: str) -> None:
-        """The MD5 Orthanc stored, for a commit that collects them
-        (``txn.stored_md5s``, the asynchronous commit's "Stored"): read in
-        this import thread while the other threads import, instead of a
-        look-up of every instance after the last import."""
-        stored = getattr(txn, "stored_md5s", None)
-        if stored is None:
-            return
-        try:
-            md5 = json.loads(self.api.RestApiGet("/instances/%s/attachments/dicom/info" % instance_id)
-                             ).get("UncompressedMD5")
-        except (self.api.OrthancException, ValueError, AttributeError):
-            return   # not said: the sender looks it up
-        if isinstance(md5, str) and len(md5) == 32:
-            with txn.lock:
-                stored[instance_id] = md5
+        return str(answer.get("ID", info.id))
 
     def import_all(self, txn: Any, instances: Optional[List[Any]] = None,
                    created_before: Sequence[str] = ()) -> int:

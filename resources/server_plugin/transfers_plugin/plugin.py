@@ -144,20 +144,11 @@ class TransfersPlugin:
     def _commit_in_background(self, txn: Any) -> None:
         path = self.wire.commit_uri(txn.id)
         success = False
-        live = None
-        # The MD5s Orthanc stored, read back as each instance is imported
-        # (extension "Stored" of the status): the sender's storage commitment
-        # then needs no look-up of them after the commit.
-        txn.stored_md5s = {} if len(txn.instances) <= MAX_STORED_IN_STATUS else None
         try:
             try:
                 verify_and_import(self.importer, txn, self.arrival)
                 success = True
                 result = self._status(self.wire.COMMIT_SUCCESS, txn.id)
-                with txn.lock:
-                    stored = dict(txn.stored_md5s or {})
-                if stored:
-                    live = dict(result, Stored=stored)
             except PluginError as exc:
                 result = self.wire.build_commit_status(self.wire.COMMIT_FAILURE, txn.id,
                                                        error_body(exc, "POST", path, self.describe))
@@ -169,9 +160,8 @@ class TransfersPlugin:
             # Publish the outcome before the transaction disappears, so that a
             # client polling in between never sees a 404.
             with txn.lock:
-                txn.commit_result = live or result
+                txn.commit_result = result
                 txn.idle.notify_all()  # wakes long polls
-            # Kept for later polls without the MD5s (256 results are kept).
             self.store.remember_result(txn.id, result)
         finally:
             self.store.end_commit(txn, success)
@@ -271,9 +261,6 @@ class TransfersPlugin:
 
 
 MAX_COMMIT_WAIT = 10.0
-# A commit status says the stored MD5s of at most this many instances
-# (about 80 bytes each in the answer); larger commits leave them to a look-up.
-MAX_STORED_IN_STATUS = 20000
 # How long a bucket PUT took once Orthanc had its body (gui/client/transfers_api.py).
 HANDLING_HEADER = "Transfers-Handling-Seconds"
 
