@@ -150,6 +150,7 @@ class PeerPane(QWidget):
         # Rows to expand / select again when they come back after a reload or a search.
         self._restore_expanded: Set[Tuple[str, str]] = set()
         self._restore_selected: Set[Tuple[str, str]] = set()
+        self._open: Set[Tuple[str, str]] = set()   # rows expanded in the tree now
         self._rebuild_view: Tuple[Optional[Tuple[str, str]], int] = (None, 0)
         self._runner = TaskRunner(self)
 
@@ -273,6 +274,10 @@ class PeerPane(QWidget):
         self.tree.selectionModel().selectionChanged.connect(lambda *_: self.selectionChanged.emit())
         # A reload (F5, a search) drops the selection without selectionChanged: say so anyway.
         self.model.modelReset.connect(lambda: self.selectionChanged.emit())
+        # A reset closes every row without a signal; what was open is remembered before it.
+        self.model.modelReset.connect(self._open.clear)
+        self.tree.expanded.connect(self._opened)
+        self.tree.collapsed.connect(self._closed)
         self.model.rowsRemoved.connect(lambda *_: self.selectionChanged.emit())
         self.model.rowsInserted.connect(self._rows_back)
         self.model.aboutToRebuild.connect(self._before_rebuild)
@@ -529,10 +534,9 @@ class PeerPane(QWidget):
 
     def _remember_view(self) -> None:
         """What is expanded and selected now, to be put back as the rows return."""
-        model = self.model
-        for node in list(model.browser.with_children):
-            if self.tree.isExpanded(model.index_of(node.level, node.id)):
-                self._restore_expanded.add((node.level, node.id))
+        # The open rows as the tree's signals told them (asking the tree about each row
+        # with children took 35 ms after a search matching 10,000 patients).
+        self._restore_expanded |= self._open
         selected = {(str(i.data(LevelRole)), str(i.data(IdRole)))
                     for i in self.tree.selectionModel().selectedRows(0)}
         self._restore_selected = selected
@@ -543,8 +547,26 @@ class PeerPane(QWidget):
             return
         if wanted < last - first + 1:
             self._put_back()   # fewer rows to put back than rows inserted (a page of 1,600)
-        else:
-            self._put_back([self.model.index(row, 0, parent) for row in range(first, last + 1)])
+            return
+        model = self.model
+        indexes = []
+        for row in range(first, last + 1):
+            index = model.index(row, 0, parent)
+            indexes.append(index)
+            node = model.node(index)
+            if node is not None and node.children:   # a search's patient comes with its studies
+                indexes.extend(model.index(child, 0, index) for child in range(len(node.children)))
+        self._put_back(indexes)
+
+    def _opened(self, index: QModelIndex) -> None:
+        node = self.model.node(index)
+        if node is not None:
+            self._open.add((node.level, node.id))
+
+    def _closed(self, index: QModelIndex) -> None:
+        node = self.model.node(index)
+        if node is not None:
+            self._open.discard((node.level, node.id))
 
     def _put_back(self, indexes: Optional[List[QModelIndex]] = None) -> None:
         """Expand and select again the remembered rows among ``indexes`` (default: all

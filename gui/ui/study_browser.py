@@ -339,7 +339,15 @@ class StudyBrowser:
                         return
                     self._append(self.root, items)
                 else:
-                    self._add_matching_studies(page)
+                    # A study makes two rows (it and its patient): a page of 1,600 matching
+                    # studies took 35-55 ms in one turn; a slice of them per turn.
+                    step = self.page_size * 2
+                    for at in range(0, len(page), step):
+                        if at:
+                            await asyncio.sleep(0)
+                            if generation != self._generation:
+                                return
+                        self._add_matching_studies(page[at:at + step])
                 _settle_rows()
                 since += len(page)
                 if len(page) < limit:
@@ -387,9 +395,11 @@ class StudyBrowser:
         return node
 
     def _append(self, parent: Node, items: List[Tuple[str, str, Dict[str, str]]], *,
-                search_subset: bool = False) -> List[Node]:
+                search_subset: bool = False,
+                children: Optional[Dict[str, List[Tuple[str, str, Dict[str, str]]]]] = None) -> List[Node]:
         """Insert rows under ``parent`` (level, id, tags), skipping ones already loaded.
-        ``search_subset``: patients that come with their matching studies (no fetch)."""
+        ``search_subset``: patients that come with their matching studies (no fetch);
+        ``children``: those studies by patient ID, inserted with their patient."""
         # A resource has one place in the tree: a page that overlaps the previous one
         # (the server changed meanwhile) must not duplicate rows.
         seen = set()
@@ -412,6 +422,11 @@ class StudyBrowser:
                 node.search_subset = True
             parent.children.append(node)
             nodes.append(node)
+            for level_, child_id, child_tags in (children or {}).get(resource_id, ()):
+                if child_id and (level_, child_id) not in self._by_id:
+                    if not node.children:
+                        self._with_children.append(node)
+                    node.children.append(self._new_node(level_, child_id, node, child_tags))
         self.listener.browser_insert(parent, first, first + len(fresh) - 1, False)
         if parent is self.root:
             self.listener.browser_rows(len(self.root.children))
@@ -424,10 +439,15 @@ class StudyBrowser:
                 by_patient.setdefault(str(study.get("ParentPatient", "")), []).append(study)
         new_patients = [("Patient", pid, dict(studies[0].get("PatientMainDicomTags") or {}))
                         for pid, studies in by_patient.items() if ("Patient", pid) not in self._by_id]
-        self._append(self.root, new_patients, search_subset=True)
+        # New patients come with their studies: one insertion for the page (one per patient
+        # took ~45 µs each, 70-80 ms for a page of 1,600 matching studies).
+        self._append(self.root, new_patients, search_subset=True,
+                     children={pid: [("Study", str(s["ID"]), _tags(s)) for s in studies]
+                               for pid, studies in by_patient.items()})
+        fresh = {pid for _level, pid, _tags_ in new_patients}
         for pid, studies in by_patient.items():
             patient = self._by_id.get(("Patient", pid))
-            if patient is not None:
+            if patient is not None and pid not in fresh:
                 self._append(patient, [("Study", str(s["ID"]), _tags(s)) for s in studies])
                 if patient.study_modalities is not None:
                     self._update_patient_modalities(patient)

@@ -150,6 +150,10 @@ class StudyTreeModel(QStandardItemModel):
             if not node.fetched:
                 item.setChild(0, 0, None)   # one row, one column, no item: hasChildren() in C++
                 node.hidden_child = True
+            elif node.children:   # a search's patient, with its studies: in the same insertion
+                item.setColumnCount(_COLUMN_COUNT)
+                self._owners[shiboken6.getCppPointer(item)[0]] = node
+                item.appendRows(self._items_for(node.children))
             items.append(item)
         return items
 
@@ -373,16 +377,12 @@ class StudyTreeModel(QStandardItemModel):
                 self._build(node, item)
 
     def _build(self, owner: Node, owner_item: QStandardItem) -> None:
-        """Qt's rows under an item for a node's loaded children (silently)."""
-        stack: List[Tuple[Node, QStandardItem]] = [(owner, owner_item)]
-        while stack:
-            node, item = stack.pop()
-            if item.columnCount() < _COLUMN_COUNT:
-                item.setColumnCount(_COLUMN_COUNT)
-            self._owners[shiboken6.getCppPointer(item)[0]] = node
-            item.insertRows(0, self._items_for(node.children))
-            child = item.child
-            stack.extend((c, child(c.row, 0)) for c in node.children if c.children)
+        """Qt's rows under an item for a node's loaded children (silently); ``_items_for``
+        builds the rows below them (a node with children is always fetched)."""
+        if owner_item.columnCount() < _COLUMN_COUNT:
+            owner_item.setColumnCount(_COLUMN_COUNT)
+        self._owners[shiboken6.getCppPointer(owner_item)[0]] = owner
+        owner_item.insertRows(0, self._items_for(owner.children))
 
     def _sort_key(self, column: int) -> Callable[[Node], Any]:
         if column == COL_SIZE:

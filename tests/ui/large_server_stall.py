@@ -98,6 +98,7 @@ class CpuProbe:
 
 TIMEOUT = 600.0
 STACKS = True
+SEARCH = "PAT1000*"
 
 
 async def until(predicate: Callable[[], bool], timeout: Optional[float] = None) -> None:
@@ -151,8 +152,8 @@ async def measure(url: str, page_size: int) -> Dict[str, Any]:
     results["scroll"] = p.stop()
 
     p = probe()
-    pane.search("PAT1000*")
-    await until(lambda: pane.model.is_complete and pane.model.search_text == "PAT1000*")
+    pane.search(SEARCH)
+    await until(lambda: pane.model.is_complete and pane.model.search_text == SEARCH)
     found = pane.model.top_level_count
     pane.search("")
     await until(lambda: pane.model.is_complete and pane.model.search_text == "")
@@ -172,8 +173,11 @@ def main() -> int:
     parser.add_argument("--no-stacks", action="store_true",
                         help="no watchdog thread catching the loop's stack in a long stall (on a busy machine "
                              "its GIL hand-offs, every 5 ms, lengthen the stalls it watches)")
+    parser.add_argument("--search", default=SEARCH,
+                        help="the search run and cleared (default: PAT1000*, 100 matches; PAT1* matches every patient)")
     args = parser.parse_args()
     globals()["TIMEOUT"] = args.timeout
+    globals()["SEARCH"] = args.search
     globals()["STACKS"] = not args.no_stacks
     workdir = args.workdir or Path(f"/tmp/stall-{args.patients}")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -182,3 +182,42 @@ def test_a_server_that_refuses_the_patient_listing_is_paged_with_find(
     wait_loaded(qtbot, pane)
     assert sorted(column(pane, COL_PATIENT_ID)) == [f"PAT{s:05d}" for s in range(790, 795)]
     assert "5 patients" in pane.status_text
+
+
+def test_a_broad_search_lands_every_study_under_its_patient_slice_by_slice(
+        qtbot, make_window, orthanc_factory, tiny_studies, tmp_path):
+    # Pages of 2, 4, then 8 studies, each handled 4 at a time (twice the page size): every
+    # patient arrives with its study in the same insertion, and what was open and
+    # selected before the search is open and selected in its result.
+    server = orthanc_factory("broad")
+    for files in tiny_studies(9, first_seed=800):
+        upload_all(server, files[:1])
+    window = make_window(config_with(tmp_path, Peer("Broad", server.url)), page_size=2)
+    pane = window.panes[0]
+    model = pane.model
+    wait_loaded(qtbot, pane)
+    patient = model.index(column(pane, COL_PATIENT_ID).index("PAT00806"), 0)
+    pane.tree.expand(patient)
+    qtbot.waitUntil(lambda: model.rowCount(patient) == 1, timeout=WAIT)
+    study_id = model.node(model.index(0, 0, patient)).id
+    selection = pane.tree.selectionModel()
+    selection.select(model.index(0, 0, patient), selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
+
+    pane.search("PAT008*")
+    wait_loaded(qtbot, pane)
+    everyone = [f"PAT{s:05d}" for s in range(800, 809)]
+    assert sorted(column(pane, COL_PATIENT_ID)) == everyone
+    for row in range(model.rowCount()):
+        index = model.index(row, 0)
+        assert model.rowCount(index) == 1
+        assert model.node(model.index(0, 0, index)).tags["PatientID"] == model.index(row, COL_PATIENT_ID).data()
+        assert model.index(0, 0, index).data() == "TINY " + model.index(row, COL_PATIENT_ID).data()[3:].lstrip("0")
+    rows = shown(pane)
+    assert rows[rows.index(("Patient", "PAT00806")) + 1] == ("Study", "PAT00806") and len(rows) == 10
+    assert pane.selected_resources() == [{"Level": "Study", "ID": study_id}]
+
+    pane.search("")
+    wait_loaded(qtbot, pane)
+    qtbot.waitUntil(lambda: len(shown(pane)) == 10, timeout=WAIT)
+    assert sorted(column(pane, COL_PATIENT_ID)) == everyone
+    assert pane.selected_resources() == [{"Level": "Study", "ID": study_id}]
