@@ -5,6 +5,13 @@ per instance (named by its position in the transaction, never by anything the
 client sent). A bucket PUT writes its chunks into those files at their
 offsets, so nothing larger than one bucket is ever held in memory.
 
+The MD5 of a staged bucket is computed by a background thread once its
+bytes are written, so that the PUT is answered without waiting for it (the
+sender's next bucket then travels while this one is hashed, on the other
+core); a commit waits for the hashes under way. Up to ``HASH_BACKLOG``
+bytes of received bodies wait for that thread; beyond, a PUT hashes its
+own bucket before answering (the memory stays bounded).
+
 Locking: the store's lock guards only the table of transactions and the byte
 reservations; each transaction has its own lock for its small state. Disk
 writes, decompression and hashing run outside every lock, so PUTs to several
@@ -23,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional
 
 from .codec import decode_bucket
@@ -36,6 +44,9 @@ INDEX_RE = re.compile(r"^[0-9]{1,9}$")
 
 # Transaction states.
 STAGING, COMMITTING, DONE = "staging", "committing", "done"
+
+# Bytes of received buckets that may wait for the background hasher.
+HASH_BACKLOG = 64 * 1024 * 1024
 
 
 class _RunningHash:
@@ -77,6 +88,7 @@ class Transaction:
         self.received: set = set()
         self.staged = 0           # bytes of the received buckets
         self.writers = 0          # bucket PUTs writing right now
+        self.hashing = 0          # written buckets whose MD5 the background hasher has yet to take in
         self.users = 0            # requests holding the directory open
         self.discarded = False
         self.state = STAGING
@@ -147,6 +159,8 @@ class TransactionStore:
         # Set by the plugin (recovery.py): a commit begins / ends.
         self.on_commit_begin: Optional[Callable[[Transaction], None]] = None
         self.on_commit_end: Optional[Callable[[Transaction, bool], None]] = None
+        self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfers-hash")
+        self.hash_backlog = 0     # bytes waiting for the hasher (under self.lock)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -343,7 +357,8 @@ class TransactionStore:
                                   http_status=409)
             txn.writers += 1
         try:
-            self._write_chunks(txn, bucket, data, where)
+            to_hash = self._write_chunks(txn, bucket, data, where)
+            self._hash_later(txn, to_hash, bucket.total_size)
             with txn.lock:
                 if index not in txn.received:
                     txn.received.add(index)
@@ -355,10 +370,57 @@ class TransactionStore:
         if txn.import_as_it_arrives and self.on_written is not None:
             self.on_written(self, txn, index)
 
+    def _hash_later(self, txn: Transaction, to_hash: List[tuple], size: int) -> None:
+        """Hash the written pieces in the background, or now when the backlog
+        is full or the transaction imports as it arrives (which checks each
+        instance as soon as its last bucket is written)."""
+        if not to_hash:
+            return
+        with self.lock:
+            inline = txn.import_as_it_arrives or self.hash_backlog + size > HASH_BACKLOG
+            if not inline:
+                self.hash_backlog += size
+        if inline:
+            self._hash_pieces(txn, to_hash)
+            return
+        with txn.lock:
+            txn.hashing += 1
+        try:
+            self.hasher.submit(self._hash_task, txn, to_hash, size)
+        except RuntimeError:   # the pool is shut down (Orthanc stopping): hash here
+            self._hash_task(txn, to_hash, size)
+
+    def _hash_task(self, txn: Transaction, to_hash: List[tuple], size: int) -> None:
+        try:
+            self._hash_pieces(txn, to_hash)
+        except Exception as exc:  # a digest missing only costs a read-back at the commit
+            self.log_warning("transfers: hashing a bucket of transaction %s failed: %r" % (txn.id, exc))
+        finally:
+            with self.lock:
+                self.hash_backlog -= size
+            with txn.lock:
+                txn.hashing -= 1
+                txn.idle.notify_all()
+
     @staticmethod
-    def _write_chunks(txn: Transaction, bucket: Any, data: bytes, where: str) -> None:
+    def _hash_pieces(txn: Transaction, to_hash: List[tuple]) -> None:
+        for chunk, piece, path, whole in to_hash:
+            if whole:
+                digest = (hashlib.md5(piece).hexdigest(), len(piece), bytes(piece[:4]))
+                with txn.lock:
+                    # Only the single write of this instance may vouch for the
+                    # file: two PUTs of one bucket (a retry) may interleave.
+                    if txn.writes.get(chunk.instance_id) == 1:
+                        txn.digests[chunk.instance_id] = digest
+            else:
+                TransactionStore._hash_piece(txn, chunk, piece, path)
+
+    @staticmethod
+    def _write_chunks(txn: Transaction, bucket: Any, data: bytes, where: str) -> List[tuple]:
+        """Write the bucket's chunks; the pieces to hash: (chunk, bytes, path, whole instance)."""
         view = memoryview(data)
         position = 0
+        to_hash: List[tuple] = []
         for chunk in bucket.chunks:
             path = txn.staged_path(chunk.instance_id)
             whole = chunk.offset == 0 and chunk.size == txn.size_of[chunk.instance_id] and chunk.size > 0
@@ -378,16 +440,10 @@ class TransactionStore:
                 kind = FULL_STORAGE if exc.errno == errno.ENOSPC else CANNOT_WRITE_FILE
                 raise PluginError(kind, "%s: cannot stage the bytes of instance %s: %s"
                                   % (where, chunk.instance_id, exc.strerror))
-            if whole:
-                digest = (hashlib.md5(piece).hexdigest(), len(piece), bytes(piece[:4]))
-                with txn.lock:
-                    # Only the single write of this instance may vouch for the
-                    # file: two PUTs of one bucket (a retry) may interleave.
-                    if txn.writes.get(chunk.instance_id) == 1:
-                        txn.digests[chunk.instance_id] = digest
-            elif chunk.size:
-                TransactionStore._hash_piece(txn, chunk, piece, path)
+            if whole or chunk.size:
+                to_hash.append((chunk, piece, path, whole))
             position += chunk.size
+        return to_hash
 
     @staticmethod
     def _hash_piece(txn: Transaction, chunk: Any, piece: Any, path: str) -> None:
@@ -443,7 +499,7 @@ class TransactionStore:
                                   http_status=409)
             txn.state = COMMITTING
             txn.commit_result = None  # a new attempt: forget the previous failure
-            while txn.writers:
+            while txn.writers or txn.hashing:   # the digests the verification uses
                 txn.idle.wait(1.0)
         if self.on_commit_begin is not None:
             self.on_commit_begin(txn)
