@@ -276,3 +276,29 @@ def test_a_zip_archive_posing_as_an_instance_is_refused(plugin_server, http):
     assert error["Instances"] == [{"ID": fake_id, "Problem": "a ZIP archive, not a DICOM file"}]
     zipped_ids = plan_push(files, BUCKET).ids()
     assert _stored_md5s(plugin_server, zipped_ids) == {}
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_a_split_instance_put_out_of_order_is_verified_at_the_commit(plugin_server, http, corrupt):
+    """The pieces of a split instance hashed in the background, arriving last
+    piece first: a commit sent right after the last PUT checks the whole file
+    (imported when right; with one flipped byte, refused and nothing imported)."""
+    from gui.sandbox import synthetic_studies as synth
+
+    files = [synth.multiframe_instance(synth.make_study_spec(321 + corrupt, "MF OUT OF ORDER"), 3, seed=321)]
+    plan = plan_push(files, BUCKET)
+    assert len(plan.bodies) >= 8 and all(len(b.chunks) == 1 for b in plan.buckets)
+    tid = http.create(plan)
+    for index in reversed(range(len(plan.bodies))):
+        body = plan.bodies[index]
+        if corrupt and index == 1:
+            body = bytes(body[:10]) + bytes([body[10] ^ 0x01]) + bytes(body[11:])
+        assert http.put(tid, index, body).status_code == 200
+    answer = http.commit(tid)
+    if corrupt:
+        error = assert_orthanc_error(answer, 500, 20)
+        assert {i["ID"] for i in error["Instances"]} == set(plan.ids())
+        assert _stored_md5s(plugin_server, plan.ids()) == {}
+    else:
+        assert answer.status_code == 200
+        assert _stored_md5s(plugin_server, plan.ids()) == {i.id: i.md5 for i in plan.infos}
