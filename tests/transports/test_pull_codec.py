@@ -267,3 +267,31 @@ def test_a_distant_source_is_confirmed_with_requests_asked_at_once(orthanc_facto
         seconds, most = run(go(), timeout=60)
     assert seconds >= 0.010
     assert most >= CONFIRM_SAMPLES
+
+
+def test_a_corrupted_split16_rle_answer_fails_the_pull_and_nothing_is_imported(orthanc_factory, ct_files, tmp_path,
+                                                                               chunk_gets):
+    """One byte flipped 200 KB into every connection from the source (inside
+    a chunk answer in split16-rle): the engine refuses the answer, the pull
+    fails with a clear error, and the target keeps none of the instances."""
+    from gui.engine.transport_base import TransferFailed
+    from tests.devtools.netem import Direction, Fault, FaultKind, ThreadedWanProxy
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    instances = infos_of(ct_files, source)
+    transport = PullTransport()
+    with ThreadedWanProxy("127.0.0.1", source.http_port, **WAN) as proxy:
+        proxy.arm(Fault(FaultKind.CORRUPT, Direction.DOWN, after_bytes=200_000, every_connection=True))
+        reached = type(source)(name=source.name, http_port=proxy.port)
+
+        async def go():
+            async with client_for(reached) as src, client_for(target) as dst:
+                ctx = make_ctx(src, dst, instances, tmp_path / "staging", Recorder(), compression="auto",
+                               options=TransferOptions(BucketSize=256, MaxHttpRetries=1), target_accelerated=True)
+                await transport.run(ctx, transport.plan(ctx))
+
+        with pytest.raises(TransferFailed) as failed:
+            run(go(), timeout=240)
+    assert any(g.answer == wire.CODEC_SPLIT16_RLE for g in chunk_gets)
+    assert "split16-rle" in str(failed.value)   # the answer itself is refused (its checksum)
+    assert not set(target.instance_md5s()) & {i.id for i in instances}
