@@ -19,6 +19,18 @@ def _request_with_codec(plan) -> dict:
     return wire.build_push_request(plan.infos, plan.buckets, "gzip", codec=wire.CODEC_SPLIT16)
 
 
+def _put_every_bucket(http, tid, plan, encode, reference):
+    """PUT every bucket of ``plan`` encoded by ``encode``; the bytes sent and
+    what ``reference`` would have sent for the same buckets."""
+    coded = compared = 0
+    for index in range(len(plan.buckets)):
+        raw = plan.raw_bucket(index)
+        body = encode(raw)
+        coded, compared = coded + len(body), compared + len(reference(raw))
+        assert http.put(tid, index, body).status_code == 200
+    return coded, compared
+
+
 @pytest.fixture
 def gzip_only_server(orthanc_factory):
     """Our plugin configured not to announce any codec: it behaves as the C++ plugin does."""
@@ -29,14 +41,11 @@ def test_push_in_the_codec_is_confirmed_and_imports_byte_for_byte(plugin_server,
     plan = plan_push(study(501, ct=6, ct_size=256, tiny=5), BUCKET)
     answer = http.post_json(wire.URI_PUSH, _request_with_codec(plan))
     assert answer.status_code == 200 and answer.json()["Codec"] == wire.CODEC_SPLIT16
-    tid = answer.json()["ID"]
-    coded = plain = 0
-    for index in range(len(plan.buckets)):
-        raw = plan.raw_bucket(index)
-        body = gzip.compress(wire.split16(raw), 1)
-        coded, plain = coded + len(body), plain + len(gzip.compress(raw, 1))
-        assert http.put(tid, index, body).status_code == 200
+    coded, plain = _put_every_bucket(http, answer.json()["ID"], plan,
+                                     lambda raw: gzip.compress(wire.split16(raw), 1),
+                                     lambda raw: gzip.compress(raw, 1))
     assert coded < 0.95 * plain  # the point of the codec on 16-bit pixels
+    tid = answer.json()["ID"]
     assert http.commit(tid).status_code == 200
     for info in plan.infos:
         md5 = plugin_server.request("GET", f"/instances/{info.id}/attachments/dicom/md5", raw=True).decode()
@@ -145,14 +154,10 @@ def test_push_in_split16_rle_is_chosen_and_imports_byte_for_byte(plugin_server, 
     assert any(b.chunks[0].offset % 2 for b in plan.buckets)
     answer = http.post_json(wire.URI_PUSH, _rle_request(plan))
     assert answer.status_code == 200 and answer.json()["Codec"] == wire.CODEC_SPLIT16_RLE
-    tid = answer.json()["ID"]
-    coded = split = 0
-    for index in range(len(plan.buckets)):
-        raw = plan.raw_bucket(index)
-        body = wire.encode_split16_rle(raw)
-        coded, split = coded + len(body), split + len(gzip.compress(wire.split16(raw), 1))
-        assert http.put(tid, index, body).status_code == 200
+    coded, split = _put_every_bucket(http, answer.json()["ID"], plan, wire.encode_split16_rle,
+                                     lambda raw: gzip.compress(wire.split16(raw), 1))
     assert coded < 0.97 * split
+    tid = answer.json()["ID"]
     assert http.commit(tid).status_code == 200
     for info in plan.infos:
         md5 = plugin_server.request("GET", f"/instances/{info.id}/attachments/dicom/md5", raw=True).decode()
