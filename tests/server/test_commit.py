@@ -43,6 +43,21 @@ def test_parallel_commit_imports_every_instance_several_at_once(parallel_server,
     assert _metrics(parallel_server)["transfers_commit_imports_at_once"] >= 2
 
 
+def test_staging_high_water_marks_outlive_a_short_push(parallel_server, http):
+    # A push shorter than any polling interval still leaves its peak behind:
+    # what an admin sizes MaxStagedSize from, and what the benchmark reads.
+    plan = plan_push(study(403, tiny=30), BUCKET)
+    total = sum(i.size for i in plan.infos)
+    assert http.commit(http.send_all(plan)).status_code == 200
+    metrics = _metrics(parallel_server)
+    assert metrics["transfers_staged_bytes_reserved"] == 0
+    assert metrics["transfers_staged_bytes_reserved_peak"] == total
+    assert metrics["transfers_staged_bytes_peak"] == total
+    smaller = plan_push(study(404, tiny=3), BUCKET)
+    assert http.commit(http.send_all(smaller)).status_code == 200
+    assert _metrics(parallel_server)["transfers_staged_bytes_peak"] == total   # a mark only rises
+
+
 def test_parallel_commit_failing_midway_removes_everything_it_imported(parallel_server, http):
     files = study(402, tiny=80)
     parallel_server.upload(files[0])  # on the server before the push: must survive the rollback

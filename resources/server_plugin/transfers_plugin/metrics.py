@@ -12,6 +12,8 @@ from typing import Any, Dict
 NAMES = (
     "transfers_push_transactions",      # open push transactions
     "transfers_staged_bytes_reserved",  # bytes announced by open transactions
+    "transfers_staged_bytes_reserved_peak",  # most bytes announced at once since start (to size MaxStagedSize)
+    "transfers_staged_bytes_peak",      # most bytes of received buckets held at once since start
     "transfers_cache_bytes",            # instance files held for chunk GETs
     "transfers_storage_reads",          # instance files read from storage for chunk GETs
     "transfers_cache_hits",             # chunk GETs served from the cache

@@ -145,6 +145,10 @@ class TransactionStore:
         self.lock = threading.Lock()
         self.transactions: "OrderedDict[str, Transaction]" = OrderedDict()  # LRU first
         self.reserved = 0
+        # High-water marks since start: an admin sizes MaxStagedSize from
+        # them, and a sampler polling the directory can miss a short job.
+        self.reserved_peak = 0
+        self.staged_peak = 0
         self.log_warning = log_warning or (lambda text: None)
         self.metrics = metrics
         # Results of asynchronous commits whose transaction is gone, bounded.
@@ -199,6 +203,7 @@ class TransactionStore:
                 self._remove_locked(victim.id)
             self.transactions[tid] = txn
             self.reserved += txn.declared_size
+            self.reserved_peak = max(self.reserved_peak, self.reserved)
         self._publish()
         for victim in victims:
             self._log_discard(victim)
@@ -248,13 +253,23 @@ class TransactionStore:
                               " for it (MinFreeDiskSpace keeps %d bytes free)"
                               % (size, max(0, free - outstanding), opts.min_free_disk))
 
+    def _note_staged(self) -> None:
+        with self.lock:
+            staged = sum(t.staged for t in self.transactions.values())
+            if staged <= self.staged_peak:
+                return
+            self.staged_peak = staged
+        if self.metrics is not None:
+            self.metrics.set("transfers_staged_bytes_peak", staged)
+
     def _publish(self) -> None:
         if self.metrics is None:
             return
         with self.lock:
-            count, reserved = len(self.transactions), self.reserved
+            count, reserved, peak = len(self.transactions), self.reserved, self.reserved_peak
         self.metrics.set("transfers_push_transactions", count)
         self.metrics.set("transfers_staged_bytes_reserved", reserved)
+        self.metrics.set("transfers_staged_bytes_reserved_peak", peak)
 
     def _remove_locked(self, tid: str) -> Transaction:
         txn = self.transactions.pop(tid)
@@ -367,6 +382,7 @@ class TransactionStore:
             with txn.lock:
                 txn.writers -= 1
                 txn.idle.notify_all()
+        self._note_staged()
         if txn.import_as_it_arrives and self.on_written is not None:
             self.on_written(self, txn, index)
 

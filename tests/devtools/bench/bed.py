@@ -251,24 +251,28 @@ class StagingSampler:
         self.samples = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._before: Dict[str, int] = {}
 
     @property
     def directory(self) -> Path:
         staging = (self.server.config().get("Transfers") or {}).get("StagingDirectory")
         return Path(staging) if staging else self.server.storage_dir / "transfers-staging"
 
-    def _reserved(self) -> Optional[int]:
+    def _metrics(self) -> Dict[str, int]:
+        """The plugin's staging metrics, by name; empty when they cannot be read."""
         try:
             text = self.server.request("GET", "/tools/metrics-prometheus", raw=True).decode()
         except OSError:
-            return None
+            return {}
+        values: Dict[str, int] = {}
         for line in text.splitlines():
-            if line.startswith("transfers_staged_bytes_reserved "):
+            name, _, rest = line.partition(" ")
+            if name.startswith("transfers_staged_bytes"):
                 try:
-                    return int(float(line.split()[1]))
+                    values[name] = int(float(rest.split()[0]))
                 except (IndexError, ValueError):
-                    return None
-        return None
+                    pass
+        return values
 
     def _run(self) -> None:
         from tests.devtools.bench.engine_cli import directory_bytes
@@ -277,7 +281,7 @@ class StagingSampler:
             data: List[int] = []
             self.peak_bytes = max(self.peak_bytes, directory_bytes(directory, data_suffix=".dcm", data=data))
             self.peak_data_bytes = max(self.peak_data_bytes, sum(data))
-            reserved = self._reserved()
+            reserved = self._metrics().get("transfers_staged_bytes_reserved")
             if reserved is not None:
                 self.peak_reserved = max(self.peak_reserved, reserved)
             self.samples += 1
@@ -285,6 +289,7 @@ class StagingSampler:
                 break
 
     def __enter__(self) -> "StagingSampler":
+        self._before = self._metrics()
         self._thread = threading.Thread(target=self._run, name="staging-sampler", daemon=True)
         self._thread.start()
         return self
@@ -293,3 +298,12 @@ class StagingSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        # A job shorter than the sampling interval can come and go between two
+        # samples; the plugin's high-water marks, when they rose during the
+        # run, are this run's peaks (they only ever grow).
+        after = self._metrics()
+        for name, attribute in (("transfers_staged_bytes_peak", "peak_data_bytes"),
+                                ("transfers_staged_bytes_reserved_peak", "peak_reserved")):
+            if after.get(name, 0) > self._before.get(name, 0):
+                setattr(self, attribute, max(getattr(self, attribute), after[name]))
+        self.peak_bytes = max(self.peak_bytes, self.peak_data_bytes)
