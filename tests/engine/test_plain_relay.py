@@ -283,3 +283,23 @@ def test_a_near_target_that_first_looked_distant_still_gets_relays(stock_pair, t
     assert report.state is JobState.SUCCESS, report.error
     assert target.instance_md5s() == source.instance_md5s()
     assert sorted(i for i, _ in moves["relayed"]) == sorted(ids) and report.compression == "none"
+
+
+def test_a_near_source_is_never_asked_for_gzip_in_a_relay(stock_pair, tmp_path, ct_study_files, moves,
+                                                          monkeypatch):
+    """Between two near servers a relay's gzip could shorten no link (the
+    engine does not compress towards a near target, so it relays), and each
+    gzip answer costs the source a deflate. Even a compression policy that
+    would try gzip on every download (as its probes did on the LAN) gets
+    no relay asked compressed."""
+    async def near(client):
+        return False
+    monkeypatch.setattr(plain_mode, "is_distant", near)
+    monkeypatch.setattr(plain_mode.PullCompressionPolicy, "choose", lambda self: "gzip")
+    source, target = stock_pair
+    report, ids = transfer_ct_study(tmp_path, source, target, ct_study_files)
+
+    assert report.state is JobState.SUCCESS, report.error
+    assert target.instance_md5s() == source.instance_md5s()
+    assert sorted(i for i, _ in moves["relayed"]) == sorted(ids)
+    assert not [i for i, gzip in moves["relayed"] if gzip]
