@@ -62,7 +62,7 @@ from gui.client.errors import OrthancError
 from gui.engine import compression as gz
 from gui.engine.compression import PullCompressionPolicy
 from gui.engine.events import BucketState, TransferMode
-from gui.engine.link_probe import DISTANT_ROUND_TRIP, is_distant
+from gui.engine.link_probe import confirmed_distant
 from gui.engine.piece_size import PieceSize, groups_of, is_link_failure
 from gui.engine.plain_mode_relay import NotRelayed, relay_instance, relay_pools
 from gui.engine.retry import with_retries
@@ -419,8 +419,8 @@ class PlainTransport(Transport):
         if ctx.compression == "auto":
             # Both ends at once: each costs a round trip or three.
             far_source = self.streams(ctx) and self._policy is None
-            found = await asyncio.gather(_confirmed_distant(ctx.target),
-                                         *([_confirmed_distant(ctx.source)] if far_source else []))
+            found = await asyncio.gather(confirmed_distant(ctx.target),
+                                         *([confirmed_distant(ctx.source)] if far_source else []))
             distant = found[0]
             if far_source and found[1]:
                 # A distant source: downloads start compressed (the policy then measures).
@@ -877,30 +877,6 @@ class PlainTransport(Transport):
         if self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
         await ctx.delete_created_on_target()
-
-
-# Round trips asked again before a target is believed distant.
-CONFIRM_SAMPLES = 4
-
-
-async def _confirmed_distant(client: Any) -> bool:
-    """``is_distant``, asked again a few times before it is believed: on a
-    loaded machine a near server's first answers can take 10 ms or more
-    (and a near target taken for a distant one gets every upload gzipped
-    by the engine, no relay), while a WAN's never come faster. Costs those
-    round trips only towards a target that looks distant."""
-    if not await is_distant(client):
-        return False
-    for _ in range(CONFIRM_SAMPLES):
-        start = time.perf_counter()
-        try:
-            await client.fast_request("GET", "/system")
-        except OrthancError:
-            return True
-        if time.perf_counter() - start < DISTANT_ROUND_TRIP:
-            log.info("round trip to %s: below %.0f ms after all", client.peer.name, DISTANT_ROUND_TRIP * 1000)
-            return False
-    return True
 
 
 class _AsyncSink:

@@ -13,7 +13,7 @@ import pytest
 
 from gui.client import fast_http
 from gui.client.peer import Peer
-from gui.engine import JobState, plain_mode
+from gui.engine import JobState, link_probe, plain_mode
 from tests.devtools.faults.http_front import Forward, FrontRequest, FrontResponse, HttpFront
 from tests.devtools.netem import WanProxy
 from tests.engine.helpers import make_engine, peer, run, small_options, study_resource, upload_files
@@ -130,9 +130,9 @@ class UploadRecorder:
 def far_source_near_target(monkeypatch):
     """The link probe's verdict, fixed: the source behind the 20 ms proxy is
     distant, the target near (a loaded machine's loopback can look distant)."""
-    async def is_distant(client):
+    async def confirmed_distant(client):
         return client.peer.name == "far source"
-    monkeypatch.setattr(plain_mode, "is_distant", is_distant)
+    monkeypatch.setattr(plain_mode, "confirmed_distant", confirmed_distant)
 
 
 async def retrieve(tmp_path, source, target, study: str, recorder: UploadRecorder) -> Tuple[object, int]:
@@ -274,9 +274,10 @@ def test_a_near_target_that_first_looked_distant_still_gets_relays(stock_pair, t
     """On a loaded machine a loopback server's first round trips can take
     10 ms or more: plain mode asks again before believing the target is
     distant (which would have the engine gzip every upload, no relay)."""
-    async def looks_distant(client):
-        return True
-    monkeypatch.setattr(plain_mode, "is_distant", looks_distant)
+    async def looks_distant_at_first(client):
+        client.fastest_small_request = 0.015     # the job's small requests so far, as on a loaded machine
+        return await link_probe.confirmed_distant(client)
+    monkeypatch.setattr(plain_mode, "confirmed_distant", looks_distant_at_first)
     source, target = stock_pair
     report, ids = transfer_ct_study(tmp_path, source, target, ct_study_files)
 
@@ -294,7 +295,7 @@ def test_a_near_source_is_never_asked_for_gzip_in_a_relay(stock_pair, tmp_path, 
     no relay asked compressed."""
     async def near(client):
         return False
-    monkeypatch.setattr(plain_mode, "is_distant", near)
+    monkeypatch.setattr(plain_mode, "confirmed_distant", near)
     monkeypatch.setattr(plain_mode.PullCompressionPolicy, "choose", lambda self: "gzip")
     source, target = stock_pair
     report, ids = transfer_ct_study(tmp_path, source, target, ct_study_files)

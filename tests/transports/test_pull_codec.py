@@ -218,7 +218,7 @@ def test_a_source_that_looks_distant_once_is_asked_again():
     import time as clock
     from types import SimpleNamespace
 
-    from gui.engine.pull_mode.codec_choice import source_round_trip
+    from gui.engine.link_probe import confirmed_round_trip
 
     class SlowAtFirst:
         peer = SimpleNamespace(name="loaded")
@@ -232,8 +232,8 @@ def test_a_source_that_looks_distant_once_is_asked_again():
         delays: list = []
 
     start = clock.perf_counter()
-    assert asyncio.run(source_round_trip(SlowAtFirst())) < 0.010
-    assert asyncio.run(source_round_trip(Wan())) >= 0.010
+    assert asyncio.run(confirmed_round_trip(SlowAtFirst())) < 0.010
+    assert asyncio.run(confirmed_round_trip(Wan())) >= 0.010
     assert clock.perf_counter() - start < 5
 
 
@@ -241,7 +241,7 @@ def test_a_distant_source_is_confirmed_with_requests_asked_at_once(orthanc_facto
     """A real source across an emulated WAN: the round trips that confirm
     it is distant go out together (one round trip of waiting, not one per
     sample, before the first chunk GET), and it is still found distant."""
-    from gui.engine.pull_mode.codec_choice import CONFIRM_SAMPLES, source_round_trip
+    from gui.engine.link_probe import CONFIRM_SAMPLES, confirmed_round_trip
     from tests.devtools.netem import ThreadedWanProxy
     source = orthanc_factory("src", with_accelerator=True)
     with ThreadedWanProxy("127.0.0.1", source.http_port, latency_ms=15) as proxy:
@@ -261,7 +261,7 @@ def test_a_distant_source_is_confirmed_with_requests_asked_at_once(orthanc_facto
                     finally:
                         in_flight -= 1
                 client.request = request
-                seconds = await source_round_trip(client)
+                seconds = await confirmed_round_trip(client)
                 return seconds, most
 
         seconds, most = run(go(), timeout=60)

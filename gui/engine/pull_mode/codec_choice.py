@@ -38,66 +38,14 @@ Content-Type says so (transfers_api.chunks); any other answer is gzip.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from typing import Dict, Optional, Sequence, Tuple
 
-from gui.client.errors import OrthancError
-from gui.client.orthanc_client import OrthancClient
 from gui.engine import compression as gz
-from gui.engine.link_probe import DISTANT_ROUND_TRIP, SAMPLES
 from gui.protocol import wire
 
 log = logging.getLogger(__name__)
-
-# Round trips asked again before a source is believed distant.
-CONFIRM_SAMPLES = 4
-# Below this, a "distant" answer may be a near server on a loaded machine
-# (measured: 10-30 ms under load); a real WAN's round trip is longer.
-AMBIGUOUS_ROUND_TRIP = 0.030
-
-
-async def source_round_trip(client: OrthancClient) -> float:
-    """The round trip to a chunk source (0 when it cannot be measured: the
-    fetch will say what is wrong), asked again a few times before a long
-    one is believed: on a loaded machine a near server's first answers can
-    take 10 ms or more (measured in the benchmark: a LAN source taken for a
-    distant one got its first GETs compressed), while a WAN's never come
-    faster. Costs one more round trip (the confirmations asked at once) only
-    towards a source that looks distant."""
-    try:
-        seconds = client.fastest_small_request
-        if seconds >= DISTANT_ROUND_TRIP:
-            seconds = min(seconds, await _timed_request(client))
-        if seconds >= DISTANT_ROUND_TRIP:
-            # The rest asked at once, each on its own connection: over a WAN
-            # they cost one round trip instead of six (0.3 s before the first
-            # GET at 50 ms); a near server answers any of them fast.
-            more = SAMPLES - 1 + CONFIRM_SAMPLES
-            samples = await asyncio.gather(*(_timed_request(client) for _ in range(more)))
-            seconds = min(seconds, *samples)
-        if DISTANT_ROUND_TRIP <= seconds < AMBIGUOUS_ROUND_TRIP:
-            # Requests asked at once queue behind each other on a busy near
-            # server (and on this loop), so together they can all look long:
-            # a few more one after the other, at other moments, decide.
-            for _ in range(CONFIRM_SAMPLES):
-                seconds = min(seconds, await _timed_request(client))
-                if seconds < DISTANT_ROUND_TRIP:
-                    break
-    except OrthancError as exc:
-        log.debug("round trip to %s not measured: %s", client.peer.name, exc)
-        return 0.0
-    log.info("round trip to %s: %.1f ms", client.peer.name, seconds * 1000)
-    return seconds
-
-
-async def _timed_request(client: OrthancClient) -> float:
-    start = time.perf_counter()
-    await client.request("GET", "/system")
-    return time.perf_counter() - start
-
 
 # A distant source's GETs go uncompressed only when that is predicted this
 # much faster: the compression speed is this computer's, measured while it

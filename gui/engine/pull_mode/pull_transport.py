@@ -22,7 +22,8 @@ from gui.engine.events import BucketState, TransferMode
 from gui.engine.piece_size import PieceSize, fetch_adaptive
 from gui.engine.plain_mode import PlainTransport, group_units
 from gui.engine.pull_mode.bucket_fetcher import BucketFetcher
-from gui.engine.pull_mode.codec_choice import ChunkCodecPolicy, source_round_trip
+from gui.engine.link_probe import confirmed_round_trip
+from gui.engine.pull_mode.codec_choice import ChunkCodecPolicy
 from gui.engine.pull_mode.staging_area import StagingArea
 from gui.engine.push_mode.bucket_pusher import BucketPusher, run_workers
 from gui.engine.push_mode.push_transaction import supports_asynchronous_commit
@@ -123,7 +124,7 @@ class PullTransport(Transport):
     async def _policy(self, ctx: TransferContext) -> ChunkCodecPolicy:
         """The per-GET choice, knowing how far the source is and whether it
         may honour our codec (only this project's plugin: flavour python)."""
-        seconds = await source_round_trip(ctx.source) if ctx.compression == "auto" else 0.0
+        seconds = await confirmed_round_trip(ctx.source) if ctx.compression == "auto" else 0.0
         codecs: Tuple[str, ...] = ()
         if ctx.compression != "none":
             try:

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from gui.engine.events import TransferMode
 from gui.engine.link_probe import DISTANT_ROUND_TRIP
-from gui.engine.pull_mode.codec_choice import source_round_trip
+from gui.engine.link_probe import confirmed_round_trip
 from gui.engine.push_mode.bucket_pusher import BucketPusher
 from gui.engine.push_mode.push_transaction import supports_asynchronous_commit
 from gui.engine.push_mode.source_reader import SourceReader
@@ -45,7 +45,7 @@ class PushTransport(Transport):
         if ctx.source_accelerated and ctx.compression == "auto" and buckets:
             # The chunk GETs from the source choose as pull's do: a distant
             # source's are compressed, once a sample showed the data shrinks.
-            seconds = await source_round_trip(ctx.source)
+            seconds = await confirmed_round_trip(ctx.source)
             if seconds >= DISTANT_ROUND_TRIP:
                 await reader.distant_source(seconds, buckets[0])
         pusher = BucketPusher(ctx, buckets, reader, link_rate=self.link_rate,
