@@ -137,6 +137,32 @@ def test_import_as_it_arrives_is_asked_only_when_chosen(orthanc_factory, ct_stud
     assert (seen_before_commit[0] > 0) if early else seen_before_commit == [0]
 
 
+def test_import_as_it_arrives_cuts_a_small_study_into_buckets_that_arrive_one_after_the_other(
+        orthanc_factory, ct_study_files, tmp_path):
+    """Default buckets of 4 MB hold this whole study in one: sent at once, it
+    would arrive (and be imported) only at the end. With the option each
+    thread gets several smaller buckets, so the imports start while the rest
+    travels; without it the plan is unchanged. Verified either way."""
+    from gui.engine.push_mode.push_transport import ARRIVAL_BUCKETS_PER_THREAD, ARRIVAL_MIN_BUCKET
+    source = orthanc_factory("src", with_accelerator=True)
+    target = orthanc_factory("dst", with_accelerator=True)
+    total = sum(len(f) for f in ct_study_files)
+    assert total < 4 * 2**20             # one default bucket
+    counts = {}
+    for early in (False, True):
+        for instance in target.request("GET", "/instances"):
+            target.request("DELETE", f"/instances/{instance}")
+        options = TransferOptions(Threads=2, ImportAsItArrives=early)
+        instances, _recorder, _ctx, buckets = push(source, target, ct_study_files, tmp_path / str(early),
+                                                   options=options)
+        assert target.instance_md5s() == {i.id: i.md5 for i in instances}
+        counts[early] = len(buckets)
+        if early:
+            assert max(b.total_size for b in buckets) < 2 * ARRIVAL_MIN_BUCKET
+    assert counts[False] == 1
+    assert counts[True] >= total // ARRIVAL_MIN_BUCKET > ARRIVAL_BUCKETS_PER_THREAD
+
+
 def test_a_server_that_does_not_announce_the_asynchronous_commit_gets_a_synchronous_one(
         orthanc_factory, ct_study_files, tmp_path):
     """Capabilities come from what the server announces: a target that ignores

@@ -12,8 +12,7 @@ import logging
 from typing import Dict, List, Optional
 
 from gui.engine.events import TransferMode
-from gui.engine.link_probe import DISTANT_ROUND_TRIP
-from gui.engine.link_probe import confirmed_round_trip
+from gui.engine.link_probe import DISTANT_ROUND_TRIP, confirmed_round_trip
 from gui.engine.push_mode.bucket_pusher import BucketPusher
 from gui.engine.push_mode.push_transaction import supports_asynchronous_commit
 from gui.engine.push_mode.source_reader import SourceReader
@@ -21,6 +20,25 @@ from gui.engine.transport_base import TransferContext, Transport
 from gui.protocol.wire import Bucket, plan_buckets
 
 log = logging.getLogger(__name__)
+
+# Import as it arrives imports a bucket's instances once the bucket is
+# staged. A study in a few large buckets (2,000 tiny instances fit in four of
+# 4 MB, sent at once) arrives all together at the end, and no import is
+# hidden behind the transfer: with the option, buckets are cut smaller so that
+# each thread has about this many, one after the other...
+ARRIVAL_BUCKETS_PER_THREAD = 8
+# ...but no smaller than this, so a bucket's round trip stays small beside
+# its bytes.
+ARRIVAL_MIN_BUCKET = 256 * 1024
+
+
+def planned_bucket_size(total_bytes: int, bucket_size: int, threads: int, import_as_it_arrives: bool) -> int:
+    """The bucket size a push plans with: ``bucket_size``, or smaller for
+    import as it arrives (never above ``bucket_size``)."""
+    if not import_as_it_arrives:
+        return bucket_size
+    spread = total_bytes // (ARRIVAL_BUCKETS_PER_THREAD * max(1, threads))
+    return min(bucket_size, max(ARRIVAL_MIN_BUCKET, spread))
 
 
 class PushTransport(Transport):
@@ -34,7 +52,10 @@ class PushTransport(Transport):
         self.last_pusher: Optional[BucketPusher] = None
 
     def plan(self, ctx: TransferContext) -> List[Bucket]:
-        return plan_buckets(ctx.instances, ctx.options.bucket_size_bytes)
+        opts = ctx.options
+        size = planned_bucket_size(sum(i.size for i in ctx.instances), opts.bucket_size_bytes, opts.Threads,
+                                   opts.ImportAsItArrives)
+        return plan_buckets(ctx.instances, size)
 
     async def run(self, ctx: TransferContext, buckets: List[Bucket]) -> None:
         reader = SourceReader(ctx.source, ctx.instances, buckets,
