@@ -249,17 +249,26 @@ class StagingArea:
     async def read(self, bucket: Bucket, on_retry: object = None) -> bytes:
         """A bucket's bytes, once all its instances are verified (push
         delivery); a streamed instance's once that chunk is staged."""
-        parts = []
-        for chunk in bucket.chunks:
-            if self._streams(chunk.instance_id):
-                entry = await self._wait_chunk(chunk.instance_id, chunk.offset, chunk.size)
-            else:
-                entry = await self.wait(chunk.instance_id)
-            if entry.buffer is not None:
-                parts.append(bytes(entry.buffer[chunk.offset:chunk.offset + chunk.size]))
-            else:
-                parts.append(await asyncio.to_thread(_read_at, entry.file(), chunk.offset, chunk.size))
+        parts = [await self._read_chunk(chunk.instance_id, chunk.offset, chunk.size) for chunk in bucket.chunks]
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_chunk(self, iid: str, offset: int, size: int) -> bytes:
+        while True:
+            if self._streams(iid):
+                entry = await self._wait_chunk(iid, offset, size)
+            else:
+                entry = await self.wait(iid)
+            if entry.buffer is not None:
+                return bytes(entry.buffer[offset:offset + size])
+            try:
+                return await asyncio.to_thread(_read_at, entry.file(), offset, size)
+            except FileNotFoundError:
+                if not entry.released:
+                    raise
+                # Released while the read waited for a thread (its other
+                # buckets all delivered meanwhile, as when delivery starts
+                # over): the next turn fetches it again, as for any released
+                # instance.
 
     def delivered(self, bucket: Bucket) -> None:
         """A bucket reached the target: release instances no longer needed."""
@@ -274,10 +283,15 @@ class StagingArea:
         self._left = {iid: len(holders) for iid, holders in self._holders.items()}
 
     async def instance_bytes(self, iid: str) -> bytes:
-        entry = await self.wait(iid)
-        if entry.buffer is not None:
-            return bytes(entry.buffer)
-        return await asyncio.to_thread(entry.path.read_bytes)  # type: ignore[union-attr]
+        while True:
+            entry = await self.wait(iid)
+            if entry.buffer is not None:
+                return bytes(entry.buffer)
+            try:
+                return await asyncio.to_thread(entry.file().read_bytes)
+            except FileNotFoundError:
+                if not entry.released:
+                    raise
 
     def release(self, iid: str) -> None:
         entry = self._entry(iid)
