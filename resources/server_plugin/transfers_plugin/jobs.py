@@ -159,6 +159,11 @@ class JobRegistry:
         self.log_warning = log_warning
         self.log_error = log_error
         self.lock = threading.Lock()
+        # Saves of one job come from its worker and from REST calls (pause,
+        # resume) at once; both wrote the same temporary file, and a file
+        # mixed from two saves was unreadable at the next start: the job
+        # was gone after a restart.
+        self.save_lock = threading.Lock()
         self.jobs: Dict[str, Job] = {}
         self.running: Dict[str, threading.Thread] = {}
 
@@ -357,19 +362,20 @@ class JobRegistry:
 
     def save(self, job: Job) -> None:
         path = self.path_of(job.id)
-        try:
-            record = job.to_record()
-        except RuntimeError:  # a worker changed the checkpoint meanwhile: the next save takes it
-            return
-        job.last_save = time.monotonic()
-        try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            with open(path + ".tmp", "w", encoding="utf-8") as handle:
-                json.dump(record, handle)
-            os.replace(path + ".tmp", path)
-        except OSError as exc:
-            self.log_warning("transfers: cannot save job %s (%s); it will not survive a restart"
-                             % (job.id, exc.strerror))
+        with self.save_lock:
+            try:
+                record = job.to_record()
+            except RuntimeError:  # a worker changed the checkpoint meanwhile: the next save takes it
+                return
+            job.last_save = time.monotonic()
+            try:
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                with open(path + ".tmp", "w", encoding="utf-8") as handle:
+                    json.dump(record, handle)
+                os.replace(path + ".tmp", path)
+            except OSError as exc:
+                self.log_warning("transfers: cannot save job %s (%s); it will not survive a restart"
+                                 % (job.id, exc.strerror))
 
     def save_soon(self, job: Job) -> None:
         """Save a running job's checkpoint, at most every SAVE_INTERVAL seconds."""
