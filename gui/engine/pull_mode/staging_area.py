@@ -283,15 +283,7 @@ class StagingArea:
         self._left = {iid: len(holders) for iid, holders in self._holders.items()}
 
     async def instance_bytes(self, iid: str) -> bytes:
-        while True:
-            entry = await self.wait(iid)
-            if entry.buffer is not None:
-                return bytes(entry.buffer)
-            try:
-                return await asyncio.to_thread(entry.file().read_bytes)
-            except FileNotFoundError:
-                if not entry.released:
-                    raise
+        return await self._read_chunk(iid, 0, self._infos[iid].size)
 
     def release(self, iid: str) -> None:
         entry = self._entry(iid)
