@@ -336,6 +336,11 @@ class Cli:
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
     interrupted: bool = False
+    # When ``send`` began (after start-up) and how long the planning it did
+    # before submitting took: the JSON report counts both, since the job's
+    # own clock starts only at the submission (see _print_report).
+    started: Optional[float] = None
+    planned_for: Optional[float] = None
 
     async def run(self) -> int:
         command = self.args.command
@@ -397,17 +402,20 @@ class Cli:
         """Plan first (the job then starts from this plan) to say on stderr what
         the confirmation would, e.g. that the target would recycle patients.
         A plan that fails here is left to the job, which reports it as usual."""
+        began = time.monotonic()
         try:
             plan = await engine.plan(source, target, resources, options, mode=self.args.mode,
                                      force=self.args.force)
         except Exception as exc:  # noqa: BLE001 - the job plans again and reports the failure
             logging.getLogger(__name__).debug("planning before the job failed (%s); the job plans itself", exc)
             return None
+        self.planned_for = time.monotonic() - began
         for warning in plan.warnings:
             self.stderr.write(f"warning: {warning}\n")
         return plan
 
     async def send(self) -> int:
+        self.started = time.monotonic()
         args = self.args
         config = load(args)
         if not any(getattr(args, flag) for flag, _ in LEVEL_FLAGS):
@@ -500,7 +508,15 @@ class Cli:
 
     def _print_report(self, report: Any) -> None:
         if self.args.json:
-            self.stdout.write(json.dumps(report.to_json()) + "\n")
+            data = report.to_json()
+            if self.started is not None:
+                # From the command's request (its look-ups, description and
+                # planning included) to the verified report: what a user
+                # waits for, where "seconds" is the job's time from submission.
+                data["command_seconds"] = round(time.monotonic() - self.started, 3)
+            if self.planned_for is not None:
+                data["planning_seconds"] = round(self.planned_for + (report.planning_seconds or 0.0), 3)
+            self.stdout.write(json.dumps(data) + "\n")
         else:
             print_summary(report, self.stdout)
         self.stdout.flush()

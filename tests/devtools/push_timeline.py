@@ -153,9 +153,17 @@ async def _transfer(run: Run, source_url: str, target_url: str, study: str, data
     engine.subscribe(observe)
     try:
         run.t0 = time.time()
-        mode = "push" if run.mode == "arrive" else run.mode
-        job = await engine.submit(Peer(name="source", url=source_url), Peer(name="target", url=target_url),
-                                  [{"Level": "Study", "ID": study}], mode=mode)
+        mode = {"arrive": "push", "retrieve": "plain"}.get(run.mode, run.mode)
+        source, target = Peer(name="source", url=source_url), Peer(name="target", url=target_url)
+        resources = [{"Level": "Study", "ID": study}]
+        # What the command line does before it submits: describe, then plan
+        # (the job starts from that plan), timed as phases of their own.
+        from gui.cli import describe
+        await describe(source, resources, float(options.HttpTimeout))
+        run.phases.append((time.time(), "cli: described"))
+        plan = await engine.plan(source, target, resources, options, mode=mode)
+        run.phases.append((time.time(), "cli: planned"))
+        job = await engine.submit(source, target, resources, options, mode=mode, plan=plan)
         report = await job.wait()
         run.seconds = time.time() - run.t0
         run.state = report.state.value
@@ -305,7 +313,7 @@ def summarise_stacks(path: Path, top: int = 25, out: Any = sys.stdout) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.devtools.push_timeline", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="tiny", choices=sorted(BUILDERS))
-    parser.add_argument("--modes", default="push,pull", help="comma-separated: push, pull, arrive, plain")
+    parser.add_argument("--modes", default="push,pull", help="comma-separated: push, pull, arrive, plain, retrieve")
     parser.add_argument("--link", default="lan", choices=sorted(LINKS))
     parser.add_argument("--runs", type=int, default=1, help="runs of each mode")
     parser.add_argument("--no-builtin", action="store_true", help="skip the peer store reference")
@@ -334,7 +342,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         transfers[key] = int(value) if value.isdigit() else value
     TracedBed.extra_accel_config = {"Transfers": transfers} if transfers else {}
     logging.getLogger().setLevel(logging.INFO)
-    need_stock = "plain" in modes or not args.no_builtin
+    need_stock = "plain" in modes or "retrieve" in modes or not args.no_builtin
     if args.pyspy:
         args.pyspy.mkdir(parents=True, exist_ok=True)
     with TracedBed(stock=need_stock, accelerated=True) as bed:
@@ -351,6 +359,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             for mode in modes:
                 if mode == "plain":
                     source, target, server = bed.stock_source.url, bed.proxies["stock-http"].url, bed.stock_target  # type: ignore[union-attr]
+                elif mode == "retrieve":
+                    server = bed.stock_target  # type: ignore[assignment]
+                    source, target = bed.proxies["stock-source-http"].url, server.url  # type: ignore[union-attr]
                 elif mode == "pull":
                     source, target, server = bed.proxies["accel-pull"].url, bed.accel_target.url, bed.accel_target  # type: ignore[union-attr]
                 else:

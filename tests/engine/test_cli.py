@@ -102,6 +102,9 @@ def test_send_json_contract_with_configured_peers_and_uids(orthanc_factory, tmp_
     report = json.loads(result.stdout)           # stdout is exactly one JSON object
     assert set(report) >= REPORT_KEYS
     assert report["state"] == "Success" and report["mode"] == "plain"
+    # What the user waited for counts the planning done before the job began.
+    assert report["command_seconds"] > report["seconds"] > 0
+    assert report["planning_seconds"] > 0
     assert report["instances"] == report["verified"] == report["transferred"] == len(ids)
     assert report["failures"] == [] and report["skipped"] == 0
     assert "Traceback" not in result.stderr

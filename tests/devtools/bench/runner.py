@@ -232,11 +232,13 @@ class Runner:
             if outcome.engine.db_bytes is not None:
                 row.db_mb = outcome.engine.db_bytes / MB
             row.engine_staging_mb = outcome.engine.staging_peak_bytes / MB
-            reported = (outcome.engine.report or {}).get("seconds")
+            report = outcome.engine.report or {}
+            reported = report.get("command_seconds", report.get("seconds"))
             if isinstance(reported, (int, float)) and 0 < reported <= outcome.seconds:
-                # The job from its start to its verified report, as in the
-                # app, where the interpreter and the job database are already
-                # up; the process's own start-up is in process_seconds.
+                # The command from its request to its verified report (the
+                # look-ups and the planning before the job included), as in
+                # the app, where the interpreter and the job database are
+                # already up; the process's own start-up is in process_seconds.
                 row.engine_seconds = seconds = float(reported)
         row.seconds = seconds
         row.wire_up, row.wire_down, row.wire_bytes = up, down, up + down
