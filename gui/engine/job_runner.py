@@ -36,6 +36,7 @@ from gui.engine.journal import Journal, plan_key
 from gui.engine.job_store import JobStore
 from gui.engine.progress import ProgressTracker
 from gui.engine.resend import verify_with_resends
+from gui.engine.source_md5 import DeferredSourceMd5s, SourceMd5Error, filled, pending
 from gui.engine.transport_base import TransferContext, TransferFailed, Transport
 from gui.engine.transport_registry import TransportRegistry
 from gui.protocol import wire
@@ -316,6 +317,11 @@ class JobRunner:
             resources=self.job_source.resources(job))
         self.ctx.source_accelerated = source_speaks
         self.ctx.target_accelerated = target_speaks
+        left = pending(plan.to_send)
+        if left and self.source is not None and plan_again:
+            # Asked beside the transfer, in its order (source_md5.py).
+            self.ctx.source_md5s = DeferredSourceMd5s(self.source, left, retries=retries)
+            self.ctx.source_md5s.start()
         self.transport = transport
         if not plan_again:
             self._buckets = []
@@ -332,6 +338,14 @@ class JobRunner:
         assert self.target is not None
         concurrency = max(2, job.options.Threads * 2)
         bulk = self.ctx is not None and self.ctx.target_accelerated
+        if self.ctx is not None and self.ctx.source_md5s is not None:
+            try:
+                found = await self.ctx.source_md5s.all()
+            except SourceMd5Error as exc:
+                return await self._rollback_and_report(JobState.FAILURE, str(exc))
+            self._planned = filled(self._planned, found)
+            self.ctx.instances = filled(self.ctx.instances, found)
+            self.store.set_md5s(job.id, found)
         # MD5s the transport read back after each upload need no second
         # request; instances that fail the read-back are re-sent first (resend.py).
         verdicts = await verify_with_resends(self.ctx, self.transport, self._planned, self._statuses,
@@ -441,6 +455,8 @@ class JobRunner:
         job._finished.set()
 
     async def _close_clients(self) -> None:
+        if self.ctx is not None and self.ctx.source_md5s is not None:
+            await self.ctx.source_md5s.close()
         for client in (self.source, self.target):
             if client is not None:
                 try:

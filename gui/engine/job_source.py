@@ -90,7 +90,7 @@ class PeerSource(JobSource):
             plan = await planner.make_plan(
                 source, target, job.resources, use_protocol=source_speaks,
                 concurrency=p.concurrency, force=job.force, keep=p.sent_before, retries=p.retries,
-                target_speaks=target_speaks, on_found=p.on_found)
+                target_speaks=target_speaks, on_found=p.on_found, defer_md5s=mode is TransferMode.PLAIN)
         else:
             mode = TransferMode(job.mode) if job.mode else TransferMode.PLAIN
             instances = p.store.planned_instances(job.id)

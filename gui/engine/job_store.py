@@ -247,6 +247,11 @@ class JobStore:
             "INSERT OR IGNORE INTO instances (job_id, instance_id, size, md5, status) VALUES (?,?,?,?,?)",
             [(job_id, i.id, i.size, i.md5, status) for i in instances])
 
+    def set_md5s(self, job_id: str, md5s: Dict[str, str]) -> None:
+        """The source MD5s fetched after the plan was saved (source_md5.py)."""
+        self._many("UPDATE instances SET md5 = ? WHERE job_id = ? AND instance_id = ?",
+                   [(md5, job_id, i) for i, md5 in md5s.items()])
+
     def set_instance_status(self, job_id: str, instance_ids: Iterable[str], status: str) -> None:
         self._many("UPDATE instances SET status = ? WHERE job_id = ? AND instance_id = ?",
                    [(status, job_id, i) for i in instance_ids])

@@ -372,10 +372,10 @@ class PlainTransport(Transport):
         return self._policy
 
     def _changed_on_source(self, ctx: TransferContext, info: InstanceInfo, size: int,
-                           digest: str) -> TransferFailed:
+                           digest: str, expected: str) -> TransferFailed:
         return TransferFailed(
             f"instance {info.id} read from {self.source_label(ctx)} does not match the plan "
-            f"(size {size} vs {info.size}, MD5 {digest} vs {info.md5}); "
+            f"(size {size} vs {info.size}, MD5 {digest} vs {expected}); "
             "was it modified during the transfer?", {info.id: "changed on the source"})
 
     def source_label(self, ctx: TransferContext) -> str:
@@ -531,11 +531,12 @@ class PlainTransport(Transport):
                 # benchmark's stall probe saw 113 ms on 0.5 MB CT slices).
                 digest = hashlib.md5(data).hexdigest() if len(data) < HASH_ON_LOOP else \
                     await asyncio.to_thread(lambda: hashlib.md5(data).hexdigest())
-                if len(data) == info.size and digest == info.md5:
+                expected = await ctx.source_md5(info)
+                if len(data) == info.size and digest == expected:
                     break
                 # Corrupted on the way, most likely: read it again (resend.py's budget).
-                if not ctx.resends.allow(info.id, f"downloaded with MD5 {digest}, planned {info.md5}"):
-                    raise self._changed_on_source(ctx, info, len(data), digest)
+                if not ctx.resends.allow(info.id, f"downloaded with MD5 {digest}, planned {expected}"):
+                    raise self._changed_on_source(ctx, info, len(data), digest, expected)
             raw_done += len(data)
             read_count += 1
             if read_count % step == 0:
@@ -787,13 +788,14 @@ class PlainTransport(Transport):
                 answers = await self._send(ctx, unit, lambda: self._pipe(ctx, unit, digests),
                                            0, info.size)
                 digest = digests[-1] if digests else ""
-                if digest == info.md5:
+                expected = await ctx.source_md5(info)
+                if digest == expected:
                     break
                 # Piped on as it came, so the bad copy is on the target: remove
                 # it (if this job created it) and pipe the instance again.
                 if info.id not in ctx.created_on_target or not ctx.resends.allow(
-                        info.id, f"downloaded with MD5 {digest}, planned {info.md5}"):
-                    raise self._changed_on_source(ctx, info, info.size, digest)
+                        info.id, f"downloaded with MD5 {digest}, planned {expected}"):
+                    raise self._changed_on_source(ctx, info, info.size, digest, expected)
                 await with_retries(lambda: ctx.target.delete("Instance", info.id), ctx.options.MaxHttpRetries)
             await self._finish(ctx, unit, answers, info.size, info.size)
         finally:
@@ -845,7 +847,7 @@ class PlainTransport(Transport):
                     task.cancel()
             await asyncio.gather(filler, uploader, return_exceptions=True)
         if done[0] != info.size:
-            raise self._changed_on_source(ctx, info, done[0], digest.hexdigest())
+            raise self._changed_on_source(ctx, info, done[0], digest.hexdigest(), info.md5 or "(not yet read)")
         digests.append(digest.hexdigest())
         return answers
 

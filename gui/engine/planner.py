@@ -15,6 +15,7 @@ from gui.client.errors import OrthancError
 from gui.client.orthanc_client import LEVEL_PATHS, OrthancClient
 from gui.engine.events import TransferMode
 from gui.engine.retry import with_retries
+from gui.engine.source_md5 import PENDING
 from gui.engine.target_md5 import ASK, SMALL_GET_CONCURRENCY, held_below, md5s_on
 from gui.protocol import wire
 from gui.protocol.wire import InstanceInfo
@@ -78,10 +79,14 @@ def check_resources(resources: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]
 async def resolve_instances(source: OrthancClient, resources: Sequence[Dict[str, Any]], *,
                             use_protocol: bool, concurrency: int, retries: int = 0,
                             headers: Optional[Dict[str, str]] = None,
-                            on_found: FoundHook = None) -> List[InstanceInfo]:
+                            on_found: FoundHook = None,
+                            md5s_of: Optional[Callable[[Set[str]], Awaitable[Set[str]]]] = None
+                            ) -> List[InstanceInfo]:
     """Instance infos (ID, size, MD5) of everything below ``resources`` on the source.
     Each query is retried up to ``retries`` times on retryable errors; ``on_found``
-    hears the count of instances listed so far."""
+    hears the count of instances listed so far. Without the protocol,
+    ``md5s_of`` (given the IDs listed) names the only instances whose MD5 is
+    asked now; the others get ``source_md5.PENDING``, fetched later."""
     resources = check_resources(resources)
     listed: Dict[str, int] = {}
 
@@ -116,10 +121,12 @@ async def resolve_instances(source: OrthancClient, resources: Sequence[Dict[str,
         return found
     await listing
     ids = sorted(listed)
+    wanted = sorted(await md5s_of(set(ids))) if md5s_of is not None else ids
     # Tiny answers: the round trip limits, so more of them in flight.
-    md5s = await gather_bounded(ids, lambda i: with_retries(lambda: source.instance_md5(i), retries),
+    md5s = await gather_bounded(wanted, lambda i: with_retries(lambda: source.instance_md5(i), retries),
                                 max(concurrency, SMALL_GET_CONCURRENCY))
-    return [InstanceInfo(i, listed[i], m) for i, m in zip(ids, md5s)]
+    asked = dict(zip(wanted, md5s))
+    return [InstanceInfo(i, listed[i], asked.get(i, PENDING)) for i in ids]
 
 
 def _check_lookup_against_listing(source: OrthancClient, found: Sequence[InstanceInfo],
@@ -193,20 +200,35 @@ async def make_plan(source: OrthancClient, target: OrthancClient, resources: Seq
                     use_protocol: bool, concurrency: int, force: bool = False,
                     keep: Optional[Set[str]] = None, retries: int = 0,
                     headers: Optional[Dict[str, str]] = None, target_speaks: bool = False,
-                    on_found: FoundHook = None) -> Plan:
+                    on_found: FoundHook = None, defer_md5s: bool = False) -> Plan:
     """Resolve, then drop what the target already has with the same MD5.
 
     With ``force`` everything is sent again, except the instances named in
     ``keep`` (already sent by an earlier run of this very job).
+    ``defer_md5s`` (plain mode from a stock source): the source MD5s of
+    instances the target does not hold are left ``PENDING`` for the
+    transport to fetch beside the transfer (source_md5.py); the plan
+    compares only the others.
     """
     checked = check_resources(resources)
     # What the target holds below the job's resources is asked while the
     # source lists its instances (one round trip to the target fewer).
     held = None if force else asyncio.ensure_future(held_below(target, checked, retries, None))
+    md5s_of: Optional[Callable[[Set[str]], Awaitable[Set[str]]]] = None
+    if defer_md5s and not use_protocol and held is not None:
+        holding = held
+
+        async def md5s_of(ids: Set[str]) -> Set[str]:
+            # Only what the target holds can be skipped, so only those MD5s
+            # are compared now; held unknown (None, or an error raised
+            # below): every MD5 now, as without deferral.
+            await asyncio.wait({holding})
+            found = holding.result() if holding.exception() is None else None
+            return ids if found is None else ids & found
     try:
         instances = await resolve_instances(source, resources, use_protocol=use_protocol,
                                             concurrency=concurrency, retries=retries, headers=headers,
-                                            on_found=on_found)
+                                            on_found=on_found, md5s_of=md5s_of)
     except BaseException:
         if held is not None:
             held.cancel()

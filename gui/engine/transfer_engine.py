@@ -180,7 +180,8 @@ class TransferEngine:
                                                                          options.MaxHttpRetries, self.transports))
             result = await planner.make_plan(src, dst, resources, use_protocol=source_speaks,
                                              concurrency=max(2, options.Threads * 2), force=force,
-                                             retries=options.MaxHttpRetries, target_speaks=target_speaks)
+                                             retries=options.MaxHttpRetries, target_speaks=target_speaks,
+                                             defer_md5s=chosen is TransferMode.PLAIN)
             warning = await recycling_warning(src, dst, resources, result.bytes_to_send)
         buckets = plan_buckets(result.to_send, options.bucket_size_bytes)
         prepared = planner.PreparedPlan(mode, force, resources, chosen, why, result, source_speaks, target_speaks)

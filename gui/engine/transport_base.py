@@ -30,6 +30,7 @@ from gui.engine.events import BucketProgress, BucketState, TransferMode
 from gui.engine.resend import ResendLog
 from gui.engine.journal import Journal
 from gui.engine.retry import with_retries
+from gui.engine.source_md5 import PENDING, DeferredSourceMd5s, SourceMd5Error
 from gui.protocol.wire import Bucket, InstanceInfo
 
 
@@ -97,8 +98,20 @@ class TransferContext:
     # Instances sent again after failing an MD5 check, and why (resend.py):
     # at most MaxHttpRetries times each.
     resends: ResendLog = field(default=None)  # type: ignore[assignment]
+    # Plain mode from a stock source: the MD5s the planner left to fetch
+    # while the transfer runs (source_md5.py); None when the plan has them all.
+    source_md5s: Optional[DeferredSourceMd5s] = None
 
     # --- helpers for transports ----------------------------------------------------
+
+    async def source_md5(self, info: InstanceInfo) -> str:
+        """The source's MD5 of ``info``: the plan's, or the one fetched beside the transfer."""
+        if info.md5 != PENDING or self.source_md5s is None:
+            return info.md5
+        try:
+            return await self.source_md5s.get(info.id)
+        except SourceMd5Error as exc:
+            raise TransferFailed(str(exc), {info.id: str(exc.error)}) from None
 
     async def mark_bucket_done(self, index: int) -> None:
         self.done_buckets.add(index)
