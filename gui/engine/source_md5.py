@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine.retry import with_retries
 from gui.engine.target_md5 import SMALL_GET_CONCURRENCY
 from gui.protocol.wire import InstanceInfo
-
-log = logging.getLogger(__name__)
 
 # An InstanceInfo's md5 while its source MD5 is still to be fetched.
 PENDING = ""
@@ -50,24 +47,18 @@ class DeferredSourceMd5s:
         self._found: Dict[str, "asyncio.Future[str]"] = {}
         self._workers: List["asyncio.Future[None]"] = []
 
-    @property
-    def ids(self) -> List[str]:
-        return list(self._ids)
-
     def start(self) -> None:
         if self._workers:
             return
         loop = asyncio.get_running_loop()
         self._found = {i: loop.create_future() for i in self._ids}
-        queue: "asyncio.Queue[str]" = asyncio.Queue()
-        for instance_id in self._ids:
-            queue.put_nowait(instance_id)
-        self._workers = [asyncio.ensure_future(self._work(queue))
+        # One iterator shared by the workers: each takes the next ID in order.
+        order = iter(self._ids)
+        self._workers = [asyncio.ensure_future(self._work(order))
                          for _ in range(min(self._concurrency, len(self._ids)))]
 
-    async def _work(self, queue: "asyncio.Queue[str]") -> None:
-        while not queue.empty():
-            instance_id = queue.get_nowait()
+    async def _work(self, order: Iterator[str]) -> None:
+        for instance_id in order:
             future = self._found[instance_id]
             try:
                 md5 = await with_retries(functools.partial(self._source.instance_md5, instance_id),
