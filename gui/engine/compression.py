@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from gui.protocol import wire
 
@@ -40,6 +41,12 @@ SAMPLE_BYTES = 4 * 1024 * 1024
 QUICK_SAMPLE_BYTES = 1024 * 1024
 # The slower pull choice is re-probed at most this many times less often.
 MAX_PROBE_SPACING = 8
+# A choice's first GETs: their median starts its smoothed rate, and from a
+# distant source (gzip first) uncompressed GETs are measured this many
+# times, one after the other, before they may replace gzip. One sent while
+# the link idled looked four times faster than it runs once the link is
+# full, and a CT retrieve then went uncompressed for a fifth of its slices.
+TRUST_SAMPLES = 3
 # Raw bytes/s of one uncompressed GET above which gzip is not even tried:
 # a source compresses one answer in one thread, at a few tens of MB/s.
 GZIP_NEVER_FASTER = 32e6
@@ -251,7 +258,10 @@ class PullCompressionPolicy:
     time so a change of conditions (a busier source, a congested link) is
     noticed: every ``probe_every`` buckets, less often the more it lost
     (a probe of the slower choice costs a bucket at its speed). gzip is
-    dropped for good once the data proves not to shrink.
+    dropped for good once the data proves not to shrink. From a distant
+    source, uncompressed GETs are first tried once the GETs sent before the
+    first answer have finished, and must be measured ``TRUST_SAMPLES`` times
+    before they can replace gzip.
     """
 
     def __init__(self, mode: str = "auto", probe_every: int = 8, start_with_gzip: bool = False) -> None:
@@ -265,6 +275,9 @@ class PullCompressionPolicy:
         self._wire = 0
         self._count = 0
         self._probing = {"gzip": False, "none": False}
+        self._early: Dict[str, List[float]] = {"gzip": [], "none": []}
+        self._completed = 0
+        self._burst = 0     # GETs chosen before the first one finished
 
     @property
     def ratio(self) -> Optional[float]:
@@ -284,17 +297,30 @@ class PullCompressionPolicy:
             return first
         if first == "none" and first_rate >= GZIP_NEVER_FASTER:
             return "none"
-        if self._rate[second] is None:
+        if first == "gzip" and self._completed < 2 * self._burst:
+            # The first GETs all compress at once on the source, the link idle
+            # meanwhile: an uncompressed GET then would look far faster than
+            # it runs once the link is full. Probe once they have cleared.
+            return first
+        if self._rate[second] is None or (first == "gzip" and len(self._early[second]) < TRUST_SAMPLES):
             if self._probing[second]:
                 return first
             self._probing[second] = True
             return second
         rates: Dict[str, float] = self._rate  # type: ignore[assignment]
-        best = "gzip" if rates["gzip"] >= rates["none"] else "none"
+        # From a distant source an uncompressed GET takes ``ratio`` times the
+        # link of a gzip one, which a GET's own rate does not show while
+        # others share the link: it must be faster by that much to replace
+        # gzip (else noise between GETs flips the choice back and forth).
+        margin = max(1.0, ratio or 1.0) if first == "gzip" else 1.0
+        worth = {"gzip": rates["gzip"] * margin, "none": rates["none"]}
+        best = "gzip" if worth["gzip"] >= worth["none"] else "none"
         other = "none" if best == "gzip" else "gzip"
-        # A choice 10x slower is probed 10x less often (up to MAX_PROBE_SPACING x).
-        slower_by = rates[best] / max(rates[other], 1e-9)
-        every = self.probe_every * int(min(MAX_PROBE_SPACING, max(1.0, slower_by)))
+        # A choice twice slower is probed four times less often (up to
+        # MAX_PROBE_SPACING x): a probe costs its bucket's time at the
+        # slower speed, so the share of time lost stays small.
+        slower_by = max(1.0, worth[best] / max(worth[other], 1e-9))
+        every = int(self.probe_every * min(MAX_PROBE_SPACING, slower_by * slower_by))
         if self._count % every == 0:
             return other
         return best
@@ -308,7 +334,16 @@ class PullCompressionPolicy:
             self._raw += raw
             self._wire += wire
         self._probing[compression] = False
+        if not self._completed:
+            self._burst = self._count
+        self._completed += 1
         rate = raw / seconds
+        early = self._early[compression]
+        if len(early) < TRUST_SAMPLES:
+            # The first GETs' median: one outlier does not decide the start.
+            early.append(rate)
+            self._rate[compression] = statistics.median(early)
+            return
         old = self._rate[compression]
         # Exponential smoothing: recent buckets count more, one outlier less.
         self._rate[compression] = rate if old is None else 0.7 * old + 0.3 * rate
