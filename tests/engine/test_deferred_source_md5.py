@@ -3,12 +3,14 @@ not before it: only the instances the target already holds need theirs to plan."
 
 from __future__ import annotations
 
+import asyncio
 from typing import List
 
 from gui.client.errors import OrthancError
 from gui.client.orthanc_client import OrthancClient
 from gui.engine import JobState, planner
-from gui.engine.source_md5 import PENDING
+from gui.engine.source_md5 import CONCURRENCY, PENDING, DeferredSourceMd5s
+from gui.sandbox import synthetic_studies as synth
 from tests.engine.helpers import make_engine, peer, run, study_resource, upload_files
 from tests.transports.helpers import client_for
 
@@ -91,3 +93,34 @@ def test_a_source_that_cannot_give_an_md5_fails_the_job_and_leaves_the_target_as
     assert report.state is JobState.FAILURE
     assert broken in (report.error or "") and "MD5" in (report.error or "")
     assert target.instance_md5s() == {}
+
+
+def test_the_source_md5s_are_asked_many_at_once_and_no_more_than_the_bound(stock_pair):
+    """Over a WAN each look-up is a round trip: 2,000 small instances asked
+    16 at a time kept a retrieve waiting 3 s for them."""
+    source, _target = stock_pair
+    spec = synth.make_study_spec(31, "MANY SMALL")
+    ids = sorted(upload_files(source, list(synth.tiny_instances(spec, CONCURRENCY + 8, size=2048, seed=31))))
+    in_flight = [0, 0]     # now, most
+
+    class FarClient(OrthancClient):
+        async def instance_md5(self, instance_id: str) -> str:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight[1], in_flight[0])
+            try:
+                await asyncio.sleep(0.05)    # a far server's round trip
+                return await super().instance_md5(instance_id)
+            finally:
+                in_flight[0] -= 1
+
+    async def go():
+        async with FarClient(client_for(source).peer) as src:
+            found = DeferredSourceMd5s(src, ids, retries=0)
+            found.start()
+            try:
+                return await found.all()
+            finally:
+                await found.close()
+
+    assert run(go()) == source.instance_md5s()
+    assert in_flight[1] == CONCURRENCY >= 32     # bounded, and enough for 800 per second at 40 ms
