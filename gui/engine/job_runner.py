@@ -319,9 +319,9 @@ class JobRunner:
         self.ctx.target_accelerated = target_speaks
         left = pending(plan.to_send)
         if left and self.source is not None and plan_again:
-            # Asked beside the transfer, in its order (source_md5.py).
+            # Asked beside the transfer, in its order (source_md5.py), from
+            # when the transport has measured its links (or first needs one).
             self.ctx.source_md5s = DeferredSourceMd5s(self.source, left, retries=retries)
-            self.ctx.source_md5s.start()
         self.transport = transport
         if not plan_again:
             self._buckets = []

@@ -124,3 +124,43 @@ def test_the_source_md5s_are_asked_many_at_once_and_no_more_than_the_bound(stock
 
     assert run(go()) == source.instance_md5s()
     assert in_flight[1] == CONCURRENCY >= 32     # bounded, and enough for 800 per second at 40 ms
+
+
+def test_the_source_md5s_wait_for_the_link_probes(stock_pair, tmp_path, ct_study_files, monkeypatch):
+    """Hundreds of look-ups in flight made a near server look distant to the
+    probe that decides compression (8.8 ms on the LAN, then 16 requests more
+    to confirm): they start once the probes have answered."""
+    from gui.engine import plain_mode
+
+    source, target = stock_pair
+    ids = upload_files(source, ct_study_files[:4])
+    study = next(iter(ids.values()))
+    order: List[str] = []
+    real_probe = plain_mode.confirmed_distant
+    real_md5 = OrthancClient.instance_md5
+
+    async def probe(client):
+        order.append(f"probe {client.peer.name}")
+        try:
+            return await real_probe(client)
+        finally:
+            order.append(f"probed {client.peer.name}")
+
+    async def md5(self, instance_id):
+        order.append(f"md5 {self.peer.url == source.url and 'source' or 'target'}")
+        return await real_md5(self, instance_id)
+
+    monkeypatch.setattr(plain_mode, "confirmed_distant", probe)
+    monkeypatch.setattr(OrthancClient, "instance_md5", md5)
+
+    async def go():
+        async with make_engine(tmp_path / "data") as engine:
+            job = await engine.submit(peer(source), peer(target), study_resource(study), mode="plain")
+            return await job.wait()
+
+    report = run(go())
+    assert report.state is JobState.SUCCESS, report.error
+    probes = [i for i, step in enumerate(order) if step.startswith("probe ")]
+    assert len(probes) == 2
+    last_probe_answer = max(i for i, step in enumerate(order) if step.startswith("probed"))
+    assert order.index("md5 source") > last_probe_answer
