@@ -59,6 +59,8 @@ MAX_JSON_BYTES = 256 * 1024 * 1024
 # over a 10 Mbit/s link would time out although bytes keep flowing.
 UPLOAD_PIECE = 256 * 1024
 FAST_CONNECTIONS = 40
+# (level, resource ID) -> (instance ID, SOP Instance UID, series ID) of each instance listed.
+KeptListings = Dict[Tuple[str, str], List[Tuple[str, str, str]]]
 
 
 @dataclass
@@ -99,7 +101,7 @@ class OrthancClient:
         self.small_requests = 0
         # What a listing with ``keep=True`` said of each instance (SOP
         # Instance UID, parent series), per listed resource, until taken.
-        self._kept_listings: Dict[Tuple[str, str], List[Tuple[str, str, str]]] = {}
+        self._kept_listings: KeptListings = {}
         self._in_flight = 0
         self._started = 0
         headers = dict(peer.http_headers)
@@ -446,6 +448,15 @@ class OrthancClient:
         """(ID, SOP Instance UID, series) of each instance a ``keep`` listing
         of that resource found, once; None when it was not listed so."""
         return self._kept_listings.pop((level, resource_id), None)
+
+    def take_listings(self) -> KeptListings:
+        """Every kept listing, handed over (a plan made by a client that closes
+        gives them to the job's own client: :meth:`keep_listings`)."""
+        kept, self._kept_listings = self._kept_listings, {}
+        return kept
+
+    def keep_listings(self, listings: KeptListings) -> None:
+        self._kept_listings.update(listings)
 
     async def lookup_uid(self, uid: str, level: Optional[str] = None) -> List[Dict[str, str]]:
         """Resolve a DICOM UID or PatientID to Orthanc resources (``/tools/lookup``)."""

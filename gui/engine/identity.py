@@ -46,14 +46,21 @@ async def identify(source: OrthancClient, resources: Sequence[Dict[str, Any]], *
     parts: List[Dict[str, Any]] = []
     for resource in check_resources(resources):
         if resource["Level"] in ("Patient", "Study"):
-            # Series by series: a 20,000-instance patient listed at once is a 12 MB
-            # answer, ~40 MB once parsed, held beside the transfer's buffers.
+            # Listed whole by the planning already (its instances' UIDs and
+            # series): only the series' tags are asked. Listing them again cost
+            # the source 50-90 ms of CPU per 300 instances, during the transfer.
+            kept = source.take_listing(resource["Level"], resource["ID"])
+            for instance_id, sop, series in kept or ():
+                out.instances[instance_id] = (sop, series)
+            # Else series by series: a 20,000-instance patient listed at once is a
+            # 12 MB answer, ~40 MB once parsed, held beside the transfer's buffers.
             path = f"/{LEVEL_PATHS[resource['Level']]}/{wire.check_orthanc_id(resource['ID'])}/series"
             items = await source.get_json(path)
             for item in items if isinstance(items, list) else []:
                 if isinstance(item, dict) and isinstance(item.get("ID"), str):
                     series_objs[item["ID"]] = item   # carries the series' tags: no GET of its own
-                    parts.append({"Level": "Series", "ID": item["ID"]})
+                    if kept is None:
+                        parts.append({"Level": "Series", "ID": item["ID"]})
         else:
             parts.append(resource)
 

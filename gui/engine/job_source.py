@@ -75,6 +75,7 @@ class PeerSource(JobSource):
             # Planned for the confirmation a moment ago: not again.
             source_speaks, target_speaks = prepared.source_speaks, prepared.target_speaks
             mode, plan = prepared.mode, prepared.plan
+            source.keep_listings(prepared.listings)
             log.info("job %s: %s mode (%s), as planned for its confirmation", job.id, mode.value,
                      prepared.reason)
         elif p.plan_again:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from gui.client.errors import OrthancError
-from gui.client.orthanc_client import LEVEL_PATHS, OrthancClient
+from gui.client.orthanc_client import LEVEL_PATHS, KeptListings, OrthancClient
 from gui.engine.events import TransferMode
 from gui.engine.retry import with_retries
 from gui.engine.source_md5 import PENDING
@@ -56,6 +56,9 @@ class PreparedPlan:
     plan: Plan
     source_speaks: bool
     target_speaks: bool
+    # What the planning's listings said of each instance (the audit record's
+    # names): handed to the job's client so the source is not listed twice.
+    listings: KeptListings = field(default_factory=dict)
 
 
 async def gather_bounded(items: Sequence[T], worker: Callable[[T], Awaitable[R]], concurrency: int) -> List[R]:

@@ -183,8 +183,10 @@ class TransferEngine:
                                              retries=options.MaxHttpRetries, target_speaks=target_speaks,
                                              defer_md5s=chosen is TransferMode.PLAIN)
             warning = await recycling_warning(src, dst, resources, result.bytes_to_send)
+            listings = src.take_listings()
         buckets = plan_buckets(result.to_send, options.bucket_size_bytes)
-        prepared = planner.PreparedPlan(mode, force, resources, chosen, why, result, source_speaks, target_speaks)
+        prepared = planner.PreparedPlan(mode, force, resources, chosen, why, result, source_speaks, target_speaks,
+                                        listings)
         return PlanSummary(chosen, options.Compression, len(result.instances), result.bytes_to_send,
                            len(result.present), len(buckets), [warning] if warning else [], prepared)
 
