@@ -25,6 +25,16 @@ class CountingClient(OrthancClient):
         return await super().instance_md5(instance_id)
 
 
+def run_plain_job(tmp_path, source, target, study):
+    """One plain-mode job of ``study`` from ``source`` to ``target``, to its report."""
+    async def go():
+        async with make_engine(tmp_path / "data") as engine:
+            job = await engine.submit(peer(source), peer(target), study_resource(study), mode="plain")
+            return await job.wait()
+
+    return run(go())
+
+
 def test_planning_asks_the_source_only_the_md5s_it_compares(stock_pair, ct_study_files):
     source, target = stock_pair
     ids = upload_files(source, ct_study_files[:4])
@@ -84,12 +94,7 @@ def test_a_source_that_cannot_give_an_md5_fails_the_job_and_leaves_the_target_as
 
     monkeypatch.setattr(OrthancClient, "instance_md5", failing)
 
-    async def go():
-        async with make_engine(tmp_path / "data") as engine:
-            job = await engine.submit(peer(source), peer(target), study_resource(study), mode="plain")
-            return await job.wait()
-
-    report = run(go())
+    report = run_plain_job(tmp_path, source, target, study)
     assert report.state is JobState.FAILURE
     assert broken in (report.error or "") and "MD5" in (report.error or "")
     assert target.instance_md5s() == {}
@@ -153,12 +158,7 @@ def test_the_source_md5s_wait_for_the_link_probes(stock_pair, tmp_path, ct_study
     monkeypatch.setattr(plain_mode, "confirmed_distant", probe)
     monkeypatch.setattr(OrthancClient, "instance_md5", md5)
 
-    async def go():
-        async with make_engine(tmp_path / "data") as engine:
-            job = await engine.submit(peer(source), peer(target), study_resource(study), mode="plain")
-            return await job.wait()
-
-    report = run(go())
+    report = run_plain_job(tmp_path, source, target, study)
     assert report.state is JobState.SUCCESS, report.error
     probes = [i for i, step in enumerate(order) if step.startswith("probe ")]
     assert len(probes) == 2
