@@ -152,7 +152,7 @@ def test_the_source_md5s_wait_for_the_link_probes(stock_pair, tmp_path, ct_study
             order.append(f"probed {client.peer.name}")
 
     async def md5(self, instance_id):
-        order.append(f"md5 {self.peer.url == source.url and 'source' or 'target'}")
+        order.append("md5 source" if self.peer.url == source.url else "md5 target")
         return await real_md5(self, instance_id)
 
     monkeypatch.setattr(plain_mode, "confirmed_distant", probe)

@@ -120,7 +120,7 @@ def test_pull_policy_from_a_distant_source_is_not_turned_by_fast_uncompressed_ge
     uncompressed GET then looks faster than gzip; with the link shared, one
     GET's own rate does not show that it takes twice the link. A CT retrieve
     over the WAN sent a fifth of its slices uncompressed that way (15.5 s
-    against 13.2 s with gzip throughout, docs/benchmark.md)."""
+    against 13.1–13.6 s with gzip throughout, docs/benchmark.md)."""
     policy = PullCompressionPolicy("auto", probe_every=8, start_with_gzip=True)
     assert [policy.choose() for _ in range(8)] == ["gzip"] * 8
     policy.observe("gzip", 500_000, 250_000, 0.7)        # 0.7 MB/s per GET, ratio 2
