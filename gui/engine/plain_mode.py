@@ -416,25 +416,34 @@ class PlainTransport(Transport):
         self._relays = AdaptiveGate(RELAYS)
         distant = False
         self._source_near = False
-        if ctx.compression == "auto":
-            # Both ends at once: each costs a round trip or three.
-            far_source = self.streams(ctx) and self._policy is None
-            found = await asyncio.gather(confirmed_distant(ctx.target),
-                                         *([confirmed_distant(ctx.source)] if far_source else []))
-            distant = found[0]
-            if far_source and found[1]:
-                # A distant source: downloads start compressed (the policy then measures).
-                self._policy = PullCompressionPolicy(ctx.compression, start_with_gzip=True)
-            elif far_source:
-                # A near source: relays never ask it for gzip (_relayed_unit).
-                self._source_near = True
+        # What is on the target before the first upload, listed while the
+        # links are probed (one request, not enough load to sway a probe):
+        # each costs a round trip, and nothing is written before both end.
+        absent = asyncio.ensure_future(self._note_absent(ctx, [i for u in units for i in u.instances]))
+        try:
+            if ctx.compression == "auto":
+                # Both ends at once: each costs a round trip or three.
+                far_source = self.streams(ctx) and self._policy is None
+                found = await asyncio.gather(confirmed_distant(ctx.target),
+                                             *([confirmed_distant(ctx.source)] if far_source else []))
+                distant = found[0]
+                if far_source and found[1]:
+                    # A distant source: downloads start compressed (the policy then measures).
+                    self._policy = PullCompressionPolicy(ctx.compression, start_with_gzip=True)
+                elif far_source:
+                    # A near source: relays never ask it for gzip (_relayed_unit).
+                    self._source_near = True
+        except BaseException:
+            absent.cancel()
+            await asyncio.gather(absent, return_exceptions=True)
+            raise
         self._codec = UploadCodec(ctx.compression, distant)
         if ctx.source_md5s is not None:
             # Only now: 300 look-ups in flight made a near source and target
             # look distant to the probes above (8.8 ms round trips on the
             # LAN, then 16 more requests to confirm: 0.09 s before the first GET).
             ctx.source_md5s.start()
-        await self._note_absent(ctx, [i for u in units for i in u.instances])
+        await absent
 
         self._md5_queue = asyncio.Queue()
         self._md5_gate = AdaptiveGate(MD5_READBACKS)
@@ -764,12 +773,15 @@ class PlainTransport(Transport):
             return
         befores = await md5s_on(ctx.target, wanted, bulk=False, concurrency=MD5_READBACKS,
                                 retries=ctx.options.MaxHttpRetries, resources=ctx.resources or None)
+        absent = []
         for instance_id in wanted:
             before = befores.get(instance_id)
             if isinstance(before, OrthancError):
                 raise TransferFailed(str(before), {instance_id: str(before)})
             if before is None:
-                await ctx.mark_created(instance_id)
+                absent.append(instance_id)
+        # One write for all: nothing is uploaded before it ends.
+        await ctx.mark_created_many(absent)
 
     # --- large instances: piped from the source to the target --------------------------------
 
